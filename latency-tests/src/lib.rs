@@ -1,0 +1,3 @@
+//! Latency under load for vnfhost.
+//!
+//! Not built yet: percentiles at fractions of the zero-loss rate are a later issue.
