@@ -1,0 +1,380 @@
+//! Shared memory: hugepage-backed regions we create, and guest memory tables a
+//! vhost-user frontend hands us.
+//!
+//! Every address that comes from a guest or a peer is translated here, and only here,
+//! into a host pointer, after checking that the whole range `[addr, addr + len)` lies
+//! inside one mapped region. A range that does not is refused; nothing past this module
+//! trusts a guest address.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+
+/// Errors of memory set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// `memfd_create` failed.
+    #[error("memfd_create({name}): {source}")]
+    Memfd {
+        /// The memfd's name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Sizing the memfd failed.
+    #[error("ftruncate of {size} bytes: {source}")]
+    Truncate {
+        /// The size asked for.
+        size: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `mmap` failed.
+    #[error("mmap of {size} bytes at offset {offset}: {source}")]
+    Mmap {
+        /// Bytes asked for.
+        size: u64,
+        /// File offset asked for.
+        offset: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A region the peer described is unusable.
+    #[error("bad memory region: {0}")]
+    BadRegion(&'static str),
+}
+
+/// A shared mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a plain address range; all access through it goes through raw
+// pointers whose users document their own synchronisation.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; the mapping itself is immutable after creation.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` at `offset`, shared and read-write.
+    pub fn map_fd(fd: i32, len: u64, offset: u64) -> Result<Mapping, MemError> {
+        let map_err = |source| MemError::Mmap {
+            size: len,
+            offset,
+            source,
+        };
+        let ulen = usize::try_from(len).map_err(|_| MemError::BadRegion("size overflows"))?;
+        let off =
+            libc::off_t::try_from(offset).map_err(|_| MemError::BadRegion("offset overflows"))?;
+        if ulen == 0 {
+            return Err(MemError::BadRegion("empty region"));
+        }
+        // SAFETY: mmap with a null hint creates a new mapping and touches no existing
+        // memory; the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ulen,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(map_err(std::io::Error::last_os_error()));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len: ulen,
+        })
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never true for a live mapping).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; nobody uses the range after
+        // the owner (and every Arc clone of it) is gone.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// A memfd we created and mapped, on hugepages when the kernel has them reserved.
+#[derive(Debug)]
+pub struct SharedRegion {
+    file: File,
+    map: Mapping,
+    hugepages: bool,
+}
+
+const HUGE_2M: u64 = 2 << 20;
+
+impl SharedRegion {
+    /// Creates a region of at least `size` bytes. With `hugepages`, it tries
+    /// `MFD_HUGETLB` first and, when no hugepages are free, falls back to normal pages
+    /// with a warning. The memory is zeroed.
+    pub fn new(name: &str, size: u64, hugepages: bool) -> Result<SharedRegion, MemError> {
+        if hugepages {
+            let hsize = size.div_ceil(HUGE_2M) * HUGE_2M;
+            match Self::create(name, hsize, libc::MFD_HUGETLB) {
+                Ok(r) => {
+                    return Ok(SharedRegion {
+                        hugepages: true,
+                        ..r
+                    })
+                }
+                Err(e) => tracing::warn!(
+                    "no hugepages for {name} ({hsize} bytes): {e}; falling back to normal \
+                     pages (reserve some with: echo 1024 > /proc/sys/vm/nr_hugepages)"
+                ),
+            }
+        }
+        Self::create(name, size, 0)
+    }
+
+    fn create(name: &str, size: u64, flags: libc::c_uint) -> Result<SharedRegion, MemError> {
+        let cname =
+            std::ffi::CString::new(name).map_err(|_| MemError::BadRegion("name has NUL"))?;
+        // SAFETY: cname is a valid NUL-terminated string; the fd is checked below.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | flags) };
+        if fd < 0 {
+            return Err(MemError::Memfd {
+                name: name.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size)
+            .map_err(|source| MemError::Truncate { size, source })?;
+        let map = Mapping::map_fd(file.as_raw_fd(), size, 0)?;
+        if flags & libc::MFD_HUGETLB != 0 {
+            // Touch every page now: a hugetlb mapping that cannot be backed faults with
+            // SIGBUS later, so find out here while an error can still be returned.
+            // SAFETY: the range is our fresh mapping of `size` bytes.
+            let r =
+                unsafe { libc::madvise(map.as_ptr().cast(), map.len(), libc::MADV_POPULATE_WRITE) };
+            if r != 0 {
+                return Err(MemError::Mmap {
+                    size,
+                    offset: 0,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(SharedRegion {
+            file,
+            map,
+            hugepages: false,
+        })
+    }
+
+    /// The memfd, to pass to a peer.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the region is empty (never for a created region).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether the region sits on hugepages.
+    pub fn on_hugepages(&self) -> bool {
+        self.hugepages
+    }
+}
+
+/// One region of a guest memory table.
+#[derive(Clone, Debug)]
+pub struct GuestRegion {
+    /// Guest physical address of the first byte.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// The frontend's virtual address of the first byte (vring addresses use these).
+    pub uaddr: u64,
+    host: *mut u8,
+    _map: Option<Arc<Mapping>>,
+}
+
+// SAFETY: the raw pointer points into `_map`, which the region keeps alive.
+unsafe impl Send for GuestRegion {}
+// SAFETY: as above.
+unsafe impl Sync for GuestRegion {}
+
+impl GuestRegion {
+    /// Maps a region the frontend described: `size` bytes starting `mmap_offset` bytes
+    /// into `fd`.
+    pub fn map(
+        fd: &File,
+        gpa: u64,
+        size: u64,
+        uaddr: u64,
+        mmap_offset: u64,
+    ) -> Result<GuestRegion, MemError> {
+        if size == 0 {
+            return Err(MemError::BadRegion("zero-sized region"));
+        }
+        if gpa.checked_add(size).is_none() || uaddr.checked_add(size).is_none() {
+            return Err(MemError::BadRegion("region wraps the address space"));
+        }
+        let total = mmap_offset
+            .checked_add(size)
+            .ok_or(MemError::BadRegion("offset + size overflows"))?;
+        let map = Mapping::map_fd(fd.as_raw_fd(), total, 0)?;
+        let off =
+            usize::try_from(mmap_offset).map_err(|_| MemError::BadRegion("offset overflows"))?;
+        // SAFETY: off < total = mapping length, so the result stays inside the mapping.
+        let host = unsafe { map.as_ptr().add(off) };
+        Ok(GuestRegion {
+            gpa,
+            size,
+            uaddr,
+            host,
+            _map: Some(Arc::new(map)),
+        })
+    }
+
+    /// Builds a region over memory we mapped ourselves (the virtio-user side).
+    ///
+    /// # Safety
+    /// `region` must outlive every use of the returned value.
+    pub unsafe fn from_shared(region: &SharedRegion, gpa: u64) -> GuestRegion {
+        GuestRegion {
+            gpa,
+            size: region.len() as u64,
+            uaddr: region.as_ptr() as u64,
+            host: region.as_ptr(),
+            _map: None,
+        }
+    }
+}
+
+/// A guest memory table: the regions a frontend shared with us.
+#[derive(Clone, Debug, Default)]
+pub struct GuestMemory {
+    regions: Vec<GuestRegion>,
+}
+
+impl GuestMemory {
+    /// Maximum number of regions we accept (`GET_MAX_MEM_SLOTS`).
+    pub const MAX_REGIONS: usize = 32;
+
+    /// A table of these regions; they must not overlap in guest-physical space.
+    pub fn new(regions: Vec<GuestRegion>) -> Result<GuestMemory, MemError> {
+        if regions.len() > Self::MAX_REGIONS {
+            return Err(MemError::BadRegion("too many memory regions"));
+        }
+        for (i, a) in regions.iter().enumerate() {
+            for b in &regions[i + 1..] {
+                if a.gpa < b.gpa + b.size && b.gpa < a.gpa + a.size {
+                    return Err(MemError::BadRegion("regions overlap"));
+                }
+            }
+        }
+        Ok(GuestMemory { regions })
+    }
+
+    /// The regions.
+    pub fn regions(&self) -> &[GuestRegion] {
+        &self.regions
+    }
+
+    /// Host address of guest-physical range `[gpa, gpa + len)`, if it lies inside one
+    /// region.
+    #[inline]
+    pub fn gpa_to_host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        for r in &self.regions {
+            let off = gpa.wrapping_sub(r.gpa);
+            if gpa >= r.gpa && off <= r.size && len <= r.size - off {
+                // SAFETY: off + len <= size, so the pointer stays in the mapping.
+                return Some(unsafe { r.host.add(off as usize) });
+            }
+        }
+        None
+    }
+
+    /// Host address of the frontend-virtual range `[uva, uva + len)`, if it lies
+    /// inside one region.
+    pub fn uva_to_host(&self, uva: u64, len: u64) -> Option<*mut u8> {
+        for r in &self.regions {
+            let off = uva.wrapping_sub(r.uaddr);
+            if uva >= r.uaddr && off <= r.size && len <= r.size - off {
+                // SAFETY: off + len <= size, so the pointer stays in the mapping.
+                return Some(unsafe { r.host.add(off as usize) });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> (SharedRegion, GuestMemory) {
+        let r = SharedRegion::new("t", 1 << 20, false).expect("memfd");
+        let g = GuestRegion::map(r.file(), 0x1000_0000, 1 << 20, 0x7000_0000, 0).expect("map");
+        (r, GuestMemory::new(vec![g]).expect("table"))
+    }
+
+    #[test]
+    fn translation_checks_whole_range() {
+        let (_r, m) = table();
+        assert!(m.gpa_to_host(0x1000_0000, 1 << 20).is_some());
+        assert!(m.gpa_to_host(0x1000_0000 + (1 << 20) - 1, 2).is_none());
+        assert!(m.gpa_to_host(0x0fff_ffff, 1).is_none());
+        assert!(m.gpa_to_host(u64::MAX, 2).is_none());
+        assert!(m.uva_to_host(0x7000_0010, 16).is_some());
+        assert!(m.uva_to_host(0x1000_0000, 16).is_none());
+    }
+
+    #[test]
+    fn both_views_alias_the_same_bytes() {
+        let (r, m) = table();
+        let p = m.gpa_to_host(0x1000_0040, 1).expect("in range");
+        // SAFETY: both pointers are in live mappings of the same memfd page.
+        unsafe {
+            *p = 0xab;
+            assert_eq!(*r.as_ptr().add(0x40), 0xab);
+        }
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let r = SharedRegion::new("t", 1 << 16, false).expect("memfd");
+        let a = GuestRegion::map(r.file(), 0, 1 << 16, 0, 0).expect("map");
+        let b = GuestRegion::map(r.file(), 0x8000, 1 << 16, 0x10000, 0).expect("map");
+        assert!(GuestMemory::new(vec![a, b]).is_err());
+    }
+}

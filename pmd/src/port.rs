@@ -1,0 +1,330 @@
+//! The port abstraction: burst receive and transmit, and per-port counters.
+//!
+//! A burst is received *inside* a call: [`Port::poll_rx`] takes up to [`BURST`]
+//! frames, hands them to a closure as an [`RxBatch`], and returns their buffers to the
+//! peer after the closure returns. The frames stay where they were received (in the
+//! sending guest's memory when they fit one buffer), so a closure that transmits them
+//! on another port with [`Port::tx_burst`] copies each frame exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frame::VlanEdit;
+
+/// The most frames in one burst.
+pub const BURST: usize = 32;
+
+/// The frames of one received burst; valid only inside [`Port::poll_rx`]'s closure.
+pub struct RxBatch {
+    frames: [(*const u8, u32); BURST],
+    len: usize,
+}
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch {
+            frames: [(std::ptr::null(), 0); BURST],
+            len: 0,
+        }
+    }
+}
+
+impl RxBatch {
+    /// Number of frames.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no frame.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether another frame fits.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len == BURST
+    }
+
+    /// Frame `i` (Ethernet header first, no virtio-net header).
+    ///
+    /// # Panics
+    /// When `i >= len()`, like slice indexing.
+    #[inline]
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let (p, l) = self.frames[..self.len][i];
+        // SAFETY: `push` requires the bytes to stay mapped until `clear`, and the batch
+        // is cleared before `poll_rx` returns. The bytes may sit in a guest's memory that
+        // the guest can still write: they are read as plain `u8`s, any value is valid,
+        // and no length or index is ever taken from them without a bounds check.
+        unsafe { std::slice::from_raw_parts(p, l as usize) }
+    }
+
+    /// Appends a frame.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay readable until [`clear`](Self::clear) is called, and
+    /// the batch must not be full.
+    #[inline]
+    pub unsafe fn push(&mut self, ptr: *const u8, len: u32) {
+        debug_assert!(self.len < BURST);
+        self.frames[self.len] = (ptr, len);
+        self.len += 1;
+    }
+
+    /// Forgets all frames.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// One frame of an [`RxBatch`] selected for transmission, with its VLAN edit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxSel {
+    /// Index into the batch.
+    pub idx: u16,
+    /// Edit applied while copying.
+    pub edit: VlanEdit,
+}
+
+/// Why a port dropped a frame or refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum PortDrop {
+    /// The peer had no free receive buffer (its ring was full).
+    NoRxBuffer = 0,
+    /// The frame did not fit the peer's buffers.
+    FrameTooBig,
+    /// A received frame was larger than we accept.
+    RxTooBig,
+    /// A received frame was shorter than a virtio-net header plus Ethernet header.
+    RxRunt,
+    /// A descriptor chain with a bad head index.
+    BadHead,
+    /// A descriptor `next` index beyond its table.
+    BadIndex,
+    /// A descriptor chain that loops.
+    DescLoop,
+    /// A buffer outside guest memory.
+    BadAddress,
+    /// A malformed indirect table.
+    BadIndirect,
+    /// Too many buffers in one chain.
+    TooManySegs,
+    /// A buffer of the wrong direction.
+    WrongDirection,
+    /// The port was not ready (no peer, or queue not started).
+    NotReady,
+}
+
+impl PortDrop {
+    /// Number of reasons.
+    pub const COUNT: usize = 12;
+    /// Every reason, in counter order.
+    pub const ALL: [PortDrop; Self::COUNT] = [
+        PortDrop::NoRxBuffer,
+        PortDrop::FrameTooBig,
+        PortDrop::RxTooBig,
+        PortDrop::RxRunt,
+        PortDrop::BadHead,
+        PortDrop::BadIndex,
+        PortDrop::DescLoop,
+        PortDrop::BadAddress,
+        PortDrop::BadIndirect,
+        PortDrop::TooManySegs,
+        PortDrop::WrongDirection,
+        PortDrop::NotReady,
+    ];
+
+    /// A stable name for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortDrop::NoRxBuffer => "no_rx_buffer",
+            PortDrop::FrameTooBig => "frame_too_big",
+            PortDrop::RxTooBig => "rx_too_big",
+            PortDrop::RxRunt => "rx_runt",
+            PortDrop::BadHead => "bad_head",
+            PortDrop::BadIndex => "bad_index",
+            PortDrop::DescLoop => "desc_loop",
+            PortDrop::BadAddress => "bad_address",
+            PortDrop::BadIndirect => "bad_indirect",
+            PortDrop::TooManySegs => "too_many_segs",
+            PortDrop::WrongDirection => "wrong_direction",
+            PortDrop::NotReady => "not_ready",
+        }
+    }
+}
+
+impl From<crate::vring::ChainError> for PortDrop {
+    fn from(e: crate::vring::ChainError) -> Self {
+        use crate::vring::ChainError as C;
+        match e {
+            C::BadHead => PortDrop::BadHead,
+            C::BadIndex => PortDrop::BadIndex,
+            C::Loop => PortDrop::DescLoop,
+            C::BadAddress => PortDrop::BadAddress,
+            C::BadIndirect => PortDrop::BadIndirect,
+            C::TooManySegs => PortDrop::TooManySegs,
+            C::WrongDirection => PortDrop::WrongDirection,
+        }
+    }
+}
+
+/// A snapshot of a port's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received from the peer.
+    pub rx_packets: u64,
+    /// Bytes received (Ethernet frames, no virtio header).
+    pub rx_bytes: u64,
+    /// Frames delivered to the peer.
+    pub tx_packets: u64,
+    /// Bytes delivered.
+    pub tx_bytes: u64,
+    /// Drops by [`PortDrop`] reason.
+    pub drops: [u64; PortDrop::COUNT],
+}
+
+impl PortStats {
+    /// Sum of all drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another snapshot into this one.
+    pub fn add(&mut self, o: &PortStats) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Counters of one queue, written by the one thread that owns the queue at the time
+/// (plain load + store, no locked instruction) and read by anyone.
+#[repr(align(64))]
+#[derive(Default)]
+pub struct QueueCounters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    drops: [AtomicU64; PortDrop::COUNT],
+}
+
+impl QueueCounters {
+    #[inline]
+    fn bump(c: &AtomicU64, n: u64) {
+        if n != 0 {
+            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `packets` frames of `bytes` bytes. Only the queue's owner calls this.
+    #[inline]
+    pub fn add(&self, packets: u64, bytes: u64) {
+        Self::bump(&self.packets, packets);
+        Self::bump(&self.bytes, bytes);
+    }
+
+    /// Counts `n` drops for `why`. Only the queue's owner calls this.
+    #[inline]
+    pub fn drop_n(&self, why: PortDrop, n: u64) {
+        Self::bump(&self.drops[why as usize], n);
+    }
+
+    /// Reads (packets, bytes, drops).
+    pub fn read(&self) -> (u64, u64, [u64; PortDrop::COUNT]) {
+        let mut d = [0; PortDrop::COUNT];
+        for (o, c) in d.iter_mut().zip(self.drops.iter()) {
+            *o = c.load(Ordering::Relaxed);
+        }
+        (
+            self.packets.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            d,
+        )
+    }
+}
+
+/// A port that polling cores receive from and transmit to.
+pub trait Port: Send + Sync {
+    /// The port's name.
+    fn name(&self) -> &str;
+
+    /// Number of queue pairs the port offers.
+    fn queue_pairs(&self) -> u16;
+
+    /// Whether a peer is attached and at least one queue runs.
+    fn is_up(&self) -> bool;
+
+    /// Receives up to [`BURST`] frames from queue `q` into `batch`, calls `f` with them
+    /// if any, then returns the buffers to the peer. Returns the number of frames.
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize;
+
+    /// Copies the selected frames of `src` to the peer on queue `q`, applying each
+    /// frame's VLAN edit. Returns how many were delivered; the rest are dropped and
+    /// counted by the port.
+    fn tx_burst(&self, q: u16, src: &RxBatch, sel: &[TxSel]) -> usize;
+
+    /// The port's counters.
+    fn stats(&self) -> PortStats;
+}
+
+/// Length of `frame` after `edit`: a push needs the 12 MAC bytes, a pop a whole tag;
+/// an edit that does not fit leaves the frame unchanged.
+#[inline]
+pub fn edited_len(frame: &[u8], edit: VlanEdit) -> usize {
+    match edit {
+        VlanEdit::Push(_) if frame.len() >= 12 => frame.len() + 4,
+        VlanEdit::Pop if frame.len() >= 16 => frame.len() - 4,
+        _ => frame.len(),
+    }
+}
+
+/// Splits `frame`, with `edit` applied, into at most three consecutive pieces
+/// (`pieces[..n]`); a pushed tag is written into `tag`, which the pieces borrow.
+#[inline]
+pub fn edited_pieces<'a>(
+    frame: &'a [u8],
+    edit: VlanEdit,
+    tag: &'a mut [u8; 4],
+) -> ([&'a [u8]; 3], usize) {
+    match edit {
+        VlanEdit::Push(tci) if frame.len() >= 12 => {
+            let t = tci.to_be_bytes();
+            *tag = [0x81, 0x00, t[0], t[1]];
+            ([&frame[..12], &tag[..], &frame[12..]], 3)
+        }
+        VlanEdit::Pop if frame.len() >= 16 => ([&frame[..12], &frame[16..], &[]], 2),
+        _ => ([frame, &[], &[]], 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(frame: &[u8], e: VlanEdit) -> Vec<u8> {
+        let mut tag = [0; 4];
+        let (p, n) = edited_pieces(frame, e, &mut tag);
+        p[..n].concat()
+    }
+
+    #[test]
+    fn vlan_push_and_pop_round_trip() {
+        let f: Vec<u8> = (0..60).collect();
+        let tagged = edit(&f, VlanEdit::Push(0x2064));
+        assert_eq!(tagged.len(), 64);
+        assert_eq!(&tagged[12..16], &[0x81, 0x00, 0x20, 0x64]);
+        assert_eq!(&tagged[16..], &f[12..]);
+        assert_eq!(edit(&tagged, VlanEdit::Pop), f);
+        assert_eq!(edit(&f, VlanEdit::Keep), f);
+        assert_eq!(edited_len(&f, VlanEdit::Push(1)), 64);
+        assert_eq!(edited_len(&f[..10], VlanEdit::Push(1)), 10);
+        assert_eq!(edit(&f[..10], VlanEdit::Push(1)), &f[..10]);
+    }
+}

@@ -1,0 +1,196 @@
+//! A kernel tap interface as a port, so the switch can reach the host's network stack
+//! (debugging, host access). One queue pair; each frame costs a `read`/`writev` system
+//! call, which is the nature of a tap and why it is not a fast-path port.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::pool::{BufPool, MAX_FRAME};
+use crate::port::{
+    edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+};
+use crate::sync::QueueCell;
+
+/// Errors creating a tap port.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Opening `/dev/net/tun` or creating the interface failed.
+    #[error("tap {name}: {what}: {source}")]
+    Os {
+        /// Interface name.
+        name: String,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The interface name is empty or longer than 15 bytes.
+    #[error("tap name {0:?} must be 1 to 15 bytes")]
+    BadName(String),
+    /// Buffer memory.
+    #[error(transparent)]
+    Mem(#[from] crate::mem::MemError),
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A tap interface port.
+pub struct TapPort {
+    name: String,
+    file: File,
+    rx: QueueCell<BufPool>,
+    tx_lock: QueueCell<()>,
+    rx_ctr: QueueCounters,
+    tx_ctr: QueueCounters,
+}
+
+impl TapPort {
+    /// Creates (or attaches to) tap interface `ifname`; the port is named `name`.
+    /// The interface is left down; bring it up with `ip link set IFNAME up`.
+    pub fn new(name: &str, ifname: &str, hugepages: bool) -> Result<TapPort, TapError> {
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains('\0') {
+            return Err(TapError::BadName(ifname.into()));
+        }
+        let os = |what, source| TapError::Os {
+            name: ifname.into(),
+            what,
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|e| os("open /dev/net/tun", e))?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes a struct ifreq, which IfReq lays out (40
+        // bytes); the fd is the tun device we just opened.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        if r < 0 {
+            return Err(os("TUNSETIFF", std::io::Error::last_os_error()));
+        }
+        let pool = BufPool::new(
+            &format!("vnfhost-{name}-tap"),
+            MAX_FRAME,
+            BURST as u32,
+            hugepages,
+        )?;
+        Ok(TapPort {
+            name: name.into(),
+            file,
+            rx: QueueCell::new(pool),
+            tx_lock: QueueCell::new(()),
+            rx_ctr: QueueCounters::default(),
+            tx_ctr: QueueCounters::default(),
+        })
+    }
+}
+
+impl Port for TapPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_pairs(&self) -> u16 {
+        1
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize {
+        if q != 0 {
+            return 0;
+        }
+        let Some(mut pool) = self.rx.try_lock() else {
+            return 0;
+        };
+        batch.clear();
+        let mut bytes = 0u64;
+        while !batch.is_full() {
+            let slot = batch.len() as u32;
+            let buf = pool.buf(slot);
+            // SAFETY: reads at most buf.len() bytes into our own buffer.
+            let n =
+                unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            if n < 14 {
+                self.rx_ctr.drop_n(PortDrop::RxRunt, 1);
+                continue;
+            }
+            bytes += n as u64;
+            // SAFETY: the pool buffer stays ours until the batch is cleared below.
+            unsafe { batch.push(pool.buf_ptr(slot), n as u32) };
+        }
+        let n = batch.len();
+        if n > 0 {
+            f(batch);
+        }
+        batch.clear();
+        self.rx_ctr.add(n as u64, bytes);
+        n
+    }
+
+    fn tx_burst(&self, _q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
+        let _g = self.tx_lock.lock();
+        let mut sent = 0usize;
+        let mut bytes = 0u64;
+        for s in sel {
+            let frame = src.frame(usize::from(s.idx));
+            let mut tag = [0u8; 4];
+            let (pieces, n) = edited_pieces(frame, s.edit, &mut tag);
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 3];
+            for (v, p) in iov.iter_mut().zip(&pieces[..n]) {
+                *v = libc::iovec {
+                    iov_base: p.as_ptr() as *mut _,
+                    iov_len: p.len(),
+                };
+            }
+            // SAFETY: iov[..n] describe live, readable slices (the frame and `tag`).
+            let r = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n as i32) };
+            if r < 0 {
+                self.tx_ctr.drop_n(PortDrop::NoRxBuffer, 1);
+            } else {
+                sent += 1;
+                bytes += edited_len(frame, s.edit) as u64;
+            }
+        }
+        self.tx_ctr.add(sent as u64, bytes);
+        sent
+    }
+
+    fn stats(&self) -> PortStats {
+        let (rp, rb, rd) = self.rx_ctr.read();
+        let (tp, tb, td) = self.tx_ctr.read();
+        let mut s = PortStats {
+            rx_packets: rp,
+            rx_bytes: rb,
+            tx_packets: tp,
+            tx_bytes: tb,
+            ..Default::default()
+        };
+        for i in 0..PortDrop::COUNT {
+            s.drops[i] = rd[i] + td[i];
+        }
+        s
+    }
+}

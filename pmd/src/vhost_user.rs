@@ -1,0 +1,1104 @@
+//! The vhost-user backend port: the switch side of a VM's (or DPDK app's) virtio-net NIC.
+//!
+//! ```text
+//!  control thread (one per port)               polling cores
+//!  ─────────────────────────────               ─────────────
+//!  accept/connect ─ vhost-user messages        poll_rx(q): guest TX ring 2q+1
+//!  (vhost crate parses, `Device` applies)      tx_burst(q): guest RX ring 2q
+//!        │ builds a DeviceRing, installs it           ▲
+//!        └──── under the queue's QueueCell ───────────┘  (one CAS per burst)
+//! ```
+//!
+//! Message parsing and the socket protocol (fd passing, REPLY_ACK, size checks) come
+//! from the rust-vmm `vhost` crate; the rings are walked by [`crate::vring`], because a
+//! burst must stay open while the switch copies frames straight into another guest.
+//!
+//! Server mode creates the socket (mode 0660) and serves one frontend at a time; client
+//! mode connects to a socket the VMM owns and reconnects whenever the connection drops,
+//! so either side can restart. A frontend that sends a malformed message is
+//! disconnected and the port is reset to wait for the next one; other ports are not
+//! affected.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{
+    Backend, BackendReqHandler, Error as VuError, GpuBackend, Result as VuResult,
+    VhostUserBackendReqHandlerMut,
+};
+use vhost::VhostUserMemoryRegionBase;
+
+use crate::mem::{GuestMemory, GuestRegion};
+use crate::pool::{BufPool, MAX_FRAME};
+use crate::port::{
+    edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+};
+use crate::ratelimit::RateLimit;
+use crate::sync::QueueCell;
+use crate::virtio::{self, net_hdr_len};
+use crate::vring::{Chain, DeviceRing, RingAddrs};
+
+/// Who creates the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// We listen (create the socket); the frontend connects.
+    Server,
+    /// The frontend listens; we connect, and reconnect after it restarts.
+    Client,
+}
+
+/// Configuration of a vhost-user backend port.
+#[derive(Clone, Debug)]
+pub struct VhostUserConfig {
+    /// Port name (for logs and counters).
+    pub name: String,
+    /// The Unix socket.
+    pub path: PathBuf,
+    /// Server or client.
+    pub mode: Mode,
+    /// Queue pairs offered (`GET_QUEUE_NUM`, VIRTIO_NET_F_MQ when > 1).
+    pub queue_pairs: u16,
+    /// MAC address reported in the device config space.
+    pub mac: [u8; 6],
+    /// Put the port's gather buffers on hugepages.
+    pub hugepages: bool,
+}
+
+/// Errors creating a port.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// The socket could not be created.
+    #[error("vhost-user socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A path exists and is not a socket.
+    #[error("vhost-user socket {0}: path exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// A bad queue count.
+    #[error("port {name}: queues={queues} is outside 1..=64")]
+    BadQueues {
+        /// The port.
+        name: String,
+        /// The count asked for.
+        queues: u16,
+    },
+    /// Buffer memory.
+    #[error(transparent)]
+    Mem(#[from] crate::mem::MemError),
+    /// The control thread could not start.
+    #[error("port {name}: spawning control thread: {source}")]
+    Thread {
+        /// The port.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Features we offer to the frontend.
+const OFFERED_FEATURES: u64 = virtio::F_VERSION_1
+    | virtio::NET_F_MRG_RXBUF
+    | virtio::RING_F_EVENT_IDX
+    | virtio::RING_F_INDIRECT_DESC
+    | virtio::NET_F_MAC
+    | virtio::NET_F_STATUS
+    | virtio::F_NOTIFY_ON_EMPTY
+    | virtio::F_ANY_LAYOUT
+    | virtio::F_PROTOCOL_FEATURES;
+
+/// A started (or stopped) virtqueue as the data path sees it.
+struct Vq {
+    ring: Option<DeviceRing>,
+    call: Option<File>,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    chain: Chain,
+}
+
+impl Vq {
+    fn new() -> Vq {
+        Vq {
+            ring: None,
+            call: None,
+            hdr_len: 12,
+            mrg_rxbuf: false,
+            chain: Chain::default(),
+        }
+    }
+
+    #[inline]
+    fn signal(&self) {
+        if let Some(f) = &self.call {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure
+            // (only EAGAIN on counter overflow) means the guest is signalled anyway.
+            unsafe {
+                libc::write(f.as_raw_fd(), one.as_ptr().cast(), 8);
+            }
+        }
+    }
+}
+
+/// Receive side (the guest's transmit ring): the ring plus gather buffers for frames
+/// that arrive in more than one buffer, and the heads of the burst being processed.
+struct RxQ {
+    vq: Vq,
+    heads: [u16; BURST * 2],
+    gather: BufPool,
+}
+
+struct Shared {
+    name: String,
+    queue_pairs: u16,
+    rx: Box<[QueueCell<RxQ>]>,
+    tx: Box<[QueueCell<Vq>]>,
+    rx_ctr: Box<[QueueCounters]>,
+    tx_ctr: Box<[QueueCounters]>,
+    up: AtomicBool,
+    proto_errors: AtomicU64,
+    connections: AtomicU64,
+    log: RateLimit,
+}
+
+/// A vhost-user backend port; see the module docs.
+pub struct VhostUserPort {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+    ctl: Option<JoinHandle<()>>,
+}
+
+impl VhostUserPort {
+    /// Creates the port and starts its control thread. In server mode the socket exists
+    /// when this returns.
+    pub fn new(cfg: VhostUserConfig) -> Result<VhostUserPort, VhostUserError> {
+        if cfg.queue_pairs == 0 || cfg.queue_pairs > 64 {
+            return Err(VhostUserError::BadQueues {
+                name: cfg.name,
+                queues: cfg.queue_pairs,
+            });
+        }
+        let qp = usize::from(cfg.queue_pairs);
+        let mut rx = Vec::with_capacity(qp);
+        for q in 0..qp {
+            let gather = BufPool::new(
+                &format!("vnfhost-{}-rx{q}", cfg.name),
+                MAX_FRAME,
+                BURST as u32,
+                cfg.hugepages,
+            )?;
+            rx.push(QueueCell::new(RxQ {
+                vq: Vq::new(),
+                heads: [0; BURST * 2],
+                gather,
+            }));
+        }
+        let shared = Arc::new(Shared {
+            name: cfg.name.clone(),
+            queue_pairs: cfg.queue_pairs,
+            rx: rx.into_boxed_slice(),
+            tx: (0..qp).map(|_| QueueCell::new(Vq::new())).collect(),
+            rx_ctr: (0..qp).map(|_| QueueCounters::default()).collect(),
+            tx_ctr: (0..qp).map(|_| QueueCounters::default()).collect(),
+            up: AtomicBool::new(false),
+            proto_errors: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            log: RateLimit::new(Duration::from_secs(1)),
+        });
+        let listener = match cfg.mode {
+            Mode::Server => Some(bind_socket(&cfg.path)?),
+            Mode::Client => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctl = {
+            let (shared, stop, tcfg) = (shared.clone(), stop.clone(), cfg.clone());
+            std::thread::Builder::new()
+                .name(format!("vu-{}", cfg.name))
+                .spawn(move || control_loop(shared, tcfg, listener, stop))
+                .map_err(|source| VhostUserError::Thread {
+                    name: cfg.name.clone(),
+                    source,
+                })?
+        };
+        Ok(VhostUserPort {
+            shared,
+            path: cfg.path,
+            mode: cfg.mode,
+            stop,
+            ctl: Some(ctl),
+        })
+    }
+
+    /// Frontends that connected so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections dropped because of a protocol error.
+    pub fn protocol_errors(&self) -> u64 {
+        self.shared.proto_errors.load(Ordering::Relaxed)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for VhostUserPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.ctl.take() {
+            let _ = h.join();
+        }
+        if self.mode == Mode::Server {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, VhostUserError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |source| VhostUserError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if !md.file_type().is_socket() {
+            return Err(VhostUserError::NotASocket(path.to_owned()));
+        }
+        // A stale socket from an earlier run: nobody can be listening on it if a
+        // connect fails.
+        if UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process serves this socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// Waits up to `ms` for `fd` to become readable; true when it is (or has hung up).
+fn wait_readable(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0
+}
+
+fn control_loop(
+    shared: Arc<Shared>,
+    cfg: VhostUserConfig,
+    listener: Option<UnixListener>,
+    stop: Arc<AtomicBool>,
+) {
+    let device = Arc::new(Mutex::new(Device::new(shared.clone(), cfg.mac)));
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match &listener {
+            Some(l) => {
+                if !wait_readable(l.as_raw_fd(), 200) {
+                    continue;
+                }
+                match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                }
+            }
+            None => match UnixStream::connect(&cfg.path) {
+                Ok(s) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            },
+        };
+        if stream.set_nonblocking(false).is_err()
+            || stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .is_err()
+            || stream
+                .set_write_timeout(Some(Duration::from_secs(2)))
+                .is_err()
+        {
+            continue;
+        }
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "port {}: vhost-user frontend connected on {}",
+            shared.name,
+            cfg.path.display()
+        );
+        let fd = stream.as_raw_fd();
+        let mut handler = BackendReqHandler::from_stream(stream, device.clone());
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if !wait_readable(fd, 200) {
+                continue;
+            }
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(VuError::Disconnected) | Err(VuError::PartialMessage) => {
+                    tracing::info!("port {}: vhost-user frontend disconnected", shared.name);
+                    break;
+                }
+                Err(e) => {
+                    shared.proto_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(supp) = shared.log.check() {
+                        tracing::warn!(
+                            "port {}: dropping vhost-user connection after bad message: {e} \
+                             ({supp} similar messages suppressed)",
+                            shared.name
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        drop(handler);
+        match device.lock() {
+            Ok(mut d) => d.reset(),
+            Err(p) => p.into_inner().reset(),
+        }
+    }
+}
+
+/// Set-up state of one vring, owned by the control thread.
+#[derive(Default)]
+struct VringSetup {
+    size: u32,
+    addrs: Option<RingAddrs>,
+    base: u16,
+    started: bool,
+    enabled: bool,
+    call: Option<File>,
+}
+
+/// The control-thread side of the device: applies vhost-user messages.
+struct Device {
+    shared: Arc<Shared>,
+    mac: [u8; 6],
+    features: u64,
+    protocol: u64,
+    mem: Option<Arc<GuestMemory>>,
+    vrings: Vec<VringSetup>,
+}
+
+impl Device {
+    fn new(shared: Arc<Shared>, mac: [u8; 6]) -> Device {
+        let n = usize::from(shared.queue_pairs) * 2;
+        Device {
+            shared,
+            mac,
+            features: 0,
+            protocol: 0,
+            mem: None,
+            vrings: (0..n).map(|_| VringSetup::default()).collect(),
+        }
+    }
+
+    fn offered(&self) -> u64 {
+        let mut f = OFFERED_FEATURES;
+        if self.shared.queue_pairs > 1 {
+            f |= virtio::NET_F_MQ;
+        }
+        f
+    }
+
+    fn vring(&mut self, index: u32) -> VuResult<&mut VringSetup> {
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(VuError::InvalidParam)
+    }
+
+    /// Stops every ring and forgets the frontend (after a disconnect).
+    fn reset(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.vrings[i] = VringSetup::default();
+            self.install(i);
+        }
+        self.mem = None;
+        self.features = 0;
+        self.protocol = 0;
+        self.shared.up.store(false, Ordering::Relaxed);
+    }
+
+    /// Builds (or removes) the data-path ring of vring `i` from its set-up state and
+    /// swaps it in under the queue's cell.
+    fn install(&mut self, i: usize) {
+        let features = self.features;
+        let v = &self.vrings[i];
+        let mut ring = None;
+        if v.started && v.enabled {
+            if let (Some(mem), Some(addrs)) = (&self.mem, v.addrs) {
+                match DeviceRing::new(
+                    mem.clone(),
+                    v.size,
+                    addrs,
+                    v.base,
+                    features & virtio::RING_F_EVENT_IDX != 0,
+                ) {
+                    Ok(r) => ring = Some(r),
+                    Err(e) => {
+                        self.shared.proto_errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(s) = self.shared.log.check() {
+                            tracing::warn!(
+                                "port {}: vring {i} not started: {e} ({s} suppressed)",
+                                self.shared.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
+        let apply = |vq: &mut Vq| {
+            vq.ring = ring;
+            vq.call = call;
+            vq.hdr_len = net_hdr_len(features);
+            vq.mrg_rxbuf = features & virtio::NET_F_MRG_RXBUF != 0;
+        };
+        let q = i / 2;
+        if i % 2 == 0 {
+            apply(&mut self.shared.tx[q].lock());
+        } else {
+            apply(&mut self.shared.rx[q].lock().vq);
+        }
+        let any = (0..self.vrings.len()).any(|j| {
+            let v = &self.vrings[j];
+            v.started && v.enabled && v.addrs.is_some() && self.mem.is_some()
+        });
+        self.shared.up.store(any, Ordering::Relaxed);
+    }
+
+    /// Stops vring `i` and returns where the device stopped reading.
+    fn stop_ring(&mut self, i: usize) -> u16 {
+        let q = i / 2;
+        let taken = if i % 2 == 0 {
+            self.shared.tx[q].lock().ring.take()
+        } else {
+            self.shared.rx[q].lock().vq.ring.take()
+        };
+        let v = &mut self.vrings[i];
+        if let Some(r) = taken {
+            v.base = r.last_avail();
+        }
+        v.started = false;
+        v.base
+    }
+
+    fn reinstall_all(&mut self) {
+        for i in 0..self.vrings.len() {
+            // Keep the position of running rings across a memory table change.
+            let q = i / 2;
+            let pos = if i % 2 == 0 {
+                self.shared.tx[q]
+                    .lock()
+                    .ring
+                    .as_ref()
+                    .map(|r| r.last_avail())
+            } else {
+                self.shared.rx[q]
+                    .lock()
+                    .vq
+                    .ring
+                    .as_ref()
+                    .map(|r| r.last_avail())
+            };
+            if let Some(p) = pos {
+                self.vrings[i].base = p;
+            }
+            self.install(i);
+        }
+    }
+}
+
+fn map_regions(ctx: &[VhostUserMemoryRegion], files: &[File]) -> VuResult<Vec<GuestRegion>> {
+    if ctx.len() != files.len() || ctx.len() > GuestMemory::MAX_REGIONS {
+        return Err(VuError::InvalidParam);
+    }
+    ctx.iter()
+        .zip(files)
+        .map(|(r, f)| {
+            GuestRegion::map(
+                f,
+                r.guest_phys_addr,
+                r.memory_size,
+                r.user_addr,
+                r.mmap_offset,
+            )
+            .map_err(|_| VuError::InvalidParam)
+        })
+        .collect()
+}
+
+impl VhostUserBackendReqHandlerMut for Device {
+    fn set_owner(&mut self) -> VuResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VuResult<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VuResult<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VuResult<u64> {
+        Ok(self.offered())
+    }
+
+    fn set_features(&mut self, features: u64) -> VuResult<()> {
+        if features & !self.offered() != 0 {
+            return Err(VuError::InvalidParam);
+        }
+        self.features = features;
+        // Without protocol features, rings are enabled as soon as they start.
+        if features & virtio::F_PROTOCOL_FEATURES == 0 {
+            for v in &mut self.vrings {
+                v.enabled = true;
+            }
+        }
+        for i in 0..self.vrings.len() {
+            if self.vrings[i].started {
+                self.install(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let regions = map_regions(ctx, &files)?;
+        let mem = GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?;
+        self.mem = Some(Arc::new(mem));
+        self.reinstall_all();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        if num == 0 || num > u32::from(virtio::MAX_QUEUE_SIZE) || !num.is_power_of_two() {
+            return Err(VuError::InvalidParam);
+        }
+        self.vring(index)?.size = num;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VuResult<()> {
+        if flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG) {
+            return Err(VuError::InvalidParam);
+        }
+        self.vring(index)?.addrs = Some(RingAddrs {
+            desc: descriptor,
+            avail: available,
+            used,
+        });
+        if self.vrings[index as usize].started {
+            self.install(index as usize);
+        }
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
+        self.vring(index)?.base = base;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        self.vring(index)?;
+        let base = self.stop_ring(index as usize);
+        let any = self.vrings.iter().any(|v| v.started);
+        if !any {
+            self.shared.up.store(false, Ordering::Relaxed);
+        }
+        Ok(VhostUserVringState::new(index, u32::from(base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        // We poll: the kick eventfd is never waited on, so it is not kept.
+        let v = self.vring(u32::from(index))?;
+        v.started = true;
+        if self.features & virtio::F_PROTOCOL_FEATURES == 0 {
+            self.vrings[usize::from(index)].enabled = true;
+        }
+        self.install(usize::from(index));
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        self.vring(u32::from(index))?.call = fd;
+        self.install(usize::from(index));
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        self.vring(u32::from(index))?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIG)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        self.protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VuResult<u64> {
+        Ok(u64::from(self.shared.queue_pairs))
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        self.vring(index)?.enabled = enable;
+        self.install(index as usize);
+        Ok(())
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<Vec<u8>> {
+        // struct virtio_net_config { mac[6], status, max_virtqueue_pairs, mtu }
+        let mut cfg = [0u8; 12];
+        cfg[..6].copy_from_slice(&self.mac);
+        cfg[6..8].copy_from_slice(&virtio::NET_S_LINK_UP.to_le_bytes());
+        cfg[8..10].copy_from_slice(&self.shared.queue_pairs.to_le_bytes());
+        cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        let (o, s) = (offset as usize, size as usize);
+        match o.checked_add(s) {
+            Some(end) if end <= cfg.len() => Ok(cfg[o..end].to_vec()),
+            _ => Err(VuError::InvalidParam),
+        }
+    }
+
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<()> {
+        Err(VuError::InvalidOperation("config space is read-only"))
+    }
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
+        Err(VuError::InvalidOperation("not a GPU"))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
+        Err(VuError::InvalidOperation("no shared objects"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> VuResult<(VhostUserInflight, File)> {
+        Err(VuError::InvalidOperation("no inflight tracking"))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VuResult<()> {
+        Err(VuError::InvalidOperation("no inflight tracking"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
+        Ok(GuestMemory::MAX_REGIONS as u64)
+    }
+
+    fn add_mem_region(
+        &mut self,
+        region: &VhostUserSingleMemoryRegion,
+        fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
+        let new = GuestRegion::map(
+            &fd,
+            region.guest_phys_addr,
+            region.memory_size,
+            region.user_addr,
+            region.mmap_offset,
+        )
+        .map_err(|_| VuError::InvalidParam)?;
+        let mut regions = self
+            .mem
+            .as_ref()
+            .map(|m| m.regions().to_vec())
+            .unwrap_or_default();
+        regions.push(new);
+        let mem = GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?;
+        self.mem = Some(Arc::new(mem));
+        self.reinstall_all();
+        Ok(None)
+    }
+
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
+        let Some(m) = &self.mem else {
+            return Err(VuError::InvalidParam);
+        };
+        let before = m.regions().len();
+        let regions: Vec<GuestRegion> = m
+            .regions()
+            .iter()
+            .filter(|r| !(r.gpa == region.guest_phys_addr && r.size == region.memory_size))
+            .cloned()
+            .collect();
+        if regions.len() == before {
+            return Err(VuError::InvalidParam);
+        }
+        self.mem = Some(Arc::new(
+            GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?,
+        ));
+        self.reinstall_all();
+        Ok(())
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VuResult<Option<File>> {
+        Err(VuError::InvalidOperation("no device state transfer"))
+    }
+
+    fn check_device_state(&mut self) -> VuResult<()> {
+        Err(VuError::InvalidOperation("no device state transfer"))
+    }
+
+    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
+        Err(VuError::InvalidOperation("no shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
+        Err(VuError::InvalidOperation(
+            "no dirty logging (live migration)",
+        ))
+    }
+}
+
+/// Copies the bytes of a chain after the first `skip` bytes into `out`.
+fn gather(chain: &Chain, skip: usize, out: &mut [u8]) -> usize {
+    let mut skip = skip;
+    let mut n = 0;
+    for &(p, l) in chain.segs() {
+        let l = l as usize;
+        if skip >= l {
+            skip -= l;
+            continue;
+        }
+        let take = (l - skip).min(out.len() - n);
+        // SAFETY: the segment was translated and bounds-checked by the ring walk;
+        // `out[n..n + take]` is in bounds by the `min` above.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(skip), out.as_mut_ptr().add(n), take) };
+        n += take;
+        skip = 0;
+        if n == out.len() {
+            break;
+        }
+    }
+    n
+}
+
+impl Port for VhostUserPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn queue_pairs(&self) -> u16 {
+        self.shared.queue_pairs
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize {
+        let Some(cell) = self.shared.rx.get(usize::from(q)) else {
+            return 0;
+        };
+        let Some(mut g) = cell.try_lock() else {
+            return 0;
+        };
+        let RxQ {
+            vq,
+            heads,
+            gather: pool,
+        } = &mut *g;
+        let Some(ring) = vq.ring.as_mut() else {
+            return 0;
+        };
+        let ctr = &self.shared.rx_ctr[usize::from(q)];
+        let hdr = vq.hdr_len;
+        let mut nheads = 0usize;
+        let mut bytes = 0u64;
+        batch.clear();
+        // At most 2 × BURST chains per call, so bad chains cannot keep us here.
+        while !batch.is_full() && nheads < heads.len() {
+            let head = match ring.pop(false, &mut vq.chain) {
+                None => break,
+                Some(Ok(h)) => h,
+                Some(Err((h, e))) => {
+                    if h < ring.size() {
+                        heads[nheads] = h;
+                        nheads += 1;
+                    }
+                    ctr.drop_n(e.into(), 1);
+                    if let Some(s) = self.shared.log.check() {
+                        tracing::warn!(
+                            "port {}: bad descriptor chain: {} ({s} suppressed)",
+                            self.shared.name,
+                            e.as_str()
+                        );
+                    }
+                    continue;
+                }
+            };
+            heads[nheads] = head;
+            nheads += 1;
+            let total = vq.chain.total();
+            if total < (hdr + 14) as u64 {
+                ctr.drop_n(PortDrop::RxRunt, 1);
+                continue;
+            }
+            let len = total - hdr as u64;
+            if len > MAX_FRAME as u64 {
+                ctr.drop_n(PortDrop::RxTooBig, 1);
+                continue;
+            }
+            let segs = vq.chain.segs();
+            let (p0, l0) = segs[0];
+            if u64::from(l0) >= total {
+                // SAFETY: p0..p0+l0 is a checked guest buffer that stays mapped while we
+                // hold the queue (the batch is cleared before we give the queue back).
+                unsafe { batch.push(p0.add(hdr), len as u32) };
+            } else if l0 as usize == hdr && segs.len() == 2 {
+                let (p1, l1) = segs[1];
+                // SAFETY: as above, for the second buffer of the chain.
+                unsafe { batch.push(p1, l1) };
+            } else {
+                let slot = batch.len() as u32;
+                let buf = pool.buf(slot);
+                let n = gather(&vq.chain, hdr, &mut buf[..len as usize]);
+                // SAFETY: the gather buffer `slot` is ours and is not reused before the
+                // batch is cleared (each batch index owns gather buffer of its index).
+                unsafe { batch.push(pool.buf_ptr(slot), n as u32) };
+            }
+            bytes += len;
+        }
+        let n = batch.len();
+        if n > 0 {
+            f(batch);
+        }
+        batch.clear();
+        for &h in &heads[..nheads] {
+            ring.push_used(h, 0);
+        }
+        if nheads > 0 && ring.publish() {
+            vq.signal();
+        }
+        ctr.add(n as u64, bytes);
+        n
+    }
+
+    fn tx_burst(&self, q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
+        let qi = usize::from(q % self.shared.queue_pairs);
+        let ctr = &self.shared.tx_ctr[qi];
+        let mut g = self.shared.tx[qi].lock();
+        let vq = &mut *g;
+        let Some(ring) = vq.ring.as_mut() else {
+            ctr.drop_n(PortDrop::NotReady, sel.len() as u64);
+            return 0;
+        };
+        let hdr_len = vq.hdr_len;
+        let mrg = vq.mrg_rxbuf;
+        let mut sent = 0usize;
+        let mut bytes = 0u64;
+        let mut pushed = 0u16;
+        'frames: for s in sel {
+            let frame = src.frame(usize::from(s.idx));
+            let flen = edited_len(frame, s.edit);
+            let mut hdr = [0u8; 12];
+            virtio::write_net_hdr(&mut hdr, 1);
+            // The pieces to copy: the header, then the frame as edited.
+            let mut tag = [0u8; 4];
+            let (fp, fnp) = edited_pieces(frame, s.edit, &mut tag);
+            let pieces: [&[u8]; 4] = [&hdr[..hdr_len], fp[0], fp[1], fp[2]];
+            let np = 1 + fnp;
+            let mut pi = 0usize;
+            let mut poff = 0usize;
+            let mut nbufs: u16 = 0;
+            let mut first: Option<(*mut u8, u32)> = None;
+            let mut fheads = [0u16; 64];
+            while pi < np {
+                let head = match ring.pop(true, &mut vq.chain) {
+                    None => {
+                        // Out of guest buffers: give back what this frame took.
+                        ring.unpop(nbufs);
+                        ring.unpush_used(nbufs);
+                        ctr.drop_n(PortDrop::NoRxBuffer, 1);
+                        continue 'frames;
+                    }
+                    Some(Ok(h)) => h,
+                    Some(Err((h, e))) => {
+                        // Return the bad chain, and the ones this frame already
+                        // filled, with length 0: the guest drops them as errors.
+                        ring.unpush_used(nbufs);
+                        for &fh in &fheads[..usize::from(nbufs)] {
+                            ring.push_used(fh, 0);
+                        }
+                        if h < ring.size() {
+                            ring.push_used(h, 0);
+                            pushed += 1;
+                        }
+                        pushed += nbufs;
+                        ctr.drop_n(e.into(), 1);
+                        if let Some(sup) = self.shared.log.check() {
+                            tracing::warn!(
+                                "port {}: bad receive chain {h}: {} ({sup} suppressed)",
+                                self.shared.name,
+                                e.as_str()
+                            );
+                        }
+                        continue 'frames;
+                    }
+                };
+                if first.is_none() {
+                    let s0 = vq.chain.segs().first().copied();
+                    match s0 {
+                        Some((p, l)) if l as usize >= hdr_len => first = Some((p, l)),
+                        _ => {
+                            ring.unpop(1 + nbufs);
+                            ring.unpush_used(nbufs);
+                            ctr.drop_n(PortDrop::FrameTooBig, 1);
+                            continue 'frames;
+                        }
+                    }
+                }
+                let mut written = 0u32;
+                for &(p, l) in vq.chain.segs() {
+                    let mut soff = 0usize;
+                    while soff < l as usize && pi < np {
+                        let piece = pieces[pi];
+                        let n = (l as usize - soff).min(piece.len() - poff);
+                        // SAFETY: the segment is a checked, device-writable guest buffer
+                        // of `l` bytes; `soff + n <= l` and `poff + n <= piece.len()`.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(piece.as_ptr().add(poff), p.add(soff), n)
+                        };
+                        soff += n;
+                        poff += n;
+                        written += n as u32;
+                        if poff == piece.len() {
+                            pi += 1;
+                            poff = 0;
+                        }
+                    }
+                    if pi == np {
+                        break;
+                    }
+                }
+                ring.push_used(head, written);
+                fheads[usize::from(nbufs)] = head;
+                nbufs += 1;
+                if pi < np && (!mrg || nbufs == 64) {
+                    ring.unpop(nbufs);
+                    ring.unpush_used(nbufs);
+                    ctr.drop_n(PortDrop::FrameTooBig, 1);
+                    continue 'frames;
+                }
+            }
+            if nbufs > 1 {
+                if let Some((p, _)) = first {
+                    // SAFETY: the first buffer holds at least the 12-byte header (checked
+                    // above); num_buffers sits at bytes 10..12, only with MRG_RXBUF.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(nbufs.to_le_bytes().as_ptr(), p.add(10), 2)
+                    };
+                }
+            }
+            pushed += nbufs;
+            sent += 1;
+            bytes += flen as u64;
+        }
+        if pushed > 0 && ring.publish() {
+            vq.signal();
+        }
+        ctr.add(sent as u64, bytes);
+        sent
+    }
+
+    fn stats(&self) -> PortStats {
+        let mut s = PortStats::default();
+        for c in self.shared.rx_ctr.iter() {
+            let (p, b, d) = c.read();
+            s.rx_packets += p;
+            s.rx_bytes += b;
+            for (a, x) in s.drops.iter_mut().zip(d) {
+                *a += x;
+            }
+        }
+        for c in self.shared.tx_ctr.iter() {
+            let (p, b, d) = c.read();
+            s.tx_packets += p;
+            s.tx_bytes += b;
+            for (a, x) in s.drops.iter_mut().zip(d) {
+                *a += x;
+            }
+        }
+        s
+    }
+}

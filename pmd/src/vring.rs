@@ -1,0 +1,397 @@
+//! The device side of a split virtqueue, walked by hand.
+//!
+//! We do not use `virtio-queue` on the fast path: its per-descriptor iterator clones
+//! the memory handle and re-checks state on every step, and it cannot hold a burst of
+//! chains open while the switch copies them straight into another guest. This module
+//! keeps the ring pointers translated once (at `SET_VRING_ADDR`/`SET_MEM_TABLE`), reads
+//! `avail.idx` once per burst, and publishes `used.idx` once per burst.
+//!
+//! Everything read from the ring is hostile: head and next indices are bounded by the
+//! table size, a chain may visit at most as many descriptors as its table holds (so a
+//! loop ends), indirect tables may not nest, every buffer range must lie inside one
+//! guest memory region, and a chain may not mix directions. A bad chain is returned to
+//! the guest with length 0 and its [`ChainError`] counted.
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use crate::mem::GuestMemory;
+use crate::virtio::{self, Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+
+/// The most buffers one chain may have (Linux sends at most MAX_SKB_FRAGS + 2).
+pub const MAX_SEGS: usize = 64;
+/// The largest indirect table we walk (entries).
+pub const MAX_INDIRECT: u32 = 1024;
+
+/// Why a descriptor chain was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainError {
+    /// The avail ring named a head index beyond the queue size.
+    BadHead,
+    /// A `next` index beyond its table.
+    BadIndex,
+    /// The chain visits more descriptors than its table holds (a loop).
+    Loop,
+    /// A buffer outside guest memory.
+    BadAddress,
+    /// An indirect table that is empty, misaligned in size, too large, nested or chained.
+    BadIndirect,
+    /// More than [`MAX_SEGS`] buffers.
+    TooManySegs,
+    /// A device-writable buffer where a readable one was due, or the reverse.
+    WrongDirection,
+}
+
+impl ChainError {
+    /// Every variant, for counters.
+    pub const ALL: [ChainError; 7] = [
+        ChainError::BadHead,
+        ChainError::BadIndex,
+        ChainError::Loop,
+        ChainError::BadAddress,
+        ChainError::BadIndirect,
+        ChainError::TooManySegs,
+        ChainError::WrongDirection,
+    ];
+
+    /// A stable name for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainError::BadHead => "bad_head",
+            ChainError::BadIndex => "bad_index",
+            ChainError::Loop => "desc_loop",
+            ChainError::BadAddress => "bad_address",
+            ChainError::BadIndirect => "bad_indirect",
+            ChainError::TooManySegs => "too_many_segs",
+            ChainError::WrongDirection => "wrong_direction",
+        }
+    }
+}
+
+/// Why ring addresses were refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingSetupError {
+    /// The size is zero, above 32768, or not a power of two.
+    #[error("queue size {0} is not a power of two in 1..=32768")]
+    BadSize(u32),
+    /// A ring part lies outside the shared memory.
+    #[error("{0} ring is not inside shared memory")]
+    Unmapped(&'static str),
+    /// A ring part is misaligned.
+    #[error("{0} ring is misaligned")]
+    Misaligned(&'static str),
+}
+
+/// Frontend-virtual addresses of one ring, as `SET_VRING_ADDR` gives them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingAddrs {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Avail ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+}
+
+/// One descriptor chain, translated to host addresses.
+pub struct Chain {
+    segs: [(*mut u8, u32); MAX_SEGS],
+    n: usize,
+    total: u64,
+}
+
+// SAFETY: a chain holds pointers into guest memory that the ring it came from keeps
+// mapped; it is only used by the thread that owns that ring's queue at the time.
+unsafe impl Send for Chain {}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            segs: [(std::ptr::null_mut(), 0); MAX_SEGS],
+            n: 0,
+            total: 0,
+        }
+    }
+}
+
+impl Chain {
+    /// The buffers, as (host pointer, length).
+    pub fn segs(&self) -> &[(*mut u8, u32)] {
+        &self.segs[..self.n]
+    }
+
+    /// Total bytes of all buffers.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// A started split ring: the device's view.
+pub struct DeviceRing {
+    size: u16,
+    desc: *const u8,
+    avail: *const u8,
+    used: *mut u8,
+    last_avail: u16,
+    avail_cache: u16,
+    used_idx: u16,
+    signalled_used: u16,
+    signalled_valid: bool,
+    event_idx: bool,
+    mem: Arc<GuestMemory>,
+}
+
+// SAFETY: the pointers point into `mem`, which the ring keeps alive; the ring is used
+// by one thread at a time (it lives in a `QueueCell`).
+unsafe impl Send for DeviceRing {}
+
+fn read_desc(table: *const u8, idx: u32) -> Desc {
+    // SAFETY: callers bound idx by the table length they translated; the read is of
+    // plain bytes (any alignment, any value) from shared memory.
+    let b: [u8; 16] = unsafe { std::ptr::read_volatile(table.add(idx as usize * 16).cast()) };
+    Desc {
+        addr: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        flags: u16::from_le_bytes([b[12], b[13]]),
+        next: u16::from_le_bytes([b[14], b[15]]),
+    }
+}
+
+impl DeviceRing {
+    /// Translates and checks the ring addresses against `mem`.
+    pub fn new(
+        mem: Arc<GuestMemory>,
+        size: u32,
+        addrs: RingAddrs,
+        base: u16,
+        event_idx: bool,
+    ) -> Result<DeviceRing, RingSetupError> {
+        if size == 0 || size > u32::from(virtio::MAX_QUEUE_SIZE) || !size.is_power_of_two() {
+            return Err(RingSetupError::BadSize(size));
+        }
+        let size = size as u16;
+        if addrs.desc % 16 != 0 {
+            return Err(RingSetupError::Misaligned("descriptor"));
+        }
+        if addrs.avail % 2 != 0 {
+            return Err(RingSetupError::Misaligned("avail"));
+        }
+        if addrs.used % 4 != 0 {
+            return Err(RingSetupError::Misaligned("used"));
+        }
+        let desc = mem
+            .uva_to_host(addrs.desc, u64::from(size) * virtio::DESC_SIZE)
+            .ok_or(RingSetupError::Unmapped("descriptor"))?;
+        let avail = mem
+            .uva_to_host(addrs.avail, virtio::avail_ring_bytes(size))
+            .ok_or(RingSetupError::Unmapped("avail"))?;
+        let used = mem
+            .uva_to_host(addrs.used, virtio::used_ring_bytes(size))
+            .ok_or(RingSetupError::Unmapped("used"))?;
+        let mut r = DeviceRing {
+            size,
+            desc,
+            avail,
+            used,
+            last_avail: base,
+            avail_cache: base,
+            used_idx: base,
+            signalled_used: base,
+            signalled_valid: false,
+            event_idx,
+            mem,
+        };
+        // `base` is where the device resumes: after a backend restart the frontend sets
+        // it to the used index it has seen, so every chain before it is complete.
+        r.suppress_kicks();
+        Ok(r)
+    }
+
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The next avail index the device will read (what `GET_VRING_BASE` returns).
+    pub fn last_avail(&self) -> u16 {
+        self.last_avail
+    }
+
+    /// The memory table the ring lives in.
+    pub fn mem(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    fn avail_idx_ref(&self) -> &AtomicU16 {
+        // SAFETY: avail ring checked at set-up: 2-byte aligned, inside live memory.
+        unsafe { &*self.avail.add(2).cast::<AtomicU16>() }
+    }
+
+    fn used_idx_ref(&self) -> &AtomicU16 {
+        // SAFETY: used ring checked at set-up: 4-byte aligned, inside live memory.
+        unsafe { &*self.used.add(2).cast::<AtomicU16>() }
+    }
+
+    /// Tells the driver we poll and need no kicks.
+    fn suppress_kicks(&mut self) {
+        // SAFETY: used ring flags, checked at set-up.
+        let flags = unsafe { &*self.used.cast::<AtomicU16>() };
+        flags.store(virtio::USED_F_NO_NOTIFY, Ordering::Relaxed);
+    }
+
+    /// Chains the driver has made available and the device has not taken yet.
+    #[inline]
+    pub fn pending(&mut self) -> u16 {
+        if self.avail_cache == self.last_avail {
+            self.avail_cache = self.avail_idx_ref().load(Ordering::Acquire);
+        }
+        let n = self.avail_cache.wrapping_sub(self.last_avail);
+        if n > self.size {
+            // The driver moved avail.idx further than the ring holds: ignore the bogus
+            // index until it makes sense again (counted by the caller as empty).
+            self.avail_cache = self.last_avail;
+            return 0;
+        }
+        n
+    }
+
+    /// Takes the next available chain into `chain`. `None` when the ring is empty;
+    /// `Some(Err((head, e)))` for a bad chain, which the caller returns with length 0
+    /// (when `head` is below the queue size) and counts.
+    #[inline]
+    pub fn pop(
+        &mut self,
+        writable: bool,
+        chain: &mut Chain,
+    ) -> Option<Result<u16, (u16, ChainError)>> {
+        if self.pending() == 0 {
+            return None;
+        }
+        let slot = self.last_avail & (self.size - 1);
+        // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
+        let head =
+            unsafe { std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>()) };
+        let head = u16::from_le(head);
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Some(
+            self.walk(head, writable, chain)
+                .map(|()| head)
+                .map_err(|e| (head, e)),
+        )
+    }
+
+    fn walk(&self, head: u16, writable: bool, chain: &mut Chain) -> Result<(), ChainError> {
+        chain.n = 0;
+        chain.total = 0;
+        if head >= self.size {
+            return Err(ChainError::BadHead);
+        }
+        let mut table = self.desc;
+        let mut table_len = u32::from(self.size);
+        let mut idx = u32::from(head);
+        let mut seen = 0u32;
+        let mut indirect = false;
+        loop {
+            if idx >= table_len {
+                return Err(ChainError::BadIndex);
+            }
+            seen += 1;
+            if seen > table_len {
+                return Err(ChainError::Loop);
+            }
+            let d = read_desc(table, idx);
+            if d.flags & DESC_F_INDIRECT != 0 {
+                if indirect || d.flags & DESC_F_NEXT != 0 || d.len == 0 || d.len % 16 != 0 {
+                    return Err(ChainError::BadIndirect);
+                }
+                let n = d.len / 16;
+                if n > MAX_INDIRECT {
+                    return Err(ChainError::BadIndirect);
+                }
+                table = self
+                    .mem
+                    .gpa_to_host(d.addr, u64::from(d.len))
+                    .ok_or(ChainError::BadAddress)?;
+                table_len = n;
+                idx = 0;
+                seen = 0;
+                indirect = true;
+                continue;
+            }
+            if (d.flags & DESC_F_WRITE != 0) != writable {
+                return Err(ChainError::WrongDirection);
+            }
+            if d.len > 0 {
+                let p = self
+                    .mem
+                    .gpa_to_host(d.addr, u64::from(d.len))
+                    .ok_or(ChainError::BadAddress)?;
+                if chain.n == MAX_SEGS {
+                    return Err(ChainError::TooManySegs);
+                }
+                chain.segs[chain.n] = (p, d.len);
+                chain.n += 1;
+                chain.total += u64::from(d.len);
+            }
+            if d.flags & DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            idx = u32::from(d.next);
+        }
+    }
+
+    /// Gives back the last `n` chains taken by [`pop`](Self::pop) without using them.
+    pub fn unpop(&mut self, n: u16) {
+        self.last_avail = self.last_avail.wrapping_sub(n);
+    }
+
+    /// Writes a used element; it becomes visible at [`publish`](Self::publish).
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        let slot = (self.used_idx & (self.size - 1)) as usize;
+        // SAFETY: slot < size; the used ring holds `size` 8-byte elements after 4 bytes,
+        // 4-byte aligned.
+        unsafe {
+            let e = self.used.add(4 + 8 * slot).cast::<u32>();
+            std::ptr::write_volatile(e, u32::from(head).to_le());
+            std::ptr::write_volatile(e.add(1), len.to_le());
+        }
+        self.used_idx = self.used_idx.wrapping_add(1);
+    }
+
+    /// Withdraws the last `n` unpublished used elements.
+    pub fn unpush_used(&mut self, n: u16) {
+        self.used_idx = self.used_idx.wrapping_sub(n);
+    }
+
+    /// Makes all used elements written so far visible to the driver (one release
+    /// store), and says whether the driver asked to be interrupted for them.
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        let new = self.used_idx;
+        self.used_idx_ref().store(new, Ordering::Release);
+        if self.event_idx {
+            // The store above must be visible before we read used_event, or we could
+            // miss a driver that just re-enabled interrupts (the virtio memory barrier).
+            fence(Ordering::SeqCst);
+            let old = self.signalled_used;
+            let valid = self.signalled_valid;
+            self.signalled_used = new;
+            self.signalled_valid = true;
+            if new == old && valid {
+                return false;
+            }
+            let off = 4 + 2 * self.size as usize;
+            // SAFETY: used_event sits right after the avail ring entries, inside the
+            // checked avail range.
+            let event =
+                u16::from_le(unsafe { std::ptr::read_volatile(self.avail.add(off).cast::<u16>()) });
+            !valid || virtio::need_event(event, new, old)
+        } else {
+            fence(Ordering::SeqCst);
+            // SAFETY: avail flags, checked at set-up.
+            let flags = u16::from_le(unsafe { std::ptr::read_volatile(self.avail.cast::<u16>()) });
+            flags & virtio::AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+}
