@@ -360,6 +360,7 @@ fn control_loop(
             cfg.path.display()
         );
         let fd = stream.as_raw_fd();
+        let watchdog = Watchdog::start(&stream, &shared.name);
         let mut handler = BackendReqHandler::from_stream(stream, device.clone());
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -368,7 +369,10 @@ fn control_loop(
             if !wait_readable(fd, 200) {
                 continue;
             }
-            match handler.handle_request() {
+            watchdog.enter();
+            let r = handler.handle_request();
+            watchdog.leave();
+            match r {
                 Ok(()) => {}
                 Err(VuError::Disconnected) | Err(VuError::PartialMessage) => {
                     tracing::info!("port {}: vhost-user frontend disconnected", shared.name);
@@ -388,9 +392,75 @@ fn control_loop(
             }
         }
         drop(handler);
+        drop(watchdog);
         match device.lock() {
             Ok(mut d) => d.reset(),
             Err(p) => p.into_inner().reset(),
+        }
+    }
+}
+
+/// Bounds the time one vhost-user message may take to arrive.
+///
+/// The `vhost` crate retries a receive that times out, so a frontend that sends half a
+/// message and then nothing would hold the control thread forever. The watchdog shuts
+/// the socket down when a message has been in progress for longer than
+/// [`Watchdog::LIMIT`]; the receive then sees end-of-file and the connection is dropped.
+struct Watchdog {
+    since_ms: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    epoch: std::time::Instant,
+}
+
+impl Watchdog {
+    const LIMIT: Duration = Duration::from_secs(2);
+
+    fn start(stream: &UnixStream, name: &str) -> Watchdog {
+        let since_ms = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let epoch = std::time::Instant::now();
+        let thread = stream.try_clone().ok().and_then(|s| {
+            let (since, done, name) = (since_ms.clone(), done.clone(), name.to_string());
+            std::thread::Builder::new()
+                .name(format!("vu-wd-{name}"))
+                .spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let t = since.load(Ordering::Relaxed);
+                        let now = epoch.elapsed().as_millis() as u64;
+                        if t != 0 && now.saturating_sub(t) > Self::LIMIT.as_millis() as u64 {
+                            tracing::warn!("port {name}: vhost-user message incomplete after 2 s; disconnecting");
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    }
+                })
+                .ok()
+        });
+        Watchdog {
+            since_ms,
+            done,
+            thread,
+            epoch,
+        }
+    }
+
+    fn enter(&self) {
+        let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.since_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.since_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -403,6 +473,7 @@ struct VringSetup {
     base: u16,
     started: bool,
     enabled: bool,
+    running: bool,
     call: Option<File>,
 }
 
@@ -483,6 +554,7 @@ impl Device {
                 }
             }
         }
+        let running = ring.is_some();
         let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
         let apply = |vq: &mut Vq| {
             vq.ring = ring;
@@ -496,10 +568,8 @@ impl Device {
         } else {
             apply(&mut self.shared.rx[q].lock().vq);
         }
-        let any = (0..self.vrings.len()).any(|j| {
-            let v = &self.vrings[j];
-            v.started && v.enabled && v.addrs.is_some() && self.mem.is_some()
-        });
+        self.vrings[i].running = running;
+        let any = self.vrings.iter().any(|v| v.running);
         self.shared.up.store(any, Ordering::Relaxed);
     }
 
@@ -516,6 +586,7 @@ impl Device {
             v.base = r.last_avail();
         }
         v.started = false;
+        v.running = false;
         v.base
     }
 
@@ -655,10 +726,8 @@ impl VhostUserBackendReqHandlerMut for Device {
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         self.vring(index)?;
         let base = self.stop_ring(index as usize);
-        let any = self.vrings.iter().any(|v| v.started);
-        if !any {
-            self.shared.up.store(false, Ordering::Relaxed);
-        }
+        let any = self.vrings.iter().any(|v| v.running);
+        self.shared.up.store(any, Ordering::Relaxed);
         Ok(VhostUserVringState::new(index, u32::from(base)))
     }
 

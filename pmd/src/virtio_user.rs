@@ -544,3 +544,100 @@ impl VirtioUser {
         out
     }
 }
+
+/// Raw access to one of our rings, for tests that play a hostile or buggy driver:
+/// arbitrary descriptors and avail entries, written into the real shared memory.
+pub struct RawRing<'a> {
+    ring: &'a mut DriverRing,
+    old: u16,
+}
+
+impl RawRing<'_> {
+    /// Ring size.
+    pub fn size(&self) -> u16 {
+        self.ring.size
+    }
+
+    /// Guest-physical address of the packet buffer of descriptor `id`.
+    pub fn buf_gpa(&self, id: u16) -> u64 {
+        self.ring.bufs_gpa + u64::from(id % self.ring.size) * BUF_SIZE as u64
+    }
+
+    /// Copies `data` (at most [`BUF_SIZE`] bytes) into the buffer of descriptor `id`.
+    pub fn write_buf(&mut self, id: u16, data: &[u8]) {
+        let n = data.len().min(BUF_SIZE);
+        let b = self.ring.buf(id % self.ring.size);
+        // SAFETY: the buffer of a valid id holds BUF_SIZE bytes; n <= BUF_SIZE.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b, n) };
+    }
+
+    /// Writes descriptor `id` (below the ring size) verbatim.
+    pub fn set_desc(&mut self, id: u16, d: virtio::Desc) {
+        let id = id % self.ring.size;
+        // SAFETY: id < size; the descriptor table holds size 16-byte entries.
+        unsafe {
+            let p = self.ring.desc.add(16 * usize::from(id));
+            std::ptr::write_volatile(p.cast::<u64>(), d.addr.to_le());
+            std::ptr::write_volatile(p.add(8).cast::<u32>(), d.len.to_le());
+            std::ptr::write_volatile(p.add(12).cast::<u16>(), d.flags.to_le());
+            std::ptr::write_volatile(p.add(14).cast::<u16>(), d.next.to_le());
+        }
+    }
+
+    /// Writes `d` into the buffer of descriptor `id` as an indirect table entry `i`.
+    pub fn set_indirect(&mut self, id: u16, i: u16, d: virtio::Desc) {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&d.addr.to_le_bytes());
+        b[8..12].copy_from_slice(&d.len.to_le_bytes());
+        b[12..14].copy_from_slice(&d.flags.to_le_bytes());
+        b[14..16].copy_from_slice(&d.next.to_le_bytes());
+        let off = usize::from(i) * 16;
+        if off + 16 <= BUF_SIZE {
+            let p = self.ring.buf(id % self.ring.size);
+            // SAFETY: off + 16 <= BUF_SIZE, inside the buffer of a valid id.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p.add(off), 16) };
+        }
+    }
+
+    /// Puts `head` (any value, even an invalid one) in the next avail slot.
+    pub fn push_avail(&mut self, head: u16) {
+        self.ring.add_avail(head);
+    }
+
+    /// Moves the avail index by `n` without writing entries (a bogus index).
+    pub fn bump_avail_idx(&mut self, n: u16) {
+        self.ring.avail_idx = self.ring.avail_idx.wrapping_add(n);
+    }
+}
+
+impl VirtioUser {
+    /// Lets `f` write raw descriptors into ring `ring` (2q: receive, 2q+1: transmit),
+    /// then publishes the avail index. For tests of hostile drivers; the port's own
+    /// bookkeeping is not updated, so use a fresh port for normal traffic afterwards
+    /// or only the other ring.
+    pub fn raw_ring(&mut self, ring: usize, f: impl FnOnce(&mut RawRing<'_>)) {
+        let Some(r) = self.rings.get_mut(ring) else {
+            return;
+        };
+        let old = r.avail_idx;
+        let mut raw = RawRing { ring: r, old };
+        f(&mut raw);
+        let old = raw.old;
+        r.publish(old);
+    }
+
+    /// Used elements the backend returned on ring `ring` so far: (id, len) pairs after
+    /// the last call. For hostile-driver tests.
+    pub fn raw_used(&mut self, ring: usize) -> Vec<(u16, u32)> {
+        let Some(r) = self.rings.get_mut(ring) else {
+            return Vec::new();
+        };
+        let used = r.used_idx();
+        let mut out = Vec::new();
+        while r.last_used != used {
+            out.push(r.used_elem(r.last_used));
+            r.last_used = r.last_used.wrapping_add(1);
+        }
+        out
+    }
+}
