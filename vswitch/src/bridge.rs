@@ -1,0 +1,856 @@
+//! An 802.1Q learning bridge: the per-frame forwarding decision and the port table.
+//!
+//! # Contract
+//!
+//! [`Bridge::forward`] takes one received frame and the port it came from, and calls
+//! `out(port, edit)` once for every port the frame must be sent to, with the
+//! [`VlanEdit`] that turns the ingress tagging into the egress tagging. It never touches
+//! packet memory besides reading `frame`, allocates nothing, takes no lock and makes no
+//! system call. It returns how the frame was forwarded or why it was dropped; every drop
+//! is counted under its [`DropReason`].
+//!
+//! The decision, in order:
+//!
+//! 1. the ingress port must exist ([`DropReason::UnknownPort`]) and be up
+//!    ([`DropReason::PortDown`]); then its rx counters count the frame;
+//! 2. the frame must hold an Ethernet header ([`DropReason::TooShort`]) and, if tagged,
+//!    the whole tag ([`DropReason::MalformedTag`]); an S-tag (TPID 0x88a8) or a second
+//!    tag is [`DropReason::QinQ`] on every port (see below);
+//! 3. the source MAC must be unicast and not zero ([`DropReason::BadSrcMac`]); the
+//!    destination must not be an IEEE 802.1D reserved group address
+//!    `01:80:c2:00:00:0x` (STP, pause, LACP, 802.1X), which bridges do not forward
+//!    ([`DropReason::ReservedDst`]);
+//! 4. the VLAN is classified by the ingress port's [`VlanMode`]:
+//!
+//!    | ingress port            | untagged frame                  | tagged, VLAN id `v`                     |
+//!    |-------------------------|---------------------------------|-----------------------------------------|
+//!    | `Access { vid }`        | `vid`                           | [`DropReason::TaggedOnAccess`]          |
+//!    | `Trunk { allowed, native }` | `native`, else [`DropReason::NoNativeVlan`] | `v` if `v` ∈ `allowed` or `v` = `native`, else [`DropReason::VlanNotAllowed`] |
+//!
+//!    A priority tag (VLAN id 0) or VLAN id 4095 is never a member, so it is dropped as
+//!    a tag that is not allowed: forwarding it would need a tag rewrite, which
+//!    [`VlanEdit`] cannot express;
+//! 5. `(vlan, source MAC)` is learned on the ingress port (a full table refuses and
+//!    counts, see [`crate::fdb`]; the frame is still forwarded);
+//! 6. a unicast destination that is known and live in that VLAN goes to its port —
+//!    unless that is the ingress port ([`DropReason::SamePort`]); if the known port is
+//!    not a member of the VLAN (anymore) the frame is flooded;
+//! 7. everything else (unknown unicast, multicast, broadcast) is flooded to every port
+//!    that is up and a member of the VLAN, except the ingress port (split horizon). A
+//!    flood that reaches no port is [`DropReason::NoEgress`].
+//!
+//! Egress tagging: a port sends VLAN `v` untagged when it is an access port, or a trunk
+//! whose native VLAN is `v`; otherwise tagged. The edit is [`VlanEdit::Keep`] when
+//! ingress and egress agree, [`VlanEdit::Pop`] from tagged to untagged, and
+//! [`VlanEdit::Push`] with TCI `pcp << 13 | v` from untagged to tagged. Since the bridge
+//! never translates VLAN ids, a tagged-to-tagged frame keeps its original tag, PCP and
+//! DEI included; an untagged ingress frame has no priority to keep and is pushed with
+//! PCP 0.
+//!
+//! # QinQ
+//!
+//! This is a customer-VLAN (802.1Q) bridge: it switches on one tag. A frame whose outer
+//! TPID is 0x88a8, or whose first tag encapsulates another TPID (0x8100 or 0x88a8), is
+//! dropped as [`DropReason::QinQ`] on access ports *and on trunks*. Forwarding such a
+//! frame on a trunk would let a sender on the native VLAN have its outer tag popped on a
+//! native-VLAN egress and its inner tag interpreted by the next switch (the classic
+//! double-tagging VLAN hop). A provider-bridge mode (S-VLAN trunks) would need a tag
+//! edit that rewrites the outer TPID.
+//!
+//! # Counters
+//!
+//! Per port: rx frames/bytes (every frame accepted by an existing, up port, before any
+//! other check) and tx frames/bytes (every copy handed to `out`, with the length after
+//! its edit; whether the port then manages to send it is the port's business). Per
+//! bridge: unicast and flood decisions, and one counter per [`DropReason`].
+//!
+//! # Cores
+//!
+//! A `Bridge` has a single owner and no interior synchronisation. Until a shared FDB
+//! exists, each polling core owns a replica built from the same port configuration.
+//! The limitation: a core learns only from the frames it receives, so a MAC that lives
+//! behind a port polled by another core stays unknown to it and traffic towards it is
+//! flooded (correct, but it costs bandwidth), and a flush on one replica must be
+//! repeated on all. The FDB is reached only through `learn`/`lookup`/`flush_port`, so a
+//! shared table (single writer fed by per-core learn queues and published by
+//! read-copy-update, or a concurrent table) can replace [`Fdb`] without changing
+//! [`Bridge::forward`].
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use pmd::VlanEdit;
+
+use crate::fdb::{Fdb, FdbError};
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
+
+/// The largest `max_ports` a bridge accepts.
+pub const MAX_PORTS: u16 = 1024;
+
+/// Number of 12-bit VLAN ids (including the reserved 0 and 4095).
+const VLAN_IDS: usize = 4096;
+
+/// A bridge port, a small dense integer below the bridge's `max_ports`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortId(pub u16);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A usable VLAN id: 1..=4094 (0 marks a priority tag and 4095 is reserved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vid(u16);
+
+impl Vid {
+    /// The lowest usable VLAN id.
+    pub const MIN: Vid = Vid(1);
+    /// The highest usable VLAN id.
+    pub const MAX: Vid = Vid(4094);
+
+    /// `raw` as a VLAN id, if it is in 1..=4094.
+    pub const fn new(raw: u16) -> Option<Vid> {
+        if raw >= Self::MIN.0 && raw <= Self::MAX.0 {
+            Some(Vid(raw))
+        } else {
+            None
+        }
+    }
+
+    /// The numeric id.
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<u16> for Vid {
+    type Error = BridgeError;
+
+    fn try_from(raw: u16) -> Result<Vid, BridgeError> {
+        Vid::new(raw).ok_or(BridgeError::InvalidVid(raw))
+    }
+}
+
+impl fmt::Display for Vid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A set of VLAN ids, as a 4096-bit bitmap.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VlanSet {
+    bits: [u64; VLAN_IDS / 64],
+}
+
+impl VlanSet {
+    /// The empty set.
+    pub const fn new() -> VlanSet {
+        VlanSet {
+            bits: [0; VLAN_IDS / 64],
+        }
+    }
+
+    /// Every usable VLAN id, 1..=4094.
+    pub fn all() -> VlanSet {
+        Self::range(Vid::MIN, Vid::MAX)
+    }
+
+    /// The ids from `first` to `last` inclusive.
+    pub fn range(first: Vid, last: Vid) -> VlanSet {
+        let mut set = VlanSet::new();
+        for raw in first.0..=last.0 {
+            set.insert(Vid(raw));
+        }
+        set
+    }
+
+    /// Adds `vid`; returns whether it was absent.
+    pub fn insert(&mut self, vid: Vid) -> bool {
+        let (w, bit) = Self::pos(vid.0);
+        let absent = self.bits[w] & bit == 0;
+        self.bits[w] |= bit;
+        absent
+    }
+
+    /// Removes `vid`; returns whether it was present.
+    pub fn remove(&mut self, vid: Vid) -> bool {
+        let (w, bit) = Self::pos(vid.0);
+        let present = self.bits[w] & bit != 0;
+        self.bits[w] &= !bit;
+        present
+    }
+
+    /// True when `vid` is in the set.
+    pub fn contains(&self, vid: Vid) -> bool {
+        let (w, bit) = Self::pos(vid.0);
+        self.bits[w] & bit != 0
+    }
+
+    /// Number of ids in the set.
+    pub fn len(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&w| w == 0)
+    }
+
+    /// The ids in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = Vid> + '_ {
+        (Vid::MIN.0..=Vid::MAX.0)
+            .map(Vid)
+            .filter(|&v| self.contains(v))
+    }
+
+    /// Word index and bit of a 12-bit id (callers pass ids below 4096).
+    fn pos(raw: u16) -> (usize, u64) {
+        let raw = usize::from(raw) % VLAN_IDS;
+        (raw / 64, 1u64 << (raw % 64))
+    }
+}
+
+impl Default for VlanSet {
+    fn default() -> Self {
+        VlanSet::new()
+    }
+}
+
+impl FromIterator<Vid> for VlanSet {
+    fn from_iter<I: IntoIterator<Item = Vid>>(iter: I) -> Self {
+        let mut set = VlanSet::new();
+        for v in iter {
+            set.insert(v);
+        }
+        set
+    }
+}
+
+/// Compact ranges, e.g. `{1-9, 20, 30-31}`.
+impl fmt::Debug for VlanSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        let mut first = true;
+        let mut run: Option<(u16, u16)> = None;
+        let mut flush = |f: &mut fmt::Formatter<'_>, (a, b): (u16, u16)| {
+            let sep = if first { "" } else { ", " };
+            first = false;
+            if a == b {
+                write!(f, "{sep}{a}")
+            } else {
+                write!(f, "{sep}{a}-{b}")
+            }
+        };
+        for v in self.iter() {
+            run = match run {
+                Some((a, b)) if b + 1 == v.0 => Some((a, v.0)),
+                Some(r) => {
+                    flush(f, r)?;
+                    Some((v.0, v.0))
+                }
+                None => Some((v.0, v.0)),
+            };
+        }
+        if let Some(r) = run {
+            flush(f, r)?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// How a port maps frames to VLANs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per port, read in place on the fast path; a box would add a pointer chase"
+)]
+pub enum VlanMode {
+    /// Untagged frames belong to `vid`; tagged frames are dropped; egress is untagged.
+    Access {
+        /// The port's VLAN.
+        vid: Vid,
+    },
+    /// Tagged frames of `allowed` VLANs (and of `native`) are accepted and sent tagged;
+    /// untagged frames belong to `native` (dropped without one), which is sent untagged.
+    Trunk {
+        /// VLANs carried tagged.
+        allowed: VlanSet,
+        /// The VLAN of untagged frames, itself always a member.
+        native: Option<Vid>,
+    },
+}
+
+impl VlanMode {
+    /// True when the port carries `vid`.
+    pub fn is_member(&self, vid: Vid) -> bool {
+        match self {
+            VlanMode::Access { vid: own } => *own == vid,
+            VlanMode::Trunk { allowed, native } => allowed.contains(vid) || *native == Some(vid),
+        }
+    }
+
+    /// True when the port sends `vid` without a tag.
+    pub fn egress_untagged(&self, vid: Vid) -> bool {
+        match self {
+            VlanMode::Access { vid: own } => *own == vid,
+            VlanMode::Trunk { native, .. } => *native == Some(vid),
+        }
+    }
+}
+
+/// Why [`Bridge::forward`] dropped a frame.
+///
+/// The order of [`DropReason::ALL`] and the [`as_str`](DropReason::as_str) names are
+/// stable (they are metric labels); new reasons are only ever appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The ingress port is not configured.
+    UnknownPort,
+    /// The ingress port's link is down.
+    PortDown,
+    /// Shorter than an Ethernet header (14 bytes).
+    TooShort,
+    /// A VLAN TPID not followed by a complete tag.
+    MalformedTag,
+    /// An S-tag (0x88a8) or stacked tags.
+    QinQ,
+    /// A tagged frame on an access port.
+    TaggedOnAccess,
+    /// A tag whose VLAN the trunk does not carry (including priority tags, VLAN 0).
+    VlanNotAllowed,
+    /// An untagged frame on a trunk without a native VLAN.
+    NoNativeVlan,
+    /// A multicast, broadcast or all-zero source MAC.
+    BadSrcMac,
+    /// A destination in `01:80:c2:00:00:00`–`0f`, which bridges must not forward.
+    ReservedDst,
+    /// The destination MAC was learned on the ingress port (hairpin).
+    SamePort,
+    /// A flood with no member port besides the ingress one.
+    NoEgress,
+}
+
+impl DropReason {
+    /// Every reason, in the stable order.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::UnknownPort,
+        DropReason::PortDown,
+        DropReason::TooShort,
+        DropReason::MalformedTag,
+        DropReason::QinQ,
+        DropReason::TaggedOnAccess,
+        DropReason::VlanNotAllowed,
+        DropReason::NoNativeVlan,
+        DropReason::BadSrcMac,
+        DropReason::ReservedDst,
+        DropReason::SamePort,
+        DropReason::NoEgress,
+    ];
+
+    /// Number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A stable snake_case name, for the CLI and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::PortDown => "port_down",
+            DropReason::TooShort => "too_short",
+            DropReason::MalformedTag => "malformed_tag",
+            DropReason::QinQ => "qinq",
+            DropReason::TaggedOnAccess => "tagged_on_access",
+            DropReason::VlanNotAllowed => "vlan_not_allowed",
+            DropReason::NoNativeVlan => "no_native_vlan",
+            DropReason::BadSrcMac => "bad_src_mac",
+            DropReason::ReservedDst => "reserved_dst",
+            DropReason::SamePort => "same_port",
+            DropReason::NoEgress => "no_egress",
+        }
+    }
+
+    /// Position in [`DropReason::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One counter per [`DropReason`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::COUNT]);
+
+impl DropCounters {
+    /// Frames dropped for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// Frames dropped for any reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason, in the stable order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    fn bump(&mut self, reason: DropReason) {
+        self.0[reason.index()] += 1;
+    }
+}
+
+/// Bridge-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeCounters {
+    /// Frames sent to one known port.
+    pub unicast: u64,
+    /// Frames flooded to at least one port.
+    pub floods: u64,
+    /// Dropped frames by reason.
+    pub drops: DropCounters,
+}
+
+/// Per-port counters, reset when the port is (re-)added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Frames received on the port (while up).
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames the bridge handed to the port for sending.
+    pub tx_frames: u64,
+    /// Their bytes after the VLAN edit.
+    pub tx_bytes: u64,
+}
+
+/// How [`Bridge::forward`] forwarded a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// To the one port its destination was learned on.
+    Unicast(PortId),
+    /// To every other member port of its VLAN.
+    Flooded {
+        /// How many ports (at least 1).
+        copies: u16,
+    },
+}
+
+/// Errors of the control-plane methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeError {
+    /// `max_ports` outside 1..=[`MAX_PORTS`].
+    #[error("bridge max_ports {requested} is not in 1..={max}")]
+    MaxPorts {
+        /// The value asked for.
+        requested: u16,
+        /// The limit.
+        max: u16,
+    },
+    /// A port id at or above `max_ports`.
+    #[error("port {port} is out of range: the bridge has max_ports {max_ports}")]
+    PortOutOfRange {
+        /// The port.
+        port: PortId,
+        /// The bridge's limit.
+        max_ports: u16,
+    },
+    /// `add_port` of a port that exists.
+    #[error("port {0} already exists")]
+    PortExists(PortId),
+    /// An operation on a port that does not exist.
+    #[error("port {0} does not exist")]
+    NoSuchPort(PortId),
+    /// A VLAN id outside 1..=4094.
+    #[error("VLAN id {0} is not in 1..=4094")]
+    InvalidVid(u16),
+    /// The forwarding database could not be created.
+    #[error("forwarding database: {0}")]
+    Fdb(#[from] FdbError),
+}
+
+/// Sizes of a bridge, fixed at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// Port ids range over `0..max_ports` (at most [`MAX_PORTS`]).
+    pub max_ports: u16,
+    /// FDB entries (rounded up to a power of two).
+    pub fdb_capacity: usize,
+    /// FDB ageing limit, in the unit of the `now` passed to [`Bridge::forward`].
+    pub fdb_max_age: u64,
+}
+
+impl Default for BridgeConfig {
+    /// 256 ports, 8192 MACs, 300 s ageing with `now` in nanoseconds.
+    fn default() -> Self {
+        BridgeConfig {
+            max_ports: 256,
+            fdb_capacity: 8192,
+            fdb_max_age: 300_000_000_000,
+        }
+    }
+}
+
+/// A configured port: its VLAN mode, link state and counters.
+#[derive(Clone, Debug)]
+pub struct PortState {
+    mode: VlanMode,
+    up: bool,
+    counters: PortCounters,
+}
+
+impl PortState {
+    /// Its VLAN mode.
+    pub fn mode(&self) -> &VlanMode {
+        &self.mode
+    }
+
+    /// True when its link is up.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+}
+
+/// What the frame says about itself, before any port context.
+struct Ingress {
+    dst: EthernetAddress,
+    src: EthernetAddress,
+    tag: Option<Tci>,
+}
+
+fn parse(frame: &[u8]) -> Result<Ingress, DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::TooShort)?;
+    let tag = match eth.ethertype() {
+        EtherType::QINQ => return Err(DropReason::QinQ),
+        EtherType::VLAN => {
+            let tag = VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::MalformedTag)?;
+            if tag.ethertype().is_vlan_tpid() {
+                return Err(DropReason::QinQ);
+            }
+            Some(tag.tci())
+        }
+        _ => None,
+    };
+    Ok(Ingress {
+        dst: eth.dst_addr(),
+        src: eth.src_addr(),
+        tag,
+    })
+}
+
+/// `01:80:c2:00:00:00` – `01:80:c2:00:00:0f`.
+fn is_reserved_group(mac: EthernetAddress) -> bool {
+    mac.to_u64() & !0xf == 0x0180_c200_0000
+}
+
+fn classify(mode: &VlanMode, tag: Option<Tci>) -> Result<Vid, DropReason> {
+    match (mode, tag) {
+        (VlanMode::Access { vid }, None) => Ok(*vid),
+        (VlanMode::Access { .. }, Some(_)) => Err(DropReason::TaggedOnAccess),
+        (VlanMode::Trunk { native, .. }, None) => native.ok_or(DropReason::NoNativeVlan),
+        (mode @ VlanMode::Trunk { .. }, Some(tci)) => Vid::new(tci.vid())
+            .filter(|&v| mode.is_member(v))
+            .ok_or(DropReason::VlanNotAllowed),
+    }
+}
+
+fn set_bit(word: &mut u64, bit: u64, on: bool) {
+    if on {
+        *word |= bit;
+    } else {
+        *word &= !bit;
+    }
+}
+
+fn edit_for(ingress_tagged: bool, egress_untagged: bool, vid: Vid) -> VlanEdit {
+    match (ingress_tagged, egress_untagged) {
+        (true, true) => VlanEdit::Pop,
+        (false, false) => VlanEdit::Push(Tci::new(0, false, vid.get()).0),
+        _ => VlanEdit::Keep,
+    }
+}
+
+/// An L2 learning bridge; see the module documentation for its contract.
+pub struct Bridge {
+    ports: Box<[Option<PortState>]>,
+    /// `u64` words per VLAN row of the bitmaps below.
+    words: usize,
+    /// Row `vid`, bit `p`: port `p` exists, is up and is a member of `vid`.
+    members: Box<[u64]>,
+    /// Row `vid`, bit `p`: port `p` sends `vid` untagged.
+    untagged: Box<[u64]>,
+    fdb: Fdb,
+    counters: BridgeCounters,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("max_ports", &self.ports.len())
+            .field("ports", &self.ports().count())
+            .field("fdb", &self.fdb)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// A bridge without ports. Allocates everything it will ever use: the port table,
+    /// the VLAN membership bitmaps (2 × 4096 × ⌈max_ports/64⌉ words) and the FDB.
+    pub fn new(config: BridgeConfig) -> Result<Bridge, BridgeError> {
+        if config.max_ports == 0 || config.max_ports > MAX_PORTS {
+            return Err(BridgeError::MaxPorts {
+                requested: config.max_ports,
+                max: MAX_PORTS,
+            });
+        }
+        let max_ports = usize::from(config.max_ports);
+        let words = max_ports.div_ceil(64);
+        Ok(Bridge {
+            ports: vec![None; max_ports].into_boxed_slice(),
+            words,
+            members: vec![0; VLAN_IDS * words].into_boxed_slice(),
+            untagged: vec![0; VLAN_IDS * words].into_boxed_slice(),
+            fdb: Fdb::new(config.fdb_capacity, config.fdb_max_age)?,
+            counters: BridgeCounters::default(),
+        })
+    }
+
+    /// Port ids range over `0..max_ports()`.
+    pub fn max_ports(&self) -> u16 {
+        // `new` bounds the length by MAX_PORTS.
+        self.ports.len() as u16
+    }
+
+    fn slot(&self, port: PortId) -> Result<usize, BridgeError> {
+        let i = usize::from(port.0);
+        if i < self.ports.len() {
+            Ok(i)
+        } else {
+            Err(BridgeError::PortOutOfRange {
+                port,
+                max_ports: self.max_ports(),
+            })
+        }
+    }
+
+    fn port_mut(&mut self, port: PortId) -> Result<&mut PortState, BridgeError> {
+        let i = self.slot(port)?;
+        self.ports[i].as_mut().ok_or(BridgeError::NoSuchPort(port))
+    }
+
+    /// Adds a port with its link up.
+    pub fn add_port(&mut self, port: PortId, mode: VlanMode) -> Result<(), BridgeError> {
+        let i = self.slot(port)?;
+        if self.ports[i].is_some() {
+            return Err(BridgeError::PortExists(port));
+        }
+        self.ports[i] = Some(PortState {
+            mode,
+            up: true,
+            counters: PortCounters::default(),
+        });
+        self.refresh_membership(port);
+        Ok(())
+    }
+
+    /// Removes a port and the FDB entries learned on it; returns its last counters.
+    pub fn remove_port(&mut self, port: PortId) -> Result<PortCounters, BridgeError> {
+        let i = self.slot(port)?;
+        let removed = self.ports[i].take().ok_or(BridgeError::NoSuchPort(port))?;
+        self.refresh_membership(port);
+        self.fdb.flush_port(port.0);
+        Ok(removed.counters)
+    }
+
+    /// Sets a port's link state. A port that is down receives nothing (frames from it
+    /// are dropped as [`DropReason::PortDown`], floods skip it) and going down flushes
+    /// its FDB entries.
+    pub fn set_link(&mut self, port: PortId, up: bool) -> Result<(), BridgeError> {
+        self.port_mut(port)?.up = up;
+        self.refresh_membership(port);
+        if !up {
+            self.fdb.flush_port(port.0);
+        }
+        Ok(())
+    }
+
+    /// Changes a port's VLAN mode and flushes its FDB entries.
+    pub fn set_vlan_mode(&mut self, port: PortId, mode: VlanMode) -> Result<(), BridgeError> {
+        self.port_mut(port)?.mode = mode;
+        self.refresh_membership(port);
+        self.fdb.flush_port(port.0);
+        Ok(())
+    }
+
+    /// The port `port`, if configured.
+    pub fn port(&self, port: PortId) -> Option<&PortState> {
+        self.ports.get(usize::from(port.0)).and_then(Option::as_ref)
+    }
+
+    /// Configured ports in increasing id order.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortState)> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((PortId(i as u16), p.as_ref()?)))
+    }
+
+    /// The bridge-wide counters.
+    pub fn counters(&self) -> &BridgeCounters {
+        &self.counters
+    }
+
+    /// The forwarding database (entries, statistics).
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Frees aged FDB slots among the next `budget` ones; see [`Fdb::expire`].
+    pub fn expire(&mut self, now: u64, budget: usize) -> usize {
+        self.fdb.expire(now, budget)
+    }
+
+    /// Rewrites bit `port` of every VLAN row from the port's current state.
+    fn refresh_membership(&mut self, port: PortId) {
+        let p = usize::from(port.0);
+        let (w, bit) = (p / 64, 1u64 << (p % 64));
+        let state = self.ports.get(p).and_then(Option::as_ref);
+        for raw in 0..VLAN_IDS {
+            let (member, untagged) = match (state, Vid::new(raw as u16)) {
+                (Some(s), Some(vid)) if s.up && s.mode.is_member(vid) => {
+                    (true, s.mode.egress_untagged(vid))
+                }
+                _ => (false, false),
+            };
+            let at = raw * self.words + w;
+            set_bit(&mut self.members[at], bit, member);
+            set_bit(&mut self.untagged[at], bit, untagged);
+        }
+    }
+
+    fn row(&self, vid: Vid) -> usize {
+        usize::from(vid.get()) * self.words
+    }
+
+    /// Forwards one frame received on `in_port` at time `now`: calls `out` for every
+    /// egress port with the edit to apply while copying, and returns the decision. See
+    /// the module documentation for the rules.
+    pub fn forward(
+        &mut self,
+        in_port: PortId,
+        frame: &[u8],
+        now: u64,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
+        let verdict = self.decide(in_port, frame, now, out);
+        match verdict {
+            Ok(Forwarded::Unicast(_)) => self.counters.unicast += 1,
+            Ok(Forwarded::Flooded { .. }) => self.counters.floods += 1,
+            Err(reason) => self.counters.drops.bump(reason),
+        }
+        verdict
+    }
+
+    fn decide(
+        &mut self,
+        in_port: PortId,
+        frame: &[u8],
+        now: u64,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
+        let port = self
+            .ports
+            .get_mut(usize::from(in_port.0))
+            .and_then(Option::as_mut)
+            .ok_or(DropReason::UnknownPort)?;
+        if !port.up {
+            return Err(DropReason::PortDown);
+        }
+        port.counters.rx_frames += 1;
+        port.counters.rx_bytes += frame.len() as u64;
+
+        let ingress = parse(frame)?;
+        if ingress.src.is_multicast() || ingress.src.is_zero() {
+            return Err(DropReason::BadSrcMac);
+        }
+        if is_reserved_group(ingress.dst) {
+            return Err(DropReason::ReservedDst);
+        }
+        let vid = classify(&port.mode, ingress.tag)?;
+        let tagged = ingress.tag.is_some();
+        // A refusal is counted by the FDB; the frame is forwarded all the same.
+        let _ = self.fdb.learn(vid.get(), ingress.src, in_port.0, now);
+
+        let row = self.row(vid);
+        if ingress.dst.is_unicast() {
+            if let Some(p) = self.fdb.lookup(vid.get(), ingress.dst, now) {
+                if p == in_port.0 {
+                    return Err(DropReason::SamePort);
+                }
+                let (w, bit) = (usize::from(p) / 64, 1u64 << (p % 64));
+                if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
+                    let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
+                    let edit = edit_for(tagged, untagged, vid);
+                    self.emit(PortId(p), edit, frame.len(), out);
+                    return Ok(Forwarded::Unicast(PortId(p)));
+                }
+            }
+        }
+
+        let mut copies = 0u16;
+        let in_word = usize::from(in_port.0) / 64;
+        let in_bit = 1u64 << (in_port.0 % 64);
+        for w in 0..self.words {
+            let mut members = self.members[row + w];
+            if w == in_word {
+                members &= !in_bit;
+            }
+            let untagged = self.untagged[row + w];
+            while members != 0 {
+                let b = members.trailing_zeros();
+                members &= members - 1;
+                let edit = edit_for(tagged, untagged & (1u64 << b) != 0, vid);
+                // w * 64 + b < max_ports <= MAX_PORTS, which fits in u16.
+                let p = PortId((w * 64) as u16 + b as u16);
+                self.emit(p, edit, frame.len(), out);
+                copies += 1;
+            }
+        }
+        if copies == 0 {
+            Err(DropReason::NoEgress)
+        } else {
+            Ok(Forwarded::Flooded { copies })
+        }
+    }
+
+    fn emit(
+        &mut self,
+        port: PortId,
+        edit: VlanEdit,
+        len: usize,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) {
+        if let Some(Some(p)) = self.ports.get_mut(usize::from(port.0)) {
+            p.counters.tx_frames += 1;
+            p.counters.tx_bytes += edit.edited_len(len) as u64;
+        }
+        out(port, edit);
+    }
+}
+
+#[cfg(test)]
+mod tests;
