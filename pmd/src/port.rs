@@ -19,6 +19,11 @@ pub struct RxBatch {
     len: usize,
 }
 
+// SAFETY: the pointers are only dereferenced through `frame`, under `push`'s contract
+// (readable until `clear`); ports clear the batch before `poll_rx` returns, so a batch
+// that moves to another thread carries no pointer that thread could read.
+unsafe impl Send for RxBatch {}
+
 impl Default for RxBatch {
     fn default() -> Self {
         RxBatch {

@@ -563,7 +563,7 @@ impl Device {
             vq.mrg_rxbuf = features & virtio::NET_F_MRG_RXBUF != 0;
         };
         let q = i / 2;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             apply(&mut self.shared.tx[q].lock());
         } else {
             apply(&mut self.shared.rx[q].lock().vq);
@@ -576,7 +576,7 @@ impl Device {
     /// Stops vring `i` and returns where the device stopped reading.
     fn stop_ring(&mut self, i: usize) -> u16 {
         let q = i / 2;
-        let taken = if i % 2 == 0 {
+        let taken = if i.is_multiple_of(2) {
             self.shared.tx[q].lock().ring.take()
         } else {
             self.shared.rx[q].lock().vq.ring.take()

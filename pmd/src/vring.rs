@@ -170,13 +170,13 @@ impl DeviceRing {
             return Err(RingSetupError::BadSize(size));
         }
         let size = size as u16;
-        if addrs.desc % 16 != 0 {
+        if !addrs.desc.is_multiple_of(16) {
             return Err(RingSetupError::Misaligned("descriptor"));
         }
-        if addrs.avail % 2 != 0 {
+        if !addrs.avail.is_multiple_of(2) {
             return Err(RingSetupError::Misaligned("avail"));
         }
-        if addrs.used % 4 != 0 {
+        if !addrs.used.is_multiple_of(4) {
             return Err(RingSetupError::Misaligned("used"));
         }
         let desc = mem
@@ -301,7 +301,8 @@ impl DeviceRing {
             }
             let d = read_desc(table, idx);
             if d.flags & DESC_F_INDIRECT != 0 {
-                if indirect || d.flags & DESC_F_NEXT != 0 || d.len == 0 || d.len % 16 != 0 {
+                if indirect || d.flags & DESC_F_NEXT != 0 || d.len == 0 || !d.len.is_multiple_of(16)
+                {
                     return Err(ChainError::BadIndirect);
                 }
                 let n = d.len / 16;

@@ -37,8 +37,18 @@ fn addr() -> impl Strategy<Value = u64> {
 }
 
 fn desc() -> impl Strategy<Value = RawDesc> {
-    (addr(), prop_oneof![0u32..64, 0u32..4096, any::<u32>()], 0u16..8, prop_oneof![0u16..QSIZE, any::<u16>()])
-        .prop_map(|(addr, len, flags, next)| RawDesc { addr, len, flags, next })
+    (
+        addr(),
+        prop_oneof![0u32..64, 0u32..4096, any::<u32>()],
+        0u16..8,
+        prop_oneof![0u16..QSIZE, any::<u16>()],
+    )
+        .prop_map(|(addr, len, flags, next)| RawDesc {
+            addr,
+            len,
+            flags,
+            next,
+        })
 }
 
 fn put(base: *mut u8, off: u64, bytes: &[u8]) {

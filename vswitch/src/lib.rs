@@ -29,6 +29,7 @@
 
 pub mod bridge;
 pub mod fdb;
+pub mod switch;
 pub mod wire;
 
 pub use bridge::{

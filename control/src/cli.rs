@@ -1,0 +1,191 @@
+//! Argument parsing for `vnfhost` and dispatch to the subcommands.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::portspec::{parse_port, PortSpec};
+
+const USAGE: &str = "\
+usage: vnfhost <command> [options]
+
+commands:
+  switch   run the switch in the foreground
+             --core LIST            polling cores, e.g. 1 or 0,1 (default: unpinned, one core)
+             --port SPEC            repeatable; SPEC is
+                                    NAME,vhost-user=PATH[,client][,queues=Q][,mac=MAC]
+                                        [,vlan=VID | ,trunk=V1-V2:V3[,native=VID]]
+                                    or NAME,tap=IFNAME[,vlan=...]
+             --stats                print per-port rates every second
+             --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;
+                                    default 250)
+             --hugepages            put packet buffers on hugepages (falls back with a warning)
+             --fdb-size N           FDB entries per core (default 65536)
+             --fdb-age SECONDS      FDB entry lifetime (default 300)
+  help     this text
+
+Not built yet (later issues): up, down, status, daemon, vm, bench.
+";
+
+/// Options of `vnfhost switch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchArgs {
+    /// Polling cores (empty: one unpinned core).
+    pub cores: Vec<usize>,
+    /// Ports.
+    pub ports: Vec<PortSpec>,
+    /// Print rates every second.
+    pub stats: bool,
+    /// Longest idle sleep.
+    pub idle_max: Duration,
+    /// Packet buffers on hugepages.
+    pub hugepages: bool,
+    /// FDB size per core.
+    pub fdb_size: usize,
+    /// FDB lifetime.
+    pub fdb_age: Duration,
+}
+
+fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    p.value()
+        .map_err(|e| format!("{flag}: {e}"))?
+        .into_string()
+        .map_err(|v| format!("{flag}: {v:?} is not UTF-8"))
+}
+
+fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{flag}: {s:?} is not a number"))
+}
+
+/// Parses the options after `vnfhost switch`.
+pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
+    use lexopt::Arg::*;
+    let mut a = SwitchArgs {
+        cores: Vec::new(),
+        ports: Vec::new(),
+        stats: false,
+        idle_max: Duration::from_micros(250),
+        hugepages: false,
+        fdb_size: 65536,
+        fdb_age: Duration::from_secs(300),
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("core") | Long("cores") => {
+                let v = value(&mut p, "--core")?;
+                let cpus = pmd::sched::parse_cpu_list(&v).map_err(|e| format!("--core: {e}"))?;
+                let online = pmd::sched::online_cpus();
+                if let Some(bad) = cpus.iter().find(|c| **c >= online) {
+                    return Err(format!(
+                        "--core: CPU {bad} does not exist (this machine has {online})"
+                    ));
+                }
+                a.cores.extend(cpus);
+            }
+            Long("port") => {
+                let spec = parse_port(&value(&mut p, "--port")?)?;
+                if a.ports.iter().any(|q| q.name == spec.name) {
+                    return Err(format!("--port {}: name used twice", spec.name));
+                }
+                a.ports.push(spec);
+            }
+            Long("stats") => a.stats = true,
+            Long("hugepages") => a.hugepages = true,
+            Long("idle-max-us") => {
+                a.idle_max = Duration::from_micros(number(
+                    &value(&mut p, "--idle-max-us")?,
+                    "--idle-max-us",
+                )?)
+            }
+            Long("fdb-size") => a.fdb_size = number(&value(&mut p, "--fdb-size")?, "--fdb-size")?,
+            Long("fdb-age") => {
+                a.fdb_age = Duration::from_secs(number(&value(&mut p, "--fdb-age")?, "--fdb-age")?)
+            }
+            other => return Err(format!("switch: {}", other.unexpected())),
+        }
+    }
+    if a.ports.is_empty() {
+        return Err("switch: give at least one --port".into());
+    }
+    a.cores.sort_unstable();
+    a.cores.dedup();
+    Ok(a)
+}
+
+/// Runs `vnfhost` with `args` (without the program name); returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    init_logging();
+    let mut it = args.into_iter();
+    let cmd = it
+        .next()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default();
+    let rest: Vec<OsString> = it.collect();
+    let r = match cmd.as_str() {
+        "switch" => parse_switch(rest).and_then(|a| crate::switch_cmd::run(&a)),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "up" | "down" | "status" | "daemon" | "vm" | "bench" => Err(format!(
+            "vnfhost {cmd}: not built yet (see the open issues); `vnfhost switch` runs the switch"
+        )),
+        "" => Err(format!("no command given\n{USAGE}")),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vnfhost: {e}");
+            2
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VNFHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn switch_options() {
+        let a = parse_switch(args(
+            "--core 0 --port p0,vhost-user=/a --port p1,vhost-user=/b,client --stats",
+        ))
+        .expect("valid");
+        assert_eq!(a.cores, vec![0]);
+        assert_eq!(a.ports.len(), 2);
+        assert!(a.stats);
+    }
+
+    #[test]
+    fn switch_errors() {
+        assert!(parse_switch(args("--core 0"))
+            .expect_err("no port")
+            .contains("at least one --port"));
+        assert!(parse_switch(args("--core 999 --port p,vhost-user=/a"))
+            .expect_err("cpu")
+            .contains("does not exist"));
+        assert!(
+            parse_switch(args("--port p,vhost-user=/a --port p,vhost-user=/b"))
+                .expect_err("dup")
+                .contains("used twice")
+        );
+        assert!(parse_switch(args("--port p,vhost-user=/a --bogus"))
+            .expect_err("flag")
+            .contains("--bogus"));
+    }
+}

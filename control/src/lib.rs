@@ -1,0 +1,8 @@
+//! The vnfhost control plane: the `vnfhost` command and its subcommands.
+//!
+//! Today it runs the switch in the foreground (`vnfhost switch`); the daemon, the
+//! topology reconciler, the CNI plugin and the Kubernetes controller come with later
+//! issues and are refused with a clear message until then.
+pub mod cli;
+pub mod portspec;
+pub mod switch_cmd;

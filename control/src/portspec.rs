@@ -1,0 +1,239 @@
+//! Parsing of `--port` arguments:
+//! `NAME,vhost-user=PATH[,client][,queues=Q][,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]]`
+//! or `NAME,tap=IFNAME[,vlan=...]`.
+
+use std::path::PathBuf;
+
+use vswitch::bridge::{Vid, VlanMode, VlanSet};
+
+/// The driver behind a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// A vhost-user backend port.
+    VhostUser {
+        /// Socket path.
+        path: PathBuf,
+        /// Connect to the socket instead of creating it.
+        client: bool,
+        /// Queue pairs.
+        queues: u16,
+    },
+    /// A kernel tap interface.
+    Tap {
+        /// Interface name.
+        ifname: String,
+    },
+}
+
+/// A parsed `--port` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Port name.
+    pub name: String,
+    /// Driver.
+    pub kind: PortKind,
+    /// MAC reported to the frontend.
+    pub mac: [u8; 6],
+    /// VLAN membership.
+    pub vlan: VlanMode,
+}
+
+fn parse_vid(s: &str, what: &str) -> Result<Vid, String> {
+    let v: u16 = s
+        .parse()
+        .map_err(|_| format!("{what}={s:?} is not a VLAN id"))?;
+    Vid::new(v).ok_or_else(|| format!("{what}={v} is outside 1..=4094"))
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("mac={s:?} is not six colon-separated bytes"));
+    }
+    let mut m = [0u8; 6];
+    for (o, p) in m.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).map_err(|_| format!("mac={s:?} has a bad byte {p:?}"))?;
+    }
+    Ok(m)
+}
+
+/// A locally administered MAC derived from the port name (stable across runs).
+fn default_mac(name: &str) -> [u8; 6] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    [0x02, 0x76, b[0], b[1], b[2], b[3]]
+}
+
+/// Parses one `--port` value.
+pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
+    let mut it = s.split(',');
+    let name = it.next().unwrap_or("").trim();
+    if name.is_empty() || name.contains('=') {
+        return Err(format!("--port {s:?}: must start with the port name"));
+    }
+    if name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "--port {s:?}: port name must be 1-32 of [A-Za-z0-9._-]"
+        ));
+    }
+    let (mut path, mut tap, mut client, mut queues, mut mac) = (None, None, false, 1u16, None);
+    let (mut access, mut trunk, mut native) = (None, None, None);
+    for opt in it {
+        let (k, v) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let need = |v: Option<&'a str>| -> Result<&'a str, String> {
+            v.filter(|v| !v.is_empty())
+                .ok_or(format!("--port {name}: {k} needs a value"))
+        };
+        match k {
+            "vhost-user" => path = Some(PathBuf::from(need(v)?)),
+            "tap" => tap = Some(need(v)?.to_string()),
+            "client" if v.is_none() => client = true,
+            "server" if v.is_none() => client = false,
+            "queues" => {
+                let q: u16 = need(v)?
+                    .parse()
+                    .map_err(|_| format!("--port {name}: queues={v:?} is not a number"))?;
+                if q == 0 || q > 64 {
+                    return Err(format!("--port {name}: queues={q} is outside 1..=64"));
+                }
+                queues = q;
+            }
+            "mac" => mac = Some(parse_mac(need(v)?)?),
+            "vlan" => access = Some(parse_vid(need(v)?, "vlan")?),
+            "native" => native = Some(parse_vid(need(v)?, "native")?),
+            "trunk" => {
+                let mut set = VlanSet::new();
+                for part in need(v)?.split(':') {
+                    let (a, b) = part.split_once('-').unwrap_or((part, part));
+                    let (a, b) = (parse_vid(a, "trunk")?, parse_vid(b, "trunk")?);
+                    if b < a {
+                        return Err(format!("--port {name}: trunk range {part:?} is backwards"));
+                    }
+                    for v in a.get()..=b.get() {
+                        if let Some(v) = Vid::new(v) {
+                            set.insert(v);
+                        }
+                    }
+                }
+                trunk = Some(set);
+            }
+            _ => return Err(format!("--port {name}: unknown option {opt:?}")),
+        }
+    }
+    let kind = match (path, tap) {
+        (Some(path), None) => PortKind::VhostUser {
+            path,
+            client,
+            queues,
+        },
+        (None, Some(ifname)) => {
+            if queues != 1 || client {
+                return Err(format!(
+                    "--port {name}: queues and client apply to vhost-user ports only"
+                ));
+            }
+            PortKind::Tap { ifname }
+        }
+        (None, None) => return Err(format!("--port {name}: give vhost-user=PATH or tap=IFNAME")),
+        (Some(_), Some(_)) => {
+            return Err(format!("--port {name}: vhost-user and tap are exclusive"))
+        }
+    };
+    let vlan = match (access, trunk, native) {
+        (Some(_), Some(_), _) => {
+            return Err(format!("--port {name}: vlan and trunk are exclusive"))
+        }
+        (Some(_), None, Some(_)) => {
+            return Err(format!("--port {name}: native applies to trunk ports"))
+        }
+        (Some(vid), None, None) => VlanMode::Access { vid },
+        (None, Some(allowed), native) => VlanMode::Trunk { allowed, native },
+        (None, None, Some(_)) => {
+            return Err(format!("--port {name}: native applies to trunk ports"))
+        }
+        (None, None, None) => VlanMode::Access { vid: Vid::MIN },
+    };
+    Ok(PortSpec {
+        name: name.into(),
+        kind,
+        mac: mac.unwrap_or_else(|| default_mac(name)),
+        vlan,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issue_example_parses() {
+        let p = parse_port("p0,vhost-user=/run/vnfhost/p0.sock").expect("valid");
+        assert_eq!(p.name, "p0");
+        assert_eq!(
+            p.kind,
+            PortKind::VhostUser {
+                path: "/run/vnfhost/p0.sock".into(),
+                client: false,
+                queues: 1
+            }
+        );
+        assert_eq!(p.vlan, VlanMode::Access { vid: Vid::MIN });
+        let p = parse_port("p1,vhost-user=/s,client,queues=2,vlan=10,mac=02:00:00:00:00:01")
+            .expect("valid");
+        assert_eq!(
+            p.kind,
+            PortKind::VhostUser {
+                path: "/s".into(),
+                client: true,
+                queues: 2
+            }
+        );
+        assert_eq!(p.mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            p.vlan,
+            VlanMode::Access {
+                vid: Vid::new(10).expect("vid")
+            }
+        );
+    }
+
+    #[test]
+    fn trunks_parse_ranges() {
+        let p = parse_port("t,tap=vt0,trunk=10-12:20,native=10").expect("valid");
+        let VlanMode::Trunk { allowed, native } = p.vlan else {
+            panic!("not a trunk")
+        };
+        let v = |x| Vid::new(x).expect("vid");
+        assert_eq!(native, Some(v(10)));
+        assert!(allowed.contains(v(11)) && allowed.contains(v(20)) && !allowed.contains(v(13)));
+    }
+
+    #[test]
+    fn bad_ports_say_what_is_wrong() {
+        for (arg, want) in [
+            ("", "port name"),
+            ("p0", "vhost-user=PATH or tap"),
+            ("p0,vhost-user=", "needs a value"),
+            ("p0,vhost-user=/s,queues=0", "outside 1..=64"),
+            ("p0,vhost-user=/s,queues=x", "not a number"),
+            ("p0,vhost-user=/s,vlan=4095", "outside 1..=4094"),
+            ("p0,vhost-user=/s,bogus", "unknown option"),
+            ("p0,vhost-user=/s,mac=zz", "six colon"),
+            ("p0,vhost-user=/s,tap=x", "exclusive"),
+        ] {
+            let e = parse_port(arg).expect_err(arg);
+            assert!(e.contains(want), "{arg}: {e}");
+        }
+    }
+}

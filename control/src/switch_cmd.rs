@@ -1,0 +1,172 @@
+//! `vnfhost switch`: the switch in the foreground until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pmd::port::{Port, PortDrop, PortStats};
+use pmd::sched::Backoff;
+use pmd::tap::TapPort;
+use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
+use vswitch::switch::{Switch, SwitchConfig, SwitchPort};
+
+use crate::cli::SwitchArgs;
+use crate::portspec::PortKind;
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later), so they
+/// can be taken synchronously with `sigtimedwait`.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits up to `t` for a blocked signal of `set`; returns it.
+fn wait_signal(set: &libc::sigset_t, t: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and ts are valid for the call; no siginfo is asked for.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (r > 0).then_some(r)
+}
+
+fn open_ports(a: &SwitchArgs) -> Result<Vec<SwitchPort>, String> {
+    let mut out = Vec::new();
+    for spec in &a.ports {
+        let port: Arc<dyn Port> = match &spec.kind {
+            PortKind::VhostUser {
+                path,
+                client,
+                queues,
+            } => Arc::new(
+                VhostUserPort::new(VhostUserConfig {
+                    name: spec.name.clone(),
+                    path: path.clone(),
+                    mode: if *client { Mode::Client } else { Mode::Server },
+                    queue_pairs: *queues,
+                    mac: spec.mac,
+                    hugepages: a.hugepages,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            PortKind::Tap { ifname } => {
+                Arc::new(TapPort::new(&spec.name, ifname, a.hugepages).map_err(|e| e.to_string())?)
+            }
+        };
+        out.push(SwitchPort {
+            port,
+            vlan: spec.vlan.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn print_rates(sw: &Switch, prev: &mut Vec<PortStats>, dt: f64) {
+    let st = sw.stats();
+    let mut line = String::new();
+    for (i, (name, s)) in st.ports.iter().enumerate() {
+        let p = prev.get(i).copied().unwrap_or_default();
+        let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
+        line.push_str(&format!(
+            "{name}: rx {:.0} pps tx {:.0} pps drop {} | ",
+            rate(s.rx_packets, p.rx_packets),
+            rate(s.tx_packets, p.tx_packets),
+            s.total_drops()
+        ));
+    }
+    let bridge: Vec<String> = st
+        .drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    line.push_str(&format!(
+        "floods {} bridge drops [{}]",
+        st.floods,
+        bridge.join(" ")
+    ));
+    println!("{line}");
+    *prev = st.ports.into_iter().map(|(_, s)| s).collect();
+}
+
+fn print_totals(sw: &Switch) {
+    let st = sw.stats();
+    for (name, s) in &st.ports {
+        let drops: Vec<String> = PortDrop::ALL
+            .iter()
+            .filter(|d| s.drops[**d as usize] > 0)
+            .map(|d| format!("{}={}", d.as_str(), s.drops[*d as usize]))
+            .collect();
+        println!(
+            "port {name}: rx {} frames {} bytes, tx {} frames {} bytes, drops [{}]",
+            s.rx_packets,
+            s.rx_bytes,
+            s.tx_packets,
+            s.tx_bytes,
+            drops.join(" ")
+        );
+    }
+    let bridge: Vec<String> = st
+        .drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    println!("bridge: floods {}, drops [{}]", st.floods, bridge.join(" "));
+}
+
+/// Runs the switch until SIGINT or SIGTERM.
+pub fn run(a: &SwitchArgs) -> Result<(), String> {
+    let sigs = block_signals();
+    let ports = open_ports(a)?;
+    let cfg = SwitchConfig {
+        cores: if a.cores.is_empty() {
+            vec![None]
+        } else {
+            a.cores.iter().map(|c| Some(*c)).collect()
+        },
+        backoff: Backoff {
+            max_sleep: a.idle_max,
+            ..Backoff::default()
+        },
+        fdb_capacity: a.fdb_size,
+        fdb_max_age: a.fdb_age,
+    };
+    let names: Vec<String> = a.ports.iter().map(|p| p.name.clone()).collect();
+    let sw = Switch::start(&cfg, ports).map_err(|e| e.to_string())?;
+    tracing::info!(
+        "switch running: ports [{}] on cores {:?}; SIGINT or SIGTERM stops it",
+        names.join(", "),
+        if a.cores.is_empty() {
+            "unpinned".to_string()
+        } else {
+            format!("{:?}", a.cores)
+        }
+    );
+    let mut prev = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        if let Some(sig) = wait_signal(&sigs, Duration::from_secs(1)) {
+            tracing::info!("signal {sig}: stopping");
+            break;
+        }
+        if a.stats {
+            let now = Instant::now();
+            print_rates(&sw, &mut prev, now.duration_since(last).as_secs_f64());
+            last = now;
+        }
+    }
+    print_totals(&sw);
+    // Stop the polling cores first, then drop the ports (closing connections and
+    // removing server sockets).
+    sw.stop();
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `vnfhost switch` as a user runs it, with vnfhost's own virtio-user ports as the VMs.
+
+#[path = "common/switch.rs"]
+mod switch_proc;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
+use switch_proc::SwitchProc;
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vnfhost-sw-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
+
+fn vu(path: &Path) -> VirtioUser {
+    VirtioUser::new(&VirtioUserConfig::new(path)).expect("virtio-user connects to the switch")
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[18..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(31).wrapping_add(seq) as u8;
+    }
+    f
+}
+
+const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+
+/// Sends all `frames` from `tx` and collects what arrives at `rx` until `want` frames
+/// came or 10 s passed.
+fn pump(tx: &mut VirtioUser, frames: &[Vec<u8>], rx: &mut VirtioUser, want: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut next = 0;
+    let t = Instant::now();
+    while got.len() < want && t.elapsed() < Duration::from_secs(10) {
+        if next < frames.len() {
+            next += tx.send(0, &frames[next..(next + 32).min(frames.len())]);
+        }
+        if rx.recv(0, 64, |f| got.push(f.to_vec())) == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    got
+}
+
+#[test]
+fn frames_cross_the_switch_unchanged_in_order_and_learning_stops_floods() {
+    let d = dir("basic");
+    let socks: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .zip(&socks)
+        .flat_map(|(n, s)| {
+            [
+                "--port".to_string(),
+                format!("{n},vhost-user={}", s.display()),
+            ]
+        })
+        .collect();
+    let sw = SwitchProc::spawn(&args, &d.join("switch.log"), &socks).expect("switch starts");
+    let (mut a, mut b, mut c) = (vu(&socks[0]), vu(&socks[1]), vu(&socks[2]));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A → B before anyone has spoken: flooded to B and C.
+    let first = frame(B, A, 0, 64);
+    let got = pump(&mut a, std::slice::from_ref(&first), &mut b, 1);
+    if got.is_empty() {
+        let _ = sw.stop(libc::SIGTERM);
+        panic!(
+            "nothing arrived; switch log:\n{}",
+            std::fs::read_to_string(d.join("switch.log")).unwrap_or_default()
+        );
+    }
+    assert_eq!(got, vec![first.clone()]);
+    assert_eq!(
+        c.recv_wait(0, 1, Duration::from_secs(2)),
+        vec![first],
+        "unknown unicast is flooded"
+    );
+    // B answers: the switch learned A, so only A gets it.
+    let reply = frame(A, B, 1, 64);
+    assert_eq!(
+        pump(&mut b, std::slice::from_ref(&reply), &mut a, 1),
+        vec![reply]
+    );
+    // Now A → B is known unicast: 2000 frames of mixed sizes, all to B, in order, and
+    // none to C.
+    let frames: Vec<Vec<u8>> = (0..2000)
+        .map(|i| frame(B, A, i + 2, 60 + (i as usize * 7) % 1455))
+        .collect();
+    let got = pump(&mut a, &frames, &mut b, frames.len());
+    assert_eq!(got.len(), frames.len(), "frames lost");
+    assert!(got == frames, "frames changed or reordered");
+    assert!(
+        c.recv_wait(0, 1, Duration::from_millis(300)).is_empty(),
+        "learned unicast leaked to C"
+    );
+
+    let st = sw.stop(libc::SIGTERM).expect("stops on SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+    for s in &socks {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
+}
+
+#[test]
+fn access_ports_in_different_vlans_are_isolated_and_trunks_tag() {
+    let d = dir("vlan");
+    let socks: Vec<PathBuf> = ["a10", "b20", "t"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args = vec![
+        "--port".to_string(),
+        format!("a10,vhost-user={},vlan=10", socks[0].display()),
+        "--port".to_string(),
+        format!("b20,vhost-user={},vlan=20", socks[1].display()),
+        "--port".to_string(),
+        format!("t,vhost-user={},trunk=10-20", socks[2].display()),
+    ];
+    let _sw = SwitchProc::spawn(&args, &d.join("switch.log"), &socks).expect("switch starts");
+    let (mut a, mut b, mut t) = (vu(&socks[0]), vu(&socks[1]), vu(&socks[2]));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A broadcast from the VLAN 10 access port reaches the trunk tagged 10, never B.
+    let bc = frame([0xff; 6], A, 1, 60);
+    let got = pump(&mut a, std::slice::from_ref(&bc), &mut t, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        &got[0][12..16],
+        &[0x81, 0x00, 0x00, 0x0a],
+        "trunk copy carries tag 10"
+    );
+    assert_eq!(&got[0][16..], &bc[12..]);
+    assert!(
+        b.recv_wait(0, 1, Duration::from_millis(300)).is_empty(),
+        "VLAN 10 leaked into VLAN 20"
+    );
+
+    // A tagged-20 frame from the trunk reaches B untagged, and not A.
+    let mut tagged = frame(C, [2, 0, 0, 0, 0, 0x77], 2, 60);
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x14]);
+    let got = pump(&mut t, std::slice::from_ref(&tagged), &mut b, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0][12..], &tagged[16..], "access copy is untagged");
+    assert!(
+        a.recv_wait(0, 1, Duration::from_millis(300)).is_empty(),
+        "VLAN 20 leaked into VLAN 10"
+    );
+}

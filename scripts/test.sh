@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: quality gates, unit, integration (real DPDK testpmd and QEMU
+# peers) and the bounded fuzz run. Needs scripts/setup.sh first (root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+echo "== cargo test"
+# --nocapture so that a test lacking a resource can say "SKIPPED: why"; those are
+# counted as skipped below, not as passed.
+set +e
+cargo test --workspace -- --test-threads=2 --nocapture 2>&1 | tee target/test-output.txt
+rc=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' target/test-output.txt)
+skipped=$(grep -c '^SKIPPED:' target/test-output.txt || true)
+if [ "$skipped" -gt 0 ]; then
+    echo "== skipped tests:"
+    grep '^SKIPPED:' target/test-output.txt
+fi
+echo "vnfhost: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$rc"

@@ -1,0 +1,323 @@
+//! The switch service: ports bound to polling cores, each core running the bridge.
+//!
+//! ```text
+//!   core k:  for each (port, queue) it owns:
+//!              port.poll_rx(queue) ─► bridge.forward(frame) ─► staging[out port]
+//!              for each out port with frames: out.tx_burst(txq(k), batch, staging)
+//! ```
+//!
+//! Every (port, queue) pair is owned by exactly one core (round-robin over the
+//! configured cores). Core `k` transmits on queue `k % queue_pairs` of each output port;
+//! when two cores share a transmit queue, the queue's cell serialises them per burst.
+//!
+//! Each core owns its own [`Bridge`] replica: its FDB learns from the frames that core
+//! receives. With one core (the default) that is the whole switch; with several, a core
+//! floods a destination until it has learned it itself (correct, but extra copies). A
+//! shared FDB is future work and is named in the crate README.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pmd::port::{Port, PortStats, RxBatch, TxSel};
+use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
+
+use crate::bridge::{Bridge, BridgeConfig, DropReason, PortId, VlanMode};
+
+/// The most ports one switch serves.
+pub const MAX_SWITCH_PORTS: usize = 256;
+
+/// One port of the switch.
+pub struct SwitchPort {
+    /// The driver.
+    pub port: Arc<dyn Port>,
+    /// Its VLAN membership.
+    pub vlan: VlanMode,
+}
+
+/// Configuration of the switch service.
+#[derive(Clone, Debug)]
+pub struct SwitchConfig {
+    /// Polling cores (CPU numbers); `None` entries run unpinned.
+    pub cores: Vec<Option<usize>>,
+    /// Idle back-off of every polling loop.
+    pub backoff: Backoff,
+    /// FDB capacity (entries) per core.
+    pub fdb_capacity: usize,
+    /// FDB entry lifetime.
+    pub fdb_max_age: Duration,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            cores: vec![None],
+            backoff: Backoff::default(),
+            fdb_capacity: 64 * 1024,
+            fdb_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Errors starting the switch.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// No polling core configured.
+    #[error("no polling core configured")]
+    NoCores,
+    /// Too many ports.
+    #[error("{0} ports; the switch takes at most {max}", max = MAX_SWITCH_PORTS)]
+    TooManyPorts(usize),
+    /// The bridge refused its configuration.
+    #[error("bridge: {0}")]
+    Bridge(String),
+    /// A polling thread could not start.
+    #[error("polling thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Drop counters of the switching logic, summed over cores.
+#[derive(Clone, Debug, Default)]
+pub struct SwitchStats {
+    /// Per port: the driver's counters.
+    pub ports: Vec<(String, PortStats)>,
+    /// Drops by bridge reason: (reason name, count).
+    pub drops: Vec<(&'static str, u64)>,
+    /// Floods.
+    pub floods: u64,
+    /// Per core: (busy polls, idle polls).
+    pub cores: Vec<(u64, u64)>,
+}
+
+/// Counters a core publishes for the control plane (relaxed stores, one writer).
+#[derive(Default)]
+struct CoreCounters {
+    drops: [AtomicU64; DropReason::COUNT],
+    floods: AtomicU64,
+}
+
+struct CoreTask {
+    rxqs: Vec<(usize, u16)>,
+    ports: Arc<[Arc<dyn Port>]>,
+    txq: u16,
+    bridge: Bridge,
+    batch: RxBatch,
+    staging: Vec<Vec<TxSel>>,
+    start: Instant,
+    polls: u32,
+    link: Vec<bool>,
+    counters: Arc<CoreCounters>,
+}
+
+impl CoreTask {
+    /// Every 64 polls: follow port link changes (one relaxed load per port).
+    fn follow_links(&mut self) {
+        for (i, p) in self.ports.iter().enumerate() {
+            let up = p.is_up();
+            if up != self.link[i] {
+                self.link[i] = up;
+                let _ = self.bridge.set_link(PortId(i as u16), up);
+            }
+        }
+    }
+
+    /// Every 4096 polls: age the FDB a little and publish counters.
+    fn housekeeping(&mut self) {
+        let now = self.start.elapsed().as_nanos() as u64;
+        self.bridge.expire(now, 256);
+        let c = self.bridge.counters();
+        for r in DropReason::ALL {
+            self.counters.drops[r.index()].store(c.drops.get(r), Ordering::Relaxed);
+        }
+        self.counters.floods.store(c.floods, Ordering::Relaxed);
+    }
+}
+
+impl PollTask for CoreTask {
+    fn poll(&mut self) -> usize {
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(64) {
+            self.follow_links();
+            if self.polls.is_multiple_of(4096) {
+                self.housekeeping();
+            }
+        }
+        let CoreTask {
+            rxqs,
+            ports,
+            txq,
+            bridge,
+            batch,
+            staging,
+            start,
+            ..
+        } = self;
+        let mut total = 0;
+        for &(pi, q) in rxqs.iter() {
+            let inp = PortId(pi as u16);
+            let txq = *txq;
+            total += ports[pi].poll_rx(q, batch, &mut |b: &RxBatch| {
+                let now = start.elapsed().as_nanos() as u64;
+                for i in 0..b.len() {
+                    let _ = bridge.forward(inp, b.frame(i), now, &mut |out: PortId, edit| {
+                        if let Some(s) = staging.get_mut(usize::from(out.0)) {
+                            s.push(TxSel {
+                                idx: i as u16,
+                                edit,
+                            });
+                        }
+                    });
+                }
+                for (o, sel) in staging.iter_mut().enumerate() {
+                    if !sel.is_empty() {
+                        ports[o].tx_burst(txq, b, sel);
+                        sel.clear();
+                    }
+                }
+            });
+        }
+        total
+    }
+}
+
+/// A running switch; stops its cores when dropped.
+pub struct Switch {
+    ports: Arc<[Arc<dyn Port>]>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    loads: Vec<Arc<CoreLoad>>,
+    counters: Vec<Arc<CoreCounters>>,
+}
+
+impl Switch {
+    /// Binds the ports to the cores and starts polling.
+    pub fn start(cfg: &SwitchConfig, ports: Vec<SwitchPort>) -> Result<Switch, SwitchError> {
+        if cfg.cores.is_empty() {
+            return Err(SwitchError::NoCores);
+        }
+        if ports.len() > MAX_SWITCH_PORTS {
+            return Err(SwitchError::TooManyPorts(ports.len()));
+        }
+        let ncores = cfg.cores.len();
+        let mut rxqs: Vec<Vec<(usize, u16)>> = vec![Vec::new(); ncores];
+        let mut k = 0;
+        for (pi, p) in ports.iter().enumerate() {
+            for q in 0..p.port.queue_pairs() {
+                rxqs[k % ncores].push((pi, q));
+                k += 1;
+            }
+        }
+        let bcfg = BridgeConfig {
+            max_ports: MAX_SWITCH_PORTS as u16,
+            fdb_capacity: cfg.fdb_capacity,
+            fdb_max_age: cfg.fdb_max_age.as_nanos() as u64,
+        };
+        let vlans: Vec<VlanMode> = ports.iter().map(|p| p.vlan.clone()).collect();
+        let drivers: Arc<[Arc<dyn Port>]> = ports.into_iter().map(|p| p.port).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut sw = Switch {
+            ports: drivers.clone(),
+            stop: stop.clone(),
+            threads: Vec::new(),
+            loads: Vec::new(),
+            counters: Vec::new(),
+        };
+        for (ci, core) in cfg.cores.iter().enumerate() {
+            let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
+            for (pi, v) in vlans.iter().enumerate() {
+                let id = PortId(pi as u16);
+                let r = bridge
+                    .add_port(id, v.clone())
+                    .and_then(|()| bridge.set_link(id, false));
+                r.map_err(|e| SwitchError::Bridge(e.to_string()))?;
+            }
+            let counters = Arc::new(CoreCounters::default());
+            let load = Arc::new(CoreLoad::default());
+            let task = CoreTask {
+                rxqs: std::mem::take(&mut rxqs[ci]),
+                ports: drivers.clone(),
+                txq: ci as u16,
+                bridge,
+                batch: RxBatch::default(),
+                staging: (0..drivers.len())
+                    .map(|_| Vec::with_capacity(pmd::port::BURST))
+                    .collect(),
+                start: Instant::now(),
+                polls: 4095,
+                link: vec![false; drivers.len()],
+                counters: counters.clone(),
+            };
+            let name = format!("pmd{ci}");
+            let h = spawn_poll_thread(
+                name,
+                *core,
+                cfg.backoff,
+                Box::new(task),
+                stop.clone(),
+                load.clone(),
+            )?;
+            sw.threads.push(h);
+            sw.loads.push(load);
+            sw.counters.push(counters);
+        }
+        Ok(sw)
+    }
+
+    /// The ports, in the order given.
+    pub fn ports(&self) -> &[Arc<dyn Port>] {
+        &self.ports
+    }
+
+    /// Counters of ports, bridge and cores.
+    pub fn stats(&self) -> SwitchStats {
+        let mut drops = [0u64; DropReason::COUNT];
+        let mut floods = 0;
+        for c in &self.counters {
+            for (d, a) in drops.iter_mut().zip(c.drops.iter()) {
+                *d += a.load(Ordering::Relaxed);
+            }
+            floods += c.floods.load(Ordering::Relaxed);
+        }
+        SwitchStats {
+            ports: self
+                .ports
+                .iter()
+                .map(|p| (p.name().to_string(), p.stats()))
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), drops[r.index()]))
+                .collect(),
+            floods,
+            cores: self
+                .loads
+                .iter()
+                .map(|l| {
+                    (
+                        l.busy_polls.load(Ordering::Relaxed),
+                        l.idle_polls.load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the polling cores and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
