@@ -1,0 +1,85 @@
+//! Helpers shared by the integration tests (`mod common;` in `control/tests/*.rs`).
+//!
+//! - [`qemu`]: QEMU Linux guests with a vhost-user NIC, driven over their console.
+//! - [`testpmd`]: DPDK `dpdk-testpmd` as a vhost-user backend (a reference "switch").
+//! - [`TestDir`], [`serial`], [`find_in_path`] and the [`skip!`] macro.
+#![allow(dead_code, unused_macros, unused_imports)]
+
+pub mod qemu;
+pub mod testpmd;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Prints `SKIPPED: <reason>` and returns from the test when the `Option<String>` it is
+/// given is `Some(reason)`. Example: `skip!(common::qemu::qemu_unavailable());`
+macro_rules! skip {
+    ($reason:expr) => {
+        if let Some(reason) = $reason {
+            println!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+pub(crate) use skip;
+
+/// Serialises heavy tests (QEMU guests, DPDK) within one test binary: the machine has two
+/// cores, and cargo runs the tests of a binary on parallel threads. Poisoning is ignored.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The first executable called `name` in `PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// A fresh directory `/tmp/vnfhost-<tag>-<pid>-<n>` for sockets and logs. Removed on drop,
+/// except when the test is panicking or `VNFHOST_KEEP_TMP` is set (its path is then
+/// printed so that the logs can be read).
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// Creates the directory. Paths stay short: unix socket paths are limited to 107 bytes.
+    pub fn new(tag: &str) -> Result<TestDir, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/tmp/vnfhost-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(TestDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("VNFHOST_KEEP_TMP").is_some() {
+            eprintln!("kept test directory {} (logs inside)", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
