@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod sched;
 pub mod sync;
 pub mod tap;
+pub mod vhost_proto;
 pub mod vhost_user;
 pub mod virtio;
 pub mod virtio_user;

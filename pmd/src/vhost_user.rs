@@ -9,15 +9,17 @@
 //!        └──── under the queue's QueueCell ───────────┘  (one CAS per burst)
 //! ```
 //!
-//! Message parsing and the socket protocol (fd passing, REPLY_ACK, size checks) come
-//! from the rust-vmm `vhost` crate; the rings are walked by [`crate::vring`], because a
-//! burst must stay open while the switch copies frames straight into another guest.
+//! Message framing lives in [`crate::vhost_proto`] (see there why it is ours and not the
+//! `vhost` crate's); the rings are walked by [`crate::vring`], because a burst must stay
+//! open while the switch copies frames straight into another guest.
 //!
 //! Server mode creates the socket (mode 0660) and serves one frontend at a time; client
 //! mode connects to a socket the VMM owns and reconnects whenever the connection drops,
-//! so either side can restart. A frontend that sends a malformed message is
-//! disconnected and the port is reset to wait for the next one; other ports are not
-//! affected.
+//! so either side can restart. A malformed message (bad framing, wrong size, unknown
+//! request, wrong descriptor count, a message that stalls for 2 s) disconnects the
+//! frontend and resets the port to wait for the next one; a well-formed request we
+//! cannot honour (an unmappable region, a ring outside shared memory) is refused — with
+//! a failure ack when REPLY_ACK asks for one — and counted. Other ports are not affected.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -25,20 +27,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
-    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
-};
-use vhost::vhost_user::{
-    Backend, BackendReqHandler, Error as VuError, GpuBackend, Result as VuResult,
-    VhostUserBackendReqHandlerMut,
-};
-use vhost::VhostUserMemoryRegionBase;
 
 use crate::mem::{GuestMemory, GuestRegion};
 use crate::pool::{BufPool, MAX_FRAME};
@@ -47,6 +38,7 @@ use crate::port::{
 };
 use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
+use crate::vhost_proto as proto;
 use crate::virtio::{self, net_hdr_len};
 use crate::vring::{Chain, DeviceRing, RingAddrs};
 
@@ -121,6 +113,9 @@ const OFFERED_FEATURES: u64 = virtio::F_VERSION_1
     | virtio::F_NOTIFY_ON_EMPTY
     | virtio::F_ANY_LAYOUT
     | virtio::F_PROTOCOL_FEATURES;
+
+/// Protocol features we offer: multiqueue, acks, and memory hot-plug by slot.
+const OFFERED_PROTOCOL: u64 = proto::pf::MQ | proto::pf::REPLY_ACK | proto::pf::CONFIGURE_MEM_SLOTS;
 
 /// A started (or stopped) virtqueue as the data path sees it.
 struct Vq {
@@ -323,7 +318,7 @@ fn control_loop(
     listener: Option<UnixListener>,
     stop: Arc<AtomicBool>,
 ) {
-    let device = Arc::new(Mutex::new(Device::new(shared.clone(), cfg.mac)));
+    let mut device = Device::new(shared.clone(), cfg.mac);
     while !stop.load(Ordering::Relaxed) {
         let stream = match &listener {
             Some(l) => {
@@ -343,13 +338,11 @@ fn control_loop(
                 }
             },
         };
+        // A message must arrive whole within the receive timeout: a frontend that
+        // stalls mid-message is disconnected, never waited for.
         if stream.set_nonblocking(false).is_err()
-            || stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .is_err()
-            || stream
-                .set_write_timeout(Some(Duration::from_secs(2)))
-                .is_err()
+            || stream.set_read_timeout(Some(MSG_TIMEOUT)).is_err()
+            || stream.set_write_timeout(Some(MSG_TIMEOUT)).is_err()
         {
             continue;
         }
@@ -359,110 +352,86 @@ fn control_loop(
             shared.name,
             cfg.path.display()
         );
-        let fd = stream.as_raw_fd();
-        let watchdog = Watchdog::start(&stream, &shared.name);
-        let mut handler = BackendReqHandler::from_stream(stream, device.clone());
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                break;
+        serve(&shared, &mut device, &stream, &stop);
+        device.reset();
+    }
+    device.reset();
+}
+
+/// How long one message may take to arrive or to be answered.
+const MSG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answers requests on one connection until it ends or `stop` is set.
+fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &AtomicBool) {
+    let fail = |what: &str| {
+        shared.proto_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(supp) = shared.log.check() {
+            tracing::warn!(
+                "port {}: {what} ({supp} similar messages suppressed)",
+                shared.name
+            );
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        if !wait_readable(stream.as_raw_fd(), 200) {
+            continue;
+        }
+        let mut msg = match proto::recv_msg(stream) {
+            Ok(m) => m,
+            Err(proto::ProtoError::Disconnected) => {
+                tracing::info!("port {}: vhost-user frontend disconnected", shared.name);
+                return;
             }
-            if !wait_readable(fd, 200) {
-                continue;
+            Err(e) => {
+                fail(&format!("dropping vhost-user connection: {e}"));
+                return;
             }
-            watchdog.enter();
-            let r = handler.handle_request();
-            watchdog.leave();
-            match r {
-                Ok(()) => {}
-                Err(VuError::Disconnected) | Err(VuError::PartialMessage) => {
-                    tracing::info!("port {}: vhost-user frontend disconnected", shared.name);
-                    break;
+        };
+        let ack = device.protocol & proto::pf::REPLY_ACK != 0 && msg.need_reply();
+        let sent = match device.handle(&mut msg) {
+            Ok(Some(body)) => proto::send_reply(stream, msg.request, &body),
+            Ok(None) if ack => proto::send_reply(stream, msg.request, &0u64.to_le_bytes()),
+            Ok(None) => Ok(()),
+            Err(Fail::Refuse(why)) => {
+                fail(&format!("request {} refused: {why}", msg.request));
+                if ack {
+                    proto::send_reply(stream, msg.request, &1u64.to_le_bytes())
+                } else {
+                    Ok(())
                 }
-                Err(e) => {
-                    shared.proto_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(supp) = shared.log.check() {
-                        tracing::warn!(
-                            "port {}: dropping vhost-user connection after bad message: {e} \
-                             ({supp} similar messages suppressed)",
-                            shared.name
-                        );
-                    }
-                    break;
-                }
             }
-        }
-        drop(handler);
-        drop(watchdog);
-        match device.lock() {
-            Ok(mut d) => d.reset(),
-            Err(p) => p.into_inner().reset(),
+            Err(Fail::Fatal(why)) => {
+                fail(&format!(
+                    "dropping vhost-user connection after bad request {}: {why}",
+                    msg.request
+                ));
+                return;
+            }
+        };
+        if let Err(e) = sent {
+            fail(&format!(
+                "dropping vhost-user connection: reply failed: {e}"
+            ));
+            return;
         }
     }
 }
 
-/// Bounds the time one vhost-user message may take to arrive.
-///
-/// The `vhost` crate retries a receive that times out, so a frontend that sends half a
-/// message and then nothing would hold the control thread forever. The watchdog shuts
-/// the socket down when a message has been in progress for longer than
-/// [`Watchdog::LIMIT`]; the receive then sees end-of-file and the connection is dropped.
-struct Watchdog {
-    since_ms: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    epoch: std::time::Instant,
+/// How a request failed.
+enum Fail {
+    /// Well-formed but not acceptable: refused (acked with failure when asked), the
+    /// connection stays.
+    Refuse(String),
+    /// Malformed: the connection is dropped.
+    Fatal(String),
 }
 
-impl Watchdog {
-    const LIMIT: Duration = Duration::from_secs(2);
-
-    fn start(stream: &UnixStream, name: &str) -> Watchdog {
-        let since_ms = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let epoch = std::time::Instant::now();
-        let thread = stream.try_clone().ok().and_then(|s| {
-            let (since, done, name) = (since_ms.clone(), done.clone(), name.to_string());
-            std::thread::Builder::new()
-                .name(format!("vu-wd-{name}"))
-                .spawn(move || {
-                    while !done.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        let t = since.load(Ordering::Relaxed);
-                        let now = epoch.elapsed().as_millis() as u64;
-                        if t != 0 && now.saturating_sub(t) > Self::LIMIT.as_millis() as u64 {
-                            tracing::warn!("port {name}: vhost-user message incomplete after 2 s; disconnecting");
-                            let _ = s.shutdown(std::net::Shutdown::Both);
-                            return;
-                        }
-                    }
-                })
-                .ok()
-        });
-        Watchdog {
-            since_ms,
-            done,
-            thread,
-            epoch,
-        }
-    }
-
-    fn enter(&self) {
-        let now = (self.epoch.elapsed().as_millis() as u64).max(1);
-        self.since_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn leave(&self) {
-        self.since_ms.store(0, Ordering::Relaxed);
-    }
+fn fatal<T>(why: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Fatal(why.into()))
 }
 
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn refuse<T>(why: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Refuse(why.into()))
 }
 
 /// Set-up state of one vring, owned by the control thread.
@@ -506,12 +475,6 @@ impl Device {
             f |= virtio::NET_F_MQ;
         }
         f
-    }
-
-    fn vring(&mut self, index: u32) -> VuResult<&mut VringSetup> {
-        self.vrings
-            .get_mut(index as usize)
-            .ok_or(VuError::InvalidParam)
     }
 
     /// Stops every ring and forgets the frontend (after a disconnect).
@@ -616,286 +579,298 @@ impl Device {
     }
 }
 
-fn map_regions(ctx: &[VhostUserMemoryRegion], files: &[File]) -> VuResult<Vec<GuestRegion>> {
-    if ctx.len() != files.len() || ctx.len() > GuestMemory::MAX_REGIONS {
-        return Err(VuError::InvalidParam);
+/// Body length each fixed-size request must have.
+fn expect_len(m: &proto::Msg, len: usize) -> Result<(), Fail> {
+    if m.body.len() == len {
+        Ok(())
+    } else {
+        fatal(format!("body of {} bytes, {len} expected", m.body.len()))
     }
-    ctx.iter()
-        .zip(files)
-        .map(|(r, f)| {
-            GuestRegion::map(
-                f,
-                r.guest_phys_addr,
-                r.memory_size,
-                r.user_addr,
-                r.mmap_offset,
-            )
-            .map_err(|_| VuError::InvalidParam)
-        })
-        .collect()
 }
 
-impl VhostUserBackendReqHandlerMut for Device {
-    fn set_owner(&mut self) -> VuResult<()> {
+fn expect_fds(m: &proto::Msg, n: usize) -> Result<(), Fail> {
+    if m.fds.len() == n {
         Ok(())
+    } else {
+        fatal(format!("{} file descriptors, {n} expected", m.fds.len()))
     }
+}
 
-    fn reset_owner(&mut self) -> VuResult<()> {
-        self.reset();
-        Ok(())
-    }
+/// A memory region as the protocol lays it out: gpa, size, user address, mmap offset.
+fn region_at(m: &proto::Msg, off: usize, fd: &File) -> Result<GuestRegion, Fail> {
+    let (Some(gpa), Some(size), Some(uaddr), Some(offset)) = (
+        m.u64_at(off),
+        m.u64_at(off + 8),
+        m.u64_at(off + 16),
+        m.u64_at(off + 24),
+    ) else {
+        return fatal("truncated memory region");
+    };
+    GuestRegion::map(fd, gpa, size, uaddr, offset)
+        .or_else(|e| refuse(format!("memory region at guest address {gpa:#x}: {e}")))
+}
 
-    fn reset_device(&mut self) -> VuResult<()> {
-        self.reset();
-        Ok(())
-    }
-
-    fn get_features(&mut self) -> VuResult<u64> {
-        Ok(self.offered())
-    }
-
-    fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !self.offered() != 0 {
-            return Err(VuError::InvalidParam);
+impl Device {
+    fn vring_index(&self, index: u32) -> Result<usize, Fail> {
+        let i = index as usize;
+        if i < self.vrings.len() {
+            Ok(i)
+        } else {
+            refuse(format!(
+                "vring {index} does not exist (port has {})",
+                self.vrings.len()
+            ))
         }
-        self.features = features;
-        // Without protocol features, rings are enabled as soon as they start.
-        if features & virtio::F_PROTOCOL_FEATURES == 0 {
-            for v in &mut self.vrings {
-                v.enabled = true;
-            }
-        }
-        for i in 0..self.vrings.len() {
-            if self.vrings[i].started {
-                self.install(i);
-            }
-        }
-        Ok(())
     }
 
-    fn set_mem_table(
-        &mut self,
-        ctx: &[VhostUserMemoryRegion],
-        files: Vec<File>,
-        _postcopy_listening: Option<bool>,
-    ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
-        let regions = map_regions(ctx, &files)?;
-        let mem = GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?;
+    /// `{u32 index, u32 num}` bodies.
+    fn vring_state(&self, m: &proto::Msg) -> Result<(usize, u32), Fail> {
+        expect_len(m, 8)?;
+        let (Some(index), Some(num)) = (m.u32_at(0), m.u32_at(4)) else {
+            return fatal("truncated vring state");
+        };
+        Ok((self.vring_index(index)?, num))
+    }
+
+    /// `u64` bodies of SET_VRING_KICK/CALL/ERR: index in bits 0..8, bit 8 = no fd.
+    fn vring_fd(&self, m: &mut proto::Msg) -> Result<(usize, Option<File>), Fail> {
+        expect_len(m, 8)?;
+        let v = m.u64_at(0).unwrap_or(0);
+        let nofd = v & 0x100 != 0;
+        expect_fds(m, if nofd { 0 } else { 1 })?;
+        if v & !0x1ff != 0 {
+            return fatal(format!("bad vring fd word {v:#x}"));
+        }
+        let i = self.vring_index((v & 0xff) as u32)?;
+        Ok((i, m.fds.pop()))
+    }
+
+    fn set_mem(&mut self, regions: Vec<GuestRegion>) -> Result<(), Fail> {
+        let mem = GuestMemory::new(regions).or_else(|e| refuse(e.to_string()))?;
         self.mem = Some(Arc::new(mem));
         self.reinstall_all();
-        Ok(None)
+        Ok(())
     }
 
-    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        if num == 0 || num > u32::from(virtio::MAX_QUEUE_SIZE) || !num.is_power_of_two() {
-            return Err(VuError::InvalidParam);
+    /// Applies one request; `Ok(Some(body))` is a reply to send.
+    fn handle(&mut self, m: &mut proto::Msg) -> Result<Option<Vec<u8>>, Fail> {
+        use proto::req::*;
+        let u64_reply = |v: u64| Ok(Some(v.to_le_bytes().to_vec()));
+        match m.request {
+            GET_FEATURES => {
+                expect_len(m, 0)?;
+                u64_reply(self.offered())
+            }
+            SET_FEATURES => {
+                expect_len(m, 8)?;
+                let f = m.u64_at(0).unwrap_or(0);
+                if f & !self.offered() != 0 {
+                    return refuse(format!("features {f:#x} were not offered"));
+                }
+                self.features = f;
+                if f & virtio::F_PROTOCOL_FEATURES == 0 {
+                    // Without protocol features rings are enabled as soon as they start.
+                    for v in &mut self.vrings {
+                        v.enabled = true;
+                    }
+                }
+                for i in 0..self.vrings.len() {
+                    self.install(i);
+                }
+                Ok(None)
+            }
+            SET_OWNER => {
+                expect_len(m, 0)?;
+                Ok(None)
+            }
+            RESET_OWNER | RESET_DEVICE => {
+                expect_len(m, 0)?;
+                self.reset();
+                Ok(None)
+            }
+            GET_PROTOCOL_FEATURES => {
+                expect_len(m, 0)?;
+                u64_reply(OFFERED_PROTOCOL)
+            }
+            SET_PROTOCOL_FEATURES => {
+                expect_len(m, 8)?;
+                let f = m.u64_at(0).unwrap_or(0);
+                if f & !OFFERED_PROTOCOL != 0 {
+                    return refuse(format!("protocol features {f:#x} were not offered"));
+                }
+                self.protocol = f;
+                Ok(None)
+            }
+            GET_QUEUE_NUM => {
+                expect_len(m, 0)?;
+                u64_reply(u64::from(self.shared.queue_pairs))
+            }
+            GET_MAX_MEM_SLOTS => {
+                expect_len(m, 0)?;
+                u64_reply(GuestMemory::MAX_REGIONS as u64)
+            }
+            SET_MEM_TABLE => {
+                let n = m.u32_at(0).unwrap_or(0) as usize;
+                if n == 0 || n > proto::MAX_FDS {
+                    return fatal(format!(
+                        "{n} memory regions (1 to {} allowed)",
+                        proto::MAX_FDS
+                    ));
+                }
+                expect_len(m, 8 + 32 * n)?;
+                expect_fds(m, n)?;
+                let regions = (0..n)
+                    .map(|i| region_at(m, 8 + 32 * i, &m.fds[i]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.set_mem(regions)?;
+                Ok(None)
+            }
+            ADD_MEM_REG => {
+                expect_len(m, 40)?;
+                expect_fds(m, 1)?;
+                let r = region_at(m, 8, &m.fds[0])?;
+                let mut regions = self
+                    .mem
+                    .as_ref()
+                    .map(|x| x.regions().to_vec())
+                    .unwrap_or_default();
+                regions.push(r);
+                self.set_mem(regions)?;
+                Ok(None)
+            }
+            REM_MEM_REG => {
+                expect_len(m, 40)?;
+                let (Some(gpa), Some(size)) = (m.u64_at(8), m.u64_at(16)) else {
+                    return fatal("truncated memory region");
+                };
+                let Some(cur) = &self.mem else {
+                    return refuse("no memory table");
+                };
+                let regions: Vec<GuestRegion> = cur
+                    .regions()
+                    .iter()
+                    .filter(|r| !(r.gpa == gpa && r.size == size))
+                    .cloned()
+                    .collect();
+                if regions.len() == cur.regions().len() {
+                    return refuse(format!("no region at {gpa:#x} of {size} bytes"));
+                }
+                self.set_mem(regions)?;
+                Ok(None)
+            }
+            SET_VRING_NUM => {
+                let (i, num) = self.vring_state(m)?;
+                if num == 0 || num > u32::from(virtio::MAX_QUEUE_SIZE) || !num.is_power_of_two() {
+                    return refuse(format!(
+                        "queue size {num} is not a power of two in 1..=32768"
+                    ));
+                }
+                self.vrings[i].size = num;
+                Ok(None)
+            }
+            SET_VRING_ADDR => {
+                expect_len(m, 40)?;
+                let i = self.vring_index(m.u32_at(0).unwrap_or(u32::MAX))?;
+                let flags = m.u32_at(4).unwrap_or(0);
+                if flags & 1 != 0 {
+                    return refuse("dirty logging (live migration) is not supported");
+                }
+                let (Some(desc), Some(used), Some(avail)) =
+                    (m.u64_at(8), m.u64_at(16), m.u64_at(24))
+                else {
+                    return fatal("truncated vring address");
+                };
+                self.vrings[i].addrs = Some(RingAddrs { desc, avail, used });
+                if self.vrings[i].started {
+                    self.install(i);
+                }
+                Ok(None)
+            }
+            SET_VRING_BASE => {
+                let (i, base) = self.vring_state(m)?;
+                let Ok(base) = u16::try_from(base) else {
+                    return refuse(format!("vring base {base} above 65535"));
+                };
+                self.vrings[i].base = base;
+                Ok(None)
+            }
+            GET_VRING_BASE => {
+                let (i, _) = self.vring_state(m).map_err(|e| match e {
+                    Fail::Refuse(w) | Fail::Fatal(w) => Fail::Fatal(w),
+                })?;
+                let base = self.stop_ring(i);
+                let any = self.vrings.iter().any(|v| v.running);
+                self.shared.up.store(any, Ordering::Relaxed);
+                let mut body = (i as u32).to_le_bytes().to_vec();
+                body.extend_from_slice(&u32::from(base).to_le_bytes());
+                Ok(Some(body))
+            }
+            SET_VRING_KICK => {
+                // We poll: the kick eventfd is never waited on, so it is not kept.
+                let (i, _fd) = self.vring_fd(m)?;
+                self.vrings[i].started = true;
+                if self.features & virtio::F_PROTOCOL_FEATURES == 0 {
+                    self.vrings[i].enabled = true;
+                }
+                self.install(i);
+                Ok(None)
+            }
+            SET_VRING_CALL => {
+                let (i, fd) = self.vring_fd(m)?;
+                self.vrings[i].call = fd;
+                self.install(i);
+                Ok(None)
+            }
+            SET_VRING_ERR => {
+                self.vring_fd(m)?;
+                Ok(None)
+            }
+            SET_VRING_ENABLE => {
+                // QEMU 7.2 sends this before SET_FEATURES when it connects; accept it
+                // as DPDK does.
+                let (i, on) = self.vring_state(m)?;
+                if on > 1 {
+                    return refuse(format!("enable value {on}"));
+                }
+                self.vrings[i].enabled = on == 1;
+                self.install(i);
+                Ok(None)
+            }
+            GET_CONFIG => {
+                let (Some(off), Some(size)) = (m.u32_at(0), m.u32_at(4)) else {
+                    return fatal("truncated config request");
+                };
+                expect_len(m, 12 + size as usize)?;
+                let cfg = self.config();
+                let (o, n) = (off as usize, size as usize);
+                let Some(bytes) = o.checked_add(n).and_then(|end| cfg.get(o..end)) else {
+                    return fatal(format!("config range {o}+{n} outside {} bytes", cfg.len()));
+                };
+                let mut body = m.body[..12].to_vec();
+                body.extend_from_slice(bytes);
+                Ok(Some(body))
+            }
+            SEND_RARP => {
+                // Sent after a migration to announce the guest's MAC; we learn it from
+                // the guest's own traffic instead.
+                expect_len(m, 8)?;
+                Ok(None)
+            }
+            SET_LOG_BASE | SET_LOG_FD | NET_SET_MTU | SET_CONFIG => {
+                refuse("not supported (feature not offered)")
+            }
+            other => fatal(format!("unknown request {other}")),
         }
-        self.vring(index)?.size = num;
-        Ok(())
     }
 
-    fn set_vring_addr(
-        &mut self,
-        index: u32,
-        flags: VhostUserVringAddrFlags,
-        descriptor: u64,
-        used: u64,
-        available: u64,
-        _log: u64,
-    ) -> VuResult<()> {
-        if flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG) {
-            return Err(VuError::InvalidParam);
-        }
-        self.vring(index)?.addrs = Some(RingAddrs {
-            desc: descriptor,
-            avail: available,
-            used,
-        });
-        if self.vrings[index as usize].started {
-            self.install(index as usize);
-        }
-        Ok(())
-    }
-
-    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        let base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
-        self.vring(index)?.base = base;
-        Ok(())
-    }
-
-    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
-        self.vring(index)?;
-        let base = self.stop_ring(index as usize);
-        let any = self.vrings.iter().any(|v| v.running);
-        self.shared.up.store(any, Ordering::Relaxed);
-        Ok(VhostUserVringState::new(index, u32::from(base)))
-    }
-
-    fn set_vring_kick(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        // We poll: the kick eventfd is never waited on, so it is not kept.
-        let v = self.vring(u32::from(index))?;
-        v.started = true;
-        if self.features & virtio::F_PROTOCOL_FEATURES == 0 {
-            self.vrings[usize::from(index)].enabled = true;
-        }
-        self.install(usize::from(index));
-        Ok(())
-    }
-
-    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        self.vring(u32::from(index))?.call = fd;
-        self.install(usize::from(index));
-        Ok(())
-    }
-
-    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        self.vring(u32::from(index))?;
-        Ok(())
-    }
-
-    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::CONFIG)
-    }
-
-    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
-        self.protocol = features;
-        Ok(())
-    }
-
-    fn get_queue_num(&mut self) -> VuResult<u64> {
-        Ok(u64::from(self.shared.queue_pairs))
-    }
-
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        self.vring(index)?.enabled = enable;
-        self.install(index as usize);
-        Ok(())
-    }
-
-    fn get_config(
-        &mut self,
-        offset: u32,
-        size: u32,
-        _flags: VhostUserConfigFlags,
-    ) -> VuResult<Vec<u8>> {
-        // struct virtio_net_config { mac[6], status, max_virtqueue_pairs, mtu }
+    /// `struct virtio_net_config { mac[6], status, max_virtqueue_pairs, mtu }`.
+    fn config(&self) -> [u8; 12] {
         let mut cfg = [0u8; 12];
         cfg[..6].copy_from_slice(&self.mac);
         cfg[6..8].copy_from_slice(&virtio::NET_S_LINK_UP.to_le_bytes());
         cfg[8..10].copy_from_slice(&self.shared.queue_pairs.to_le_bytes());
         cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
-        let (o, s) = (offset as usize, size as usize);
-        match o.checked_add(s) {
-            Some(end) if end <= cfg.len() => Ok(cfg[o..end].to_vec()),
-            _ => Err(VuError::InvalidParam),
-        }
-    }
-
-    fn set_config(
-        &mut self,
-        _offset: u32,
-        _buf: &[u8],
-        _flags: VhostUserConfigFlags,
-    ) -> VuResult<()> {
-        Err(VuError::InvalidOperation("config space is read-only"))
-    }
-
-    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
-        Err(VuError::InvalidOperation("not a GPU"))
-    }
-
-    fn set_backend_req_fd(&mut self, _backend: Backend) {}
-
-    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
-        Err(VuError::InvalidOperation("no shared objects"))
-    }
-
-    fn get_inflight_fd(
-        &mut self,
-        _inflight: &VhostUserInflight,
-    ) -> VuResult<(VhostUserInflight, File)> {
-        Err(VuError::InvalidOperation("no inflight tracking"))
-    }
-
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VuResult<()> {
-        Err(VuError::InvalidOperation("no inflight tracking"))
-    }
-
-    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
-        Ok(GuestMemory::MAX_REGIONS as u64)
-    }
-
-    fn add_mem_region(
-        &mut self,
-        region: &VhostUserSingleMemoryRegion,
-        fd: File,
-        _postcopy_listening: Option<bool>,
-    ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
-        let new = GuestRegion::map(
-            &fd,
-            region.guest_phys_addr,
-            region.memory_size,
-            region.user_addr,
-            region.mmap_offset,
-        )
-        .map_err(|_| VuError::InvalidParam)?;
-        let mut regions = self
-            .mem
-            .as_ref()
-            .map(|m| m.regions().to_vec())
-            .unwrap_or_default();
-        regions.push(new);
-        let mem = GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?;
-        self.mem = Some(Arc::new(mem));
-        self.reinstall_all();
-        Ok(None)
-    }
-
-    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        let Some(m) = &self.mem else {
-            return Err(VuError::InvalidParam);
-        };
-        let before = m.regions().len();
-        let regions: Vec<GuestRegion> = m
-            .regions()
-            .iter()
-            .filter(|r| !(r.gpa == region.guest_phys_addr && r.size == region.memory_size))
-            .cloned()
-            .collect();
-        if regions.len() == before {
-            return Err(VuError::InvalidParam);
-        }
-        self.mem = Some(Arc::new(
-            GuestMemory::new(regions).map_err(|_| VuError::InvalidParam)?,
-        ));
-        self.reinstall_all();
-        Ok(())
-    }
-
-    fn set_device_state_fd(
-        &mut self,
-        _direction: VhostTransferStateDirection,
-        _phase: VhostTransferStatePhase,
-        _fd: File,
-    ) -> VuResult<Option<File>> {
-        Err(VuError::InvalidOperation("no device state transfer"))
-    }
-
-    fn check_device_state(&mut self) -> VuResult<()> {
-        Err(VuError::InvalidOperation("no device state transfer"))
-    }
-
-    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
-        Err(VuError::InvalidOperation("no shared memory regions"))
-    }
-
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        Err(VuError::InvalidOperation(
-            "no dirty logging (live migration)",
-        ))
+        cfg
     }
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The default deployment of topology.yaml, brought up by hand until `vnfhost up` exists:
+# `vnfhost switch` on core 1 with one vhost-user port per pod (access VLAN 10), and two
+# Linux pods under QEMU (TCG, core 0) whose virtio-net NICs are those ports. pod-a pings
+# pod-b through the switch; the switch prints its per-port rates every second.
+# Run scripts/setup.sh first. Exit status 0 when the ping went through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (hugepages, pinning)" >&2; exit 1; }
+
+cargo build --release --quiet -p control
+eval "$(vmm/guest/build-guest.sh --print)"
+run=$(mktemp -d /tmp/vnfhost-demo.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+ncpu=$(nproc)
+core=$(( ncpu > 1 ? 1 : 0 ))
+echo "demo: switch on core $core, pods on core 0; logs in $run"
+target/release/vnfhost switch --core "$core" --hugepages --stats \
+    --port "pod-a,vhost-user=$run/pod-a.sock,vlan=10" \
+    --port "pod-b,vhost-user=$run/pod-b.sock,vlan=10" >"$run/switch.out" 2>"$run/switch.log" &
+switch_pid=$!
+pids+=("$switch_pid")
+for _ in $(seq 100); do [ -S "$run/pod-b.sock" ] && break; sleep 0.1; done
+[ -S "$run/pod-b.sock" ] || { cat "$run/switch.log"; exit 1; }
+
+khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
+pod() { # name mac ip
+    local name=$1 mac=$2 ip=$3
+    mkfifo "$run/$name.in"
+    taskset -c 0 qemu-system-x86_64 -M microvm,memory-backend=mem -accel tcg -cpu max \
+        -m 256M -smp 1 -object memory-backend-memfd,id=mem,size=256M,share=on \
+        -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+        -kernel "$VNFHOST_GUEST_KERNEL" -initrd "$VNFHOST_GUEST_INITRD" \
+        -append "console=ttyS0 quiet tsc=reliable no_timer_check i8042.noaux 8250.nr_uarts=1 random.trust_cpu=on tsc_early_khz=$khz vnf.ip=$ip" \
+        -chardev "socket,id=c0,path=$run/$name.sock" -netdev vhost-user,id=n0,chardev=c0 \
+        -device "virtio-net-device,netdev=n0,mac=$mac" \
+        <"$run/$name.in" >"$run/$name.console" 2>&1 &
+    pids+=("$!")
+    exec {fd}>"$run/$name.in"   # keep the console's input open
+    eval "${name//-/_}_in=$fd"
+}
+pod pod-a 52:54:00:00:00:0a 10.0.0.1/24
+pod pod-b 52:54:00:00:00:0b 10.0.0.2/24
+
+for name in pod-a pod-b; do
+    for _ in $(seq 1200); do grep -q VNFHOST-GUEST-READY "$run/$name.console" && break; sleep 0.1; done
+    grep -q VNFHOST-GUEST-READY "$run/$name.console" || { echo "demo: $name did not boot:"; tail -20 "$run/$name.console"; exit 1; }
+    echo "demo: $name booted"
+done
+
+echo "ping -c 5 -W 2 10.0.0.2; echo DEMO-PING-DONE" >&"$pod_a_in"
+for _ in $(seq 300); do grep -q DEMO-PING-DONE "$run/pod-a.console" && break; sleep 0.1; done
+echo "--- pod-a console"
+grep -E "bytes from|packets transmitted|round-trip" "$run/pod-a.console" || true
+echo "--- switch, last seconds"
+tail -3 "$run/switch.out"
+ok=0
+grep -q " 0% packet loss" "$run/pod-a.console" && ok=1
+
+echo "poweroff -f" >&"$pod_a_in"
+echo "poweroff -f" >&"$pod_b_in"
+sleep 1
+kill -TERM "$switch_pid"; wait "$switch_pid" || true
+echo "--- switch totals"
+grep -E "^(port|bridge)" "$run/switch.out" || true
+if [ $ok = 1 ]; then echo "demo: ok, pod-a reached pod-b through the switch"; else echo "demo: FAILED, see $run"; exit 1; fi
