@@ -1,13 +1,12 @@
 //! `vnfhost switch` as a user runs it, with vnfhost's own virtio-user ports as the VMs.
 
-#[path = "common/switch.rs"]
-mod switch_proc;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::switch::SwitchProc;
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
-use switch_proc::SwitchProc;
 
 fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vnfhost-sw-{tag}-{}", std::process::id()));

@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests (`mod common;` in `control/tests/*.rs`).
 //!
 //! - [`qemu`]: QEMU Linux guests with a vhost-user NIC, driven over their console.
-//! - [`testpmd`]: DPDK `dpdk-testpmd` as a vhost-user backend (a reference "switch").
+//! - [`testpmd`]: DPDK `dpdk-testpmd` as a vhost-user back end or as virtio-user VMs.
+//! - [`switch`]: `vnfhost switch` as a child process.
 //! - [`TestDir`], [`serial`], [`find_in_path`] and the [`skip!`] macro.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod qemu;
+pub mod switch;
 pub mod testpmd;
 
 use std::path::{Path, PathBuf};

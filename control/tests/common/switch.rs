@@ -28,15 +28,7 @@ impl SwitchProc {
             .stdout(out)
             .stderr(err);
         cmd.env("VNFHOST_LOG", "info");
-        // The switch dies with the test process, even when the test panics.
-        // SAFETY: pre_exec runs prctl(2) only, which is async-signal-safe.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        super::qemu::set_pdeathsig(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("spawn vnfhost: {e}"))?;
         let mut s = SwitchProc {
             child: Some(child),

@@ -33,11 +33,25 @@ pub fn testpmd_unavailable() -> Option<String> {
     None
 }
 
+/// Which side of vhost-user testpmd's ports play.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `net_vhost` ports: testpmd is the switch (back end).
+    VhostBackend,
+    /// `net_virtio_user` ports: testpmd is the VM (frontend), connecting to sockets a
+    /// back end created.
+    VirtioUser,
+}
+
 /// Options of [`Testpmd::spawn`].
 #[derive(Clone, Debug)]
 pub struct TestpmdOpts {
-    /// One `net_vhost` port per socket, in port order.
+    /// One port per socket, in port order.
     pub sockets: Vec<PathBuf>,
+    /// Back end or frontend ports.
+    pub role: Role,
+    /// Queue pairs per port (`--rxq`/`--txq`).
+    pub queues: u16,
     /// `client=1` on every port: testpmd connects to sockets QEMU listens on.
     pub client: bool,
     /// EAL `--file-prefix`; must be unique per running DPDK process.
@@ -56,12 +70,36 @@ impl TestpmdOpts {
     pub fn wire(tag: &str, sockets: Vec<PathBuf>, log: impl Into<PathBuf>) -> Self {
         TestpmdOpts {
             sockets,
+            role: Role::VhostBackend,
+            queues: 1,
             client: false,
             file_prefix: format!("vnfhost-{tag}-{}", std::process::id()),
             lcores: "0,1".to_string(),
             forward_mode: "io".to_string(),
             log: log.into(),
         }
+    }
+}
+
+impl TestpmdOpts {
+    /// testpmd as the VMs: `net_virtio_user` ports on `sockets` (which a back end
+    /// created), `queues` queue pairs each, `io` forwarding between port pairs.
+    pub fn virtio_user(
+        tag: &str,
+        sockets: Vec<PathBuf>,
+        queues: u16,
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        TestpmdOpts {
+            role: Role::VirtioUser,
+            queues,
+            ..TestpmdOpts::wire(tag, sockets, log)
+        }
+    }
+
+    /// Whether testpmd creates (and so removes) the socket files.
+    fn owns_sockets(&self) -> bool {
+        self.role == Role::VhostBackend && !self.client
     }
 }
 
@@ -85,11 +123,17 @@ impl Testpmd {
             "-l".into(),
             opts.lcores.clone(),
         ];
+        let q = opts.queues;
         for (i, sock) in opts.sockets.iter().enumerate() {
-            let mut vdev = format!("net_vhost{i},iface={},queues=1", sock.display());
-            if opts.client {
-                vdev.push_str(",client=1");
-            }
+            let vdev = match opts.role {
+                Role::VhostBackend => {
+                    let c = if opts.client { ",client=1" } else { "" };
+                    format!("net_vhost{i},iface={},queues={q}{c}", sock.display())
+                }
+                Role::VirtioUser => {
+                    format!("net_virtio_user{i},path={},queues={q}", sock.display())
+                }
+            };
             args.push("--vdev".into());
             args.push(vdev);
         }
@@ -104,8 +148,10 @@ impl Testpmd {
             .map(String::from),
         );
         args.push(format!("--forward-mode={}", opts.forward_mode));
+        args.push(format!("--rxq={q}"));
+        args.push(format!("--txq={q}"));
 
-        if !opts.client {
+        if opts.owns_sockets() {
             // A stale socket file makes the vhost library fail to bind.
             for sock in &opts.sockets {
                 let _ = std::fs::remove_file(sock);
@@ -134,7 +180,7 @@ impl Testpmd {
             pid: child.id(),
             child: Some(child),
         };
-        if !opts.client {
+        if opts.owns_sockets() {
             pmd.wait_sockets(Duration::from_secs(20))?;
         }
         Ok(pmd)
@@ -230,7 +276,7 @@ impl Testpmd {
             }
         }
         let _ = child.wait();
-        if !self.opts.client {
+        if self.opts.owns_sockets() {
             for sock in &self.opts.sockets {
                 let _ = std::fs::remove_file(sock);
             }
