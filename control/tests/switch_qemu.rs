@@ -1,0 +1,95 @@
+//! Two Linux guests under QEMU (TCG) whose virtio-net NICs are ports of `vnfhost
+//! switch`: they ping each other and move 10 MB over TCP through it; then, with the
+//! switch as vhost-user client and QEMU as server, the switch is restarted (SIGTERM and
+//! SIGKILL) and traffic resumes without rebooting the guests.
+
+mod common;
+
+use common::guests::{ping_until_ok, spawn_pair, tcp_transfer, wait_pair_ready, IP1, IP2};
+use common::qemu::VhostMode;
+use common::switch::SwitchProc;
+use common::{serial, skip, TestDir};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn switch_args(dir: &TestDir, client: bool) -> (Vec<String>, Vec<PathBuf>) {
+    let socks = vec![dir.join("sock0"), dir.join("sock1")];
+    let c = if client { ",client" } else { "" };
+    let args = vec![
+        "--core".to_string(),
+        "1".to_string(),
+        "--port".to_string(),
+        format!("vm1,vhost-user={}{c}", socks[0].display()),
+        "--port".to_string(),
+        format!("vm2,vhost-user={}{c}", socks[1].display()),
+    ];
+    (args, socks)
+}
+
+#[test]
+fn two_linux_guests_ping_and_move_10mb_through_the_switch() {
+    let _g = serial();
+    skip!(common::qemu::qemu_unavailable());
+    let dir = TestDir::new("swq").expect("test dir");
+    let (args, socks) = switch_args(&dir, false);
+    let sw = SwitchProc::spawn(&args, &dir.join("switch.log"), &socks).expect("switch starts");
+    let (mut g1, mut g2) = spawn_pair(&dir, VhostMode::Client);
+    wait_pair_ready(&g1, &g2);
+    let out = g1
+        .run(&format!("ping -c 3 -W 2 {IP2}"), Duration::from_secs(30))
+        .expect("ping through the switch");
+    println!("{out}");
+    g2.run(&format!("ping -c 1 -W 2 {IP1}"), Duration::from_secs(30))
+        .expect("ping back");
+    let took = tcp_transfer(&mut g1, &mut g2, IP2, 10);
+    println!(
+        "TIMING: 10 MiB over TCP through vnfhost in {:.1}s",
+        took.as_secs_f64()
+    );
+    g1.shutdown().expect("vm1 shutdown");
+    g2.shutdown().expect("vm2 shutdown");
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+}
+
+#[test]
+fn switch_restarts_as_client_and_guests_keep_their_traffic() {
+    let _g = serial();
+    skip!(common::qemu::qemu_unavailable());
+    let dir = TestDir::new("swq-restart").expect("test dir");
+    // QEMU is the server: it creates the sockets and waits for the switch to connect.
+    let (mut g1, mut g2) = spawn_pair(&dir, VhostMode::Server);
+    let (args, socks) = switch_args(&dir, true);
+    let t = Instant::now();
+    while !socks.iter().all(|s| s.exists()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "QEMU made no sockets"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut sw = SwitchProc::spawn(&args, &dir.join("switch.log"), &[]).expect("switch starts");
+    wait_pair_ready(&g1, &g2);
+    ping_until_ok(&mut g1, IP2, Duration::from_secs(30)).expect("first ping");
+    for (round, sig) in [(1, libc::SIGTERM), (2, libc::SIGKILL)] {
+        let _ = sw.stop(sig).expect("switch stops");
+        let (status, _) = g1
+            .run_status(&format!("ping -c 1 -W 1 {IP2}"), Duration::from_secs(20))
+            .expect("console without switch");
+        assert_ne!(status, 0, "round {round}: ping answered without a switch");
+        let restarted = Instant::now();
+        sw = SwitchProc::spawn(&args, &dir.join(&format!("switch{round}.log")), &[])
+            .expect("switch restarts");
+        let back = ping_until_ok(&mut g1, IP2, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("round {round}: {e}\nswitch log:\n{}", sw.log_text()));
+        println!(
+            "TIMING: round {round} (signal {sig}): ping back {:.1}s after the switch restarted ({:.1}s pinging)",
+            restarted.elapsed().as_secs_f64(),
+            back.as_secs_f64()
+        );
+        tcp_transfer(&mut g2, &mut g1, IP1, 2);
+    }
+    g1.shutdown().expect("vm1 shutdown");
+    g2.shutdown().expect("vm2 shutdown");
+    assert!(sw.stop(libc::SIGTERM).expect("switch stops").success());
+}
