@@ -24,5 +24,11 @@ if [ "$skipped" -gt 0 ]; then
     echo "== skipped tests:"
     grep '^SKIPPED:' target/test-output.txt
 fi
+
+echo "== fuzz: descriptor-chain walking, 20000 random rings"
+fuzz_rc=0
+PROPTEST_CASES=20000 cargo test --quiet -p pmd --test fuzz_chains 2>&1 | tee target/fuzz-output.txt || fuzz_rc=$?
+if [ "$fuzz_rc" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); rc=$fuzz_rc; fi
+
 echo "vnfhost: $((passed - skipped)) passed, $failed failed, $skipped skipped"
 exit "$rc"

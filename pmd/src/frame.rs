@@ -1,6 +1,6 @@
 //! Frame descriptors handed between the switching logic and the ports.
 //!
-//! A [`Frame`] names bytes that some port owns for the duration of one burst (a
+//! A frame names bytes that some port owns for the duration of one burst (a
 //! received guest buffer, or a pool buffer). The switch never copies a frame itself:
 //! it tells the transmitting port which bytes to copy and which VLAN edit to apply
 //! while copying, so a frame crosses from one guest into another with exactly one copy.
