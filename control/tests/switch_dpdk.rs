@@ -105,7 +105,11 @@ fn through_testpmd(tag: &str, queues: u16, cores: &str) {
         ("t1", &s[2], &v20),
         ("g1", &s[3], &v20),
     ]);
-    args.extend(["--core".to_string(), cores.to_string()]);
+    args.extend([
+        "--core".to_string(),
+        cores.to_string(),
+        "--hugepages".to_string(),
+    ]);
     let sw = SwitchProc::spawn(&args, &dir.join("switch.log"), &s).expect("switch starts");
     let tp = Testpmd::spawn(&TestpmdOpts::virtio_user(
         tag,

@@ -18,6 +18,7 @@ fn switch_args(dir: &TestDir, client: bool) -> (Vec<String>, Vec<PathBuf>) {
     let args = vec![
         "--core".to_string(),
         "1".to_string(),
+        "--hugepages".to_string(),
         "--port".to_string(),
         format!("vm1,vhost-user={}{c}", socks[0].display()),
         "--port".to_string(),

@@ -69,7 +69,14 @@ fn frames_cross_the_switch_unchanged_in_order_and_learning_stops_floods() {
             ]
         })
         .collect();
+    let mut args = args;
+    args.push("--stats".into());
     let sw = SwitchProc::spawn(&args, &d.join("switch.log"), &socks).expect("switch starts");
+    for s in &socks {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s).expect("socket").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "{} has mode {mode:o}", s.display());
+    }
     let (mut a, mut b, mut c) = (vu(&socks[0]), vu(&socks[1]), vu(&socks[2]));
     std::thread::sleep(Duration::from_millis(300));
 
@@ -108,6 +115,12 @@ fn frames_cross_the_switch_unchanged_in_order_and_learning_stops_floods() {
         "learned unicast leaked to C"
     );
 
+    std::thread::sleep(Duration::from_millis(1100));
+    let log = sw.log_text();
+    assert!(
+        log.contains("a: rx ") && log.contains(" pps"),
+        "--stats printed no rates:\n{log}"
+    );
     let st = sw.stop(libc::SIGTERM).expect("stops on SIGTERM");
     assert!(st.success(), "exit status {st:?}");
     for s in &socks {

@@ -97,6 +97,25 @@ impl BufPool {
 mod tests {
     use super::*;
 
+    fn free_hugepages() -> u64 {
+        std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn buffers_sit_on_hugepages_when_some_are_free() {
+        if free_hugepages() < 4 {
+            println!("SKIPPED: buffers_sit_on_hugepages_when_some_are_free: fewer than 4 free 2 MiB hugepages (run scripts/setup.sh)");
+            return;
+        }
+        let p = BufPool::new("t-huge", MAX_FRAME, 32, true).expect("pool");
+        assert!(p.on_hugepages());
+        let q = BufPool::new("t-small", 2048, 4, false).expect("pool");
+        assert!(!q.on_hugepages());
+    }
+
     #[test]
     fn alloc_free_cycle_never_allocates_twice() {
         let mut p = BufPool::new("t", 2048, 4, false).expect("pool");
