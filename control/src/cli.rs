@@ -21,9 +21,19 @@ commands:
              --hugepages            put packet buffers on hugepages (falls back with a warning)
              --fdb-size N           FDB entries per core (default 65536)
              --fdb-age SECONDS      FDB entry lifetime (default 300)
+  bench p2p  forwarding benchmark: vnfhost against DPDK testpmd in one interleaved run
+             --duts LIST            vnfhost,testpmd-io,testpmd-mac (default: all)
+             --frame-sizes LIST     wire sizes, 64..=1518 (default 64,1518)
+             --trials N             rounds per DUT and size (default 3)
+             --duration S           measured seconds per trial (default 5)
+             --warmup S             warm-up seconds per trial (default 1)
+             --dut-core N           DUT forwarding core (default 1)
+             --gen-core N           generator core (default 0)
+             --out DIR              where results.json and results.md go (default bench-results)
+             --no-hugepages         DUTs and generator on normal pages
   help     this text
 
-Not built yet (later issues): up, down, status, daemon, vm, bench.
+Not built yet (later issues): up, down, status, daemon, vm.
 ";
 
 /// Options of `vnfhost switch`.
@@ -128,7 +138,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
             print!("{USAGE}");
             Ok(())
         }
-        "up" | "down" | "status" | "daemon" | "vm" | "bench" => Err(format!(
+        "bench" => {
+            crate::bench_cmd::parse(rest).and_then(|(c, out)| crate::bench_cmd::run(&c, &out))
+        }
+        "up" | "down" | "status" | "daemon" | "vm" => Err(format!(
             "vnfhost {cmd}: not built yet (see the open issues); `vnfhost switch` runs the switch"
         )),
         "" => Err(format!("no command given\n{USAGE}")),

@@ -3,6 +3,7 @@
 //! Today it runs the switch in the foreground (`vnfhost switch`); the daemon, the
 //! topology reconciler, the CNI plugin and the Kubernetes controller come with later
 //! issues and are refused with a clear message until then.
+pub mod bench_cmd;
 pub mod cli;
 pub mod portspec;
 pub mod switch_cmd;

@@ -1,0 +1,109 @@
+//! `vnfhost bench p2p`: the forwarding benchmark against DPDK testpmd, in one run.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use perf::dut::DutKind;
+use perf::p2p::{self, P2pConfig};
+
+/// Parses `vnfhost bench p2p [options]`.
+pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
+    use lexopt::Arg::*;
+    let mut p = lexopt::Parser::from_args(args);
+    match p.next().map_err(|e| e.to_string())? {
+        Some(Value(v)) if v == "p2p" => {}
+        _ => return Err("bench: the only method so far is `vnfhost bench p2p`".into()),
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
+    let mut cfg = P2pConfig {
+        duts: vec![DutKind::Vnfhost, DutKind::TestpmdIo, DutKind::TestpmdMac],
+        frame_sizes: vec![64, 1518],
+        trials: 3,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        dut_core: 1,
+        gen_core: 0,
+        dir: std::env::temp_dir().join(format!("vnfhost-bench-{}", std::process::id())),
+        vnfhost: exe,
+        hugepages: true,
+        ring_size: 1024,
+    };
+    let mut out = PathBuf::from("bench-results");
+    let num = |s: String, f: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("{f}: {s:?} is not a number"))
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        let key = match arg {
+            Long(k) => k.to_string(),
+            other => return Err(format!("bench p2p: {}", other.unexpected())),
+        };
+        let mut val = |f: &str| -> Result<String, String> {
+            p.value()
+                .map_err(|e| format!("{f}: {e}"))?
+                .into_string()
+                .map_err(|_| format!("{f}: not UTF-8"))
+        };
+        match key.as_str() {
+            "duts" => {
+                cfg.duts = val("--duts")?
+                    .split(',')
+                    .map(|d| {
+                        DutKind::parse(d).ok_or(format!(
+                            "--duts: unknown DUT {d:?} (vnfhost, testpmd-io, testpmd-mac)"
+                        ))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "frame-sizes" => {
+                cfg.frame_sizes = val("--frame-sizes")?
+                    .split(',')
+                    .map(|s| match s.parse::<usize>() {
+                        Ok(n) if (64..=1518).contains(&n) => Ok(n),
+                        _ => Err(format!("--frame-sizes: {s:?} is not in 64..=1518")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "trials" => cfg.trials = num(val("--trials")?, "--trials")?.clamp(1, 100) as u32,
+            "duration" => {
+                cfg.duration = Duration::from_secs(num(val("--duration")?, "--duration")?.max(1))
+            }
+            "warmup" => cfg.warmup = Duration::from_secs(num(val("--warmup")?, "--warmup")?),
+            "dut-core" => cfg.dut_core = num(val("--dut-core")?, "--dut-core")? as usize,
+            "gen-core" => cfg.gen_core = num(val("--gen-core")?, "--gen-core")? as usize,
+            "out" => out = PathBuf::from(val("--out")?),
+            "no-hugepages" => cfg.hugepages = false,
+            other => return Err(format!("bench p2p: unknown option --{other}")),
+        }
+    }
+    let online = pmd::sched::online_cpus();
+    for c in [cfg.dut_core, cfg.gen_core] {
+        if c >= online {
+            return Err(format!(
+                "bench: CPU {c} does not exist (this machine has {online})"
+            ));
+        }
+    }
+    if cfg.dut_core == cfg.gen_core {
+        return Err("bench: --dut-core and --gen-core must differ".into());
+    }
+    Ok((cfg, out))
+}
+
+/// Runs the benchmark and writes `results.json` and `results.md` into `out`.
+pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "bench p2p: DUT on core {}, generator on core {}; {} trial(s) of {:?} (+{:?} warm-up) per DUT and size",
+        cfg.dut_core, cfg.gen_core, cfg.trials, cfg.duration, cfg.warmup
+    );
+    let report = p2p::run(cfg, &mut |l| eprintln!("{l}"))?;
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    let md = report.markdown(cfg);
+    std::fs::write(out.join("results.json"), report.json()).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
+    println!("{md}");
+    eprintln!("bench p2p: wrote {}/results.{{json,md}}", out.display());
+    Ok(())
+}

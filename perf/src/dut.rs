@@ -1,0 +1,243 @@
+//! Devices under test, each started in a private directory with two vhost-user ports
+//! (server mode: the DUT creates the sockets) and its forwarding loop pinned to one core.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The DUTs the harness knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DutKind {
+    /// `vnfhost switch`, L2 learning bridge, pure polling.
+    Vnfhost,
+    /// DPDK testpmd with two `net_vhost` ports, `io` forwarding (no header touched).
+    TestpmdIo,
+    /// DPDK testpmd, `mac` forwarding (rewrites both MACs, like a minimal L2 app).
+    TestpmdMac,
+}
+
+impl DutKind {
+    /// Name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DutKind::Vnfhost => "vnfhost",
+            DutKind::TestpmdIo => "testpmd-io",
+            DutKind::TestpmdMac => "testpmd-mac",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<DutKind> {
+        [DutKind::Vnfhost, DutKind::TestpmdIo, DutKind::TestpmdMac]
+            .into_iter()
+            .find(|d| d.name() == s)
+    }
+}
+
+/// How to start a DUT.
+#[derive(Clone, Debug)]
+pub struct DutConfig {
+    /// Which DUT.
+    pub kind: DutKind,
+    /// The core its forwarding loop is pinned to.
+    pub core: usize,
+    /// A core for testpmd's (mostly idle) main thread.
+    pub main_core: usize,
+    /// A fresh directory for sockets and logs.
+    pub dir: PathBuf,
+    /// The `vnfhost` binary.
+    pub vnfhost: PathBuf,
+    /// Use hugepages (vnfhost `--hugepages`; testpmd a private hugetlbfs mount).
+    pub hugepages: bool,
+}
+
+/// A running DUT; stopped (and its files removed) on drop.
+pub struct RunningDut {
+    child: Option<Child>,
+    /// Socket of port 0.
+    pub port0: PathBuf,
+    /// Socket of port 1.
+    pub port1: PathBuf,
+    log: PathBuf,
+    huge_mount: Option<PathBuf>,
+}
+
+/// Whether `name` is an executable in PATH.
+pub fn in_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// Why `kind` cannot run here, if it cannot.
+pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
+    match kind {
+        DutKind::Vnfhost if !vnfhost.is_file() => Some(format!("{} not found", vnfhost.display())),
+        DutKind::TestpmdIo | DutKind::TestpmdMac if !in_path("dpdk-testpmd") => {
+            Some("dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-vhost23)".into())
+        }
+        _ => None,
+    }
+}
+
+fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
+    let m = dir.join("huge");
+    std::fs::create_dir_all(&m).ok()?;
+    let ok = Command::new("mount")
+        .args(["-t", "hugetlbfs", "none"])
+        .arg(&m)
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(m)
+}
+
+impl RunningDut {
+    /// Starts the DUT and waits until both sockets exist.
+    pub fn start(cfg: &DutConfig) -> Result<RunningDut, String> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let (p0, p1) = (cfg.dir.join("p0.sock"), cfg.dir.join("p1.sock"));
+        let log = cfg.dir.join(format!("{}.log", cfg.kind.name()));
+        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut huge_mount = None;
+        let mut cmd = match cfg.kind {
+            DutKind::Vnfhost => {
+                let mut c = Command::new(&cfg.vnfhost);
+                c.args([
+                    "switch",
+                    "--core",
+                    &cfg.core.to_string(),
+                    "--idle-max-us",
+                    "0",
+                ]);
+                if cfg.hugepages {
+                    c.arg("--hugepages");
+                }
+                c.arg("--port")
+                    .arg(format!("p0,vhost-user={}", p0.display()));
+                c.arg("--port")
+                    .arg(format!("p1,vhost-user={}", p1.display()));
+                c
+            }
+            DutKind::TestpmdIo | DutKind::TestpmdMac => {
+                let mut c = Command::new("dpdk-testpmd");
+                c.args([
+                    "-l",
+                    &format!("{},{}", cfg.main_core, cfg.core),
+                    "--main-lcore",
+                    &cfg.main_core.to_string(),
+                ]);
+                c.args([
+                    "--no-pci",
+                    "--file-prefix",
+                    &format!("vnfbench{}", std::process::id()),
+                ]);
+                huge_mount = if cfg.hugepages {
+                    mount_hugetlbfs(&cfg.dir)
+                } else {
+                    None
+                };
+                match &huge_mount {
+                    Some(m) => {
+                        c.arg("--huge-dir")
+                            .arg(m)
+                            .args(["-m", "256", "--single-file-segments"]);
+                    }
+                    None => {
+                        c.args(["--no-huge", "-m", "512"]);
+                    }
+                }
+                c.arg("--vdev")
+                    .arg(format!("net_vhost0,iface={},queues=1", p0.display()));
+                c.arg("--vdev")
+                    .arg(format!("net_vhost1,iface={},queues=1", p1.display()));
+                let mode = if cfg.kind == DutKind::TestpmdIo {
+                    "io"
+                } else {
+                    "mac"
+                };
+                c.args([
+                    "--",
+                    "--nb-cores=1",
+                    "--auto-start",
+                    "--stats-period=1",
+                    "--total-num-mbufs=16384",
+                ]);
+                c.args([
+                    "--rxd=1024",
+                    "--txd=1024",
+                    &format!("--forward-mode={mode}"),
+                ]);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", cfg.kind.name()))?;
+        let mut d = RunningDut {
+            child: Some(child),
+            port0: p0,
+            port1: p1,
+            log,
+            huge_mount,
+        };
+        let t = Instant::now();
+        while !(d.port0.exists() && d.port1.exists()) {
+            if let Some(Ok(Some(st))) = d.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!(
+                    "{} exited ({st}) before making its sockets:\n{}",
+                    cfg.kind.name(),
+                    d.log_tail()
+                ));
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "{} made no sockets in 30 s:\n{}",
+                    cfg.kind.name(),
+                    d.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    /// The last lines of the DUT's log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Stops the DUT (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.port0);
+        let _ = std::fs::remove_file(&self.port1);
+        if let Some(m) = self.huge_mount.take() {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+    }
+}
+
+impl Drop for RunningDut {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
