@@ -127,7 +127,7 @@ impl Generator {
             t.received += got;
             t.reordered += reord;
             iter = iter.wrapping_add(1);
-            if iter % 256 == 0 && start.elapsed() >= d {
+            if iter.is_multiple_of(256) && start.elapsed() >= d {
                 break;
             }
         }
