@@ -145,10 +145,27 @@ pub struct DeviceRing {
 // by one thread at a time (it lives in a `QueueCell`).
 unsafe impl Send for DeviceRing {}
 
+#[inline]
 fn read_desc(table: *const u8, idx: u32) -> Desc {
-    // SAFETY: callers bound idx by the table length they translated; the read is of
-    // plain bytes (any alignment, any value) from shared memory.
-    let b: [u8; 16] = unsafe { std::ptr::read_volatile(table.add(idx as usize * 16).cast()) };
+    // SAFETY: callers bound idx by the table length they translated.
+    let p = unsafe { table.add(idx as usize * 16) };
+    if (p as usize).is_multiple_of(8) {
+        // The main table is 16-byte aligned (checked at set-up): four typed reads
+        // instead of sixteen byte reads.
+        // SAFETY: p is 8-byte aligned and 16 readable bytes follow it; every bit
+        // pattern is a valid integer.
+        unsafe {
+            return Desc {
+                addr: u64::from_le(std::ptr::read_volatile(p.cast::<u64>())),
+                len: u32::from_le(std::ptr::read_volatile(p.add(8).cast::<u32>())),
+                flags: u16::from_le(std::ptr::read_volatile(p.add(12).cast::<u16>())),
+                next: u16::from_le(std::ptr::read_volatile(p.add(14).cast::<u16>())),
+            };
+        }
+    }
+    // An indirect table may sit anywhere: read plain bytes.
+    // SAFETY: 16 readable bytes at p (any alignment, any value).
+    let b: [u8; 16] = unsafe { std::ptr::read_volatile(p.cast()) };
     Desc {
         addr: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
         len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),

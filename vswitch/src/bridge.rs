@@ -594,6 +594,47 @@ pub struct Bridge {
     untagged: Box<[u64]>,
     fdb: Fdb,
     counters: BridgeCounters,
+    memo: Memo,
+}
+
+/// The last FDB answers, reused while nothing can have changed them.
+///
+/// A burst is mostly one flow: the same source learned on the same port and the same
+/// destination looked up, again and again, at the same `now` (the switch reads the
+/// clock once per burst). Learning a key that is already live on that port at that
+/// `now` changes nothing, and a lookup gives the same answer until the table changes;
+/// so both are remembered here and skipped. Any learn that changed the table, and
+/// every control-plane change, forgets the memo.
+#[derive(Clone, Copy, Debug, Default)]
+struct Memo {
+    /// (vid, source, port, now) of the last learn that left the table as it was.
+    learned: Option<(u16, EthernetAddress, u16, u64)>,
+    /// (vid, destination, now) and the port the FDB answered.
+    looked_up: Option<(u16, EthernetAddress, u64, Option<u16>)>,
+}
+
+impl Bridge {
+    fn learn_memo(&mut self, vid: u16, src: EthernetAddress, port: u16, now: u64) {
+        if self.memo.learned == Some((vid, src, port, now)) {
+            return;
+        }
+        // A refusal is counted by the FDB; the frame is forwarded all the same.
+        match self.fdb.learn(vid, src, port, now) {
+            crate::fdb::Learn::Refreshed => self.memo.learned = Some((vid, src, port, now)),
+            _ => self.memo = Memo::default(),
+        }
+    }
+
+    fn lookup_memo(&mut self, vid: u16, dst: EthernetAddress, now: u64) -> Option<u16> {
+        if let Some((v, d, n, hit)) = self.memo.looked_up {
+            if (v, d, n) == (vid, dst, now) {
+                return hit;
+            }
+        }
+        let hit = self.fdb.lookup(vid, dst, now);
+        self.memo.looked_up = Some((vid, dst, now, hit));
+        hit
+    }
 }
 
 impl fmt::Debug for Bridge {
@@ -626,6 +667,7 @@ impl Bridge {
             untagged: vec![0; VLAN_IDS * words].into_boxed_slice(),
             fdb: Fdb::new(config.fdb_capacity, config.fdb_max_age)?,
             counters: BridgeCounters::default(),
+            memo: Memo::default(),
         })
     }
 
@@ -672,6 +714,7 @@ impl Bridge {
         let i = self.slot(port)?;
         let removed = self.ports[i].take().ok_or(BridgeError::NoSuchPort(port))?;
         self.refresh_membership(port);
+        self.memo = Memo::default();
         self.fdb.flush_port(port.0);
         Ok(removed.counters)
     }
@@ -683,6 +726,7 @@ impl Bridge {
         self.port_mut(port)?.up = up;
         self.refresh_membership(port);
         if !up {
+            self.memo = Memo::default();
             self.fdb.flush_port(port.0);
         }
         Ok(())
@@ -692,6 +736,7 @@ impl Bridge {
     pub fn set_vlan_mode(&mut self, port: PortId, mode: VlanMode) -> Result<(), BridgeError> {
         self.port_mut(port)?.mode = mode;
         self.refresh_membership(port);
+        self.memo = Memo::default();
         self.fdb.flush_port(port.0);
         Ok(())
     }
@@ -721,6 +766,7 @@ impl Bridge {
 
     /// Frees aged FDB slots among the next `budget` ones; see [`Fdb::expire`].
     pub fn expire(&mut self, now: u64, budget: usize) -> usize {
+        self.memo = Memo::default();
         self.fdb.expire(now, budget)
     }
 
@@ -792,12 +838,11 @@ impl Bridge {
         }
         let vid = classify(&port.mode, ingress.tag)?;
         let tagged = ingress.tag.is_some();
-        // A refusal is counted by the FDB; the frame is forwarded all the same.
-        let _ = self.fdb.learn(vid.get(), ingress.src, in_port.0, now);
+        self.learn_memo(vid.get(), ingress.src, in_port.0, now);
 
         let row = self.row(vid);
         if ingress.dst.is_unicast() {
-            if let Some(p) = self.fdb.lookup(vid.get(), ingress.dst, now) {
+            if let Some(p) = self.lookup_memo(vid.get(), ingress.dst, now) {
                 if p == in_port.0 {
                     return Err(DropReason::SamePort);
                 }
