@@ -121,6 +121,17 @@ fn print_totals(sw: &Switch) {
         .map(|(r, n)| format!("{r}={n}"))
         .collect();
     println!("bridge: floods {}, drops [{}]", st.floods, bridge.join(" "));
+    for (i, c) in st.cores.iter().enumerate() {
+        let cpp = c
+            .cycles_per_packet
+            .map(|x| format!("{x:.0}"))
+            .unwrap_or_else(|| "-".into());
+        let busy = 100.0 * c.busy_polls as f64 / (c.busy_polls + c.idle_polls).max(1) as f64;
+        println!(
+            "core {i}: {} packets, {cpp} cycles/packet on busy polls, {busy:.1}% of polls busy",
+            c.packets
+        );
+    }
 }
 
 /// Runs the switch until SIGINT or SIGTERM.

@@ -168,6 +168,7 @@ impl RunningDut {
                 c.args([
                     "--rxd=1024",
                     "--txd=1024",
+                    "--record-core-cycles",
                     &format!("--forward-mode={mode}"),
                 ]);
                 c
@@ -217,6 +218,15 @@ impl RunningDut {
         self.shutdown();
     }
 
+    /// Stops the DUT and returns the cycles per packet it reported for its forwarding
+    /// core: vnfhost's own TSC accounting over busy polls, testpmd's
+    /// `--record-core-cycles` figure.
+    pub fn stop_with_cycles(mut self) -> Option<f64> {
+        self.shutdown();
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        parse_cycles(&log)
+    }
+
     fn shutdown(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our own unreaped child.
@@ -233,6 +243,45 @@ impl RunningDut {
         if let Some(m) = self.huge_mount.take() {
             let _ = Command::new("umount").arg(&m).status();
         }
+    }
+}
+
+/// Finds the cycles-per-packet figure in a DUT's log (the last one printed).
+pub fn parse_cycles(log: &str) -> Option<f64> {
+    let mut found = None;
+    for line in log.lines() {
+        let v = if let Some(i) = line.find("CPU cycles/packet=") {
+            // testpmd: "  CPU cycles/packet=123.45 (busy cycles=... / total ... packets=...)"
+            line[i + 18..].split_whitespace().next()
+        } else if line.starts_with("core ") && line.contains(" cycles/packet") {
+            // vnfhost: "core 0: 123 packets, 456 cycles/packet on busy polls, ..."
+            line.split(", ")
+                .nth(1)
+                .and_then(|p| p.split_whitespace().next())
+        } else {
+            None
+        };
+        if let Some(x) = v.and_then(|v| v.parse::<f64>().ok()) {
+            found = Some(x);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_found_in_both_logs() {
+        let tp = "  RX-packets: 1\n  CPU cycles/packet=431.27 (busy cycles=1 / total 2 packets=3) at 2445 MHz Clock\n";
+        assert_eq!(parse_cycles(tp), Some(431.27));
+        let vh = "port p0: rx 1 frames\ncore 0: 4000 packets, 512 cycles/packet on busy polls, 99.0% of polls busy\n";
+        assert_eq!(parse_cycles(vh), Some(512.0));
+        assert_eq!(
+            parse_cycles("core 0: 0 packets, - cycles/packet on busy polls"),
+            None
+        );
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Sample {
     pub round: u32,
     /// What the generator saw.
     pub trial: Trial,
+    /// Cycles per packet the DUT reported for its forwarding core.
+    pub cycles: Option<f64>,
 }
 
 /// All samples, plus DUTs that could not run.
@@ -91,8 +93,8 @@ impl Report {
     /// The results as a markdown table (Mpps min/median/max, loss, ratio to vnfhost).
     pub fn markdown(&self, cfg: &P2pConfig) -> String {
         let mut o = String::new();
-        o.push_str("| frame | DUT | Mpps min | Mpps median | Mpps max | lost % | reordered | vnfhost ÷ DUT (medians) |\n");
-        o.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
+        o.push_str("| frame | DUT | Mpps min | Mpps median | Mpps max | cycles/pkt median | lost % | reordered | vnfhost ÷ DUT (medians) |\n");
+        o.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for &f in &cfg.frame_sizes {
             for &d in &cfg.duts {
                 let r = self.rates(d, f);
@@ -116,6 +118,17 @@ impl Report {
                 } else {
                     0.0
                 };
+                let cyc: Vec<f64> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.dut == d && s.frame == f)
+                    .filter_map(|s| s.cycles)
+                    .collect();
+                let cyc = if cyc.is_empty() {
+                    "?".to_string()
+                } else {
+                    format!("{:.0}", stats(&cyc).1)
+                };
                 let v = self.median(DutKind::Vnfhost, f);
                 let ratio = if d != DutKind::Vnfhost && med > 0.0 && v > 0.0 {
                     format!("{:.2}", v / med)
@@ -123,7 +136,7 @@ impl Report {
                     "—".into()
                 };
                 o.push_str(&format!(
-                    "| {f} | {} | {mn:.2} | {med:.2} | {mx:.2} | {lost:.2} | {reord} | {ratio} |\n",
+                    "| {f} | {} | {mn:.2} | {med:.2} | {mx:.2} | {cyc} | {lost:.2} | {reord} | {ratio} |\n",
                     d.name()
                 ));
             }
@@ -141,7 +154,7 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"dut\":\"{}\",\"frame\":{},\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0}}}",
+                    "{{\"dut\":\"{}\",\"frame\":{},\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{}}}",
                     s.dut.name(),
                     s.frame,
                     s.round,
@@ -149,7 +162,8 @@ impl Report {
                     s.trial.received,
                     s.trial.reordered,
                     s.trial.seconds,
-                    s.trial.rx_pps()
+                    s.trial.rx_pps(),
+                    s.cycles.map(|c| format!("{c:.1}")).unwrap_or_else(|| "null".into())
                 )
             })
             .collect();
@@ -217,11 +231,12 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 g.run(cfg.warmup);
                 let trial = g.run(cfg.duration);
                 drop(g);
-                d.stop();
+                let cycles = d.stop_with_cycles();
                 progress(&format!(
-                    "[{k:>3}/{total}] {:<12} {frame:>5} B round {round}: {:.3} Mpps (sent {}, received {}, reordered {})",
+                    "[{k:>3}/{total}] {:<12} {frame:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
                     dut.name(),
                     trial.rx_pps() / 1e6,
+                    cycles.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
                     trial.sent,
                     trial.received,
                     trial.reordered
@@ -231,6 +246,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     frame,
                     round,
                     trial,
+                    cycles,
                 });
             }
         }

@@ -86,8 +86,21 @@ pub struct SwitchStats {
     pub drops: Vec<(&'static str, u64)>,
     /// Floods.
     pub floods: u64,
-    /// Per core: (busy polls, idle polls).
-    pub cores: Vec<(u64, u64)>,
+    /// Per polling core, in configuration order.
+    pub cores: Vec<CoreStats>,
+}
+
+/// Load of one polling core.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CoreStats {
+    /// Polls that found work.
+    pub busy_polls: u64,
+    /// Polls that found none.
+    pub idle_polls: u64,
+    /// Frames handled.
+    pub packets: u64,
+    /// TSC cycles per frame over busy polls.
+    pub cycles_per_packet: Option<f64>,
 }
 
 /// Counters a core publishes for the control plane (relaxed stores, one writer).
@@ -293,11 +306,11 @@ impl Switch {
             cores: self
                 .loads
                 .iter()
-                .map(|l| {
-                    (
-                        l.busy_polls.load(Ordering::Relaxed),
-                        l.idle_polls.load(Ordering::Relaxed),
-                    )
+                .map(|l| CoreStats {
+                    busy_polls: l.busy_polls.load(Ordering::Relaxed),
+                    idle_polls: l.idle_polls.load(Ordering::Relaxed),
+                    packets: l.packets.load(Ordering::Relaxed),
+                    cycles_per_packet: l.cycles_per_packet(),
                 })
                 .collect(),
         }
