@@ -268,6 +268,12 @@ pub fn parse_cycles(log: &str) -> Option<f64> {
     found
 }
 
+impl Drop for RunningDut {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,11 +288,5 @@ mod tests {
             parse_cycles("core 0: 0 packets, - cycles/packet on busy polls"),
             None
         );
-    }
-}
-
-impl Drop for RunningDut {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
