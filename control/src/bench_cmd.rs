@@ -17,7 +17,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
     let mut cfg = P2pConfig {
-        duts: vec![DutKind::Vnfhost, DutKind::TestpmdIo, DutKind::TestpmdMac],
+        duts: DutKind::ALL.to_vec(),
         frame_sizes: vec![64, 1518],
         trials: 3,
         duration: Duration::from_secs(5),
@@ -51,7 +51,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
                     .split(',')
                     .map(|d| {
                         DutKind::parse(d).ok_or(format!(
-                            "--duts: unknown DUT {d:?} (vnfhost, testpmd-io, testpmd-mac)"
+                            "--duts: unknown DUT {d:?} (vnfhost, testpmd-io, testpmd-mac, ovs-normal, ovs-flows)"
                         ))
                     })
                     .collect::<Result<_, _>>()?

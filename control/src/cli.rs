@@ -21,8 +21,9 @@ commands:
              --hugepages            put packet buffers on hugepages (falls back with a warning)
              --fdb-size N           FDB entries per core (default 65536)
              --fdb-age SECONDS      FDB entry lifetime (default 300)
-  bench p2p  forwarding benchmark: vnfhost against DPDK testpmd in one interleaved run
-             --duts LIST            vnfhost,testpmd-io,testpmd-mac (default: all)
+  bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
+             --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
+                                    (default: all)
              --frame-sizes LIST     wire sizes, 64..=1518 (default 64,1518)
              --trials N             rounds per DUT and size (default 3)
              --duration S           measured seconds per trial (default 5)

@@ -15,6 +15,10 @@ pub enum DutKind {
     TestpmdIo,
     /// DPDK testpmd, `mac` forwarding (rewrites both MACs, like a minimal L2 app).
     TestpmdMac,
+    /// Open vSwitch with DPDK, `actions=NORMAL` (MAC learning switch).
+    OvsNormal,
+    /// Open vSwitch with DPDK, explicit `in_port` → `output` flows.
+    OvsFlows,
 }
 
 impl DutKind {
@@ -24,14 +28,29 @@ impl DutKind {
             DutKind::Vnfhost => "vnfhost",
             DutKind::TestpmdIo => "testpmd-io",
             DutKind::TestpmdMac => "testpmd-mac",
+            DutKind::OvsNormal => "ovs-normal",
+            DutKind::OvsFlows => "ovs-flows",
         }
     }
 
     /// Parses a name.
     pub fn parse(s: &str) -> Option<DutKind> {
-        [DutKind::Vnfhost, DutKind::TestpmdIo, DutKind::TestpmdMac]
-            .into_iter()
-            .find(|d| d.name() == s)
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    /// Every DUT.
+    pub const ALL: [DutKind; 5] = [
+        DutKind::Vnfhost,
+        DutKind::TestpmdIo,
+        DutKind::TestpmdMac,
+        DutKind::OvsNormal,
+        DutKind::OvsFlows,
+    ];
+
+    /// Whether the DUT connects to sockets the generator creates (OVS
+    /// `dpdkvhostuserclient` ports), rather than creating them.
+    pub fn generator_listens(self) -> bool {
+        matches!(self, DutKind::OvsNormal | DutKind::OvsFlows)
     }
 }
 
@@ -54,7 +73,8 @@ pub struct DutConfig {
 
 /// A running DUT; stopped (and its files removed) on drop.
 pub struct RunningDut {
-    child: Option<Child>,
+    children: Vec<Child>,
+    ovs_dir: Option<PathBuf>,
     /// Socket of port 0.
     pub port0: PathBuf,
     /// Socket of port 1.
@@ -62,6 +82,9 @@ pub struct RunningDut {
     log: PathBuf,
     huge_mount: Option<PathBuf>,
 }
+
+/// The DPDK-enabled Open vSwitch daemon of Debian's `openvswitch-switch-dpdk`.
+pub const OVS_VSWITCHD: &str = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk";
 
 /// Whether `name` is an executable in PATH.
 pub fn in_path(name: &str) -> bool {
@@ -77,6 +100,9 @@ pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
         DutKind::TestpmdIo | DutKind::TestpmdMac if !in_path("dpdk-testpmd") => {
             Some("dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-vhost23)".into())
         }
+        DutKind::OvsNormal | DutKind::OvsFlows if !Path::new(OVS_VSWITCHD).is_file() => Some(
+            "Open vSwitch with DPDK not installed (apt-get install openvswitch-switch-dpdk)".into(),
+        ),
         _ => None,
     }
 }
@@ -120,6 +146,30 @@ impl RunningDut {
                 c.arg("--port")
                     .arg(format!("p1,vhost-user={}", p1.display()));
                 c
+            }
+            DutKind::OvsNormal | DutKind::OvsFlows => {
+                huge_mount = if cfg.hugepages {
+                    mount_hugetlbfs(&cfg.dir)
+                } else {
+                    None
+                };
+                let mut d = RunningDut {
+                    children: Vec::new(),
+                    ovs_dir: Some(cfg.dir.clone()),
+                    port0: p0.clone(),
+                    port1: p1.clone(),
+                    log: log.clone(),
+                    huge_mount,
+                };
+                crate::ovs::start(
+                    cfg,
+                    &p0,
+                    &p1,
+                    &out,
+                    d.huge_mount.as_deref(),
+                    &mut d.children,
+                )?;
+                return Ok(d);
             }
             DutKind::TestpmdIo | DutKind::TestpmdMac => {
                 let mut c = Command::new("dpdk-testpmd");
@@ -179,7 +229,8 @@ impl RunningDut {
             .spawn()
             .map_err(|e| format!("start {}: {e}", cfg.kind.name()))?;
         let mut d = RunningDut {
-            child: Some(child),
+            children: vec![child],
+            ovs_dir: None,
             port0: p0,
             port1: p1,
             log,
@@ -187,7 +238,7 @@ impl RunningDut {
         };
         let t = Instant::now();
         while !(d.port0.exists() && d.port1.exists()) {
-            if let Some(Ok(Some(st))) = d.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(st))) = d.children.first_mut().map(|c| c.try_wait()) {
                 return Err(format!(
                     "{} exited ({st}) before making its sockets:\n{}",
                     cfg.kind.name(),
@@ -228,7 +279,17 @@ impl RunningDut {
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(dir) = self.ovs_dir.take() {
+            // OVS keeps its per-core figures in the daemon: save them into the log.
+            if let Ok(stats) = crate::ovs::pmd_stats(&dir) {
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+                    use std::io::Write;
+                    let _ = f.write_all(stats.as_bytes());
+                }
+            }
+        }
+        // The last started goes first (OVS: vswitchd before its database).
+        while let Some(mut c) = self.children.pop() {
             // SAFETY: kill(2) on our own unreaped child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let t = Instant::now();
@@ -250,7 +311,10 @@ impl RunningDut {
 pub fn parse_cycles(log: &str) -> Option<f64> {
     let mut found = None;
     for line in log.lines() {
-        let v = if let Some(i) = line.find("CPU cycles/packet=") {
+        let v = if let Some(i) = line.find("processing cycles per packet:") {
+            // OVS pmd-stats-show: "  avg processing cycles per packet: 557.62 (25476375/45689)"
+            line[i + 29..].split_whitespace().next()
+        } else if let Some(i) = line.find("CPU cycles/packet=") {
             // testpmd: "  CPU cycles/packet=123.45 (busy cycles=... / total ... packets=...)"
             line[i + 18..].split_whitespace().next()
         } else if line.starts_with("core ") && line.contains(" cycles/packet") {
@@ -284,6 +348,8 @@ mod tests {
         assert_eq!(parse_cycles(tp), Some(431.27));
         let vh = "port p0: rx 1 frames\ncore 0: 4000 packets, 512 cycles/packet on busy polls, 99.0% of polls busy\n";
         assert_eq!(parse_cycles(vh), Some(512.0));
+        let ovs = "pmd thread numa_id 0 core_id 1:\n  avg processing cycles per packet: 557.62 (25476375/45689)\n";
+        assert_eq!(parse_cycles(ovs), Some(557.62));
         assert_eq!(
             parse_cycles("core 0: 0 packets, - cycles/packet on busy polls"),
             None

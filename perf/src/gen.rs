@@ -29,6 +29,8 @@ pub struct GenConfig {
     pub ring_size: u16,
     /// Put rings and buffers on hugepages.
     pub hugepages: bool,
+    /// Create the sockets and wait for the DUT to connect (OVS `dpdkvhostuserclient`).
+    pub server: bool,
 }
 
 /// Result of one trial.
@@ -66,6 +68,8 @@ impl Generator {
             let mut c = VirtioUserConfig::new(path);
             c.ring_size = cfg.ring_size;
             c.hugepages = cfg.hugepages;
+            c.server = cfg.server;
+            c.timeout = Duration::from_secs(30);
             VirtioUser::new(&c)
         };
         let tx = mk(&cfg.tx)?;

@@ -9,4 +9,5 @@
 //! latency percentiles, Open vSwitch as a DUT, cycles per packet, plots.
 pub mod dut;
 pub mod gen;
+mod ovs;
 pub mod p2p;

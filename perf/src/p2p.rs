@@ -223,6 +223,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     frame_len: frame.saturating_sub(4),
                     ring_size: cfg.ring_size,
                     hugepages: cfg.hugepages,
+                    server: dut.generator_listens(),
                 };
                 let mut g = Generator::connect(&gcfg)
                     .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;

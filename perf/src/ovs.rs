@@ -1,0 +1,168 @@
+//! Open vSwitch 3.1 with DPDK as a DUT, run from a private directory: its own database,
+//! sockets and logs, nothing shared with a system OVS. Recipe from PEERS.md: a netdev
+//! bridge with two `dpdkvhostuserclient` ports (OVS connects to sockets the generator
+//! listens on), `pmd-cpu-mask` for the forwarding core.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::dut::{DutConfig, DutKind, OVS_VSWITCHD};
+
+fn env(cmd: &mut Command, dir: &Path) {
+    cmd.env("OVS_RUNDIR", dir)
+        .env("OVS_DBDIR", dir)
+        .env("OVS_LOGDIR", dir)
+        .env("OVS_SYSCONFDIR", dir);
+}
+
+/// Runs an OVS tool against the private instance in `dir`.
+fn tool(dir: &Path, name: &str, args: &[&str]) -> Result<String, String> {
+    let mut c = Command::new(name);
+    env(&mut c, dir);
+    let out = c.args(args).output().map_err(|e| format!("{name}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{name} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn vsctl(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let db = format!("--db=unix:{}", dir.join("db.sock").display());
+    let mut a = vec![db.as_str(), "--timeout=60"];
+    a.extend_from_slice(args);
+    tool(dir, "ovs-vsctl", &a)
+}
+
+/// `ovs-appctl dpif-netdev/pmd-stats-show` of the instance in `dir`.
+pub fn pmd_stats(dir: &Path) -> Result<String, String> {
+    let t = format!("--target={}", dir.join("ovs-vswitchd.ctl").display());
+    tool(dir, "ovs-appctl", &[&t, "dpif-netdev/pmd-stats-show"])
+}
+
+/// Starts ovsdb-server and ovs-vswitchd-dpdk in `cfg.dir`, adds the bridge and ports,
+/// and (for [`DutKind::OvsFlows`]) replaces NORMAL with two in_port flows. The daemons
+/// are pushed onto `kids` as they start, so a failure half-way still stops them.
+pub fn start(
+    cfg: &DutConfig,
+    p0: &Path,
+    p1: &Path,
+    log: &File,
+    huge: Option<&Path>,
+    kids: &mut Vec<Child>,
+) -> Result<(), String> {
+    let d = cfg.dir.as_path();
+    let db = d.join("conf.db");
+    tool(
+        d,
+        "ovsdb-tool",
+        &[
+            "create",
+            &db.to_string_lossy(),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ],
+    )?;
+    let spawn = |cmd: &mut Command| -> Result<Child, String> {
+        env(cmd, d);
+        let out = log.try_clone().map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("start OVS: {e}"))
+    };
+    kids.push(spawn(
+        Command::new("ovsdb-server")
+            .arg(&db)
+            .arg(format!("--remote=punix:{}", d.join("db.sock").display()))
+            .arg(format!(
+                "--unixctl={}",
+                d.join("ovsdb-server.ctl").display()
+            )),
+    )?);
+    let t = Instant::now();
+    while !d.join("db.sock").exists() {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err("ovsdb-server made no socket in 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prefix = format!("--no-pci --file-prefix vnfbench-ovs{}", std::process::id());
+    let extra = match huge {
+        Some(h) => format!("{prefix} --huge-dir {}", h.display()),
+        None => format!("{prefix} --no-huge -m 1024"),
+    };
+    vsctl(d, &["--no-wait", "init"])?;
+    vsctl(
+        d,
+        &[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:dpdk-init=true",
+            &format!("other_config:dpdk-extra=\"{extra}\""),
+            &format!("other_config:dpdk-lcore-mask={:#x}", 1u64 << cfg.main_core),
+            &format!("other_config:pmd-cpu-mask={:#x}", 1u64 << cfg.core),
+        ],
+    )?;
+    kids.push(spawn(
+        Command::new(OVS_VSWITCHD)
+            .arg(format!("unix:{}", d.join("db.sock").display()))
+            .arg(format!(
+                "--unixctl={}",
+                d.join("ovs-vswitchd.ctl").display()
+            )),
+    )?);
+    vsctl(
+        d,
+        &[
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ],
+    )?;
+    for (n, p) in [("p0", p0), ("p1", p1)] {
+        let path = format!("options:vhost-server-path={}", p.display());
+        vsctl(
+            d,
+            &[
+                "add-port",
+                "br0",
+                n,
+                "--",
+                "set",
+                "Interface",
+                n,
+                "type=dpdkvhostuserclient",
+                &path,
+            ],
+        )?;
+    }
+    if cfg.kind == DutKind::OvsFlows {
+        let br = format!("unix:{}", d.join("br0.mgmt").display());
+        tool(d, "ovs-ofctl", &["del-flows", &br])?;
+        tool(
+            d,
+            "ovs-ofctl",
+            &["add-flow", &br, "in_port=p0,actions=output:p1"],
+        )?;
+        tool(
+            d,
+            "ovs-ofctl",
+            &["add-flow", &br, "in_port=p1,actions=output:p0"],
+        )?;
+    }
+    Ok(())
+}
