@@ -251,6 +251,22 @@ impl GuestRegion {
         let total = mmap_offset
             .checked_add(size)
             .ok_or(MemError::BadRegion("offset + size overflows"))?;
+        // A mapping past the end of the file would fault (SIGBUS) on first touch and
+        // take the whole switch down: refuse it here. (A frontend that shrinks the
+        // file later can still do that; QEMU seals its memfds against it.)
+        let file_len = fd
+            .metadata()
+            .map_err(|e| MemError::Mmap {
+                size,
+                offset: mmap_offset,
+                source: e,
+            })?
+            .len();
+        if total > file_len {
+            return Err(MemError::BadRegion(
+                "region extends past the end of its file",
+            ));
+        }
         let map = Mapping::map_fd(fd.as_raw_fd(), total, 0)?;
         let off =
             usize::try_from(mmap_offset).map_err(|_| MemError::BadRegion("offset overflows"))?;

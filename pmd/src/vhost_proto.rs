@@ -174,7 +174,15 @@ fn recv_some(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> Result<u
     Ok(n)
 }
 
-fn recv_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> Result<(), ProtoError> {
+/// How long one whole message may take to arrive once its first byte has.
+pub const MSG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn recv_exact(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<File>,
+    deadline: std::time::Instant,
+) -> Result<(), ProtoError> {
     let mut got = 0;
     while got < buf.len() {
         let n = recv_some(sock, &mut buf[got..], fds)?;
@@ -182,6 +190,11 @@ fn recv_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> Result<
             return Err(ProtoError::Disconnected);
         }
         got += n;
+        // Each receive is bounded by the socket's timeout; this bounds the sum, so a
+        // frontend dribbling a byte at a time cannot hold the control thread.
+        if got < buf.len() && std::time::Instant::now() > deadline {
+            return Err(ProtoError::Io(std::io::ErrorKind::TimedOut.into()));
+        }
     }
     Ok(())
 }
@@ -190,7 +203,8 @@ fn recv_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> Result<
 pub fn recv_msg(sock: &UnixStream) -> Result<Msg, ProtoError> {
     let mut fds = Vec::new();
     let mut hdr = [0u8; 12];
-    recv_exact(sock, &mut hdr, &mut fds)?;
+    let deadline = std::time::Instant::now() + MSG_DEADLINE;
+    recv_exact(sock, &mut hdr, &mut fds, deadline)?;
     let request = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let flags = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
     let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
@@ -201,7 +215,7 @@ pub fn recv_msg(sock: &UnixStream) -> Result<Msg, ProtoError> {
         return Err(ProtoError::Oversized(size));
     }
     let mut body = vec![0u8; size as usize];
-    recv_exact(sock, &mut body, &mut fds)?;
+    recv_exact(sock, &mut body, &mut fds, deadline)?;
     Ok(Msg {
         request,
         flags,

@@ -110,7 +110,6 @@ const OFFERED_FEATURES: u64 = virtio::F_VERSION_1
     | virtio::RING_F_INDIRECT_DESC
     | virtio::NET_F_MAC
     | virtio::NET_F_STATUS
-    | virtio::F_NOTIFY_ON_EMPTY
     | virtio::F_ANY_LAYOUT
     | virtio::F_PROTOCOL_FEATURES;
 
@@ -439,7 +438,11 @@ fn refuse<T>(why: impl Into<String>) -> Result<T, Fail> {
 struct VringSetup {
     size: u32,
     addrs: Option<RingAddrs>,
+    /// Next avail index the device reads.
     base: u16,
+    /// Next used index the device writes (behind `base` by the chains it could not
+    /// return, such as those with an out-of-range head).
+    used: u16,
     started: bool,
     enabled: bool,
     running: bool,
@@ -493,87 +496,60 @@ impl Device {
     /// swaps it in under the queue's cell.
     fn install(&mut self, i: usize) {
         let features = self.features;
-        let v = &self.vrings[i];
+        let shared = self.shared.clone();
+        let q = i / 2;
+        let (mut gtx, mut grx);
+        let vq: &mut Vq = if i.is_multiple_of(2) {
+            gtx = shared.tx[q].lock();
+            &mut gtx
+        } else {
+            grx = shared.rx[q].lock();
+            &mut grx.vq
+        };
+        // Under the same guard: carry a running ring's position over, so that no
+        // message (SET_VRING_CALL, SET_VRING_ENABLE, a memory table change...) ever
+        // rewinds the ring or loses what the polling core did meanwhile.
+        let v = &mut self.vrings[i];
+        if let Some(old) = vq.ring.take() {
+            v.base = old.last_avail();
+            v.used = old.used_idx();
+        }
         let mut ring = None;
         if v.started && v.enabled {
             if let (Some(mem), Some(addrs)) = (&self.mem, v.addrs) {
-                match DeviceRing::new(
-                    mem.clone(),
-                    v.size,
-                    addrs,
-                    v.base,
-                    features & virtio::RING_F_EVENT_IDX != 0,
-                ) {
+                let event_idx = features & virtio::RING_F_EVENT_IDX != 0;
+                match DeviceRing::new(mem.clone(), v.size, addrs, v.base, v.used, event_idx) {
                     Ok(r) => ring = Some(r),
                     Err(e) => {
-                        self.shared.proto_errors.fetch_add(1, Ordering::Relaxed);
-                        if let Some(s) = self.shared.log.check() {
+                        shared.proto_errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(s) = shared.log.check() {
                             tracing::warn!(
                                 "port {}: vring {i} not started: {e} ({s} suppressed)",
-                                self.shared.name
+                                shared.name
                             );
                         }
                     }
                 }
             }
         }
-        let running = ring.is_some();
-        let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
-        let apply = |vq: &mut Vq| {
-            vq.ring = ring;
-            vq.call = call;
-            vq.hdr_len = net_hdr_len(features);
-            vq.mrg_rxbuf = features & virtio::NET_F_MRG_RXBUF != 0;
-        };
-        let q = i / 2;
-        if i.is_multiple_of(2) {
-            apply(&mut self.shared.tx[q].lock());
-        } else {
-            apply(&mut self.shared.rx[q].lock().vq);
-        }
-        self.vrings[i].running = running;
+        v.running = ring.is_some();
+        vq.ring = ring;
+        vq.call = v.call.as_ref().and_then(|f| f.try_clone().ok());
+        vq.hdr_len = net_hdr_len(features);
+        vq.mrg_rxbuf = features & virtio::NET_F_MRG_RXBUF != 0;
         let any = self.vrings.iter().any(|v| v.running);
-        self.shared.up.store(any, Ordering::Relaxed);
+        shared.up.store(any, Ordering::Relaxed);
     }
 
     /// Stops vring `i` and returns where the device stopped reading.
     fn stop_ring(&mut self, i: usize) -> u16 {
-        let q = i / 2;
-        let taken = if i.is_multiple_of(2) {
-            self.shared.tx[q].lock().ring.take()
-        } else {
-            self.shared.rx[q].lock().vq.ring.take()
-        };
-        let v = &mut self.vrings[i];
-        if let Some(r) = taken {
-            v.base = r.last_avail();
-        }
-        v.started = false;
-        v.running = false;
-        v.base
+        self.vrings[i].started = false;
+        self.install(i);
+        self.vrings[i].base
     }
 
     fn reinstall_all(&mut self) {
         for i in 0..self.vrings.len() {
-            // Keep the position of running rings across a memory table change.
-            let q = i / 2;
-            let pos = if i % 2 == 0 {
-                self.shared.tx[q]
-                    .lock()
-                    .ring
-                    .as_ref()
-                    .map(|r| r.last_avail())
-            } else {
-                self.shared.rx[q]
-                    .lock()
-                    .vq
-                    .ring
-                    .as_ref()
-                    .map(|r| r.last_avail())
-            };
-            if let Some(p) = pos {
-                self.vrings[i].base = p;
-            }
             self.install(i);
         }
     }
@@ -791,7 +767,15 @@ impl Device {
                 let Ok(base) = u16::try_from(base) else {
                     return refuse(format!("vring base {base} above 65535"));
                 };
+                // Only valid on a stopped ring; a running one is stopped first so the
+                // new base is not overwritten by its position.
+                let was = self.vrings[i].started;
+                self.vrings[i].started = false;
+                self.install(i);
+                self.vrings[i].started = was;
                 self.vrings[i].base = base;
+                self.vrings[i].used = base;
+                self.install(i);
                 Ok(None)
             }
             GET_VRING_BASE => {
@@ -931,7 +915,9 @@ impl Port for VhostUserPort {
         let mut bytes = 0u64;
         batch.clear();
         // At most 2 × BURST chains per call, so bad chains cannot keep us here.
-        while !batch.is_full() && nheads < heads.len() {
+        let mut pops = 0;
+        while !batch.is_full() && pops < heads.len() {
+            pops += 1;
             let head = match ring.pop(false, &mut vq.chain) {
                 None => break,
                 Some(Ok(h)) => h,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -281,6 +281,12 @@ impl VirtioUser {
             frontend
                 .set_protocol_features(use_pf)
                 .map_err(|e| proto("SET_PROTOCOL_FEATURES", e))?;
+            if use_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request is acknowledged: set-up is synchronous, and a refusal
+                // (an unmappable region, a bad ring) is an error here, not a silent
+                // dead queue later.
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             // GET_QUEUE_NUM is not asked: the `vhost` crate would take its answer (queue
             // pairs, as QEMU and DPDK mean it) as a bound on ring indices. A backend
             // with too few queues refuses SET_VRING_NUM on the first extra ring instead.
@@ -659,6 +665,29 @@ impl VirtioUser {
         f(&mut raw);
         let old = raw.old;
         r.publish(old);
+    }
+
+    /// Disables and re-enables every ring and hands the backend the call eventfds
+    /// again, as QEMU does when a guest changes its queue count or masks interrupts.
+    /// The backend must keep each ring's position.
+    pub fn reenable_rings(&mut self) -> Result<(), VirtioUserError> {
+        let proto = |step, source| VirtioUserError::Protocol {
+            path: self.path.clone(),
+            step,
+            source,
+        };
+        for i in 0..self.rings.len() {
+            self.frontend
+                .set_vring_enable(i, false)
+                .map_err(|e| proto("SET_VRING_ENABLE", e))?;
+            self.frontend
+                .set_vring_call(i, &self.rings[i]._call)
+                .map_err(|e| proto("SET_VRING_CALL", e))?;
+            self.frontend
+                .set_vring_enable(i, true)
+                .map_err(|e| proto("SET_VRING_ENABLE", e))?;
+        }
+        Ok(())
     }
 
     /// Used elements the backend returned on ring `ring` so far: (id, len) pairs after

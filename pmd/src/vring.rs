@@ -181,6 +181,7 @@ impl DeviceRing {
         size: u32,
         addrs: RingAddrs,
         base: u16,
+        used_idx: u16,
         event_idx: bool,
     ) -> Result<DeviceRing, RingSetupError> {
         if size == 0 || size > u32::from(virtio::MAX_QUEUE_SIZE) || !size.is_power_of_two() {
@@ -205,6 +206,17 @@ impl DeviceRing {
         let used = mem
             .uva_to_host(addrs.used, virtio::used_ring_bytes(size))
             .ok_or(RingSetupError::Unmapped("used"))?;
+        // The frontend chooses mmap offsets, so the host pointers must be checked too:
+        // typed and atomic accesses below need their natural alignment.
+        if !(desc as usize).is_multiple_of(16) {
+            return Err(RingSetupError::Misaligned("descriptor (host mapping)"));
+        }
+        if !(avail as usize).is_multiple_of(2) {
+            return Err(RingSetupError::Misaligned("avail (host mapping)"));
+        }
+        if !(used as usize).is_multiple_of(4) {
+            return Err(RingSetupError::Misaligned("used (host mapping)"));
+        }
         let mut r = DeviceRing {
             size,
             desc,
@@ -212,15 +224,17 @@ impl DeviceRing {
             used,
             last_avail: base,
             avail_cache: base,
-            used_idx: base,
-            signalled_used: base,
+            used_idx,
+            signalled_used: used_idx,
             signalled_valid: false,
             event_idx,
             mem,
         };
         // `base` is where the device resumes: after a backend restart the frontend sets
         // it to the used index it has seen, so every chain before it is complete.
-        r.suppress_kicks();
+        if !event_idx {
+            r.suppress_kicks();
+        }
         Ok(r)
     }
 
@@ -232,6 +246,11 @@ impl DeviceRing {
     /// The next avail index the device will read (what `GET_VRING_BASE` returns).
     pub fn last_avail(&self) -> u16 {
         self.last_avail
+    }
+
+    /// The next used index the device will write.
+    pub fn used_idx(&self) -> u16 {
+        self.used_idx
     }
 
     /// The memory table the ring lives in.

@@ -90,7 +90,7 @@ proptest! {
         let g = GuestRegion::map(region.file(), GPA, MEM, UVA, 0).expect("map");
         let mem = Arc::new(GuestMemory::new(vec![g]).expect("table"));
         let addrs = RingAddrs { desc: UVA + DESC_OFF, avail: UVA + AVAIL_OFF, used: UVA + USED_OFF };
-        let mut ring = DeviceRing::new(mem.clone(), u32::from(QSIZE), addrs, 0, true).expect("ring");
+        let mut ring = DeviceRing::new(mem.clone(), u32::from(QSIZE), addrs, 0, 0, true).expect("ring");
         let host = mem.gpa_to_host(GPA, MEM).expect("whole region") as usize;
         let mut chain = Chain::default();
         let mut popped = 0;

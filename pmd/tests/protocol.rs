@@ -138,6 +138,10 @@ fn oversized_and_truncated_messages_drop_the_connection() {
 }
 
 fn mem_table(nregions: u32, size: u64) -> Vec<u8> {
+    mem_table_at(nregions, size, 0)
+}
+
+fn mem_table_at(nregions: u32, size: u64, mmap_offset: u64) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&nregions.to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
@@ -145,7 +149,7 @@ fn mem_table(nregions: u32, size: u64) -> Vec<u8> {
         body.extend_from_slice(&(i << 32).to_le_bytes()); // guest phys
         body.extend_from_slice(&size.to_le_bytes()); // size
         body.extend_from_slice(&(0x7000_0000_0000 + (i << 32)).to_le_bytes()); // user addr
-        body.extend_from_slice(&0u64.to_le_bytes()); // mmap offset
+        body.extend_from_slice(&mmap_offset.to_le_bytes()); // mmap offset
     }
     let mut m = header(SET_MEM_TABLE, 0, body.len() as u32);
     m.extend(body);
@@ -186,6 +190,57 @@ fn an_fd_that_cannot_be_mapped_is_refused_without_harm() {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
+    serves_next_frontend(&p, &path);
+}
+
+/// Sets up ring 1 (the frontend's transmit ring) at user addresses `base..` and kicks it.
+fn start_ring_at(s: &UnixStream, base: u64) {
+    let mut num = header(8, 0, 8); // SET_VRING_NUM
+    num.extend_from_slice(&1u32.to_le_bytes());
+    num.extend_from_slice(&256u32.to_le_bytes());
+    send_with_fds(s, &num, &[]);
+    let mut addr = header(9, 0, 40); // SET_VRING_ADDR
+    addr.extend_from_slice(&1u32.to_le_bytes());
+    addr.extend_from_slice(&0u32.to_le_bytes());
+    for a in [base, base + 0x2000, base + 0x1000, 0] {
+        addr.extend_from_slice(&a.to_le_bytes());
+    }
+    send_with_fds(s, &addr, &[]);
+    let efd = vmm_sys_util::eventfd::EventFd::new(0).expect("eventfd");
+    let mut kick = header(12, 0, 8); // SET_VRING_KICK
+    kick.extend_from_slice(&1u64.to_le_bytes());
+    send_with_fds(s, &kick, &[efd.as_raw_fd()]);
+}
+
+#[test]
+fn a_region_past_the_end_of_its_file_is_refused() {
+    // 64 KiB memfd described as 1 GiB: mapping it would fault (SIGBUS) on touch.
+    let (p, path) = port("pastend");
+    let memfd = pmd::mem::SharedRegion::new("t", 1 << 16, false).expect("memfd");
+    let s = UnixStream::connect(&path).expect("connect");
+    send_with_fds(&s, &mem_table(1, 1 << 30), &[memfd.file().as_raw_fd()]);
+    start_ring_at(&s, 0x7000_0000_0000 + (1 << 20));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !p.is_up(),
+        "a ring in memory past the end of the file started"
+    );
+    assert!(p.protocol_errors() >= 1);
+    drop(s);
+    serves_next_frontend(&p, &path);
+}
+
+#[test]
+fn a_misaligning_mmap_offset_never_starts_a_queue() {
+    // The ring's user address is aligned, but mmap_offset 1 misaligns the host pointer.
+    let (p, path) = port("misalign");
+    let memfd = pmd::mem::SharedRegion::new("t", 1 << 16, false).expect("memfd");
+    let s = UnixStream::connect(&path).expect("connect");
+    send_with_fds(&s, &mem_table_at(1, 0x8000, 1), &[memfd.file().as_raw_fd()]);
+    start_ring_at(&s, 0x7000_0000_0000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!p.is_up(), "a ring at a misaligned host address started");
+    drop(s);
     serves_next_frontend(&p, &path);
 }
 
