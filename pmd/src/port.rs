@@ -16,8 +16,14 @@ pub const BURST: usize = 32;
 /// The frames of one received burst; valid only inside [`Port::poll_rx`]'s closure.
 pub struct RxBatch {
     frames: [(*const u8, u32); BURST],
+    heads: [[u8; HEAD_SNAPSHOT]; BURST],
     len: usize,
 }
+
+/// Bytes of every received frame copied aside at receive time (all of a short frame):
+/// the switch decides on this copy and the ports transmit it, so a guest that rewrites
+/// its buffer after the decision cannot change the headers that were decided on.
+pub const HEAD_SNAPSHOT: usize = 64;
 
 // SAFETY: the pointers are only dereferenced through `frame`, under `push`'s contract
 // (readable until `clear`); ports clear the batch before `poll_rx` returns, so a batch
@@ -28,6 +34,7 @@ impl Default for RxBatch {
     fn default() -> Self {
         RxBatch {
             frames: [(std::ptr::null(), 0); BURST],
+            heads: [[0; HEAD_SNAPSHOT]; BURST],
             len: 0,
         }
     }
@@ -66,7 +73,7 @@ impl RxBatch {
         unsafe { std::slice::from_raw_parts(p, l as usize) }
     }
 
-    /// Appends a frame.
+    /// Appends a frame, copying its first [`HEAD_SNAPSHOT`] bytes aside.
     ///
     /// # Safety
     /// `ptr..ptr + len` must stay readable until [`clear`](Self::clear) is called, and
@@ -74,8 +81,44 @@ impl RxBatch {
     #[inline]
     pub unsafe fn push(&mut self, ptr: *const u8, len: u32) {
         debug_assert!(self.len < BURST);
+        let n = (len as usize).min(HEAD_SNAPSHOT);
+        // SAFETY: the caller guarantees len readable bytes at ptr; n <= len and
+        // n <= HEAD_SNAPSHOT, the size of the destination.
+        unsafe { std::ptr::copy_nonoverlapping(ptr, self.heads[self.len].as_mut_ptr(), n) };
         self.frames[self.len] = (ptr, len);
         self.len += 1;
+    }
+
+    /// Length of frame `i`.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    #[inline]
+    pub fn frame_len(&self, i: usize) -> usize {
+        self.frames[..self.len][i].1 as usize
+    }
+
+    /// The private copy of frame `i`'s first bytes (the whole frame when it is short):
+    /// what the switch parses and decides on.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    #[inline]
+    pub fn head(&self, i: usize) -> &[u8] {
+        let n = self.frame_len(i).min(HEAD_SNAPSHOT);
+        &self.heads[i][..n]
+    }
+
+    /// Frame `i` as it is transmitted: the private head copy, then the rest of the
+    /// frame where it was received.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    #[inline]
+    pub fn parts(&self, i: usize) -> (&[u8], &[u8]) {
+        let head = self.head(i);
+        let tail = self.frame(i).get(head.len()..).unwrap_or(&[]);
+        (head, tail)
     }
 
     /// Forgets all frames.
@@ -279,33 +322,36 @@ pub trait Port: Send + Sync {
     fn stats(&self) -> PortStats;
 }
 
-/// Length of `frame` after `edit`: a push needs the 12 MAC bytes, a pop a whole tag;
-/// an edit that does not fit leaves the frame unchanged.
+/// Length of a frame of `len` bytes after `edit`: a push needs the 12 MAC bytes, a pop
+/// a whole tag; an edit that does not fit leaves the frame unchanged.
 #[inline]
-pub fn edited_len(frame: &[u8], edit: VlanEdit) -> usize {
+pub fn edited_len(len: usize, edit: VlanEdit) -> usize {
     match edit {
-        VlanEdit::Push(_) if frame.len() >= 12 => frame.len() + 4,
-        VlanEdit::Pop if frame.len() >= 16 => frame.len() - 4,
-        _ => frame.len(),
+        VlanEdit::Push(_) if len >= 12 => len + 4,
+        VlanEdit::Pop if len >= 16 => len - 4,
+        _ => len,
     }
 }
 
-/// Splits `frame`, with `edit` applied, into at most three consecutive pieces
-/// (`pieces[..n]`); a pushed tag is written into `tag`, which the pieces borrow.
+/// Splits the frame `head ++ tail`, with `edit` applied, into at most four consecutive
+/// pieces (`pieces[..n]`). `head` holds at least the first 16 bytes whenever the frame
+/// has them (see [`RxBatch::parts`]), so edits touch only `head`; a pushed tag is
+/// written into `tag`, which the pieces borrow.
 #[inline]
 pub fn edited_pieces<'a>(
-    frame: &'a [u8],
+    head: &'a [u8],
+    tail: &'a [u8],
     edit: VlanEdit,
     tag: &'a mut [u8; 4],
-) -> ([&'a [u8]; 3], usize) {
+) -> ([&'a [u8]; 4], usize) {
     match edit {
-        VlanEdit::Push(tci) if frame.len() >= 12 => {
+        VlanEdit::Push(tci) if head.len() >= 12 => {
             let t = tci.to_be_bytes();
             *tag = [0x81, 0x00, t[0], t[1]];
-            ([&frame[..12], &tag[..], &frame[12..]], 3)
+            ([&head[..12], &tag[..], &head[12..], tail], 4)
         }
-        VlanEdit::Pop if frame.len() >= 16 => ([&frame[..12], &frame[16..], &[]], 2),
-        _ => ([frame, &[], &[]], 1),
+        VlanEdit::Pop if head.len() >= 16 => ([&head[..12], &head[16..], tail, &[]], 3),
+        _ => ([head, tail, &[], &[]], 2),
     }
 }
 
@@ -315,7 +361,8 @@ mod tests {
 
     fn edit(frame: &[u8], e: VlanEdit) -> Vec<u8> {
         let mut tag = [0; 4];
-        let (p, n) = edited_pieces(frame, e, &mut tag);
+        let cut = frame.len().min(HEAD_SNAPSHOT);
+        let (p, n) = edited_pieces(&frame[..cut], &frame[cut..], e, &mut tag);
         p[..n].concat()
     }
 
@@ -328,8 +375,10 @@ mod tests {
         assert_eq!(&tagged[16..], &f[12..]);
         assert_eq!(edit(&tagged, VlanEdit::Pop), f);
         assert_eq!(edit(&f, VlanEdit::Keep), f);
-        assert_eq!(edited_len(&f, VlanEdit::Push(1)), 64);
-        assert_eq!(edited_len(&f[..10], VlanEdit::Push(1)), 10);
+        assert_eq!(edited_len(f.len(), VlanEdit::Push(1)), 64);
+        assert_eq!(edited_len(10, VlanEdit::Push(1)), 10);
+        let long: Vec<u8> = (0..200u32).map(|x| x as u8).collect();
+        assert_eq!(edit(&edit(&long, VlanEdit::Push(7)), VlanEdit::Pop), long);
         assert_eq!(edit(&f[..10], VlanEdit::Push(1)), &f[..10]);
     }
 }

@@ -152,13 +152,14 @@ impl Port for TapPort {
         let mut sent = 0usize;
         let mut bytes = 0u64;
         for s in sel {
-            let frame = src.frame(usize::from(s.idx));
+            let (head, tail) = src.parts(usize::from(s.idx));
+            let flen = head.len() + tail.len();
             let mut tag = [0u8; 4];
-            let (pieces, n) = edited_pieces(frame, s.edit, &mut tag);
+            let (pieces, n) = edited_pieces(head, tail, s.edit, &mut tag);
             let mut iov = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
-            }; 3];
+            }; 4];
             for (v, p) in iov.iter_mut().zip(&pieces[..n]) {
                 *v = libc::iovec {
                     iov_base: p.as_ptr() as *mut _,
@@ -171,7 +172,7 @@ impl Port for TapPort {
                 self.tx_ctr.drop_n(PortDrop::NoRxBuffer, 1);
             } else {
                 sent += 1;
-                bytes += edited_len(frame, s.edit) as u64;
+                bytes += edited_len(flen, s.edit) as u64;
             }
         }
         self.tx_ctr.add(sent as u64, bytes);

@@ -999,14 +999,15 @@ impl Port for VhostUserPort {
         let mut bytes = 0u64;
         let mut pushed = 0u16;
         'frames: for s in sel {
-            let frame = src.frame(usize::from(s.idx));
-            let flen = edited_len(frame, s.edit);
+            // The switch decided on the head copy; transmit that copy, then the rest.
+            let (head, tail) = src.parts(usize::from(s.idx));
+            let flen = edited_len(head.len() + tail.len(), s.edit);
             let mut hdr = [0u8; 12];
             virtio::write_net_hdr(&mut hdr, 1);
-            // The pieces to copy: the header, then the frame as edited.
+            // The pieces to copy: the virtio-net header, then the frame as edited.
             let mut tag = [0u8; 4];
-            let (fp, fnp) = edited_pieces(frame, s.edit, &mut tag);
-            let pieces: [&[u8]; 4] = [&hdr[..hdr_len], fp[0], fp[1], fp[2]];
+            let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
+            let pieces: [&[u8]; 5] = [&hdr[..hdr_len], fp[0], fp[1], fp[2], fp[3]];
             let np = 1 + fnp;
             // Fast path: the next chain's first buffer holds header and frame (what
             // Linux and DPDK post). Otherwise the chain goes back and the general walk

@@ -201,3 +201,33 @@ fn toggling_rings_and_call_fds_keeps_their_position() {
     }
     assert_eq!(seen.len(), 300, "the port saw frames twice");
 }
+
+#[test]
+fn a_guest_rewriting_its_buffer_after_the_decision_cannot_change_the_headers_sent() {
+    let path = tmp("f");
+    let p = port(&path, Mode::Server, 1);
+    let mut vu = VirtioUser::new(&VirtioUserConfig::new(&path)).expect("virtio-user");
+    wait_up(&p);
+    let f = frame(42, 100);
+    assert_eq!(vu.send(0, &[&f]), 1);
+    let mut b = RxBatch::default();
+    let mut decided = Vec::new();
+    let t = Instant::now();
+    while decided.is_empty() && t.elapsed() < Duration::from_secs(5) {
+        p.poll_rx(0, &mut b, &mut |batch| {
+            decided = batch.head(0).to_vec();
+            // The guest's other vCPU rewrites the MACs and inserts a tag-like pattern
+            // after the switch looked at the frame (descriptor 0 held it: the first free
+            // id; its buffer starts with the 12-byte virtio-net header).
+            let mut evil = vec![0u8; 12];
+            evil.extend_from_slice(&[0xee; 20]);
+            vu.raw_ring(1, |r| r.write_buf(0, &evil));
+            let sel = [TxSel { idx: 0, edit: VlanEdit::Keep }];
+            p.tx_burst(0, batch, &sel);
+        });
+    }
+    assert_eq!(decided, f[..64].to_vec(), "the decision saw the original headers");
+    let got = vu.recv_wait(0, 1, Duration::from_secs(2));
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0][..64], &f[..64], "the headers sent are the ones decided on");
+}

@@ -802,7 +802,25 @@ impl Bridge {
         now: u64,
         out: &mut impl FnMut(PortId, VlanEdit),
     ) -> Result<Forwarded, DropReason> {
-        let verdict = self.decide(in_port, frame, now, out);
+        self.forward_head(in_port, frame, frame.len(), now, out)
+    }
+
+    /// [`forward`](Self::forward) for a frame of `len` bytes of which the caller holds
+    /// the first bytes in `head` (at least the headers; all of them for short frames).
+    ///
+    /// This is how the switch forwards frames that still sit in a guest's memory: it
+    /// decides on a private copy of the headers, and the port writes that same copy
+    /// when it transmits, so a guest that rewrites its buffer after the decision (for
+    /// instance a VLAN tag) cannot change what was decided.
+    pub fn forward_head(
+        &mut self,
+        in_port: PortId,
+        head: &[u8],
+        len: usize,
+        now: u64,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
+        let verdict = self.decide(in_port, head, len.max(head.len()), now, out);
         match verdict {
             Ok(Forwarded::Unicast(_)) => self.counters.unicast += 1,
             Ok(Forwarded::Flooded { .. }) => self.counters.floods += 1,
@@ -815,6 +833,7 @@ impl Bridge {
         &mut self,
         in_port: PortId,
         frame: &[u8],
+        len: usize,
         now: u64,
         out: &mut impl FnMut(PortId, VlanEdit),
     ) -> Result<Forwarded, DropReason> {
@@ -827,7 +846,7 @@ impl Bridge {
             return Err(DropReason::PortDown);
         }
         port.counters.rx_frames += 1;
-        port.counters.rx_bytes += frame.len() as u64;
+        port.counters.rx_bytes += len as u64;
 
         let ingress = parse(frame)?;
         if ingress.src.is_multicast() || ingress.src.is_zero() {
@@ -850,7 +869,7 @@ impl Bridge {
                 if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
                     let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
                     let edit = edit_for(tagged, untagged, vid);
-                    self.emit(PortId(p), edit, frame.len(), out);
+                    self.emit(PortId(p), edit, len, out);
                     return Ok(Forwarded::Unicast(PortId(p)));
                 }
             }
@@ -871,7 +890,7 @@ impl Bridge {
                 let edit = edit_for(tagged, untagged & (1u64 << b) != 0, vid);
                 // w * 64 + b < max_ports <= MAX_PORTS, which fits in u16.
                 let p = PortId((w * 64) as u16 + b as u16);
-                self.emit(p, edit, frame.len(), out);
+                self.emit(p, edit, len, out);
                 copies += 1;
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   core k:  for each (port, queue) it owns:
-//!              port.poll_rx(queue) ─► bridge.forward(frame) ─► staging[out port]
+//!              port.poll_rx(queue) ─► bridge.forward_head(head copy) ─► staging[out port]
 //!              for each out port with frames: out.tx_burst(txq(k), batch, staging)
 //! ```
 //!
@@ -173,7 +173,8 @@ impl PollTask for CoreTask {
             total += ports[pi].poll_rx(q, batch, &mut |b: &RxBatch| {
                 let now = start.elapsed().as_nanos() as u64;
                 for i in 0..b.len() {
-                    let _ = bridge.forward(inp, b.frame(i), now, &mut |out: PortId, edit| {
+                    let (head, len) = (b.head(i), b.frame_len(i));
+                    let _ = bridge.forward_head(inp, head, len, now, &mut |out: PortId, edit| {
                         if let Some(s) = staging.get_mut(usize::from(out.0)) {
                             s.push(TxSel {
                                 idx: i as u16,
