@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
-      qemu-system-x86 busybox-static kmod cpio iproute2 procps)
+      qemu-system-x86 busybox-static kmod cpio iproute2 procps
+      openvswitch-switch-dpdk)
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup.sh: run as root (it installs packages and reserves hugepages)" >&2

@@ -28,6 +28,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         vnfhost: exe,
         hugepages: true,
         ring_size: 1024,
+        ndr: None,
     };
     let mut out = PathBuf::from("bench-results");
     let num = |s: String, f: &str| {
@@ -74,6 +75,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
             "gen-core" => cfg.gen_core = num(val("--gen-core")?, "--gen-core")? as usize,
             "out" => out = PathBuf::from(val("--out")?),
             "no-hugepages" => cfg.hugepages = false,
+            "ndr" => cfg.ndr = Some(perf::ndr::NdrConfig::default()),
             other => return Err(format!("bench p2p: unknown option --{other}")),
         }
     }

@@ -32,6 +32,8 @@ commands:
              --gen-core N           generator core (default 0)
              --out DIR              where results.json and results.md go (default bench-results)
              --no-hugepages         DUTs and generator on normal pages
+             --ndr                  also RFC 2544 NDR/PDR binary search (2 s trials) and
+                                    latency p50/p99/max at 10/50/90 % of NDR
   help     this text
 
 Not built yet (later issues): up, down, status, daemon, vm.

@@ -1,13 +1,16 @@
 //! The traffic generator: transmits on one vhost-user port and receives on another from
 //! one pinned thread, through pmd's virtio-user port, and counts what comes back.
 //!
-//! Each frame carries a sequence number after the Ethernet header, so loss and
-//! reordering are measured, not guessed. Frames are written straight into the
+//! Each frame carries a sequence number and a TSC stamp after the Ethernet header, so
+//! loss, reordering and latency are measured, not guessed. The offered load is either
+//! as fast as the DUT accepts or a fixed rate (paced by the TSC). Frames are written straight into the
 //! descriptor buffers (no intermediate copy).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use pmd::sched::tsc;
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig, VirtioUserError};
 
 /// Ethernet addresses the generator uses: it sends from `SRC` to `DST`, and teaches a
@@ -38,6 +41,9 @@ pub struct GenConfig {
 pub struct Trial {
     /// Frames the DUT accepted from us.
     pub sent: u64,
+    /// At a fixed rate: frames that were due but found the DUT's ring full. They count
+    /// as lost, as frames a wire could not deliver would.
+    pub refused: u64,
     /// Frames that came back.
     pub received: u64,
     /// Frames that came back with a lower sequence number than one seen before.
@@ -51,6 +57,20 @@ impl Trial {
     pub fn rx_pps(&self) -> f64 {
         self.received as f64 / self.seconds
     }
+
+    /// Frames offered: sent plus refused.
+    pub fn offered(&self) -> u64 {
+        self.sent + self.refused
+    }
+
+    /// Fraction of offered frames that did not come back.
+    pub fn loss_ratio(&self) -> f64 {
+        let o = self.offered();
+        if o == 0 {
+            return 0.0;
+        }
+        o.saturating_sub(self.received) as f64 / o as f64
+    }
 }
 
 /// A connected generator.
@@ -59,6 +79,15 @@ pub struct Generator {
     rx: VirtioUser,
     frame_len: usize,
     seq: u32,
+    tsc_hz: f64,
+}
+
+/// Measures the time-stamp counter's rate against the monotonic clock (50 ms).
+pub fn tsc_hz() -> f64 {
+    let (i0, c0) = (Instant::now(), tsc());
+    std::thread::sleep(Duration::from_millis(50));
+    let (c1, el) = (tsc(), i0.elapsed());
+    (c1.wrapping_sub(c0)) as f64 / el.as_secs_f64()
 }
 
 impl Generator {
@@ -79,6 +108,7 @@ impl Generator {
             rx,
             frame_len: cfg.frame_len.clamp(60, 2030),
             seq: 0,
+            tsc_hz: tsc_hz(),
         })
     }
 
@@ -99,37 +129,68 @@ impl Generator {
 
     /// Offers frames as fast as the DUT accepts them for `d`, counting what returns.
     pub fn run(&mut self, d: Duration) -> Trial {
+        self.run_at(d, None, None)
+    }
+
+    /// Offers frames for `d`, at `rate` frames per second when given (else as fast as
+    /// the DUT accepts), counting what returns; with `latency`, records each returned
+    /// frame's one-way latency in nanoseconds (from a TSC stamp in its payload).
+    pub fn run_at(
+        &mut self,
+        d: Duration,
+        rate: Option<f64>,
+        mut latency: Option<&mut Histogram<u64>>,
+    ) -> Trial {
         let len = self.frame_len;
+        let hz = self.tsc_hz;
         let mut t = Trial::default();
         let mut last_seq: Option<u32> = None;
         let start = Instant::now();
+        let t0 = tsc();
         let mut iter = 0u32;
-        loop {
-            let seq0 = self.seq;
-            let n = self.tx.send_fill(0, 32, |i, b| {
-                b[..6].copy_from_slice(&DST);
-                b[6..12].copy_from_slice(&SRC);
-                b[12..14].copy_from_slice(&[0x88, 0xb5]);
-                b[14..18].copy_from_slice(&seq0.wrapping_add(i as u32).to_be_bytes());
-                len
-            });
-            self.seq = self.seq.wrapping_add(n as u32);
-            t.sent += n as u64;
-            let (mut got, mut reord) = (0u64, 0u64);
-            self.rx.recv(0, 64, |f| {
-                if f.len() >= 18 {
-                    let s = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
-                    if let Some(l) = last_seq {
-                        if s.wrapping_sub(l) > u32::MAX / 2 {
-                            reord += 1;
-                        }
+        let mut record = |f: &[u8], t: &mut Trial, now: u64| {
+            if f.len() >= 26 {
+                let s = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
+                if let Some(l) = last_seq {
+                    if s.wrapping_sub(l) > u32::MAX / 2 {
+                        t.reordered += 1;
                     }
-                    last_seq = Some(s);
                 }
-                got += 1;
-            });
-            t.received += got;
-            t.reordered += reord;
+                last_seq = Some(s);
+                if let Some(h) = latency.as_deref_mut() {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&f[18..26]);
+                    let cycles = now.saturating_sub(u64::from_le_bytes(b));
+                    let _ = h.record((cycles as f64 * 1e9 / hz) as u64);
+                }
+            }
+            t.received += 1;
+        };
+        loop {
+            let now = tsc();
+            let mut want = 32usize;
+            if let Some(r) = rate {
+                let due = ((now.saturating_sub(t0)) as f64 / hz * r) as u64;
+                want = due.saturating_sub(t.offered()).min(32) as usize;
+            }
+            if want > 0 {
+                let seq0 = self.seq;
+                let n = self.tx.send_fill(0, want, |i, b| {
+                    b[..6].copy_from_slice(&DST);
+                    b[6..12].copy_from_slice(&SRC);
+                    b[12..14].copy_from_slice(&[0x88, 0xb5]);
+                    b[14..18].copy_from_slice(&seq0.wrapping_add(i as u32).to_be_bytes());
+                    b[18..26].copy_from_slice(&tsc().to_le_bytes());
+                    len
+                });
+                self.seq = self.seq.wrapping_add(n as u32);
+                t.sent += n as u64;
+                if rate.is_some() {
+                    t.refused += (want - n) as u64;
+                }
+            }
+            let now = tsc();
+            self.rx.recv(0, 64, |f| record(f, &mut t, now));
             iter = iter.wrapping_add(1);
             if iter.is_multiple_of(256) && start.elapsed() >= d {
                 break;
@@ -137,8 +198,9 @@ impl Generator {
         }
         // Collect what is still in flight for a moment, so it is not counted lost.
         let tail = Instant::now();
-        while tail.elapsed() < Duration::from_millis(20) {
-            t.received += self.rx.recv(0, 64, |_| {}) as u64;
+        while tail.elapsed() < Duration::from_millis(50) {
+            let now = tsc();
+            self.rx.recv(0, 64, |f| record(f, &mut t, now));
         }
         t.seconds = start.elapsed().as_secs_f64() - tail.elapsed().as_secs_f64();
         t

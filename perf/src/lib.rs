@@ -5,9 +5,11 @@
 //! core ([`dut`]), and the p2p maximum-receive-rate method that interleaves the DUTs
 //! round by round and reports min/median/max per DUT and ratios of medians ([`p2p`]).
 //!
-//! Not built yet (the performance issue stays open for them): RFC 2544 NDR/PDR search,
-//! latency percentiles, Open vSwitch as a DUT, cycles per packet, plots.
+//! Also: RFC 2544 NDR/PDR binary search ([`ndr`]), Open vSwitch with DPDK as a DUT,
+//! cycles per packet from each DUT's own accounting, latency histograms at fixed rates
+//! (used by the `latency-tests` crate).
 pub mod dut;
 pub mod gen;
+pub mod ndr;
 mod ovs;
 pub mod p2p;

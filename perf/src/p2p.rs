@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dut::{missing, DutConfig, DutKind, RunningDut};
+use hdrhistogram::Histogram;
+
 use crate::gen::{GenConfig, Generator, Trial};
+use crate::ndr::{search, NdrConfig};
 
 /// Benchmark set-up.
 #[derive(Clone, Debug)]
@@ -34,6 +37,34 @@ pub struct P2pConfig {
     pub hugepages: bool,
     /// Descriptors per ring on the generator's side.
     pub ring_size: u16,
+    /// Also search NDR/PDR and measure latency at 10/50/90 % of NDR.
+    pub ndr: Option<NdrConfig>,
+}
+
+/// Latency percentiles of one fixed-rate trial, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Offered rate as a fraction of NDR.
+    pub fraction: f64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// NDR/PDR and latency of one sample.
+#[derive(Clone, Debug, Default)]
+pub struct Throughput {
+    /// Highest rate without loss, frames/s.
+    pub ndr: f64,
+    /// Highest rate with at most 0.5 % loss, frames/s.
+    pub pdr: f64,
+    /// Latency at 10, 50 and 90 % of NDR.
+    pub latency: Vec<Latency>,
 }
 
 /// One measured trial.
@@ -49,6 +80,8 @@ pub struct Sample {
     pub trial: Trial,
     /// Cycles per packet the DUT reported for its forwarding core.
     pub cycles: Option<f64>,
+    /// NDR, PDR and latency, when asked for.
+    pub throughput: Option<Throughput>,
 }
 
 /// All samples, plus DUTs that could not run.
@@ -58,6 +91,25 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// DUTs that could not run, with the reason.
     pub missing: Vec<(DutKind, String)>,
+}
+
+fn throughput_json(t: &Throughput) -> String {
+    let lat: Vec<String> = t
+        .latency
+        .iter()
+        .map(|l| {
+            format!(
+                "{{\"fraction\":{},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2}}}",
+                l.fraction, l.p50, l.p99, l.p999, l.max
+            )
+        })
+        .collect();
+    format!(
+        "{{\"ndr_pps\":{:.0},\"pdr_pps\":{:.0},\"latency\":[{}]}}",
+        t.ndr,
+        t.pdr,
+        lat.join(",")
+    )
 }
 
 /// min, median, max of `v` (empty → zeros).
@@ -141,6 +193,41 @@ impl Report {
                 ));
             }
         }
+        if self.samples.iter().any(|s| s.throughput.is_some()) {
+            o.push_str("\n| frame | DUT | NDR Mpps | PDR Mpps | NDR ÷ max rate | p50 µs @10 % NDR | p99 µs @10 % | p50 µs @50 % | p50 µs @90 % | max µs @90 % |\n");
+            o.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for &f in &cfg.frame_sizes {
+                for &d in &cfg.duts {
+                    let th: Vec<(&Throughput, f64)> = self
+                        .samples
+                        .iter()
+                        .filter(|s| s.dut == d && s.frame == f)
+                        .filter_map(|s| s.throughput.as_ref().map(|t| (t, s.trial.rx_pps())))
+                        .collect();
+                    if th.is_empty() {
+                        continue;
+                    }
+                    let med = |g: &dyn Fn(&(&Throughput, f64)) -> Option<f64>| {
+                        let v: Vec<f64> = th.iter().filter_map(g).collect();
+                        stats(&v).1
+                    };
+                    let lat =
+                        |i: usize, q: fn(&Latency) -> f64| med(&|t| t.0.latency.get(i).map(q));
+                    o.push_str(&format!(
+                        "| {f} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                        d.name(),
+                        med(&|t| Some(t.0.ndr / 1e6)),
+                        med(&|t| Some(t.0.pdr / 1e6)),
+                        med(&|t| Some(t.0.ndr / t.1.max(1.0))),
+                        lat(0, |l| l.p50),
+                        lat(0, |l| l.p99),
+                        lat(1, |l| l.p50),
+                        lat(2, |l| l.p50),
+                        lat(2, |l| l.max),
+                    ));
+                }
+            }
+        }
         for (d, why) in &self.missing {
             o.push_str(&format!("\nDUT {} missing: {why}\n", d.name()));
         }
@@ -154,7 +241,7 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"dut\":\"{}\",\"frame\":{},\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{}}}",
+                    "{{\"dut\":\"{}\",\"frame\":{},\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
                     s.dut.name(),
                     s.frame,
                     s.round,
@@ -163,7 +250,8 @@ impl Report {
                     s.trial.reordered,
                     s.trial.seconds,
                     s.trial.rx_pps(),
-                    s.cycles.map(|c| format!("{c:.1}")).unwrap_or_else(|| "null".into())
+                    s.cycles.map(|c| format!("{c:.1}")).unwrap_or_else(|| "null".into()),
+                    s.throughput.as_ref().map(throughput_json).unwrap_or_else(|| "null".into())
                 )
             })
             .collect();
@@ -178,6 +266,45 @@ impl Report {
             missing.join(",")
         )
     }
+}
+
+/// NDR and PDR by binary search below `max_rate`, then latency at 10/50/90 % of NDR.
+fn measure_throughput(
+    g: &mut Generator,
+    max_rate: f64,
+    n: &NdrConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Throughput {
+    let mut log = |r: f64, t: &Trial| {
+        progress(&format!(
+            "      trial at {:.3} Mpps: loss {:.4} %",
+            r / 1e6,
+            100.0 * t.loss_ratio()
+        ))
+    };
+    let ndr = search(g, max_rate, 0.0, n, &mut log);
+    let pdr = search(g, max_rate, n.pdr_loss, n, &mut log);
+    let mut latency = Vec::new();
+    for fraction in [0.1, 0.5, 0.9] {
+        let Ok(mut h) = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3) else {
+            continue;
+        };
+        g.run_at(n.trial, Some((ndr * fraction).max(1000.0)), Some(&mut h));
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        latency.push(Latency {
+            fraction,
+            p50: us(0.5),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: h.max() as f64 / 1000.0,
+        });
+    }
+    progress(&format!(
+        "      NDR {:.3} Mpps, PDR {:.3} Mpps",
+        ndr / 1e6,
+        pdr / 1e6
+    ));
+    Throughput { ndr, pdr, latency }
 }
 
 /// Runs the benchmark; `progress` gets a line per trial.
@@ -231,6 +358,9 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 g.teach();
                 g.run(cfg.warmup);
                 let trial = g.run(cfg.duration);
+                let throughput = cfg
+                    .ndr
+                    .map(|n| measure_throughput(&mut g, trial.rx_pps(), &n, progress));
                 drop(g);
                 let cycles = d.stop_with_cycles();
                 progress(&format!(
@@ -248,6 +378,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     round,
                     trial,
                     cycles,
+                    throughput,
                 });
             }
         }

@@ -222,12 +222,23 @@ fn a_guest_rewriting_its_buffer_after_the_decision_cannot_change_the_headers_sen
             let mut evil = vec![0u8; 12];
             evil.extend_from_slice(&[0xee; 20]);
             vu.raw_ring(1, |r| r.write_buf(0, &evil));
-            let sel = [TxSel { idx: 0, edit: VlanEdit::Keep }];
+            let sel = [TxSel {
+                idx: 0,
+                edit: VlanEdit::Keep,
+            }];
             p.tx_burst(0, batch, &sel);
         });
     }
-    assert_eq!(decided, f[..64].to_vec(), "the decision saw the original headers");
+    assert_eq!(
+        decided,
+        f[..64].to_vec(),
+        "the decision saw the original headers"
+    );
     let got = vu.recv_wait(0, 1, Duration::from_secs(2));
     assert_eq!(got.len(), 1);
-    assert_eq!(&got[0][..64], &f[..64], "the headers sent are the ones decided on");
+    assert_eq!(
+        &got[0][..64],
+        &f[..64],
+        "the headers sent are the ones decided on"
+    );
 }
