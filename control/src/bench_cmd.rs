@@ -29,6 +29,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         hugepages: true,
         ring_size: 1024,
         ndr: None,
+        flows: 1,
     };
     let mut out = PathBuf::from("bench-results");
     let num = |s: String, f: &str| {
@@ -62,7 +63,8 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
                     .split(',')
                     .map(|s| match s.parse::<usize>() {
                         Ok(n) if (64..=1518).contains(&n) => Ok(n),
-                        _ => Err(format!("--frame-sizes: {s:?} is not in 64..=1518")),
+                        _ if s.eq_ignore_ascii_case("imix") => Ok(perf::gen::IMIX),
+                        _ => Err(format!("--frame-sizes: {s:?} is neither 64..=1518 nor imix")),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -76,6 +78,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
             "out" => out = PathBuf::from(val("--out")?),
             "no-hugepages" => cfg.hugepages = false,
             "ndr" => cfg.ndr = Some(perf::ndr::NdrConfig::default()),
+            "flows" => cfg.flows = num(val("--flows")?, "--flows")?.clamp(1, 1 << 20) as u32,
             other => return Err(format!("bench p2p: unknown option --{other}")),
         }
     }

@@ -24,7 +24,9 @@ commands:
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
              --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
                                     (default: all)
-             --frame-sizes LIST     wire sizes, 64..=1518 (default 64,1518)
+             --frame-sizes LIST     wire sizes 64..=1518, or imix (7x64, 4x570, 1x1518)
+                                    (default 64,1518)
+             --flows N              distinct source MACs the generator cycles (default 1)
              --trials N             rounds per DUT and size (default 3)
              --duration S           measured seconds per trial (default 5)
              --warmup S             warm-up seconds per trial (default 1)

@@ -26,8 +26,11 @@ pub struct GenConfig {
     pub tx: PathBuf,
     /// Socket of the DUT port we receive from.
     pub rx: PathBuf,
-    /// Frame length without FCS (60..=1514 typical; 64-byte frames on the wire are 60 here).
+    /// Frame length without FCS (60..=1514 typical; 64-byte frames on the wire are 60
+    /// here); [`IMIX`] for the simple IMIX mix.
     pub frame_len: usize,
+    /// Distinct flows: source MACs cycled frame by frame (1 = one flow).
+    pub flows: u32,
     /// Descriptors per ring.
     pub ring_size: u16,
     /// Put rings and buffers on hugepages.
@@ -35,6 +38,13 @@ pub struct GenConfig {
     /// Create the sockets and wait for the DUT to connect (OVS `dpdkvhostuserclient`).
     pub server: bool,
 }
+
+/// `frame_len` value that selects simple IMIX: 7 × 64, 4 × 570, 1 × 1518 bytes on the
+/// wire, interleaved.
+pub const IMIX: usize = 0;
+
+/// Frame lengths (without FCS) of one IMIX cycle of 12 frames.
+const IMIX_CYCLE: [usize; 12] = [60, 566, 60, 60, 566, 60, 1514, 60, 566, 60, 566, 60];
 
 /// Result of one trial.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -78,6 +88,7 @@ pub struct Generator {
     tx: VirtioUser,
     rx: VirtioUser,
     frame_len: usize,
+    flows: u32,
     seq: u32,
     tsc_hz: f64,
 }
@@ -106,7 +117,12 @@ impl Generator {
         Ok(Generator {
             tx,
             rx,
-            frame_len: cfg.frame_len.clamp(60, 2030),
+            frame_len: if cfg.frame_len == IMIX {
+                IMIX
+            } else {
+                cfg.frame_len.clamp(60, 2030)
+            },
+            flows: cfg.flows.max(1),
             seq: 0,
             tsc_hz: tsc_hz(),
         })
@@ -141,7 +157,8 @@ impl Generator {
         rate: Option<f64>,
         mut latency: Option<&mut Histogram<u64>>,
     ) -> Trial {
-        let len = self.frame_len;
+        let fixed = self.frame_len;
+        let flows = self.flows;
         let hz = self.tsc_hz;
         let mut t = Trial::default();
         let mut last_seq: Option<u32> = None;
@@ -176,10 +193,23 @@ impl Generator {
             if want > 0 {
                 let seq0 = self.seq;
                 let n = self.tx.send_fill(0, want, |i, b| {
+                    let seq = seq0.wrapping_add(i as u32);
+                    let len = if fixed == IMIX {
+                        IMIX_CYCLE[seq as usize % IMIX_CYCLE.len()]
+                    } else {
+                        fixed
+                    };
                     b[..6].copy_from_slice(&DST);
-                    b[6..12].copy_from_slice(&SRC);
+                    // Flows differ in the low 3 bytes of the source MAC, in a locally
+                    // administered range (02:01:...) that never meets DST.
+                    if flows > 1 {
+                        let f = (seq % flows).to_be_bytes();
+                        b[6..12].copy_from_slice(&[0x02, 0x01, 0x00, f[1], f[2], f[3]]);
+                    } else {
+                        b[6..12].copy_from_slice(&SRC);
+                    }
                     b[12..14].copy_from_slice(&[0x88, 0xb5]);
-                    b[14..18].copy_from_slice(&seq0.wrapping_add(i as u32).to_be_bytes());
+                    b[14..18].copy_from_slice(&seq.to_be_bytes());
                     b[18..26].copy_from_slice(&tsc().to_le_bytes());
                     len
                 });

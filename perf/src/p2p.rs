@@ -39,6 +39,8 @@ pub struct P2pConfig {
     pub ring_size: u16,
     /// Also search NDR/PDR and measure latency at 10/50/90 % of NDR.
     pub ndr: Option<NdrConfig>,
+    /// Flows (distinct source MACs) the generator cycles through.
+    pub flows: u32,
 }
 
 /// Latency percentiles of one fixed-rate trial, in microseconds.
@@ -110,6 +112,15 @@ fn throughput_json(t: &Throughput) -> String {
         t.pdr,
         lat.join(",")
     )
+}
+
+/// How a frame size is printed: bytes on the wire, or IMIX.
+pub fn label(frame: usize) -> String {
+    if frame == crate::gen::IMIX {
+        "IMIX".into()
+    } else {
+        frame.to_string()
+    }
 }
 
 /// min, median, max of `v` (empty → zeros).
@@ -188,7 +199,8 @@ impl Report {
                     "—".into()
                 };
                 o.push_str(&format!(
-                    "| {f} | {} | {mn:.2} | {med:.2} | {mx:.2} | {cyc} | {lost:.2} | {reord} | {ratio} |\n",
+                    "| {} | {} | {mn:.2} | {med:.2} | {mx:.2} | {cyc} | {lost:.2} | {reord} | {ratio} |\n",
+                    label(f),
                     d.name()
                 ));
             }
@@ -214,7 +226,8 @@ impl Report {
                     let lat =
                         |i: usize, q: fn(&Latency) -> f64| med(&|t| t.0.latency.get(i).map(q));
                     o.push_str(&format!(
-                        "| {f} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                        "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                        label(f),
                         d.name(),
                         med(&|t| Some(t.0.ndr / 1e6)),
                         med(&|t| Some(t.0.pdr / 1e6)),
@@ -241,9 +254,9 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"dut\":\"{}\",\"frame\":{},\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
+                    "{{\"dut\":\"{}\",\"frame\":\"{}\",\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
                     s.dut.name(),
-                    s.frame,
+                    label(s.frame),
                     s.round,
                     s.trial.sent,
                     s.trial.received,
@@ -347,7 +360,12 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 let gcfg = GenConfig {
                     tx: d.port0.clone(),
                     rx: d.port1.clone(),
-                    frame_len: frame.saturating_sub(4),
+                    frame_len: if frame == crate::gen::IMIX {
+                        frame
+                    } else {
+                        frame.saturating_sub(4)
+                    },
+                    flows: cfg.flows,
                     ring_size: cfg.ring_size,
                     hugepages: cfg.hugepages,
                     server: dut.generator_listens(),
@@ -364,8 +382,9 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 drop(g);
                 let cycles = d.stop_with_cycles();
                 progress(&format!(
-                    "[{k:>3}/{total}] {:<12} {frame:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
+                    "[{k:>3}/{total}] {:<12} {:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
                     dut.name(),
+                    label(frame),
                     trial.rx_pps() / 1e6,
                     cycles.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
                     trial.sent,
