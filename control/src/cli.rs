@@ -19,7 +19,7 @@ commands:
              --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;
                                     default 250)
              --hugepages            put packet buffers on hugepages (falls back with a warning)
-             --fdb-size N           FDB entries per core (default 65536)
+             --fdb-size N           FDB entries per core (default 8192, like OVS)
              --fdb-age SECONDS      FDB entry lifetime (default 300)
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
              --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
@@ -81,7 +81,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         stats: false,
         idle_max: Duration::from_micros(250),
         hugepages: false,
-        fdb_size: 65536,
+        fdb_size: 8192,
         fdb_age: Duration::from_secs(300),
     };
     let mut p = lexopt::Parser::from_args(args);

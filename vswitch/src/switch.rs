@@ -54,7 +54,8 @@ impl Default for SwitchConfig {
         SwitchConfig {
             cores: vec![None],
             backoff: Backoff::default(),
-            fdb_capacity: 64 * 1024,
+            // As Open vSwitch's default mac-table-size: small enough to stay in cache.
+            fdb_capacity: 8192,
             fdb_max_age: Duration::from_secs(300),
         }
     }
