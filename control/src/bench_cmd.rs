@@ -108,7 +108,15 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
     let md = report.markdown(cfg);
     std::fs::write(out.join("results.json"), report.json()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("rates.svg"), perf::plot::rates_svg(&report, cfg))
+        .map_err(|e| e.to_string())?;
+    if let Some(svg) = perf::plot::latency_svg(&report, cfg) {
+        std::fs::write(out.join("latency-cdf.svg"), svg).map_err(|e| e.to_string())?;
+    }
     println!("{md}");
-    eprintln!("bench p2p: wrote {}/results.{{json,md}}", out.display());
+    eprintln!(
+        "bench p2p: wrote {}/results.{{json,md}}, rates.svg and (with --ndr) latency-cdf.svg",
+        out.display()
+    );
     Ok(())
 }

@@ -13,3 +13,4 @@ pub mod gen;
 pub mod ndr;
 mod ovs;
 pub mod p2p;
+pub mod plot;

@@ -44,7 +44,7 @@ pub struct P2pConfig {
 }
 
 /// Latency percentiles of one fixed-rate trial, in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Latency {
     /// Offered rate as a fraction of NDR.
     pub fraction: f64,
@@ -56,6 +56,8 @@ pub struct Latency {
     pub p999: f64,
     /// Largest.
     pub max: f64,
+    /// (fraction of frames, latency in µs) points of the CDF.
+    pub cdf: Vec<(f64, f64)>,
 }
 
 /// NDR/PDR and latency of one sample.
@@ -112,6 +114,12 @@ fn throughput_json(t: &Throughput) -> String {
         t.pdr,
         lat.join(",")
     )
+}
+
+/// A 20-character progress bar for `k` of `n` steps.
+pub fn bar(k: usize, n: usize) -> String {
+    let full = (k * 20).checked_div(n).unwrap_or(20).min(20);
+    format!("{}{}", "#".repeat(full), ".".repeat(20 - full))
 }
 
 /// How a frame size is printed: bytes on the wire, or IMIX.
@@ -304,12 +312,26 @@ fn measure_throughput(
         };
         g.run_at(n.trial, Some((ndr * fraction).max(1000.0)), Some(&mut h));
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let cdf = (0..=40)
+            .map(|k| {
+                // Denser towards the tail: 0, 0.25, ..., 0.9, 0.99, 0.999, 1.
+                let q = match k {
+                    0..=36 => k as f64 / 40.0,
+                    37 => 0.95,
+                    38 => 0.99,
+                    39 => 0.999,
+                    _ => 1.0,
+                };
+                (q, us(q))
+            })
+            .collect();
         latency.push(Latency {
             fraction,
             p50: us(0.5),
             p99: us(0.99),
             p999: us(0.999),
             max: h.max() as f64 / 1000.0,
+            cdf,
         });
     }
     progress(&format!(
@@ -382,7 +404,8 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 drop(g);
                 let cycles = d.stop_with_cycles();
                 progress(&format!(
-                    "[{k:>3}/{total}] {:<12} {:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
+                    "[{}] {k:>3}/{total} {:<12} {:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
+                    bar(k, total),
                     dut.name(),
                     label(frame),
                     trial.rx_pps() / 1e6,
@@ -408,6 +431,13 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bar_fills() {
+        assert_eq!(bar(0, 4), "....................");
+        assert_eq!(bar(2, 4), "##########..........");
+        assert_eq!(bar(4, 4), "####################");
+    }
 
     #[test]
     fn stats_of_odd_and_even_samples() {
