@@ -82,45 +82,37 @@ fn print_rates(sw: &Switch, prev: &mut Vec<PortStats>, dt: f64) {
             s.total_drops()
         ));
     }
-    let bridge: Vec<String> = st
-        .drops
+    let bridge = nonzero(&st.drops);
+    line.push_str(&format!("floods {} bridge drops [{bridge}]", st.floods));
+    println!("{line}");
+    *prev = st.ports.into_iter().map(|(_, s)| s).collect();
+}
+
+/// `reason=count` for every non-zero counter, space-separated.
+fn nonzero(counts: &[(&str, u64)]) -> String {
+    let v: Vec<String> = counts
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| format!("{r}={n}"))
         .collect();
-    line.push_str(&format!(
-        "floods {} bridge drops [{}]",
-        st.floods,
-        bridge.join(" ")
-    ));
-    println!("{line}");
-    *prev = st.ports.into_iter().map(|(_, s)| s).collect();
+    v.join(" ")
 }
 
 fn print_totals(sw: &Switch) {
     let st = sw.stats();
     for (name, s) in &st.ports {
-        let drops: Vec<String> = PortDrop::ALL
+        let drops: Vec<(&str, u64)> = PortDrop::ALL
             .iter()
-            .filter(|d| s.drops[**d as usize] > 0)
-            .map(|d| format!("{}={}", d.as_str(), s.drops[*d as usize]))
+            .map(|d| (d.as_str(), s.drops[*d as usize]))
             .collect();
+        let drops = nonzero(&drops);
         println!(
-            "port {name}: rx {} frames {} bytes, tx {} frames {} bytes, drops [{}]",
-            s.rx_packets,
-            s.rx_bytes,
-            s.tx_packets,
-            s.tx_bytes,
-            drops.join(" ")
+            "port {name}: rx {} frames {} bytes, tx {} frames {} bytes, drops [{drops}]",
+            s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes,
         );
     }
-    let bridge: Vec<String> = st
-        .drops
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{r}={n}"))
-        .collect();
-    println!("bridge: floods {}, drops [{}]", st.floods, bridge.join(" "));
+    let bridge = nonzero(&st.drops);
+    println!("bridge: floods {}, drops [{bridge}]", st.floods);
     for (i, c) in st.cores.iter().enumerate() {
         let cpp = c
             .cycles_per_packet

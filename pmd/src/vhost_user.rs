@@ -68,6 +68,21 @@ pub struct VhostUserConfig {
     pub hugepages: bool,
 }
 
+impl VhostUserConfig {
+    /// A server-mode port with one queue pair, a locally administered MAC and normal
+    /// pages; adjust the fields for anything else.
+    pub fn new(name: &str, path: impl Into<PathBuf>) -> Self {
+        VhostUserConfig {
+            name: name.into(),
+            path: path.into(),
+            mode: Mode::Server,
+            queue_pairs: 1,
+            mac: [0x02, 0x76, 0, 0, 0, 1],
+            hugepages: false,
+        }
+    }
+}
+
 /// Errors creating a port.
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {

@@ -474,34 +474,17 @@ impl VirtioUser {
     /// fit: the backend is not draining fast enough). Frames longer than a buffer are
     /// refused.
     pub fn send<F: AsRef<[u8]>>(&mut self, q: u16, frames: &[F]) -> usize {
-        if usize::from(q) * 2 + 1 >= self.rings.len() {
-            return 0;
-        }
-        self.reclaim_tx(q);
-        let hdr_len = self.hdr_len;
-        let r = &mut self.rings[usize::from(q) * 2 + 1];
-        let old = r.avail_idx;
-        let mut n = 0;
-        for f in frames {
-            let f = f.as_ref();
-            if f.len() + hdr_len > BUF_SIZE {
-                break;
-            }
-            let Some(id) = r.free.pop() else { break };
-            let b = r.buf(id);
-            // SAFETY: the buffer of `id` holds BUF_SIZE bytes, and hdr_len + len fits.
-            unsafe {
-                std::ptr::write_bytes(b, 0, hdr_len);
-                std::ptr::copy_nonoverlapping(f.as_ptr(), b.add(hdr_len), f.len());
-            }
-            r.write_desc(id, (hdr_len + f.len()) as u32, 0);
-            r.add_avail(id);
-            n += 1;
-        }
-        if n > 0 {
-            r.publish(old);
-        }
-        n
+        // Frames up to the first that does not fit a buffer.
+        let room = BUF_SIZE - self.hdr_len;
+        let n = frames
+            .iter()
+            .take_while(|f| f.as_ref().len() <= room)
+            .count();
+        self.send_fill(q, n, |i, buf| {
+            let f = frames[i].as_ref();
+            buf[..f.len()].copy_from_slice(f);
+            f.len()
+        })
     }
 
     /// Sends up to `count` frames on queue pair `q`, letting `fill` write frame `i`

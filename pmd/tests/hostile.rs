@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use pmd::port::{Port, PortDrop, RxBatch, TxSel};
-use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
+use pmd::vhost_user::{VhostUserConfig, VhostUserPort};
 use pmd::virtio::{Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
 use pmd::VlanEdit;
@@ -18,15 +18,7 @@ fn setup(tag: &str, mrg: bool) -> (VhostUserPort, VirtioUser) {
     let d = std::env::temp_dir().join(format!("pmd-hostile-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmp dir");
     let path = d.join("s.sock");
-    let p = VhostUserPort::new(VhostUserConfig {
-        name: tag.into(),
-        path: path.clone(),
-        mode: Mode::Server,
-        queue_pairs: 1,
-        mac: [2, 0, 0, 0, 0, 1],
-        hugepages: false,
-    })
-    .expect("port");
+    let p = VhostUserPort::new(VhostUserConfig::new(tag, &path)).expect("port");
     let mut cfg = VirtioUserConfig::new(&path);
     cfg.mrg_rxbuf = mrg;
     let vu = VirtioUser::new(&cfg).expect("virtio-user");

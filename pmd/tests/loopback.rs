@@ -15,12 +15,9 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 fn port(path: &std::path::Path, mode: Mode, queues: u16) -> VhostUserPort {
     VhostUserPort::new(VhostUserConfig {
-        name: "p0".into(),
-        path: path.into(),
         mode,
         queue_pairs: queues,
-        mac: [2, 0, 0, 0, 0, 1],
-        hugepages: false,
+        ..VhostUserConfig::new("p0", path)
     })
     .expect("port")
 }

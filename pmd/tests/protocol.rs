@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use pmd::port::{Port, RxBatch};
-use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
+use pmd::vhost_user::{VhostUserConfig, VhostUserPort};
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
 
 const VERSION: u32 = 1;
@@ -18,15 +18,7 @@ fn port(tag: &str) -> (VhostUserPort, std::path::PathBuf) {
     let d = std::env::temp_dir().join(format!("pmd-proto-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmp dir");
     let path = d.join("s.sock");
-    let p = VhostUserPort::new(VhostUserConfig {
-        name: tag.into(),
-        path: path.clone(),
-        mode: Mode::Server,
-        queue_pairs: 1,
-        mac: [2, 0, 0, 0, 0, 1],
-        hugepages: false,
-    })
-    .expect("port");
+    let p = VhostUserPort::new(VhostUserConfig::new(tag, &path)).expect("port");
     (p, path)
 }
 

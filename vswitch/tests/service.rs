@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
+use pmd::vhost_user::{VhostUserConfig, VhostUserPort};
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
 use vswitch::switch::{Switch, SwitchConfig, SwitchPort};
 use vswitch::{Vid, VlanMode};
@@ -16,15 +16,7 @@ fn two_ports_forward_and_count() {
     let mut paths = Vec::new();
     for n in ["a", "b"] {
         let path = d.join(format!("{n}.sock"));
-        let p = VhostUserPort::new(VhostUserConfig {
-            name: n.into(),
-            path: path.clone(),
-            mode: Mode::Server,
-            queue_pairs: 1,
-            mac: [2, 0, 0, 0, 0, 1],
-            hugepages: false,
-        })
-        .expect("port");
+        let p = VhostUserPort::new(VhostUserConfig::new(n, &path)).expect("port");
         ports.push(SwitchPort {
             port: Arc::new(p),
             vlan: VlanMode::Access { vid: Vid::MIN },
