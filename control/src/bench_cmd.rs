@@ -30,7 +30,9 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         ring_size: 1024,
         ndr: None,
         flows: 1,
+        rate: None,
     };
+    let mut install = false;
     let mut out = PathBuf::from("bench-results");
     let num = |s: String, f: &str| {
         s.parse::<u64>()
@@ -77,7 +79,19 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
             "gen-core" => cfg.gen_core = num(val("--gen-core")?, "--gen-core")? as usize,
             "out" => out = PathBuf::from(val("--out")?),
             "no-hugepages" => cfg.hugepages = false,
-            "ndr" => cfg.ndr = Some(perf::ndr::NdrConfig::default()),
+            "ndr" => cfg.ndr = Some(cfg.ndr.unwrap_or_default()),
+            "trial-seconds" => {
+                let t = Duration::from_secs(num(val("--trial-seconds")?, "--trial-seconds")?.max(1));
+                cfg.ndr = Some(perf::ndr::NdrConfig { trial: t, ..cfg.ndr.unwrap_or_default() });
+            }
+            "rate" => {
+                let r = num(val("--rate")?, "--rate")?;
+                if r == 0 {
+                    return Err("--rate: must be above 0 frames/s".into());
+                }
+                cfg.rate = Some(r as f64);
+            }
+            "install" => install = true,
             "flows" => cfg.flows = num(val("--flows")?, "--flows")?.clamp(1, 1 << 20) as u32,
             other => return Err(format!("bench p2p: unknown option --{other}")),
         }
@@ -93,7 +107,45 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     if cfg.dut_core == cfg.gen_core {
         return Err("bench: --dut-core and --gen-core must differ".into());
     }
+    if install {
+        install_peers(&cfg)?;
+    }
     Ok((cfg, out))
+}
+
+/// Installs the Debian packages of the selected peers that are missing (`--install`).
+fn install_peers(cfg: &P2pConfig) -> Result<(), String> {
+    let mut pkgs: Vec<&str> = Vec::new();
+    for d in &cfg.duts {
+        if perf::dut::missing(*d, &cfg.vnfhost).is_none() {
+            continue;
+        }
+        match d {
+            DutKind::TestpmdIo | DutKind::TestpmdMac => {
+                pkgs.extend(["dpdk-dev", "librte-net-vhost23", "librte-mempool-ring23"])
+            }
+            DutKind::OvsNormal | DutKind::OvsFlows => pkgs.push("openvswitch-switch-dpdk"),
+            DutKind::Vnfhost => {}
+        }
+    }
+    pkgs.sort_unstable();
+    pkgs.dedup();
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: installing {}", pkgs.join(" "));
+    let ok = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("apt-get: {e}"))?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("apt-get install {} failed", pkgs.join(" ")))
+    }
 }
 
 /// Runs the benchmark and writes `results.json` and `results.md` into `out`.

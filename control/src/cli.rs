@@ -34,8 +34,12 @@ commands:
              --gen-core N           generator core (default 0)
              --out DIR              where results.json and results.md go (default bench-results)
              --no-hugepages         DUTs and generator on normal pages
-             --ndr                  also RFC 2544 NDR/PDR binary search (2 s trials) and
-                                    latency p50/p99/max at 10/50/90 % of NDR
+             --ndr                  also RFC 2544 NDR/PDR binary search and latency
+                                    p50/p99/max at 10/50/90 % of NDR
+             --trial-seconds S      length of each NDR/PDR and latency trial (default 2)
+             --rate PPS             offer a fixed rate in the main trials instead of
+                                    as fast as the DUT accepts
+             --install              apt-get install the peers that are missing
   help     this text
 
 Not built yet (later issues): up, down, status, daemon, vm.

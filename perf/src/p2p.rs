@@ -41,6 +41,8 @@ pub struct P2pConfig {
     pub ndr: Option<NdrConfig>,
     /// Flows (distinct source MACs) the generator cycles through.
     pub flows: u32,
+    /// Offer this many frames per second instead of as fast as the DUT accepts.
+    pub rate: Option<f64>,
 }
 
 /// Latency percentiles of one fixed-rate trial, in microseconds.
@@ -179,7 +181,7 @@ impl Report {
                     .filter(|s| s.dut == d && s.frame == f)
                     .fold((0u64, 0u64, 0u64), |a, s| {
                         (
-                            a.0 + s.trial.sent,
+                            a.0 + s.trial.offered(),
                             a.1 + s.trial.received,
                             a.2 + s.trial.reordered,
                         )
@@ -397,7 +399,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                 std::thread::sleep(Duration::from_millis(500));
                 g.teach();
                 g.run(cfg.warmup);
-                let trial = g.run(cfg.duration);
+                let trial = g.run_at(cfg.duration, cfg.rate, None);
                 let throughput = cfg
                     .ndr
                     .map(|n| measure_throughput(&mut g, trial.rx_pps(), &n, progress));
