@@ -280,20 +280,6 @@ impl GuestRegion {
             _map: Some(Arc::new(map)),
         })
     }
-
-    /// Builds a region over memory we mapped ourselves (the virtio-user side).
-    ///
-    /// # Safety
-    /// `region` must outlive every use of the returned value.
-    pub unsafe fn from_shared(region: &SharedRegion, gpa: u64) -> GuestRegion {
-        GuestRegion {
-            gpa,
-            size: region.len() as u64,
-            uaddr: region.as_ptr() as u64,
-            host: region.as_ptr(),
-            _map: None,
-        }
-    }
 }
 
 /// A guest memory table: the regions a frontend shared with us.

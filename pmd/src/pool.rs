@@ -1,8 +1,10 @@
 //! Packet buffers, preallocated at start-up on hugepages.
 //!
-//! A [`BufPool`] is one shared region cut into equal buffers, taken and given back
-//! through a free stack. A pool belongs to one queue (and so to one polling core at a
-//! time): there is no lock and no allocation after [`BufPool::new`].
+//! A [`BufPool`] is one shared region cut into `count` equal buffers, owned by one queue
+//! (and so by one polling core at a time). Buffer `i` serves frame `i` of a burst: a
+//! receive burst never holds more frames than the pool has buffers, and the burst is
+//! over before the next one reuses them, so no free list is needed and nothing is
+//! allocated after [`BufPool::new`].
 
 use crate::mem::{MemError, SharedRegion};
 
@@ -13,7 +15,7 @@ pub const MAX_FRAME: usize = 9728;
 pub struct BufPool {
     region: SharedRegion,
     buf_size: usize,
-    free: Vec<u32>,
+    count: u32,
 }
 
 impl BufPool {
@@ -30,7 +32,7 @@ impl BufPool {
         Ok(BufPool {
             region,
             buf_size,
-            free: (0..count).rev().collect(),
+            count,
         })
     }
 
@@ -39,30 +41,14 @@ impl BufPool {
         self.buf_size
     }
 
-    /// Buffers currently free.
-    pub fn available(&self) -> usize {
-        self.free.len()
+    /// Number of buffers.
+    pub fn count(&self) -> u32 {
+        self.count
     }
 
     /// Whether the pool lives on hugepages.
     pub fn on_hugepages(&self) -> bool {
         self.region.on_hugepages()
-    }
-
-    /// Takes a free buffer's index.
-    #[inline]
-    pub fn alloc(&mut self) -> Option<u32> {
-        self.free.pop()
-    }
-
-    /// Gives buffer `idx` back. Giving back a buffer twice is a bug and is ignored in
-    /// release builds only if the stack is already full.
-    #[inline]
-    pub fn free(&mut self, idx: u32) {
-        debug_assert!(!self.free.contains(&idx));
-        if self.free.len() < self.free.capacity() {
-            self.free.push(idx);
-        }
     }
 
     /// The bytes of buffer `idx`.
@@ -71,24 +57,24 @@ impl BufPool {
     /// When `idx` is not a buffer of this pool.
     #[inline]
     pub fn buf(&mut self, idx: u32) -> &mut [u8] {
-        let n = self.region.len() / self.buf_size;
-        assert!((idx as usize) < n, "buffer index {idx} out of pool of {n}");
-        // SAFETY: idx < n, so the buffer lies inside the region, and `&mut self` makes
-        // this the only reference into the pool's memory.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.region.as_ptr().add(idx as usize * self.buf_size),
-                self.buf_size,
-            )
-        }
+        let p = self.buf_ptr(idx);
+        // SAFETY: buf_ptr checked idx, so buf_size bytes at p lie inside the region, and
+        // `&mut self` makes this the only reference into the pool's memory.
+        unsafe { std::slice::from_raw_parts_mut(p, self.buf_size) }
     }
 
     /// Raw pointer to buffer `idx` (for frames handed out in an `RxBatch`).
+    ///
+    /// # Panics
+    /// When `idx` is not a buffer of this pool.
     #[inline]
     pub fn buf_ptr(&self, idx: u32) -> *mut u8 {
-        let n = self.region.len() / self.buf_size;
-        assert!((idx as usize) < n, "buffer index {idx} out of pool of {n}");
-        // SAFETY: idx < n, inside the region.
+        assert!(
+            idx < self.count,
+            "buffer index {idx} out of pool of {}",
+            self.count
+        );
+        // SAFETY: idx < count, so the buffer lies inside the region of count × buf_size.
         unsafe { self.region.as_ptr().add(idx as usize * self.buf_size) }
     }
 }
@@ -117,16 +103,18 @@ mod tests {
     }
 
     #[test]
-    fn alloc_free_cycle_never_allocates_twice() {
-        let mut p = BufPool::new("t", 2048, 4, false).expect("pool");
-        let a: Vec<u32> = (0..4).map(|_| p.alloc().expect("free buf")).collect();
-        assert!(p.alloc().is_none());
-        let mut s = a.clone();
-        s.sort();
-        s.dedup();
-        assert_eq!(s.len(), 4);
-        p.buf(a[0])[0] = 7;
-        p.free(a[0]);
-        assert_eq!(p.available(), 1);
+    fn buffers_are_disjoint_and_bounded() {
+        let mut p = BufPool::new("t", 2000, 4, false).expect("pool");
+        assert_eq!(p.buf_size(), 2048);
+        for i in 0..4 {
+            p.buf(i).fill(i as u8);
+        }
+        for i in 0..4 {
+            assert!(
+                p.buf(i).iter().all(|&b| b == i as u8),
+                "buffer {i} overlaps another"
+            );
+        }
+        assert!(std::panic::catch_unwind(move || p.buf_ptr(4)).is_err());
     }
 }

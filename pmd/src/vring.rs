@@ -253,11 +253,6 @@ impl DeviceRing {
         self.used_idx
     }
 
-    /// The memory table the ring lives in.
-    pub fn mem(&self) -> &Arc<GuestMemory> {
-        &self.mem
-    }
-
     fn avail_idx_ref(&self) -> &AtomicU16 {
         // SAFETY: avail ring checked at set-up: 2-byte aligned, inside live memory.
         unsafe { &*self.avail.add(2).cast::<AtomicU16>() }
