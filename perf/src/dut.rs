@@ -225,9 +225,15 @@ impl RunningDut {
             }
         };
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", cfg.kind.name()))?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(m) = &huge_mount {
+                    let _ = Command::new("umount").arg(m).status();
+                }
+                return Err(format!("start {}: {e}", cfg.kind.name()));
+            }
+        };
         let mut d = RunningDut {
             children: vec![child],
             ovs_dir: None,
@@ -301,6 +307,11 @@ impl RunningDut {
         }
         let _ = std::fs::remove_file(&self.port0);
         let _ = std::fs::remove_file(&self.port1);
+        // DPDK leaves its runtime directory behind (and always after a SIGKILL).
+        for prefix in ["vnfbench", "vnfbench-ovs"] {
+            let _ =
+                std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}{}", std::process::id()));
+        }
         if let Some(m) = self.huge_mount.take() {
             let _ = Command::new("umount").arg(&m).status();
         }

@@ -165,6 +165,7 @@ impl Generator {
         let start = Instant::now();
         let t0 = tsc();
         let mut iter = 0u32;
+        let mut last_due = 0u64;
         let mut record = |f: &[u8], t: &mut Trial, now: u64| {
             if f.len() >= 26 {
                 let s = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
@@ -188,6 +189,7 @@ impl Generator {
             let mut want = 32usize;
             if let Some(r) = rate {
                 let due = ((now.saturating_sub(t0)) as f64 / hz * r) as u64;
+                last_due = due;
                 want = due.saturating_sub(t.offered()).min(32) as usize;
             }
             if want > 0 {
@@ -226,6 +228,9 @@ impl Generator {
                 break;
             }
         }
+        // Frames that fell due but were never offered (the generator itself fell
+        // behind) count as refused: the rate was not delivered.
+        t.refused += last_due.saturating_sub(t.offered());
         // Collect what is still in flight for a moment, so it is not counted lost.
         let tail = Instant::now();
         while tail.elapsed() < Duration::from_millis(50) {

@@ -43,7 +43,11 @@ fn vsctl(dir: &Path, args: &[&str]) -> Result<String, String> {
 /// `ovs-appctl dpif-netdev/pmd-stats-show` of the instance in `dir`.
 pub fn pmd_stats(dir: &Path) -> Result<String, String> {
     let t = format!("--target={}", dir.join("ovs-vswitchd.ctl").display());
-    tool(dir, "ovs-appctl", &[&t, "dpif-netdev/pmd-stats-show"])
+    tool(
+        dir,
+        "ovs-appctl",
+        &["--timeout=5", &t, "dpif-netdev/pmd-stats-show"],
+    )
 }
 
 /// Starts ovsdb-server and ovs-vswitchd-dpdk in `cfg.dir`, adds the bridge and ports,

@@ -264,11 +264,12 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"dut\":\"{}\",\"frame\":\"{}\",\"round\":{},\"sent\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
+                    "{{\"dut\":\"{}\",\"frame\":\"{}\",\"round\":{},\"sent\":{},\"refused\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
                     s.dut.name(),
                     label(s.frame),
                     s.round,
                     s.trial.sent,
+                    s.trial.refused,
                     s.trial.received,
                     s.trial.reordered,
                     s.trial.seconds,
@@ -398,11 +399,18 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;
                 std::thread::sleep(Duration::from_millis(500));
                 g.teach();
-                g.run(cfg.warmup);
+                let warm = g.run(cfg.warmup);
                 let trial = g.run_at(cfg.duration, cfg.rate, None);
+                // NDR is searched below the DUT's maximum rate, which the warm-up
+                // measured when the main trial ran at a fixed --rate.
+                let upper = if cfg.rate.is_some() {
+                    warm.rx_pps()
+                } else {
+                    trial.rx_pps()
+                };
                 let throughput = cfg
                     .ndr
-                    .map(|n| measure_throughput(&mut g, trial.rx_pps(), &n, progress));
+                    .map(|n| measure_throughput(&mut g, upper, &n, progress));
                 drop(g);
                 let cycles = d.stop_with_cycles();
                 progress(&format!(

@@ -498,8 +498,11 @@ impl Device {
     /// Stops every ring and forgets the frontend (after a disconnect).
     fn reset(&mut self) {
         for i in 0..self.vrings.len() {
-            self.vrings[i] = VringSetup::default();
+            // Stop the ring first (install() carries its position into the set-up
+            // state), then forget that state: a new frontend starts from scratch.
+            self.vrings[i].started = false;
             self.install(i);
+            self.vrings[i] = VringSetup::default();
         }
         self.mem = None;
         self.features = 0;
