@@ -115,6 +115,5 @@ mod tests {
                 "buffer {i} overlaps another"
             );
         }
-        assert!(std::panic::catch_unwind(move || p.buf_ptr(4)).is_err());
     }
 }
