@@ -6,13 +6,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pmd::vhost_user::{VhostUserConfig, VhostUserPort};
-use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
-use vswitch::switch::{Switch, SwitchConfig, SwitchPort};
-use vswitch::{Vid, VlanMode};
+use pmd::virtio_user::VirtioUser;
+
+mod common;
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -68,22 +66,7 @@ fn pump(a: &mut VirtioUser, b: &mut VirtioUser, frames: &[[u8; 64]]) -> usize {
 
 #[test]
 fn forwarding_bursts_allocate_nothing() {
-    let d = std::env::temp_dir().join(format!("vswitch-noalloc-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("dir");
-    let mut ports = Vec::new();
-    let mut paths = Vec::new();
-    for n in ["a", "b"] {
-        let path = d.join(format!("{n}.sock"));
-        let p = VhostUserPort::new(VhostUserConfig::new(n, &path)).expect("port");
-        ports.push(SwitchPort {
-            port: Arc::new(p),
-            vlan: VlanMode::Access { vid: Vid::MIN },
-        });
-        paths.push(path);
-    }
-    let sw = Switch::start(&SwitchConfig::default(), ports).expect("switch");
-    let mut a = VirtioUser::new(&VirtioUserConfig::new(&paths[0])).expect("a");
-    let mut b = VirtioUser::new(&VirtioUserConfig::new(&paths[1])).expect("b");
+    let (sw, mut a, mut b) = common::two_port_switch("noalloc");
     std::thread::sleep(Duration::from_millis(300));
     // b speaks first so the switch knows where it is; then warm up.
     b.send(0, &[frame(0xa, 0xb, 0)]);
