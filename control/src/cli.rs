@@ -40,9 +40,26 @@ commands:
              --rate PPS             offer a fixed rate in the main trials instead of
                                     as fast as the DUT accepts
              --install              apt-get install the peers that are missing
+  vm run   run a pod VM in the foreground; its serial console is stdout
+             --hypervisor H         auto (default: kvm with vmx/svm, else qemu), kvm, qemu
+             --kernel PATH          ELF (vmlinux, or with a PVH note) or bzImage
+             --initrd PATH          initramfs
+             --cmdline STR          kernel command line (default: console=ttyS0 reboot=k ...)
+             --mem SIZE             guest RAM, e.g. 256M (default 128M)
+             --vcpus N              virtual CPUs (default 1)
+             --cpus LIST            host CPUs to pin the vCPUs to, e.g. 1 or 0-1
+             --hugepages            guest RAM on 2 MiB huge pages
+             --prealloc             allocate all guest RAM before the guest starts
+             --net SPEC             repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]:
+                                    the VM listens on PATH (pair with the switch's
+                                    `,client` port), or with `client` connects to it
+             --console FILE         write the console to FILE (kvm only)
+           exits 0 when the guest powers off or resets, 1 when it dies
+  vm payload NAME --out FILE
+           write a built-in guest payload (hello, net) used by tests and benchmarks
   help     this text
 
-Not built yet (later issues): up, down, status, daemon, vm.
+Not built yet (later issues): up, down, status, daemon.
 ";
 
 /// Options of `vnfhost switch`.
@@ -150,7 +167,24 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "bench" => {
             crate::bench_cmd::parse(rest).and_then(|(c, out)| crate::bench_cmd::run(&c, &out))
         }
-        "up" | "down" | "status" | "daemon" | "vm" => Err(format!(
+        "vm" => {
+            let sub = rest
+                .first()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_string();
+            let args = rest.into_iter().skip(1).collect();
+            let r = match sub.as_str() {
+                "run" => crate::vm_cmd::parse_run(args).and_then(crate::vm_cmd::run),
+                "payload" => crate::vm_cmd::payload(args),
+                _ => Err(format!("vm: expected `vm run` or `vm payload`\n{USAGE}")),
+            };
+            match r {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        "up" | "down" | "status" | "daemon" => Err(format!(
             "vnfhost {cmd}: not built yet (see the open issues); `vnfhost switch` runs the switch"
         )),
         "" => Err(format!("no command given\n{USAGE}")),

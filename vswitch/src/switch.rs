@@ -151,7 +151,16 @@ impl CoreTask {
 impl PollTask for CoreTask {
     fn poll(&mut self) -> usize {
         self.polls = self.polls.wrapping_add(1);
-        if self.polls.is_multiple_of(64) {
+        // Links are followed every 64 polls, and at once when a port this core still sees
+        // as down has come up: a guest's first frames (ARP, DHCP) follow its DRIVER_OK by
+        // microseconds and must not be dropped as `port_down`. Ports already up cost one
+        // branch each here.
+        let came_up = self
+            .link
+            .iter()
+            .zip(self.ports.iter())
+            .any(|(&known, p)| !known && p.is_up());
+        if came_up || self.polls.is_multiple_of(64) {
             self.follow_links();
             if self.polls.is_multiple_of(4096) {
                 self.housekeeping();

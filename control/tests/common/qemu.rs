@@ -5,9 +5,10 @@
 //! command line (`vnf.ip=ADDR/PREFIX`, `vnf.gw=ADDR`), prints [`READY_MARKER`] and then runs
 //! a shell on the console with empty prompts and echo off.
 //!
-//! QEMU runs with TCG (`-M microvm`, no hardware virtualization needed) and guest RAM in a
-//! shared memfd, so that a vhost-user backend can map it. Its stdin and stdout are the
-//! guest's serial console: [`QemuGuest::run`] types a command and collects its output.
+//! Guests are started with `vnfhost vm run --hypervisor qemu`, which execs QEMU `-M
+//! microvm` (TCG where the CPU has no hardware virtualization) with guest RAM in a shared
+//! memfd, so that a vhost-user backend can map it. Its stdin and stdout are the guest's
+//! serial console: [`QemuGuest::run`] types a command and collects its output.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -83,60 +84,6 @@ fn build_guest_image() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
-/// The host's TSC frequency in kHz, for the guest's `tsc_early_khz=` (without it a loaded
-/// machine sometimes hangs in TSC calibration). Under TCG the guest's TSC runs at the
-/// host's rate. `VNFHOST_TSC_KHZ` overrides; otherwise measured with `rdtsc` against the
-/// monotonic clock, falling back to `/proc/cpuinfo`'s `cpu MHz`.
-pub fn host_tsc_khz() -> Option<u64> {
-    static KHZ: OnceLock<Option<u64>> = OnceLock::new();
-    *KHZ.get_or_init(|| {
-        if let Some(v) = std::env::var("VNFHOST_TSC_KHZ")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            return Some(v);
-        }
-        measure_tsc_khz().or_else(cpuinfo_mhz_khz)
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-fn measure_tsc_khz() -> Option<u64> {
-    fn rdtsc() -> u64 {
-        // SAFETY: `rdtsc` only reads the time-stamp counter; it has no memory effects and
-        // exists on every x86_64 CPU.
-        #[allow(unused_unsafe)]
-        unsafe {
-            std::arch::x86_64::_rdtsc()
-        }
-    }
-    let mut samples = Vec::new();
-    for _ in 0..3 {
-        let (t0, c0) = (Instant::now(), rdtsc());
-        std::thread::sleep(Duration::from_millis(40));
-        let (t1, c1) = (Instant::now(), rdtsc());
-        let ns = t1.duration_since(t0).as_nanos() as u64;
-        if ns == 0 || c1 <= c0 {
-            return None;
-        }
-        samples.push(((c1 - c0) as u128 * 1_000_000 / ns as u128) as u64);
-    }
-    samples.sort_unstable();
-    Some(samples[1]).filter(|&khz| khz > 100_000)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn measure_tsc_khz() -> Option<u64> {
-    None
-}
-
-fn cpuinfo_mhz_khz() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu MHz"))?;
-    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
 /// How QEMU attaches to the vhost-user socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VhostMode {
@@ -169,8 +116,6 @@ pub struct GuestOpts {
     pub log: PathBuf,
     /// Extra words for the kernel command line.
     pub extra_append: Vec<String>,
-    /// Extra QEMU arguments.
-    pub extra_args: Vec<String>,
     /// Kernel and initrd; `None` uses [`guest_image`].
     pub image: Option<(PathBuf, PathBuf)>,
 }
@@ -188,7 +133,6 @@ impl GuestOpts {
             memory_mb: 256,
             log: log.into(),
             extra_append: Vec::new(),
-            extra_args: Vec::new(),
             image: None,
         }
     }
@@ -271,18 +215,7 @@ impl QemuGuest {
             Some(img) => img.clone(),
             None => guest_image()?,
         };
-        let mut append = vec![
-            "console=ttyS0".to_string(),
-            "quiet".to_string(),
-            "tsc=reliable".to_string(),
-            "no_timer_check".to_string(),
-            "i8042.noaux".to_string(),
-            "8250.nr_uarts=1".to_string(),
-            "random.trust_cpu=on".to_string(),
-        ];
-        if let Some(khz) = host_tsc_khz() {
-            append.push(format!("tsc_early_khz={khz}"));
-        }
+        let mut append = vec![vmm::guest::default_cmdline(vmm::hypervisor::Backend::Qemu)];
         if let Some(ip) = &opts.ip {
             append.push(format!("vnf.ip={ip}"));
         }
@@ -291,62 +224,44 @@ impl QemuGuest {
         }
         append.extend(opts.extra_append.iter().cloned());
 
-        // QEMU option values escape ',' as ",,".
         let sock = opts
             .socket
             .to_str()
             .ok_or_else(|| format!("{name}: socket path {} is not UTF-8", opts.socket.display()))?;
-        let sock = sock.replace(',', ",,");
-        let chardev = match opts.mode {
-            VhostMode::Client => format!("socket,id=c0,path={sock},reconnect=1"),
-            VhostMode::Server => format!("socket,id=c0,path={sock},server=on"),
+        let net = match opts.mode {
+            VhostMode::Client => format!("vhost-user={sock},client,mac={}", opts.mac),
+            VhostMode::Server => format!("vhost-user={sock},mac={}", opts.mac),
         };
-        let mem = opts.memory_mb;
-        let mut args: Vec<String> = vec![
-            "-M".into(),
-            "microvm,memory-backend=mem".into(),
-            "-accel".into(),
-            "tcg".into(),
-            "-cpu".into(),
-            "max".into(),
-            "-m".into(),
-            format!("{mem}M"),
-            "-smp".into(),
-            "1".into(),
-            "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-nographic".into(),
-            "-serial".into(),
-            "stdio".into(),
-            "-no-reboot".into(),
-            "-kernel".into(),
+        // The pod is started the way a user starts one: `vnfhost vm run`, which execs QEMU
+        // (so the child's pid is QEMU's).
+        let args: Vec<String> = vec![
+            "vm".into(),
+            "run".into(),
+            "--hypervisor".into(),
+            "qemu".into(),
+            "--kernel".into(),
             kernel.display().to_string(),
-            "-initrd".into(),
+            "--initrd".into(),
             initrd.display().to_string(),
-            "-append".into(),
+            "--cmdline".into(),
             append.join(" "),
-            "-chardev".into(),
-            chardev,
-            "-netdev".into(),
-            "vhost-user,id=n0,chardev=c0".into(),
-            "-device".into(),
-            format!("virtio-net-device,netdev=n0,mac={}", opts.mac),
+            "--mem".into(),
+            format!("{}M", opts.memory_mb),
+            "--net".into(),
+            net,
         ];
-        args.extend(opts.extra_args.iter().cloned());
 
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&opts.log)
             .map_err(|e| format!("{name}: cannot open log {}: {e}", opts.log.display()))?;
-        let _ = writeln!(log, "### {QEMU_BIN} {}", shell_words(&args));
+        let _ = writeln!(log, "### vnfhost {}", shell_words(&args));
         let stderr = log
             .try_clone()
             .map_err(|e| format!("{name}: cannot clone log file: {e}"))?;
 
-        let mut cmd = Command::new(QEMU_BIN);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnfhost"));
         cmd.args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,0 +1,253 @@
+//! `vnfhost vm`: run a pod VM in the foreground, or write a built-in guest payload.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use vmm::hypervisor::{self, Backend, Choice};
+use vmm::{NetConfig, VmConfig, VmError, VmExit};
+
+use crate::portspec::parse_mac;
+
+/// Options of `vnfhost vm run`.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// Which hypervisor.
+    pub hypervisor: Choice,
+    /// The VM.
+    pub vm: VmConfig,
+    /// Whether `--cmdline` was given.
+    pub cmdline_given: bool,
+    /// Write the console here instead of stdout.
+    pub console: Option<PathBuf>,
+}
+
+/// Parses `256M`, `1G`, `512MiB`, `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| t.split_at(i))
+        .unwrap_or((t, ""));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (like 256M or 1G)"))?;
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `vhost-user=PATH[,client|,server][,mac=MAC]`.
+pub fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut path = None;
+    let mut server = true;
+    let mut mac = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("vhost-user", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("mac", m)) => mac = Some(parse_mac(m)?),
+            None if part == "client" => server = false,
+            None if part == "server" => server = true,
+            _ => return Err(format!(
+                "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC])"
+            )),
+        }
+    }
+    let path = path.ok_or_else(|| format!("--net {s:?}: vhost-user=PATH is missing"))?;
+    if path.as_os_str().len() >= 108 {
+        return Err(format!(
+            "--net: socket path {} is {} bytes; Unix socket paths must be under 108",
+            path.display(),
+            path.as_os_str().len()
+        ));
+    }
+    Ok(NetConfig { path, server, mac })
+}
+
+fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    p.value()
+        .map_err(|e| format!("{flag}: {e}"))?
+        .into_string()
+        .map_err(|v| format!("{flag}: {v:?} is not UTF-8"))
+}
+
+/// Parses the options after `vnfhost vm run`.
+pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
+    use lexopt::Arg::*;
+    let mut a = RunArgs {
+        hypervisor: Choice::Auto,
+        vm: VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: String::new(),
+            mem: 128 << 20,
+            vcpus: 1,
+            cpus: vec![],
+            hugepages: false,
+            prealloc: false,
+            nets: vec![],
+        },
+        cmdline_given: false,
+        console: None,
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("hypervisor") => a.hypervisor = value(&mut p, "--hypervisor")?.parse()?,
+            Long("kernel") => a.vm.kernel = value(&mut p, "--kernel")?.into(),
+            Long("initrd") => a.vm.initrd = Some(value(&mut p, "--initrd")?.into()),
+            Long("cmdline") => {
+                a.vm.cmdline = value(&mut p, "--cmdline")?;
+                a.cmdline_given = true;
+            }
+            Long("mem") => {
+                a.vm.mem =
+                    parse_size(&value(&mut p, "--mem")?).map_err(|e| format!("--mem: {e}"))?
+            }
+            Long("vcpus") => {
+                let v = value(&mut p, "--vcpus")?;
+                a.vm.vcpus = v
+                    .parse()
+                    .map_err(|_| format!("--vcpus: {v:?} is not a number in 1..=64"))?;
+            }
+            Long("cpus") => {
+                let v = value(&mut p, "--cpus")?;
+                a.vm.cpus = pmd::sched::parse_cpu_list(&v).map_err(|e| format!("--cpus: {e}"))?;
+            }
+            Long("hugepages") => a.vm.hugepages = true,
+            Long("prealloc") => a.vm.prealloc = true,
+            Long("net") => a.vm.nets.push(parse_net(&value(&mut p, "--net")?)?),
+            Long("console") => a.console = Some(value(&mut p, "--console")?.into()),
+            other => return Err(format!("vm run: {}", other.unexpected())),
+        }
+    }
+    if a.vm.kernel.as_os_str().is_empty() {
+        return Err("vm run: --kernel PATH is required".into());
+    }
+    Ok(a)
+}
+
+/// Runs the VM; the exit code is 0 when the guest powered off or reset, 1 when it died.
+pub fn run(mut a: RunArgs) -> Result<i32, String> {
+    let (backend, why) = hypervisor::resolve(a.hypervisor);
+    if !a.cmdline_given {
+        a.vm.cmdline = vmm::guest::default_cmdline(backend);
+    }
+    tracing::info!("hypervisor: {backend} ({why})");
+    vmm::vm::validate(&a.vm).map_err(|e| e.to_string())?;
+    let result = match backend {
+        Backend::Qemu => {
+            if a.console.is_some() {
+                return Err("--console is only supported by the kvm hypervisor".into());
+            }
+            Err(vmm::qemu::exec(&a.vm))
+        }
+        Backend::Kvm => {
+            let console: Box<dyn std::io::Write + Send> = match &a.console {
+                Some(p) => Box::new(
+                    std::fs::File::create(p)
+                        .map_err(|e| format!("--console {}: {e}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdout()),
+            };
+            vmm::Vm::new(&a.vm, console).and_then(|vm| vm.run())
+        }
+    };
+    match result {
+        Ok(VmExit::PowerOff) => {
+            tracing::info!("the guest powered off");
+            Ok(0)
+        }
+        Ok(VmExit::Signal) => {
+            tracing::info!("stopped by a signal");
+            Ok(0)
+        }
+        Ok(VmExit::Reset) => {
+            tracing::info!("the guest reset; the VM ends (reboot is a restart by the caller)");
+            Ok(0)
+        }
+        Err(e @ (VmError::TripleFault { .. } | VmError::Guest { .. })) => {
+            eprintln!("vnfhost: {e}");
+            Ok(1)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `vnfhost vm payload NAME --out FILE`.
+pub fn payload(args: Vec<OsString>) -> Result<i32, String> {
+    use lexopt::Arg::*;
+    let mut name = None;
+    let mut out = None;
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("out") => out = Some(PathBuf::from(value(&mut p, "--out")?)),
+            Value(v) if name.is_none() => name = v.into_string().ok(),
+            other => return Err(format!("vm payload: {}", other.unexpected())),
+        }
+    }
+    let name = name.ok_or("vm payload: give a payload name: hello, net or fault")?;
+    let bytes = vmm::payload::by_name(&name).ok_or_else(|| {
+        format!(
+            "vm payload: unknown payload {name:?} ({})",
+            vmm::payload::NAMES.join(", ")
+        )
+    })?;
+    let out = out.ok_or("vm payload: --out FILE is required")?;
+    std::fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("vhost-user=/run/a.sock,client,mac=52:54:00:00:00:01").unwrap();
+        assert!(!n.server);
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(parse_net("vhost-user=/a").unwrap().server);
+        assert!(parse_net("tap=x").is_err());
+        assert!(parse_net("client").is_err());
+        assert!(parse_net(&format!("vhost-user=/{}", "x".repeat(120))).is_err());
+    }
+
+    #[test]
+    fn run_options() {
+        let a = parse_run(args(
+            "--hypervisor kvm --kernel /k --mem 64M --vcpus 2 --cpus 1 --net vhost-user=/s",
+        ))
+        .unwrap();
+        assert_eq!(a.hypervisor, Choice::Kvm);
+        assert_eq!(a.vm.mem, 64 << 20);
+        assert_eq!(a.vm.vcpus, 2);
+        assert_eq!(a.vm.nets.len(), 1);
+        assert!(parse_run(args("--mem 64M"))
+            .unwrap_err()
+            .contains("--kernel"));
+        assert!(parse_run(args("--kernel /k --hypervisor xen")).is_err());
+        assert!(parse_run(args("--kernel /k --vcpus lots")).is_err());
+    }
+}

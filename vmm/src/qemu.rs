@@ -1,0 +1,118 @@
+//! The `qemu` backend: QEMU `-M microvm` with the VM's memory in a shared memfd and one
+//! vhost-user virtio-net device per `--net`, the console on stdio.
+//!
+//! QEMU uses KVM where the CPU has hardware virtualization and TCG otherwise. Its process
+//! (all vCPU threads included) is pinned to `--cpus`.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::hypervisor::hardware_virtualization;
+use crate::vm::{VmConfig, VmError};
+
+/// Name of the QEMU binary looked up in `PATH`.
+pub const QEMU_BIN: &str = "qemu-system-x86_64";
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The QEMU command line for `cfg`.
+pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
+    let kvm = hardware_virtualization();
+    let mib = cfg.mem >> 20;
+    if !cfg.mem.is_multiple_of(1 << 20) {
+        return Err(VmError::Config(
+            "--mem must be a whole number of MiB for QEMU".into(),
+        ));
+    }
+    let mut backend = format!("memory-backend-memfd,id=mem,size={mib}M,share=on");
+    if cfg.hugepages {
+        backend.push_str(",hugetlb=on,hugetlbsize=2M");
+    }
+    if cfg.prealloc {
+        backend.push_str(",prealloc=on");
+    }
+    let path_arg = |p: &std::path::Path| -> Result<String, VmError> {
+        p.to_str()
+            .map(|s| s.replace(',', ",,"))
+            .ok_or_else(|| VmError::Config(format!("{} is not UTF-8", p.display())))
+    };
+    let mut cmd = Command::new(QEMU_BIN);
+    cmd.args(["-M", "microvm,memory-backend=mem"])
+        .args(["-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-cpu", if kvm { "host" } else { "max" }])
+        .args(["-m", &format!("{mib}M"), "-smp", &cfg.vcpus.to_string()])
+        .args(["-object", &backend])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-no-reboot")
+        .args(["-kernel", &path_arg(&cfg.kernel)?]);
+    if let Some(i) = &cfg.initrd {
+        cmd.args(["-initrd", &path_arg(i)?]);
+    }
+    if !cfg.cmdline.is_empty() {
+        cmd.args(["-append", &cfg.cmdline]);
+    }
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let sock = path_arg(&n.path)?;
+        let chardev = if n.server {
+            format!("socket,id=c{i},path={sock},server=on")
+        } else {
+            format!("socket,id=c{i},path={sock},reconnect=1")
+        };
+        let mac = n
+            .mac
+            .unwrap_or_else(|| crate::devices::vhost_net::default_mac(&n.path));
+        cmd.args(["-chardev", &chardev])
+            .args(["-netdev", &format!("vhost-user,id=n{i},chardev=c{i}")])
+            .args([
+                "-device",
+                &format!("virtio-net-device,netdev=n{i},mac={}", fmt_mac(mac)),
+            ]);
+    }
+    if !cfg.cpus.is_empty() {
+        let cpus = cfg.cpus.clone();
+        // SAFETY: sched_setaffinity is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for &c in &cpus {
+                    libc::CPU_SET(c, &mut set);
+                }
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(cmd)
+}
+
+/// Replaces this process with QEMU, so that QEMU keeps the process id, the console and
+/// the signals of `vnfhost vm run` (a supervisor that stops the pod stops QEMU). Returns
+/// only when QEMU cannot be started. QEMU exits 0 when the guest powers off or resets
+/// (`-no-reboot`).
+pub fn exec(cfg: &VmConfig) -> VmError {
+    if let Err(e) = crate::vm::validate(cfg) {
+        return e;
+    }
+    let mut cmd = match command(cfg) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    tracing::debug!("exec {cmd:?}");
+    VmError::Os(
+        "cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)",
+        cmd.exec(),
+    )
+}
