@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The default deployment of topology.yaml, brought up by hand until `vnfhost up` exists:
 # `vnfhost switch` on core 1 with one vhost-user port per pod (access VLAN 10), and two
-# Linux pods under QEMU (TCG, core 0) whose virtio-net NICs are those ports. pod-a pings
+# Linux pods (`vnfhost vm run`, core 0: QEMU microvm with TCG where the CPU has no
+# vmx/svm, vnfhost's own KVM monitor where it has) whose virtio-net NICs are those ports.
+# pod-a pings
 # pod-b through the switch; the switch prints its per-port rates every second.
 # Run scripts/setup.sh first. Exit status 0 when the ping went through.
 set -euo pipefail
@@ -29,18 +31,13 @@ pids+=("$switch_pid")
 for _ in $(seq 100); do [ -S "$run/pod-b.sock" ] && break; sleep 0.1; done
 [ -S "$run/pod-b.sock" ] || { cat "$run/switch.log"; exit 1; }
 
-khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 pod() { # name mac ip
     local name=$1 mac=$2 ip=$3
     mkfifo "$run/$name.in"
-    taskset -c 0 qemu-system-x86_64 -M microvm,memory-backend=mem -accel tcg -cpu max \
-        -m 256M -smp 1 -object memory-backend-memfd,id=mem,size=256M,share=on \
-        -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-        -kernel "$VNFHOST_GUEST_KERNEL" -initrd "$VNFHOST_GUEST_INITRD" \
-        -append "console=ttyS0 quiet tsc=reliable no_timer_check i8042.noaux 8250.nr_uarts=1 random.trust_cpu=on tsc_early_khz=$khz vnf.ip=$ip" \
-        -chardev "socket,id=c0,path=$run/$name.sock" -netdev vhost-user,id=n0,chardev=c0 \
-        -device "virtio-net-device,netdev=n0,mac=$mac" \
-        <"$run/$name.in" >"$run/$name.console" 2>&1 &
+    target/release/vnfhost vm run --cpus 0 --mem 256M \
+        --kernel "$VNFHOST_GUEST_KERNEL" --initrd "$VNFHOST_GUEST_INITRD" --append "vnf.ip=$ip" \
+        --net "vhost-user=$run/$name.sock,client,mac=$mac" \
+        <"$run/$name.in" >"$run/$name.console" 2>"$run/$name.log" &
     pids+=("$!")
     exec {fd}>"$run/$name.in"   # keep the console's input open
     eval "${name//-/_}_in=$fd"
@@ -50,8 +47,8 @@ pod pod-b 52:54:00:00:00:0b 10.0.0.2/24
 
 for name in pod-a pod-b; do
     for _ in $(seq 1200); do grep -q VNFHOST-GUEST-READY "$run/$name.console" && break; sleep 0.1; done
-    grep -q VNFHOST-GUEST-READY "$run/$name.console" || { echo "demo: $name did not boot:"; tail -20 "$run/$name.console"; exit 1; }
-    echo "demo: $name booted"
+    grep -q VNFHOST-GUEST-READY "$run/$name.console" || { echo "demo: $name did not boot:"; tail -20 "$run/$name.console" "$run/$name.log"; exit 1; }
+    echo "demo: $name booted ($(grep -o 'hypervisor: .*' "$run/$name.log" | head -1))"
 done
 
 echo "ping -c 5 -W 2 10.0.0.2; echo DEMO-PING-DONE" >&"$pod_a_in"

@@ -45,6 +45,7 @@ commands:
              --kernel PATH          ELF (vmlinux, or with a PVH note) or bzImage
              --initrd PATH          initramfs
              --cmdline STR          kernel command line (default: console=ttyS0 reboot=k ...)
+             --append STR           words added to the command line, e.g. vnf.ip=10.0.0.1/24
              --mem SIZE             guest RAM, e.g. 256M (default 128M)
              --vcpus N              virtual CPUs (default 1)
              --cpus LIST            host CPUs to pin the vCPUs to, e.g. 1 or 0-1

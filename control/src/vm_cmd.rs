@@ -17,6 +17,8 @@ pub struct RunArgs {
     pub vm: VmConfig,
     /// Whether `--cmdline` was given.
     pub cmdline_given: bool,
+    /// Words added to the command line (`--append`).
+    pub append: Vec<String>,
     /// Write the console here instead of stdout.
     pub console: Option<PathBuf>,
 }
@@ -93,6 +95,7 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
             nets: vec![],
         },
         cmdline_given: false,
+        append: vec![],
         console: None,
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -105,6 +108,7 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
                 a.vm.cmdline = value(&mut p, "--cmdline")?;
                 a.cmdline_given = true;
             }
+            Long("append") => a.append.push(value(&mut p, "--append")?),
             Long("mem") => {
                 a.vm.mem =
                     parse_size(&value(&mut p, "--mem")?).map_err(|e| format!("--mem: {e}"))?
@@ -137,6 +141,12 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
     let (backend, why) = hypervisor::resolve(a.hypervisor);
     if !a.cmdline_given {
         a.vm.cmdline = vmm::guest::default_cmdline(backend);
+    }
+    for w in &a.append {
+        if !a.vm.cmdline.is_empty() {
+            a.vm.cmdline.push(' ');
+        }
+        a.vm.cmdline.push_str(w);
     }
     tracing::info!("hypervisor: {backend} ({why})");
     vmm::vm::validate(&a.vm).map_err(|e| e.to_string())?;
