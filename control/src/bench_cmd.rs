@@ -1,4 +1,5 @@
-//! `vnfhost bench p2p`: the forwarding benchmark against DPDK testpmd, in one run.
+//! `vnfhost bench p2p`: the forwarding benchmark against DPDK testpmd, in one run;
+//! `vnfhost bench vm`: the pod VM monitor against QEMU microvm.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     let mut p = lexopt::Parser::from_args(args);
     match p.next().map_err(|e| e.to_string())? {
         Some(Value(v)) if v == "p2p" => {}
-        _ => return Err("bench: the only method so far is `vnfhost bench p2p`".into()),
+        _ => return Err("bench: expected `vnfhost bench p2p` or `vnfhost bench vm`".into()),
     }
     let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
     let mut cfg = P2pConfig {
@@ -170,5 +171,53 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
         "bench p2p: wrote {}/results.{{json,md}}, rates.svg and (with --ndr) latency-cdf.svg",
         out.display()
     );
+    Ok(())
+}
+
+/// `vnfhost bench vm [--trials N] [--create N] [--cpu N] [--out DIR]`.
+pub fn vm(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
+    let mut cfg = perf::vmstart::VmBenchConfig {
+        trials: 20,
+        create: 100,
+        cpu: 1.min(pmd::sched::online_cpus().saturating_sub(1)),
+        vnfhost: exe,
+        dir: std::env::temp_dir().join(format!("vnfhost-bench-vm-{}", std::process::id())),
+    };
+    let mut out = PathBuf::from("bench-results");
+    let mut p = lexopt::Parser::from_args(args);
+    let num = |p: &mut lexopt::Parser, f: &str| -> Result<usize, String> {
+        let v = p
+            .value()
+            .map_err(|e| format!("{f}: {e}"))?
+            .into_string()
+            .map_err(|v| format!("{f}: {v:?}"))?;
+        v.parse().map_err(|_| format!("{f}: {v:?} is not a number"))
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("trials") => cfg.trials = num(&mut p, "--trials")?.max(1),
+            Long("create") => cfg.create = num(&mut p, "--create")?.max(1),
+            Long("cpu") => cfg.cpu = num(&mut p, "--cpu")?,
+            Long("out") => {
+                out = p
+                    .value()
+                    .map_err(|e| format!("--out: {e}"))?
+                    .into()
+            }
+            other => return Err(format!("bench vm: {}", other.unexpected())),
+        }
+    }
+    if cfg.cpu >= pmd::sched::online_cpus() {
+        return Err(format!("--cpu {}: no such CPU", cfg.cpu));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let report = perf::vmstart::run(&cfg, &mut |l| eprintln!("bench vm: {l}"));
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    let md = report?.markdown(&cfg);
+    std::fs::write(out.join("vm.md"), &md).map_err(|e| e.to_string())?;
+    println!("{md}");
+    eprintln!("bench vm: wrote {}/vm.md", out.display());
     Ok(())
 }

@@ -40,6 +40,11 @@ commands:
              --rate PPS             offer a fixed rate in the main trials instead of
                                     as fast as the DUT accepts
              --install              apt-get install the peers that are missing
+  bench vm   pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+             --trials N             start-up rounds (default 20)
+             --create N             VMs per creation-rate run (default 100)
+             --cpu N                CPU all VMM threads are pinned to (default 1)
+             --out DIR              where vm.md goes (default bench-results)
   vm run   run a pod VM in the foreground; its serial console is stdout
              --hypervisor H         auto (default: kvm with vmx/svm, else qemu), kvm, qemu
              --kernel PATH          ELF (vmlinux, or with a PVH note) or bzImage
@@ -51,13 +56,15 @@ commands:
              --cpus LIST            host CPUs to pin the vCPUs to, e.g. 1 or 0-1
              --hugepages            guest RAM on 2 MiB huge pages
              --prealloc             allocate all guest RAM before the guest starts
+             --pit                  emulate the legacy 8254 timer (kvm; off: Linux uses the
+                                    LAPIC timer and kvm-clock)
              --net SPEC             repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]:
                                     the VM listens on PATH (pair with the switch's
                                     `,client` port), or with `client` connects to it
              --console FILE         write the console to FILE (kvm only)
            exits 0 when the guest powers off or resets, 1 when it dies
   vm payload NAME --out FILE
-           write a built-in guest payload (hello, net) used by tests and benchmarks
+           write a built-in guest payload (hello, idle, net, fault) used by tests and benchmarks
   help     this text
 
 Not built yet (later issues): up, down, status, daemon.
@@ -164,6 +171,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
+        }
+        "bench" if rest.first().is_some_and(|a| a == "vm") => {
+            crate::bench_cmd::vm(rest.into_iter().skip(1).collect())
         }
         "bench" => {
             crate::bench_cmd::parse(rest).and_then(|(c, out)| crate::bench_cmd::run(&c, &out))

@@ -93,6 +93,7 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
             hugepages: false,
             prealloc: false,
             nets: vec![],
+            pit: false,
         },
         cmdline_given: false,
         append: vec![],
@@ -125,6 +126,7 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
             }
             Long("hugepages") => a.vm.hugepages = true,
             Long("prealloc") => a.vm.prealloc = true,
+            Long("pit") => a.vm.pit = true,
             Long("net") => a.vm.nets.push(parse_net(&value(&mut p, "--net")?)?),
             Long("console") => a.console = Some(value(&mut p, "--console")?.into()),
             other => return Err(format!("vm run: {}", other.unexpected())),
@@ -165,7 +167,13 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
                 ),
                 None => Box::new(std::io::stdout()),
             };
-            vmm::Vm::new(&a.vm, console).and_then(|vm| vm.run())
+            vmm::Vm::new(&a.vm, console).and_then(|mut vm| {
+                let r = vm.run();
+                // The process ends now: leave the VM to the kernel's exit path instead of
+                // tearing it down here first.
+                std::mem::forget(vm);
+                r
+            })
         }
     };
     match result {
@@ -202,7 +210,7 @@ pub fn payload(args: Vec<OsString>) -> Result<i32, String> {
             other => return Err(format!("vm payload: {}", other.unexpected())),
         }
     }
-    let name = name.ok_or("vm payload: give a payload name: hello, net or fault")?;
+    let name = name.ok_or("vm payload: give a payload name (hello, idle, net, fault)")?;
     let bytes = vmm::payload::by_name(&name).ok_or_else(|| {
         format!(
             "vm payload: unknown payload {name:?} ({})",

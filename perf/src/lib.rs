@@ -8,9 +8,13 @@
 //! Also: RFC 2544 NDR/PDR binary search ([`ndr`]), Open vSwitch with DPDK as a DUT,
 //! cycles per packet from each DUT's own accounting, latency histograms at fixed rates
 //! (used by the `latency-tests` crate).
+//!
+//! And the pod VM monitor's start-up, memory and creation rate against QEMU
+//! ([`vmstart`]).
 pub mod dut;
 pub mod gen;
 pub mod ndr;
 mod ovs;
 pub mod p2p;
 pub mod plot;
+pub mod vmstart;
