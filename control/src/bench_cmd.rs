@@ -200,12 +200,7 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
             Long("trials") => cfg.trials = num(&mut p, "--trials")?.max(1),
             Long("create") => cfg.create = num(&mut p, "--create")?.max(1),
             Long("cpu") => cfg.cpu = num(&mut p, "--cpu")?,
-            Long("out") => {
-                out = p
-                    .value()
-                    .map_err(|e| format!("--out: {e}"))?
-                    .into()
-            }
+            Long("out") => out = p.value().map_err(|e| format!("--out: {e}"))?.into(),
             other => return Err(format!("bench vm: {}", other.unexpected())),
         }
     }

@@ -55,9 +55,11 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
             Some(("mac", m)) => mac = Some(parse_mac(m)?),
             None if part == "client" => server = false,
             None if part == "server" => server = true,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC])"
-            )),
+            ))
+            }
         }
     }
     let path = path.ok_or_else(|| format!("--net {s:?}: vhost-user=PATH is missing"))?;

@@ -93,20 +93,35 @@ fn command(cfg: &VmBenchConfig, vmm: Vmm, payload: &Path, extra: &[&str]) -> Com
     let mut cmd = match vmm {
         Vmm::Vnfhost => {
             let mut c = Command::new(&cfg.vnfhost);
-            c.args(["vm", "run", "--hypervisor", "kvm", "--mem", "32M", "--kernel"])
-                .arg(payload)
-                .args(extra)
-                .env("VNFHOST_LOG", "warn");
+            c.args([
+                "vm",
+                "run",
+                "--hypervisor",
+                "kvm",
+                "--mem",
+                "32M",
+                "--kernel",
+            ])
+            .arg(payload)
+            .args(extra)
+            .env("VNFHOST_LOG", "warn");
             c
         }
         Vmm::Qemu => {
             let mut c = Command::new("qemu-system-x86_64");
-            c.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities"])
-                .args(["-m", "32M", "-smp", "1", "-nodefaults", "-no-user-config"])
-                .args(["-nographic", "-serial", "stdio", "-no-reboot"])
-                .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
-                .arg(payload)
-                .args(extra);
+            c.args([
+                "-M",
+                "microvm",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host,-arch-capabilities",
+            ])
+            .args(["-m", "32M", "-smp", "1", "-nodefaults", "-no-user-config"])
+            .args(["-nographic", "-serial", "stdio", "-no-reboot"])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
+            .arg(payload)
+            .args(extra);
             c
         }
     };
@@ -184,7 +199,8 @@ pub fn run(cfg: &VmBenchConfig, progress: &mut dyn FnMut(&str)) -> Result<VmRepo
     {
         vmms.push(Vmm::Qemu);
     } else {
-        r.notes.push("QEMU is missing (apt-get install qemu-system-x86): not measured".into());
+        r.notes
+            .push("QEMU is missing (apt-get install qemu-system-x86): not measured".into());
     }
     // Warm the page cache and KVM once per VMM.
     for &v in &vmms {
@@ -243,7 +259,8 @@ pub fn run(cfg: &VmBenchConfig, progress: &mut dyn FnMut(&str)) -> Result<VmRepo
         ))?;
         let pid = c.id();
         let during = free_huge_pages();
-        let rss = status_kib(pid, "RssAnon:").unwrap_or(0.0) + status_kib(pid, "RssFile:").unwrap_or(0.0);
+        let rss =
+            status_kib(pid, "RssAnon:").unwrap_or(0.0) + status_kib(pid, "RssFile:").unwrap_or(0.0);
         let shmem = status_kib(pid, "RssShmem:").unwrap_or(0.0);
         stop(c);
         r.hugepages = Some((before.saturating_sub(during), rss, shmem));
@@ -272,7 +289,12 @@ impl VmReport {
                 }
                 let (a, m, b) = stats(x);
                 (
-                    format!("{:.2} / {:.2} / {:.2} {unit}", a * scale, m * scale, b * scale),
+                    format!(
+                        "{:.2} / {:.2} / {:.2} {unit}",
+                        a * scale,
+                        m * scale,
+                        b * scale
+                    ),
                     Some(m),
                 )
             };
@@ -284,10 +306,25 @@ impl VmReport {
             };
             format!("| {name} | {ours} | {theirs} | {ratio} |\n")
         };
-        s += &row("exec → first guest instruction", &self.first_byte_ms, "ms", 1.0);
+        s += &row(
+            "exec → first guest instruction",
+            &self.first_byte_ms,
+            "ms",
+            1.0,
+        );
         s += &row("exec → VMM exit", &self.exit_ms, "ms", 1.0);
-        s += &row("VMM RSS without guest RAM", &self.rss_kib, "MiB", 1.0 / 1024.0);
-        s += &row("guest RAM resident (RssShmem)", &self.shmem_kib, "MiB", 1.0 / 1024.0);
+        s += &row(
+            "VMM RSS without guest RAM",
+            &self.rss_kib,
+            "MiB",
+            1.0 / 1024.0,
+        );
+        s += &row(
+            "guest RAM resident (RssShmem)",
+            &self.shmem_kib,
+            "MiB",
+            1.0 / 1024.0,
+        );
         let rate = |x: Option<f64>| x.map(|v| format!("{v:.0} VMs/s")).unwrap_or("—".into());
         let ratio = match self.create_rate {
             [Some(a), Some(b)] if b > 0.0 => format!("{:.2}×", a / b),

@@ -92,10 +92,11 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     t.finish()
 }
 
-fn madt(vcpus: u8) -> Vec<u8> {
+fn madt(vcpus: u8, pic: bool) -> Vec<u8> {
     let mut t = Sdt::new(b"APIC", 5);
     t.0.extend_from_slice(&crate::layout::LAPIC_ADDR.to_le_bytes());
-    t.0.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: KVM's 8259s exist
+    // PCAT_COMPAT only when KVM emulates the 8259s.
+    t.0.extend_from_slice(&u32::from(pic).to_le_bytes());
     for id in 0..vcpus {
         t.0.extend_from_slice(&[0, 8, id, id]);
         t.0.extend_from_slice(&1u32.to_le_bytes()); // enabled
@@ -205,7 +206,8 @@ fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
 }
 
 /// The tables of one VM, laid out from `base`: `(rsdp address, bytes to write at base)`.
-pub fn tables(base: u64, vcpus: u8, devices: &[MmioDevice]) -> (u64, Vec<u8>) {
+/// `pic`: the VM has 8259 PICs (MADT `PCAT_COMPAT`).
+pub fn tables(base: u64, vcpus: u8, devices: &[MmioDevice], pic: bool) -> (u64, Vec<u8>) {
     let align = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(16) * 16, 0);
     let mut out = vec![0u8; 48]; // RSDP, filled last
     let dsdt_addr = base + out.len() as u64;
@@ -215,7 +217,7 @@ pub fn tables(base: u64, vcpus: u8, devices: &[MmioDevice]) -> (u64, Vec<u8>) {
     out.extend(fadt(dsdt_addr));
     align(&mut out);
     let madt_addr = base + out.len() as u64;
-    out.extend(madt(vcpus));
+    out.extend(madt(vcpus, pic));
     align(&mut out);
     let xsdt_addr = base + out.len() as u64;
     let mut xsdt = Sdt::new(b"XSDT", 1);
@@ -294,7 +296,7 @@ mod tests {
             len: 0x1000,
             irq: 5,
         }];
-        let (rsdp, bytes) = tables(0xe0000, 2, &devs);
+        let (rsdp, bytes) = tables(0xe0000, 2, &devs, false);
         assert_eq!(rsdp, 0xe0000);
         let t = walk(0xe0000, &bytes).unwrap();
         let sigs: Vec<_> = t.iter().map(|t| t.0).collect();
@@ -317,7 +319,7 @@ mod tests {
 
     #[test]
     fn corrupt_tables_are_reported() {
-        let (_, mut bytes) = tables(0xe0000, 1, &[]);
+        let (_, mut bytes) = tables(0xe0000, 1, &[], true);
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         assert!(walk(0xe0000, &bytes).unwrap_err().contains("checksum"));

@@ -81,16 +81,20 @@ pub fn write_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryE
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))?;
     // PML4[0] -> PDPT; PDPT[0..4] -> PD0..PD3; each PD maps 1 GiB with 2 MiB pages.
+    // Built in one buffer and written once: VM start-up time counts.
     mem.write_obj(PDPT_ADDR | 0x3, GuestAddress(PML4_ADDR))?;
+    let mut pdpt = [0u8; 32];
+    let mut pds = vec![0u8; 4 * 4096];
     for g in 0..4u64 {
         let pd = PD_ADDR + g * 4096;
-        mem.write_obj(pd | 0x3, GuestAddress(PDPT_ADDR + g * 8))?;
+        pdpt[g as usize * 8..][..8].copy_from_slice(&(pd | 0x3).to_le_bytes());
         for i in 0..512u64 {
-            let page = (g << 30) | (i << 21);
-            mem.write_obj(page | 0x83, GuestAddress(pd + i * 8))?;
+            let page = (g << 30) | (i << 21) | 0x83; // present, writable, 2 MiB
+            pds[((g * 512 + i) * 8) as usize..][..8].copy_from_slice(&page.to_le_bytes());
         }
     }
-    Ok(())
+    mem.write_slice(&pdpt, GuestAddress(PDPT_ADDR))?;
+    mem.write_slice(&pds, GuestAddress(PD_ADDR))
 }
 
 /// The e820 map for `ranges` of RAM.

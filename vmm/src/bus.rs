@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::acpi;
+use crate::devices::ioapic::{self, Ioapic};
 use crate::devices::legacy;
 use crate::devices::serial::{Console, COM1};
 use crate::devices::vhost_net::VhostNet;
@@ -20,6 +21,8 @@ pub struct Bus {
     pub serial: Mutex<Console>,
     /// virtio-mmio devices, in slot order.
     pub virtio: Vec<NetDevice>,
+    /// The userspace IOAPIC (split irqchip); `None` when KVM emulates PIC and IOAPIC.
+    pub ioapic: Option<Mutex<Ioapic>>,
     /// Port accesses nothing answered.
     pub unhandled_pio: AtomicU64,
     /// MMIO accesses nothing answered.
@@ -36,11 +39,12 @@ fn log_limited(counter: &AtomicU64, what: std::fmt::Arguments<'_>) {
 }
 
 impl Bus {
-    /// A bus with COM1 and `virtio` devices.
-    pub fn new(serial: Console, virtio: Vec<NetDevice>) -> Bus {
+    /// A bus with COM1, `virtio` devices and, for a split irqchip, the IOAPIC.
+    pub fn new(serial: Console, virtio: Vec<NetDevice>, ioapic: Option<Ioapic>) -> Bus {
         Bus {
             serial: Mutex::new(serial),
             virtio,
+            ioapic: ioapic.map(Mutex::new),
             unhandled_pio: AtomicU64::new(0),
             unhandled_mmio: AtomicU64::new(0),
         }
@@ -57,6 +61,9 @@ impl Bus {
                 data[0] = legacy::i8042_read(port);
             }
             acpi::POWER_PORT if data.len() == 1 => data[0] = 0,
+            // No 8259 with a split irqchip: reading back anything but the mask Linux wrote
+            // (0xff) tells it so.
+            0x20 | 0x21 | 0xa0 | 0xa1 if self.ioapic.is_some() => data.fill(0),
             _ => {
                 data.fill(0xff);
                 log_limited(
@@ -100,8 +107,27 @@ impl Bus {
             .map(|d| (d, off % layout::VIRTIO_MMIO_SIZE))
     }
 
+    fn ioapic_at(&self, addr: u64) -> Option<(&Mutex<Ioapic>, u64)> {
+        let off = addr.checked_sub(u64::from(layout::IOAPIC_ADDR))?;
+        (off < ioapic::WINDOW)
+            .then_some(self.ioapic.as_ref())
+            .flatten()
+            .map(|io| (io, off))
+    }
+
+    /// The guest's EOI for a level-triggered vector (split irqchip).
+    pub fn ioapic_eoi(&self, vector: u8) {
+        if let Some(io) = &self.ioapic {
+            io.lock().unwrap_or_else(|e| e.into_inner()).eoi(vector);
+        }
+    }
+
     /// A guest MMIO read.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if let Some((io, off)) = self.ioapic_at(addr) {
+            io.lock().unwrap_or_else(|e| e.into_inner()).read(off, data);
+            return;
+        }
         match self.virtio_at(addr) {
             Some((d, off)) => d.lock().unwrap_or_else(|e| e.into_inner()).read(off, data),
             None => {
@@ -116,6 +142,12 @@ impl Bus {
 
     /// A guest MMIO write.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Action {
+        if let Some((io, off)) = self.ioapic_at(addr) {
+            io.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(off, data);
+            return Action::None;
+        }
         match self.virtio_at(addr) {
             Some((d, off)) => d.lock().unwrap_or_else(|e| e.into_inner()).write(off, data),
             None => log_limited(

@@ -45,10 +45,19 @@ impl fmt::Display for Backend {
 }
 
 /// Whether `/proc/cpuinfo` shows hardware virtualization (`vmx` or `svm`).
+///
+/// Only the first CPU's entry is read: the kernel formats `/proc/cpuinfo` one CPU at a
+/// time, executing CPUID for each, which under a hypervisor costs a trap per leaf.
 pub fn hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| cpuinfo_has_virt(&s))
-        .unwrap_or(false)
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open("/proc/cpuinfo") else {
+        return false;
+    };
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| cpuinfo_has_virt(&l))
 }
 
 fn cpuinfo_has_virt(cpuinfo: &str) -> bool {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
@@ -18,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::acpi;
 use crate::boot::{self, Entry};
 use crate::bus::{Bus, NetDevice};
+use crate::devices::ioapic::{self, Ioapic};
 use crate::devices::serial;
 use crate::devices::vhost_net::{self, NetConfig, VhostNet};
 use crate::devices::virtio_mmio::{reg, MmioTransport};
@@ -122,7 +125,7 @@ pub struct Timings {
 
 /// A built VM, ready to run.
 pub struct Vm {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     vcpus: Vec<VcpuFd>,
     cpus: Vec<usize>,
     bus: Arc<Bus>,
@@ -216,14 +219,26 @@ impl Vm {
 
         vm.set_tss_address(KVM_TSS_ADDR)
             .map_err(kvm_err("set TSS address"))?;
-        vm.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
-        if cfg.pit {
+        let vm = Arc::new(vm);
+        let ioapic = if cfg.pit {
+            // KVM's PIT needs KVM's PIC and IOAPIC.
+            vm.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
             let pit = kvm_pit_config {
                 flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
             vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
-        }
+            None
+        } else {
+            let cap = kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                args: [ioapic::PINS as u64, 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap)
+                .map_err(kvm_err("enable the split irqchip"))?;
+            Some(Ioapic::new(Some(Arc::clone(&vm))))
+        };
         tracing::debug!("{:?}: KVM VM created", started.elapsed());
 
         tracing::debug!("{:?}: guest memory registered", started.elapsed());
@@ -276,7 +291,7 @@ impl Vm {
             VmError::Config(format!("guest memory too small for the boot tables: {e}"))
         };
         boot::write_tables(mem).map_err(wr)?;
-        let (rsdp, tables) = acpi::tables(ACPI_ADDR, cfg.vcpus, &acpi_devs);
+        let (rsdp, tables) = acpi::tables(ACPI_ADDR, cfg.vcpus, &acpi_devs, ioapic.is_none());
         if tables.len() as u64 > ACPI_END - ACPI_ADDR {
             return Err(VmError::Config("ACPI tables do not fit below 1 MiB".into()));
         }
@@ -325,7 +340,7 @@ impl Vm {
             vm,
             vcpus,
             cpus: cfg.cpus.clone(),
-            bus: Arc::new(Bus::new(console, virtio)),
+            bus: Arc::new(Bus::new(console, virtio, ioapic)),
             ram,
             stop: Arc::new(AtomicBool::new(false)),
             started,
@@ -400,14 +415,19 @@ impl Vm {
             }
         };
         self.stop.store(true, Ordering::SeqCst);
-        // Kick the other vCPUs out of KVM_RUN until they have all stopped.
+        // Kick the other vCPUs out of KVM_RUN until they have all stopped: a kick sent just
+        // before a vCPU enters KVM_RUN is lost, so kick again every millisecond.
         let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last_kick: Option<Instant> = None;
         while threads.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
-            for h in threads.iter().filter(|h| !h.is_finished()) {
-                // SAFETY: the thread is alive (not finished), so its pthread_t is valid.
-                unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+            if last_kick.is_none_or(|t| t.elapsed() >= Duration::from_millis(1)) {
+                for h in threads.iter().filter(|h| !h.is_finished()) {
+                    // SAFETY: the thread is alive (not finished), so its pthread_t is valid.
+                    unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+                }
+                last_kick = Some(Instant::now());
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_micros(50));
         }
         let _ = self.bus.serial.lock().map(|mut s| s.writer_mut().flush());
         for d in &self.bus.virtio {
@@ -533,6 +553,10 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, bus: &Bus, stop: &AtomicBool) -> Result<Vm
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => bus.mmio_write(addr, data),
             Ok(VcpuExit::Hlt) => Action::None,
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                bus.ioapic_eoi(vector);
+                Action::None
+            }
             Ok(VcpuExit::Shutdown) => {
                 return Err(VmError::TripleFault {
                     vcpu: id,

@@ -6,6 +6,7 @@
 //! guest's queue kicks go to the switch through ioeventfds and the switch's interrupts
 //! come back through irqfds, both inside KVM.
 
+pub mod ioapic;
 pub mod legacy;
 pub mod serial;
 pub mod vhost_net;
