@@ -89,7 +89,7 @@ impl Ioapic {
             0x10..=0x3f => {
                 let pin = ((reg - 0x10) / 2) as usize;
                 let rte = self.rte[pin];
-                if reg % 2 == 0 {
+                if reg.is_multiple_of(2) {
                     rte as u32
                 } else {
                     (rte >> 32) as u32
@@ -122,7 +122,7 @@ impl Ioapic {
                 let old = self.rte[pin];
                 // Delivery status (bit 12) and Remote IRR (bit 14) are read-only.
                 let ro = (1 << 12) | RTE_REMOTE_IRR;
-                let new = if reg % 2 == 0 {
+                let new = if reg.is_multiple_of(2) {
                     (old & !0xffff_ffff) | (u64::from(v) & !ro) | (old & ro)
                 } else {
                     (old & 0xffff_ffff) | (u64::from(v) << 32)
