@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what vnfhost and its tests need on Debian 12 (run as root), idempotently:
-# the peers' packages (DPDK testpmd, QEMU, BusyBox), hugepages, and the guest image.
+# the peers' packages (DPDK testpmd, QEMU, BusyBox, OVS-DPDK), ACPICA's iasl (checks the
+# VMM's ACPI tables), hugepages, and the guest image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
       qemu-system-x86 busybox-static kmod cpio iproute2 procps
-      openvswitch-switch-dpdk)
+      openvswitch-switch-dpdk acpica-tools)
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup.sh: run as root (it installs packages and reserves hugepages)" >&2

@@ -96,6 +96,7 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
             prealloc: false,
             nets: vec![],
             pit: false,
+            console_input: true,
         },
         cmdline_given: false,
         append: vec![],
@@ -212,7 +213,7 @@ pub fn payload(args: Vec<OsString>) -> Result<i32, String> {
             other => return Err(format!("vm payload: {}", other.unexpected())),
         }
     }
-    let name = name.ok_or("vm payload: give a payload name (hello, idle, net, fault)")?;
+    let name = name.ok_or("vm payload: give a payload name (hello, idle, echo, net, fault)")?;
     let bytes = vmm::payload::by_name(&name).ok_or_else(|| {
         format!(
             "vm payload: unknown payload {name:?} ({})",

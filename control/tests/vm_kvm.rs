@@ -47,13 +47,17 @@ struct VmProc {
 
 impl VmProc {
     fn spawn(dir: &TestDir, args: &[&str]) -> VmProc {
+        Self::spawn_with_stdin(dir, args, Stdio::null())
+    }
+
+    fn spawn_with_stdin(dir: &TestDir, args: &[&str], stdin: Stdio) -> VmProc {
         let console = dir.join("console.txt");
         let log = dir.join("vmm.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnfhost"));
         cmd.args(["vm", "run"])
             .args(args)
             .env("VNFHOST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(File::create(&console).unwrap())
             .stderr(File::create(&log).unwrap());
         common::qemu::set_pdeathsig(&mut cmd);
@@ -159,6 +163,38 @@ fn hello_payload_boots_through_pvh_and_ends_with_a_reset() {
         "the backend is reported:\n{log}"
     );
     assert!(log.contains("guest reset"), "{log}");
+}
+
+#[test]
+fn the_console_passes_stdin_to_the_guest() {
+    skip!(kvm_unavailable());
+    let dir = TestDir::new("vm-echo").unwrap();
+    let elf = payload(&dir, "echo");
+    let mut vm = VmProc::spawn_with_stdin(
+        &dir,
+        &[
+            "--hypervisor",
+            "kvm",
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--mem",
+            "32M",
+        ],
+        Stdio::piped(),
+    );
+    vm.wait_console(">", Duration::from_secs(30));
+    // More than the 16550's 64-byte FIFO, so the VMM must wait for the guest to drain it.
+    let text = format!("{}q", "0123456789abcdef".repeat(8));
+    use std::io::Write;
+    vm.child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let st = vm.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit {st}\n{}", vm.log());
+    assert_eq!(vm.console(), format!(">{text}"));
 }
 
 #[test]

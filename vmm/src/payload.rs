@@ -7,17 +7,20 @@ pub const NET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/net.elf"));
 
 /// The idle payload: PVH entry, one serial byte, then halts for ever (see `idle.s`).
 pub const IDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/idle.elf"));
+/// The echo payload: PVH entry, copies serial input to output until `q` (see `echo.s`).
+pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo.elf"));
 /// The fault payload: 64-bit entry, prints `F`, then triple-faults (see `fault.s`).
 pub const FAULT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fault.elf"));
 
 /// Names of the payloads.
-pub const NAMES: [&str; 4] = ["hello", "idle", "net", "fault"];
+pub const NAMES: [&str; 5] = ["hello", "idle", "echo", "net", "fault"];
 
 /// A payload by name (see [`NAMES`]).
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
     match name {
         "hello" => Some(HELLO),
         "idle" => Some(IDLE),
+        "echo" => Some(ECHO),
         "net" => Some(NET),
         "fault" => Some(FAULT),
         _ => None,

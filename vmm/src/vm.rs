@@ -55,6 +55,8 @@ pub struct VmConfig {
     /// and KVM's PIT costs a kernel thread per VM, about 10 ms of VM start and stop on
     /// the reference host. Turn it on for guests that need IRQ 0.
     pub pit: bool,
+    /// Feed stdin to the serial console.
+    pub console_input: bool,
 }
 
 /// How the guest ended.
@@ -132,6 +134,7 @@ pub struct Vm {
     ram: Arc<GuestRam>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    console_input: bool,
     /// Milestones.
     pub timings: Timings,
 }
@@ -344,6 +347,7 @@ impl Vm {
             ram,
             stop: Arc::new(AtomicBool::new(false)),
             started,
+            console_input: cfg.console_input,
             timings,
         })
     }
@@ -373,6 +377,13 @@ impl Vm {
                 .name("vhost-monitor".into())
                 .spawn(move || vhost_net::monitor(d, stop))
                 .map_err(|e| VmError::Os("spawn monitor thread", e))?;
+        }
+        if self.console_input {
+            let bus = Arc::clone(&self.bus);
+            std::thread::Builder::new()
+                .name("console-in".into())
+                .spawn(move || console_input(&bus))
+                .map_err(|e| VmError::Os("spawn console thread", e))?;
         }
         let (tx, rx) = mpsc::channel();
         let isolated = pmd::sched::isolated_cpus();
@@ -446,6 +457,31 @@ impl Vm {
     }
 }
 
+/// Feeds stdin to the serial console's receive FIFO until EOF.
+fn console_input(bus: &Bus) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin().lock();
+    while let Ok(n) = stdin.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let took = bus
+                .serial
+                .lock()
+                .map(|mut s| s.enqueue_raw_bytes(rest).unwrap_or(0))
+                .unwrap_or(0);
+            rest = &rest[took..];
+            if !rest.is_empty() {
+                // The 64-byte FIFO is full: let the guest read it.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
@@ -480,10 +516,12 @@ fn set_lint(vcpu: &VcpuFd) -> Result<(), VmError> {
     vcpu.set_lapic(&lapic).map_err(kvm_err("set LAPIC"))
 }
 
-type Loaded = (Entry, Option<linux_loader::loader::bootparam::setup_header>);
+/// A loaded kernel: how to enter it, and a bzImage's setup header.
+pub type Loaded = (Entry, Option<linux_loader::loader::bootparam::setup_header>);
 
-/// Loads the kernel (ELF or bzImage) and the initrd; returns the entry and initrd range.
-fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)>), VmError> {
+/// Loads the kernel (ELF or bzImage) and the initrd into `ram`; returns the entry and the
+/// initrd's `(address, length)`.
+pub fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)>), VmError> {
     let path = &cfg.kernel;
     let mut f = File::open(path).map_err(|e| image_err(path, e))?;
     let mut magic = [0u8; 4];
@@ -500,10 +538,20 @@ fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)>), 
     } else {
         let r = BzImage::load(ram.mem(), None, &mut f, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| image_err(path, format!("neither an ELF nor a bzImage kernel: {e}")))?;
+        // The decompressor unpacks the kernel at its preferred address and needs
+        // `init_size` bytes there: the initrd must stay clear of that, not just of the
+        // compressed image.
+        let runtime_end = r
+            .setup_header
+            .map(|h| {
+                let (pref, init) = ({ h.pref_address }, u64::from({ h.init_size }));
+                pref.max(HIMEM_START).saturating_add(init)
+            })
+            .unwrap_or(0);
         // The 64-bit entry of a bzImage is 0x200 past its protected-mode code.
         (
             (Entry::Long(r.kernel_load.0 + 0x200), r.setup_header),
-            r.kernel_end,
+            r.kernel_end.max(runtime_end),
         )
     };
     let initrd = match &cfg.initrd {
@@ -520,9 +568,9 @@ fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)>), 
                     image_err(
                         p,
                         format!(
-                            "initrd of {len} bytes does not fit between the kernel (ends at \
-                             {kernel_end:#x}) and the end of low memory ({top:#x}); give the VM \
-                             more --mem"
+                            "initrd of {len} bytes does not fit between the kernel (which needs memory \
+                             up to {kernel_end:#x}) and the end of low memory ({top:#x}); give \
+                             the VM more --mem"
                         ),
                     )
                 })?;
