@@ -544,7 +544,7 @@ pub fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)
         let runtime_end = r
             .setup_header
             .map(|h| {
-                let (pref, init) = ({ h.pref_address }, u64::from({ h.init_size }));
+                let (pref, init) = ({ h.pref_address }, u64::from(h.init_size));
                 pref.max(HIMEM_START).saturating_add(init)
             })
             .unwrap_or(0);
