@@ -6,14 +6,16 @@
 # Kernel: Debian's linux-image-cloud-amd64 (the dependency linux-image-6.1.*-cloud-amd64),
 # fetched with `apt-get download` and unpacked with `dpkg -x` (nothing is installed).
 # Initramfs: busybox-static with applet symlinks, the virtio modules for virtio-mmio
-# (QEMU -M microvm) and virtio-pci, and an /init (see init.sh next to this script).
+# (QEMU -M microvm) and virtio-pci, and /init: vnfhost-init (the `init/` crate next to
+# this script), built here as a static binary with cargo (target dir in the cache).
 #
-# Idempotent: rebuilds only when a stamp (hash of this script, init.sh, the resolved kernel
-# package name and the busybox binary) changes. Quiet on success: prints only
+# Idempotent: rebuilds only when a stamp (hash of this script, the init crate's sources, the
+# resolved kernel package name and the busybox binary) changes. Quiet on success: prints only
 #   VNFHOST_GUEST_KERNEL=<path>
 #   VNFHOST_GUEST_INITRD=<path>
 # `--print` prints those lines without building (fails if the image is not built yet).
-# Needs: apt-get, apt-cache, dpkg, depmod/modprobe (kmod), cpio, gzip, xz, busybox-static.
+# Needs: apt-get, apt-cache, dpkg, depmod/modprobe (kmod), cpio, gzip, xz, busybox-static,
+# cargo (found in PATH, then in ~/.cargo/bin and the sudo user's ~/.cargo/bin).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +23,7 @@ cache="${VNFHOST_CACHE:-/var/cache/vnfhost}"
 out="$cache/guest"
 kernel="$out/vmlinuz"
 initrd="$out/initramfs.cpio.gz"
-init_script="$here/init.sh"
+init_srcs=("$here/init/Cargo.toml" "$here/init/src/"*.rs)
 busybox_bin="${VNFHOST_BUSYBOX:-/bin/busybox}"
 meta_pkg="linux-image-cloud-amd64"
 # Loaded in this order by /init (each one's dependencies come first).
@@ -54,13 +56,19 @@ if [[ "${1:-}" == "--print" ]]; then
 fi
 [[ $# -eq 0 ]] || die "usage: $0 [--print]"
 
-[[ -f "$init_script" ]] || die "missing $init_script"
+for f in "${init_srcs[@]}"; do [[ -f "$f" ]] || die "missing $f"; done
+cargo_bin="$(command -v cargo || true)"
+for c in "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" \
+         ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin/cargo"}; do
+    [[ -n "$cargo_bin" ]] || { [[ -x "$c" ]] && cargo_bin="$c"; }
+done
+[[ -n "$cargo_bin" ]] || die "cargo not found (needed to build vnfhost-init)"
 [[ -x "$busybox_bin" ]] || die "missing $busybox_bin (apt-get install busybox-static)"
 # A dynamically linked busybox would not run inside the initramfs.
 if ldd "$busybox_bin" >/dev/null 2>&1; then
     die "$busybox_bin is dynamically linked; install busybox-static"
 fi
-for tool in apt-get apt-cache dpkg depmod modprobe cpio gzip xz sha256sum; do
+for tool in apt-get apt-cache dpkg depmod modprobe cpio gzip xz sha256sum readelf; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 
@@ -81,7 +89,7 @@ if [[ -z "$kpkg" ]]; then
 fi
 kver="${kpkg#linux-image-}"
 
-stamp="$( { sha256sum "$0" "$init_script" "$busybox_bin" | cut -d' ' -f1; echo "$kpkg"; } \
+stamp="$( { sha256sum "$0" "${init_srcs[@]}" "$busybox_bin" | cut -d' ' -f1; echo "$kpkg"; } \
           | sha256sum | cut -d' ' -f1)"
 if [[ -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" && -f "$kernel" && -f "$initrd" ]]
 then
@@ -149,7 +157,17 @@ for m in "${modules[@]}"; do
     done <<<"$deps"
 done
 
-cp "$init_script" "$ird/init"
+# /init: vnfhost-init, static (the initramfs has no libc). Its own target directory, in
+# the cache, keeps this build out of the workspace's (and of a running `cargo test`'s lock).
+init_target="$cache/init-target"
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" quiet "$cargo_bin" build --release -q \
+    --manifest-path "$here/../../Cargo.toml" -p vnfhost-init \
+    --target x86_64-unknown-linux-gnu --target-dir "$init_target"
+init_bin="$init_target/x86_64-unknown-linux-gnu/release/vnfhost-init"
+if readelf -l "$init_bin" | grep -q INTERP; then
+    die "$init_bin is dynamically linked"
+fi
+cp "$init_bin" "$ird/init"
 chmod 0755 "$ird/init"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ird/etc/passwd"
 echo "root:x:0:" >"$ird/etc/group"

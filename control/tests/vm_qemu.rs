@@ -1,0 +1,60 @@
+//! `vnfhost vm run --hypervisor qemu` with the Linux guest image: the pod's init
+//! (`vnfhost-init`) runs the workload given on the command line and powers the VM off.
+//! (The ping and TCP tests of two pods through the switch are in `switch_qemu.rs`.)
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{skip, TestDir};
+
+#[test]
+fn a_pod_runs_its_workload_and_powers_off_with_its_status() {
+    skip!(common::qemu::qemu_unavailable());
+    let _g = common::serial();
+    let dir = TestDir::new("vm-workload").unwrap();
+    let (kernel, initrd) = common::qemu::guest_image().expect("guest image");
+    let console = dir.join("console.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+        .args([
+            "vm",
+            "run",
+            "--hypervisor",
+            "qemu",
+            "--mem",
+            "256M",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args([
+            "--append",
+            "\"vnf.run=echo hello from the workload; exit 3\"",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(std::fs::File::create(dir.join("vmm.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!(
+                "the pod did not power off\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(st.success(), "exit {st}\n{out}");
+    assert!(out.contains(common::qemu::READY_MARKER), "{out}");
+    assert!(out.contains("hello from the workload"), "{out}");
+    assert!(out.contains("VNFHOST-WORKLOAD-EXIT status=3"), "{out}");
+}
