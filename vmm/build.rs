@@ -16,7 +16,7 @@ fn run(cmd: &mut Command) {
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed=payload/link.ld");
-    for name in ["hello", "idle", "echo", "net", "fault"] {
+    for name in ["hello", "idle", "echo", "poweroff", "net", "fault"] {
         let src = format!("payload/{name}.s");
         println!("cargo:rerun-if-changed={src}");
         let obj = out.join(format!("{name}.o"));

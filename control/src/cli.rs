@@ -64,7 +64,7 @@ commands:
              --console FILE         write the console to FILE (kvm only)
            exits 0 when the guest powers off or resets, 1 when it dies
   vm payload NAME --out FILE
-           write a built-in guest payload (hello, idle, echo, net, fault) used by tests and benchmarks
+           write a built-in guest payload (hello, idle, echo, poweroff, net, fault) used by tests and benchmarks
   help     this text
 
 Not built yet (later issues): up, down, status, daemon.

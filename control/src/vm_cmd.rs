@@ -213,7 +213,8 @@ pub fn payload(args: Vec<OsString>) -> Result<i32, String> {
             other => return Err(format!("vm payload: {}", other.unexpected())),
         }
     }
-    let name = name.ok_or("vm payload: give a payload name (hello, idle, echo, net, fault)")?;
+    let name =
+        name.ok_or("vm payload: give a payload name (hello, idle, echo, poweroff, net, fault)")?;
     let bytes = vmm::payload::by_name(&name).ok_or_else(|| {
         format!(
             "vm payload: unknown payload {name:?} ({})",

@@ -218,6 +218,34 @@ fn net_payload_without_a_nic_probes_unmapped_mmio_and_ends_normally() {
     let c = vm.console();
     assert!(c.contains("payload: 64-bit mode"), "{c}");
     assert!(c.contains("payload: no virtio-net device"), "{c}");
+    // The eight slots it probed are counted.
+    let log = vm.log();
+    assert!(
+        log.contains("0 port and 8 MMIO accesses that no device answers"),
+        "{log}"
+    );
+}
+
+#[test]
+fn acpi_poweroff_ends_the_vm() {
+    skip!(kvm_unavailable());
+    let dir = TestDir::new("vm-off").unwrap();
+    let elf = payload(&dir, "poweroff");
+    let mut vm = VmProc::spawn(
+        &dir,
+        &[
+            "--hypervisor",
+            "kvm",
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--mem",
+            "32M",
+        ],
+    );
+    let st = vm.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit {st}\n{}", vm.log());
+    assert_eq!(vm.console(), "!");
+    assert!(vm.log().contains("the guest powered off"), "{}", vm.log());
 }
 
 #[test]

@@ -9,11 +9,13 @@ pub const NET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/net.elf"));
 pub const IDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/idle.elf"));
 /// The echo payload: PVH entry, copies serial input to output until `q` (see `echo.s`).
 pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo.elf"));
+/// The power-off payload: PVH entry, one serial byte, ACPI S5 (see `poweroff.s`).
+pub const POWEROFF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/poweroff.elf"));
 /// The fault payload: 64-bit entry, prints `F`, then triple-faults (see `fault.s`).
 pub const FAULT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fault.elf"));
 
 /// Names of the payloads.
-pub const NAMES: [&str; 5] = ["hello", "idle", "echo", "net", "fault"];
+pub const NAMES: [&str; 6] = ["hello", "idle", "echo", "poweroff", "net", "fault"];
 
 /// A payload by name (see [`NAMES`]).
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
@@ -21,6 +23,7 @@ pub fn by_name(name: &str) -> Option<&'static [u8]> {
         "hello" => Some(HELLO),
         "idle" => Some(IDLE),
         "echo" => Some(ECHO),
+        "poweroff" => Some(POWEROFF),
         "net" => Some(NET),
         "fault" => Some(FAULT),
         _ => None,

@@ -447,12 +447,17 @@ impl Vm {
                 .device_mut()
                 .close();
         }
-        tracing::debug!(
-            "VM ran for {:?}; unhandled port accesses {}, MMIO accesses {}",
-            self.started.elapsed(),
+        let (pio, mmio) = (
             self.bus.unhandled_pio.load(Ordering::Relaxed),
-            self.bus.unhandled_mmio.load(Ordering::Relaxed)
+            self.bus.unhandled_mmio.load(Ordering::Relaxed),
         );
+        if pio + mmio > 0 {
+            tracing::info!(
+                "the guest made {pio} port and {mmio} MMIO accesses that no device answers \
+                 (ignored; VNFHOST_LOG=debug shows them, rate-limited)"
+            );
+        }
+        tracing::debug!("VM ran for {:?}", self.started.elapsed());
         result
     }
 }
