@@ -65,9 +65,13 @@ commands:
            exits 0 when the guest powers off or resets, 1 when it dies
   vm payload NAME --out FILE
            write a built-in guest payload (hello, idle, echo, poweroff, net, fault) used by tests and benchmarks
+  up --check FILE
+           check a topology.yaml (docs/topology.md) against its schema and this host
+           (CPUs, huge pages) without changing anything; lists every problem with its
+           file, line or field path
   help     this text
 
-Not built yet (later issues): up, down, status, daemon.
+Not built yet (later issues): up (bringing a topology up), down, status, daemon.
 ";
 
 /// Options of `vnfhost switch`.
@@ -195,6 +199,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 Err(e) => Err(e),
             }
         }
+        "up" if rest.first().is_some_and(|a| a == "--check") => {
+            match rest.get(1).filter(|_| rest.len() == 2) {
+                Some(f) => check_topology(std::path::Path::new(f)),
+                None => Err("up --check: give exactly one topology file".into()),
+            }
+        }
         "up" | "down" | "status" | "daemon" => Err(format!(
             "vnfhost {cmd}: not built yet (see the open issues); `vnfhost switch` runs the switch"
         )),
@@ -208,6 +218,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
             2
         }
     }
+}
+
+fn check_topology(path: &std::path::Path) -> Result<(), String> {
+    let t = crate::topology::load(path, crate::topology::Host::current())?;
+    println!(
+        "{}: ok: {} network(s), {} router(s), {} security group(s), {} pod(s); switch on cores {:?}",
+        path.display(),
+        t.networks.len(),
+        t.routers.len(),
+        t.security_groups.len(),
+        t.pods.len(),
+        t.switch.cores
+    );
+    Ok(())
 }
 
 fn init_logging() {

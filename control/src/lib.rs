@@ -8,4 +8,5 @@ pub mod bench_cmd;
 pub mod cli;
 pub mod portspec;
 pub mod switch_cmd;
+pub mod topology;
 pub mod vm_cmd;

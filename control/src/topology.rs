@@ -1,0 +1,968 @@
+//! `topology.yaml`: the typed, strict description of a vnfhost deployment, and its
+//! validation. The schema is documented in `docs/topology.md`.
+//!
+//! Loading happens in two steps, and a file is refused before anything on the host
+//! changes if either fails:
+//!
+//! 1. **Parsing** (`serde_yaml` with `deny_unknown_fields` everywhere): a syntax error, an
+//!    unknown field or a value of the wrong type is reported with the file, the line and
+//!    column, and the field path (`pods[1].interfaces[0].mac`).
+//! 2. **Checking** ([`Topology::check`]) what types cannot say: names unique, references
+//!    resolve (networks of interfaces and routers, security groups), addresses parse and
+//!    fall inside their network, CIDRs of one tenant do not overlap, VLAN and VNI ids are in
+//!    range and unique, MACs unicast and unique, CPUs exist and polling cores are not
+//!    shared with vCPUs, and the huge pages asked for are free. Every problem is listed,
+//!    each with its field path.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::portspec::parse_mac;
+
+/// The whole deployment.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// The switch.
+    #[serde(default)]
+    pub switch: SwitchSpec,
+    /// Tenant networks (each its own bridge domain).
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// Per-tenant routers between networks.
+    #[serde(default)]
+    pub routers: Vec<Router>,
+    /// Security groups, referenced by interfaces.
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroup>,
+    /// Pod VMs.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+}
+
+/// The switch's resources.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSpec {
+    /// Polling cores.
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    /// Packet buffers on huge pages.
+    #[serde(default)]
+    pub hugepages: bool,
+    /// Longest idle sleep of a polling loop, µs.
+    #[serde(default = "default_idle")]
+    pub idle_max_us: u64,
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+
+fn default_idle() -> u64 {
+    250
+}
+
+impl Default for SwitchSpec {
+    fn default() -> SwitchSpec {
+        SwitchSpec {
+            cores: default_cores(),
+            hugepages: false,
+            idle_max_us: default_idle(),
+        }
+    }
+}
+
+/// A tenant network.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Unique name.
+    pub name: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// IPv4 and/or IPv6 prefixes, e.g. `10.0.0.0/24`, `fd00:a::/64`.
+    pub cidrs: Vec<String>,
+    /// 802.1Q VLAN id (1..=4094); exclusive with `vni`.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// VXLAN network identifier (1..=16777215); exclusive with `vlan`.
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// Gateway addresses (the router's address on this network), one per family.
+    #[serde(default)]
+    pub gateway: Vec<String>,
+}
+
+/// A tenant's router.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// Unique name.
+    pub name: String,
+    /// Owning tenant; it may only join that tenant's networks.
+    pub tenant: String,
+    /// Networks it joins (with their `gateway` addresses).
+    pub networks: Vec<String>,
+    /// Static routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A static route.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination prefix.
+    pub to: String,
+    /// Next hop, on one of the router's networks.
+    pub via: String,
+}
+
+/// A security group: allow rules for traffic into the ports that use it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    /// Unique name.
+    pub name: String,
+    /// Drop ingress traffic that no rule allows (otherwise the rules are documentation
+    /// of what is expected and nothing is dropped).
+    #[serde(default)]
+    pub default_deny_ingress: bool,
+    /// Allow rules.
+    #[serde(default)]
+    pub ingress: Vec<Rule>,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Source prefix (default: anywhere).
+    #[serde(default)]
+    pub cidr: Option<String>,
+    /// Destination ports, `80` or `1000-2000` (TCP and UDP only).
+    #[serde(default)]
+    pub ports: Option<String>,
+}
+
+/// Protocols a rule can name.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Any protocol.
+    Any,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+/// Which hypervisor runs a pod.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorSpec {
+    /// `kvm` with vmx/svm, `qemu` otherwise.
+    #[default]
+    Auto,
+    /// vnfhost's KVM monitor.
+    Kvm,
+    /// QEMU microvm.
+    Qemu,
+}
+
+/// A pod VM.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    /// Unique name.
+    pub name: String,
+    /// Hypervisor backend.
+    #[serde(default)]
+    pub hypervisor: HypervisorSpec,
+    /// Kernel image (default: the guest image built by `vmm/guest/build-guest.sh`).
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Initramfs (default: the guest image's).
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Virtual CPUs.
+    #[serde(default = "one")]
+    pub vcpus: u8,
+    /// Guest RAM, e.g. `256Mi` or `1Gi`.
+    pub memory: String,
+    /// Host CPUs for the vCPU threads.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// Guest RAM on huge pages.
+    #[serde(default)]
+    pub hugepages: bool,
+    /// Network interfaces, `eth0` first.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+}
+
+fn one() -> u8 {
+    1
+}
+
+/// A pod's interface: a port on the switch.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// The network it joins.
+    pub network: String,
+    /// Its MAC.
+    pub mac: String,
+    /// Its addresses with prefix length (`10.0.0.1/24`); the port may send from these only.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Queue pairs.
+    #[serde(default = "one_u16")]
+    pub queues: u16,
+    /// Security groups applied to traffic into this interface.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+fn one_u16() -> u16 {
+    1
+}
+
+/// An IP prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Address (host bits may be set for interface addresses).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/LEN`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDR/PREFIX"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?;
+        Ok(Cidr { addr, len })
+    }
+
+    fn bits(a: IpAddr) -> (u128, u8) {
+        match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+            IpAddr::V6(v) => (u128::from(v), 128),
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        let (_, width) = Self::bits(self.addr);
+        if self.len == 0 {
+            0
+        } else {
+            (u128::MAX << (width - self.len)) & (u128::MAX >> (128 - u32::from(width)))
+        }
+    }
+
+    /// Whether `a` is inside this prefix.
+    pub fn contains(&self, a: IpAddr) -> bool {
+        if a.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let m = self.mask();
+        Self::bits(a).0 & m == Self::bits(self.addr).0 & m
+    }
+
+    /// Whether two prefixes share any address.
+    pub fn overlaps(&self, o: &Cidr) -> bool {
+        let shorter = if self.len <= o.len { self } else { o };
+        let longer = if self.len <= o.len { o } else { self };
+        shorter.contains(longer.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Parses `256Mi`, `1Gi`, `512M`, `1G` into bytes.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256Mi or 1Gi"))?;
+    let mul: u64 = match unit {
+        "Ki" | "K" => 1 << 10,
+        "Mi" | "M" => 1 << 20,
+        "Gi" | "G" => 1 << 30,
+        _ => return Err(format!("{s:?}: unit must be Ki, Mi or Gi")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// One problem found by [`Topology::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `pods[1].interfaces[0].network`.
+    pub path: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.what)
+    }
+}
+
+/// What the host offers, for the checks that depend on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Free 2 MiB huge pages.
+    pub free_hugepages: u64,
+}
+
+impl Host {
+    /// This machine.
+    pub fn current() -> Host {
+        Host {
+            cpus: pmd::sched::online_cpus(),
+            free_hugepages: vmm::memory::free_huge_pages(),
+        }
+    }
+}
+
+/// Huge pages (2 MiB) the switch takes per port receive queue when `hugepages: true`:
+/// each queue's gather pool (`pmd::vhost_user`, 32 buffers of the largest frame) fits one.
+pub const SWITCH_HUGEPAGES_PER_QUEUE: u64 = 1;
+
+/// Loads and checks `path`; the error lists every problem, prefixed with the file name.
+pub fn load(path: &Path, host: Host) -> Result<Topology, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = parse(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+    let problems = t.check(host);
+    if problems.is_empty() {
+        Ok(t)
+    } else {
+        let list: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect();
+        Err(list.join("\n"))
+    }
+}
+
+/// Parses YAML text; errors read `LINE:COLUMN: PATH: what`.
+pub fn parse(text: &str) -> Result<Topology, String> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner
+            .location()
+            .map(|l| format!("{}:{}: ", l.line(), l.column()))
+            .unwrap_or_else(|| " ".into());
+        // serde_yaml appends " at line L column C"; the position is already in front.
+        let mut msg = inner.to_string();
+        if let Some(i) = msg.find(" at line ") {
+            msg.truncate(i);
+        }
+        // ... and sometimes starts with its own path, which ours replaces.
+        if let Some((head, rest)) = msg.split_once(": ") {
+            let pathlike = head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "[]._-".contains(c));
+            if pathlike && !head.is_empty() {
+                msg = rest.to_string();
+            }
+        }
+        if path == "." || path.is_empty() {
+            format!("{at}{msg}")
+        } else {
+            format!("{at}{path}: {msg}")
+        }
+    })
+}
+
+impl Topology {
+    /// Everything types cannot check; empty when the topology can be applied.
+    pub fn check(&self, host: Host) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |path: String, what: String| p.push(Problem { path, what });
+
+        let mut names = HashSet::new();
+        let mut nets: HashMap<&str, (&Network, Vec<Cidr>)> = HashMap::new();
+        let mut vlans = HashMap::new();
+        let mut vnis = HashMap::new();
+        for (i, n) in self.networks.iter().enumerate() {
+            let at = format!("networks[{i}]");
+            if n.name.is_empty() || !names.insert(("network", n.name.as_str())) {
+                bad(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", n.name),
+                );
+            }
+            if n.cidrs.is_empty() {
+                bad(
+                    format!("{at}.cidrs"),
+                    "a network needs at least one prefix".into(),
+                );
+            }
+            let mut cidrs = vec![];
+            for (j, c) in n.cidrs.iter().enumerate() {
+                match Cidr::parse(c) {
+                    Ok(c) => cidrs.push(c),
+                    Err(e) => bad(format!("{at}.cidrs[{j}]"), e),
+                }
+            }
+            match (n.vlan, n.vni) {
+                (Some(_), Some(_)) => bad(at.clone(), "give vlan or vni, not both".into()),
+                (Some(v), None) if !(1..=4094).contains(&v) => {
+                    bad(format!("{at}.vlan"), format!("{v} is outside 1..=4094"))
+                }
+                (Some(v), None) => {
+                    if let Some(other) = vlans.insert(v, n.name.clone()) {
+                        bad(
+                            format!("{at}.vlan"),
+                            format!("VLAN {v} is already network {other:?}'s"),
+                        );
+                    }
+                }
+                (None, Some(v)) if !(1..=0xff_ffff).contains(&v) => {
+                    bad(format!("{at}.vni"), format!("{v} is outside 1..=16777215"))
+                }
+                (None, Some(v)) => {
+                    if let Some(other) = vnis.insert(v, n.name.clone()) {
+                        bad(
+                            format!("{at}.vni"),
+                            format!("VNI {v} is already network {other:?}'s"),
+                        );
+                    }
+                }
+                (None, None) => {}
+            }
+            for (j, g) in n.gateway.iter().enumerate() {
+                match g.parse::<IpAddr>() {
+                    Ok(a) if cidrs.iter().any(|c| c.contains(a)) => {}
+                    Ok(a) => bad(
+                        format!("{at}.gateway[{j}]"),
+                        format!("{a} is not inside the network's prefixes"),
+                    ),
+                    Err(_) => bad(
+                        format!("{at}.gateway[{j}]"),
+                        format!("{g:?} is not an IP address"),
+                    ),
+                }
+            }
+            nets.insert(n.name.as_str(), (n, cidrs));
+        }
+        // Prefixes of one tenant must not overlap (tenants are separate address spaces).
+        let list: Vec<(usize, &Network, &Vec<Cidr>)> = self
+            .networks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| nets.get(n.name.as_str()).map(|(n, c)| (i, *n, c)))
+            .collect();
+        for (a, (i, na, ca)) in list.iter().enumerate() {
+            for (j, nb, cb) in &list[a + 1..] {
+                if na.tenant != nb.tenant || na.name == nb.name {
+                    continue;
+                }
+                for x in ca.iter() {
+                    for y in cb.iter() {
+                        if x.overlaps(y) {
+                            bad(
+                                format!("networks[{j}].cidrs"),
+                                format!(
+                                    "{y} overlaps {x} of network {:?} (networks[{i}]) in tenant {:?}",
+                                    na.name, na.tenant
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        for (i, r) in self.routers.iter().enumerate() {
+            let at = format!("routers[{i}]");
+            if r.name.is_empty() || !names.insert(("router", r.name.as_str())) {
+                bad(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", r.name),
+                );
+            }
+            for (j, n) in r.networks.iter().enumerate() {
+                match nets.get(n.as_str()) {
+                    None => bad(
+                        format!("{at}.networks[{j}]"),
+                        format!("unknown network {n:?}"),
+                    ),
+                    Some((net, _)) if net.tenant != r.tenant => bad(
+                        format!("{at}.networks[{j}]"),
+                        format!(
+                            "network {n:?} belongs to tenant {:?}, the router to {:?}",
+                            net.tenant, r.tenant
+                        ),
+                    ),
+                    Some((net, _)) if net.gateway.is_empty() => bad(
+                        format!("{at}.networks[{j}]"),
+                        format!("network {n:?} has no gateway address for the router"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            for (j, rt) in r.routes.iter().enumerate() {
+                if let Err(e) = Cidr::parse(&rt.to) {
+                    bad(format!("{at}.routes[{j}].to"), e);
+                }
+                match rt.via.parse::<IpAddr>() {
+                    Ok(a) => {
+                        let on_link = r.networks.iter().any(|n| {
+                            nets.get(n.as_str())
+                                .is_some_and(|(_, cs)| cs.iter().any(|c| c.contains(a)))
+                        });
+                        if !on_link {
+                            bad(
+                                format!("{at}.routes[{j}].via"),
+                                format!("{a} is on none of the router's networks"),
+                            );
+                        }
+                    }
+                    Err(_) => bad(
+                        format!("{at}.routes[{j}].via"),
+                        format!("{:?} is not an IP address", rt.via),
+                    ),
+                }
+            }
+        }
+
+        for (i, g) in self.security_groups.iter().enumerate() {
+            let at = format!("security_groups[{i}]");
+            if g.name.is_empty() || !names.insert(("security group", g.name.as_str())) {
+                bad(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", g.name),
+                );
+            }
+            for (j, r) in g.ingress.iter().enumerate() {
+                if let Some(c) = &r.cidr {
+                    if let Err(e) = Cidr::parse(c) {
+                        bad(format!("{at}.ingress[{j}].cidr"), e);
+                    }
+                }
+                if let Some(ports) = &r.ports {
+                    if !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
+                        bad(
+                            format!("{at}.ingress[{j}].ports"),
+                            "ports need protocol tcp or udp".into(),
+                        );
+                    }
+                    let range = ports
+                        .split_once('-')
+                        .map(|(a, b)| (a.parse::<u16>(), b.parse::<u16>()))
+                        .unwrap_or((ports.parse(), ports.parse()));
+                    match range {
+                        (Ok(a), Ok(b)) if a >= 1 && a <= b => {}
+                        _ => bad(
+                            format!("{at}.ingress[{j}].ports"),
+                            format!("{ports:?} is not a port or a range like 1000-2000"),
+                        ),
+                    }
+                }
+            }
+        }
+        let groups: HashSet<&str> = self
+            .security_groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+
+        let sw = &self.switch;
+        for (j, c) in sw.cores.iter().enumerate() {
+            if *c >= host.cpus {
+                bad(
+                    format!("switch.cores[{j}]"),
+                    format!("CPU {c} does not exist (this host has {})", host.cpus),
+                );
+            }
+        }
+        if sw.cores.is_empty() {
+            bad(
+                "switch.cores".into(),
+                "the switch needs at least one polling core".into(),
+            );
+        }
+        let mut hugepages = 0;
+        let mut macs = HashMap::new();
+        let mut ips: HashMap<(String, IpAddr), String> = HashMap::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let at = format!("pods[{i}]");
+            if pod.name.is_empty() || !names.insert(("pod", pod.name.as_str())) {
+                bad(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", pod.name),
+                );
+            }
+            if pod.vcpus == 0 || pod.vcpus > 64 {
+                bad(
+                    format!("{at}.vcpus"),
+                    format!("{} is outside 1..=64", pod.vcpus),
+                );
+            }
+            match parse_memory(&pod.memory) {
+                Ok(m) if m < 16 << 20 => bad(format!("{at}.memory"), "less than 16Mi".into()),
+                Ok(m) if pod.hugepages && m % (2 << 20) != 0 => bad(
+                    format!("{at}.memory"),
+                    "not a multiple of 2Mi, needed with hugepages".into(),
+                ),
+                Ok(m) if pod.hugepages => hugepages += m / (2 << 20),
+                Ok(_) => {}
+                Err(e) => bad(format!("{at}.memory"), e),
+            }
+            for (j, c) in pod.cpus.iter().enumerate() {
+                if *c >= host.cpus {
+                    bad(
+                        format!("{at}.cpus[{j}]"),
+                        format!("CPU {c} does not exist (this host has {})", host.cpus),
+                    );
+                } else if sw.cores.contains(c) {
+                    bad(
+                        format!("{at}.cpus[{j}]"),
+                        format!(
+                            "CPU {c} is a polling core of the switch; a vCPU there would starve"
+                        ),
+                    );
+                }
+            }
+            for (j, ifc) in pod.interfaces.iter().enumerate() {
+                let at = format!("{at}.interfaces[{j}]");
+                let net = nets.get(ifc.network.as_str());
+                if net.is_none() {
+                    bad(
+                        format!("{at}.network"),
+                        format!("unknown network {:?}", ifc.network),
+                    );
+                }
+                match parse_mac(&ifc.mac) {
+                    Ok(m) if m[0] & 1 == 1 || m == [0; 6] => bad(
+                        format!("{at}.mac"),
+                        format!("{} is not a unicast address", ifc.mac),
+                    ),
+                    Ok(m) => {
+                        if let Some(other) = macs.insert(m, format!("{}.{j}", pod.name)) {
+                            bad(
+                                format!("{at}.mac"),
+                                format!("{} is also used by {other}", ifc.mac),
+                            );
+                        }
+                    }
+                    Err(e) => bad(format!("{at}.mac"), e),
+                }
+                for (k, ip) in ifc.ips.iter().enumerate() {
+                    match Cidr::parse(ip) {
+                        Ok(c) => {
+                            if let Some((n, cs)) = net {
+                                if !cs.iter().any(|p| p.contains(c.addr) && p.len == c.len) {
+                                    bad(
+                                        format!("{at}.ips[{k}]"),
+                                        format!(
+                                            "{ip} is not inside network {:?}'s prefixes",
+                                            n.name
+                                        ),
+                                    );
+                                }
+                                if n.gateway.iter().any(|g| g.parse() == Ok(c.addr)) {
+                                    bad(
+                                        format!("{at}.ips[{k}]"),
+                                        format!("{} is the network's gateway", c.addr),
+                                    );
+                                }
+                                let key = (n.name.clone(), c.addr);
+                                if let Some(other) = ips.insert(key, pod.name.clone()) {
+                                    bad(
+                                        format!("{at}.ips[{k}]"),
+                                        format!("{} is also pod {other:?}'s", c.addr),
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => bad(format!("{at}.ips[{k}]"), e),
+                    }
+                }
+                if sw.hugepages {
+                    hugepages += SWITCH_HUGEPAGES_PER_QUEUE * u64::from(ifc.queues);
+                }
+                if ifc.queues == 0 || ifc.queues > 16 {
+                    bad(
+                        format!("{at}.queues"),
+                        format!("{} is outside 1..=16", ifc.queues),
+                    );
+                }
+                for (k, g) in ifc.security_groups.iter().enumerate() {
+                    if !groups.contains(g.as_str()) {
+                        bad(
+                            format!("{at}.security_groups[{k}]"),
+                            format!("unknown security group {g:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        if hugepages > host.free_hugepages {
+            bad(
+                "switch.hugepages, pods[*].hugepages".into(),
+                format!(
+                    "the topology needs {hugepages} free 2 MiB huge pages, the host has {} \
+                     (echo N > /proc/sys/vm/nr_hugepages)",
+                    host.free_hugepages
+                ),
+            );
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: Host = Host {
+        cpus: 2,
+        free_hugepages: 512,
+    };
+
+    const GOOD: &str = r#"
+switch:
+  cores: [1]
+  hugepages: true
+networks:
+  - name: net-a
+    tenant: blue
+    cidrs: [10.0.0.0/24, "fd00:a::/64"]
+    vlan: 10
+    gateway: [10.0.0.254]
+  - name: net-b
+    tenant: blue
+    cidrs: [10.0.1.0/24]
+    vlan: 20
+    gateway: [10.0.1.254]
+routers:
+  - name: r1
+    tenant: blue
+    networks: [net-a, net-b]
+    routes:
+      - to: 192.168.0.0/16
+        via: 10.0.1.1
+security_groups:
+  - name: web
+    default_deny_ingress: true
+    ingress:
+      - { protocol: tcp, ports: "80", cidr: 0.0.0.0/0 }
+      - { protocol: icmp }
+pods:
+  - name: pod-a
+    memory: 256Mi
+    cpus: [0]
+    interfaces:
+      - { network: net-a, mac: "52:54:00:00:00:0a", ips: [10.0.0.1/24], security_groups: [web] }
+  - name: pod-b
+    hypervisor: qemu
+    memory: 128Mi
+    hugepages: true
+    interfaces:
+      - { network: net-b, mac: "52:54:00:00:00:0b", ips: [10.0.1.1/24] }
+"#;
+
+    #[test]
+    fn a_good_topology_parses_and_checks_clean() {
+        let t = parse(GOOD).unwrap();
+        assert_eq!(t.networks.len(), 2);
+        assert_eq!(t.pods[1].hypervisor, HypervisorSpec::Qemu);
+        assert_eq!(t.check(HOST), vec![]);
+    }
+
+    #[test]
+    fn the_repository_topology_is_valid() {
+        let text = include_str!("../../topology.yaml");
+        let t = parse(text).unwrap();
+        assert_eq!(t.check(HOST), vec![]);
+    }
+
+    #[test]
+    fn yaml_errors_name_line_and_field_path() {
+        let line_of = |text: &str, what: &str| {
+            1 + text
+                .lines()
+                .position(|l| l.contains(what))
+                .expect("in the text")
+        };
+        let bad = GOOD.replace("    cpus: [0]\n", "    cpus: [0]\n    colour: red\n");
+        let e = parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}:", line_of(&bad, "colour"))),
+            "{e}"
+        );
+        assert!(e.contains("pods[0].colour: unknown field `colour`"), "{e}");
+        let bad = GOOD.replace("vlan: 20", "vlan: twenty");
+        let e = parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}:", line_of(&bad, "twenty"))),
+            "{e}"
+        );
+        assert!(e.contains("networks[1].vlan: invalid type"), "{e}");
+        let e = parse("networks: [").unwrap_err();
+        assert!(
+            e.starts_with("2:1: ") && e.contains("did not find expected node"),
+            "{e}"
+        );
+    }
+
+    fn problems(yaml: &str, host: Host) -> Vec<String> {
+        parse(yaml)
+            .unwrap()
+            .check(host)
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn references_and_addresses_are_checked() {
+        let bad = GOOD
+            .replace("network: net-b, mac", "network: net-x, mac")
+            .replace("networks: [net-a, net-b]", "networks: [net-a, net-c]")
+            .replace("security_groups: [web]", "security_groups: [db]")
+            .replace("ips: [10.0.0.1/24]", "ips: [10.9.0.1/24]")
+            .replace("via: 10.0.1.1", "via: 172.16.0.1");
+        let p = problems(&bad, HOST);
+        for want in [
+            "pods[1].interfaces[0].network: unknown network \"net-x\"",
+            "routers[0].networks[1]: unknown network \"net-c\"",
+            "pods[0].interfaces[0].security_groups[0]: unknown security group \"db\"",
+            "pods[0].interfaces[0].ips[0]: 10.9.0.1/24 is not inside network \"net-a\"'s prefixes",
+            "routers[0].routes[0].via: 172.16.0.1 is on none of the router's networks",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn overlaps_within_a_tenant_are_refused_across_tenants_allowed() {
+        let bad = GOOD.replace("cidrs: [10.0.1.0/24]", "cidrs: [10.0.0.128/25]");
+        let p = problems(&bad, HOST);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("networks[1].cidrs: 10.0.0.128/25 overlaps 10.0.0.0/24")),
+            "{p:#?}"
+        );
+        let other_tenant = bad
+            .replace(
+                "    tenant: blue\n    cidrs: [10.0.0.128/25]",
+                "    tenant: red\n    cidrs: [10.0.0.128/25]",
+            )
+            .replace("gateway: [10.0.1.254]", "gateway: [10.0.0.254]");
+        let p = problems(&other_tenant, HOST);
+        assert!(!p.iter().any(|x| x.contains("overlaps")), "{p:#?}");
+        // ... but then the blue router cannot join the red network.
+        assert!(
+            p.iter().any(|x| x.contains("belongs to tenant \"red\"")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn host_resources_are_checked() {
+        let p = problems(&GOOD.replace("cpus: [0]", "cpus: [7]"), HOST);
+        assert!(
+            p.iter()
+                .any(|x| x.contains("pods[0].cpus[0]: CPU 7 does not exist")),
+            "{p:#?}"
+        );
+        let p = problems(&GOOD.replace("cpus: [0]", "cpus: [1]"), HOST);
+        assert!(
+            p.iter().any(|x| x.contains("polling core of the switch")),
+            "{p:#?}"
+        );
+        let few = Host {
+            cpus: 2,
+            free_hugepages: 10,
+        };
+        let p = problems(GOOD, few);
+        assert!(
+            p.iter()
+                .any(|x| x.contains("needs 66 free 2 MiB huge pages, the host has 10")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_ranges() {
+        let bad = GOOD
+            .replace("name: net-b", "name: net-a")
+            .replace("vlan: 20", "vlan: 4095")
+            .replace("52:54:00:00:00:0b", "52:54:00:00:00:0a");
+        let p = problems(&bad, HOST);
+        assert!(
+            p.iter().any(|x| x.starts_with("networks[1].name")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|x| x.contains("4095 is outside 1..=4094")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|x| x.contains("is also used by pod-a.0")),
+            "{p:#?}"
+        );
+        let p = problems(
+            &GOOD.replace("52:54:00:00:00:0b", "01:00:5e:00:00:01"),
+            HOST,
+        );
+        assert!(
+            p.iter().any(|x| x.contains("not a unicast address")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn cidr_math() {
+        let a = Cidr::parse("10.0.0.0/24").unwrap();
+        assert!(a.contains("10.0.0.77".parse().unwrap()));
+        assert!(!a.contains("10.0.1.1".parse().unwrap()));
+        assert!(!a.contains("::1".parse().unwrap()));
+        assert!(a.overlaps(&Cidr::parse("10.0.0.0/8").unwrap()));
+        assert!(!a.overlaps(&Cidr::parse("10.0.1.0/24").unwrap()));
+        let v6 = Cidr::parse("fd00:a::/64").unwrap();
+        assert!(v6.contains("fd00:a::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert_eq!(parse_memory("256Mi"), Ok(256 << 20));
+        assert!(parse_memory("256MB").is_err());
+    }
+}
