@@ -58,11 +58,19 @@ fi
 
 for f in "${init_srcs[@]}"; do [[ -f "$f" ]] || die "missing $f"; done
 cargo_bin="$(command -v cargo || true)"
-for c in "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" \
-         ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin/cargo"}; do
-    [[ -n "$cargo_bin" ]] || { [[ -x "$c" ]] && cargo_bin="$c"; }
-done
-[[ -n "$cargo_bin" ]] || die "cargo not found (needed to build vnfhost-init)"
+[[ -n "$cargo_bin" || ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]] \
+    || cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin/cargo"
+if [[ -z "$cargo_bin" && -n "${SUDO_USER:-}" ]]; then
+    # Under sudo, PATH drops the user's ~/.cargo/bin: use their toolchain, with its homes
+    # (rustup's proxy looks for toolchains in RUSTUP_HOME, which would default to root's).
+    user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
+    if [[ -x "$user_home/.cargo/bin/cargo" ]]; then
+        cargo_bin="$user_home/.cargo/bin/cargo"
+        export CARGO_HOME="${CARGO_HOME:-$user_home/.cargo}"
+        export RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
+    fi
+fi
+[[ -n "$cargo_bin" ]] || die "cargo not found (needed to build vnfhost-init; install Rust)"
 [[ -x "$busybox_bin" ]] || die "missing $busybox_bin (apt-get install busybox-static)"
 # A dynamically linked busybox would not run inside the initramfs.
 if ldd "$busybox_bin" >/dev/null 2>&1; then
