@@ -487,6 +487,31 @@ fn bad_input_is_refused_before_the_vm_starts() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("free 2 MiB huge pages"), "{err}");
 
+    // Server mode on a socket someone listens on is refused, not stolen.
+    let taken = dir.join("taken.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    let net = format!("vhost-user={}", taken.display());
+    let (code, err) = vnfhost(&[
+        "vm",
+        "run",
+        "--hypervisor",
+        "kvm",
+        "--kernel",
+        hello,
+        "--mem",
+        "32M",
+        "--net",
+        &net,
+    ]);
+    if kvm_unavailable().is_none() {
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("a server already listens there") && err.contains(",client"),
+            "{err}"
+        );
+        assert!(taken.exists());
+    }
+
     let (code, err) = vnfhost(&[
         "vm",
         "run",

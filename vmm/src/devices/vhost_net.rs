@@ -130,6 +130,17 @@ impl VhostNet {
             source,
         };
         let listener = if cfg.server {
+            if UnixStream::connect(&cfg.path).is_ok() {
+                return Err(sock_err(
+                    "bind",
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "a server already listens there (the switch?); add `,client` to \
+                         connect to it instead",
+                    ),
+                ));
+            }
+            // Nobody listens: a stale socket from an earlier run.
             let _ = std::fs::remove_file(&cfg.path);
             let l = UnixListener::bind(&cfg.path).map_err(|e| sock_err("bind", e))?;
             use std::os::unix::fs::PermissionsExt;
