@@ -321,6 +321,21 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Why an interface address cannot be a host's: the network or broadcast address of an
+/// IPv4 prefix shorter than /31.
+fn reserved_host(c: Cidr) -> Option<&'static str> {
+    let IpAddr::V4(v4) = c.addr else { return None };
+    if c.len >= 31 {
+        return None;
+    }
+    let host_bits = (1u32 << (32 - c.len)) - 1;
+    match u32::from(v4) & host_bits {
+        0 => Some("the network's own address"),
+        h if h == host_bits => Some("the network's broadcast address"),
+        _ => None,
+    }
+}
+
 /// One problem found by [`Topology::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -463,6 +478,17 @@ impl Topology {
                     }
                 }
                 (None, None) => {}
+            }
+            let v4 = n
+                .gateway
+                .iter()
+                .filter(|g| g.parse::<std::net::Ipv4Addr>().is_ok())
+                .count();
+            if v4 > 1 || n.gateway.len() - v4 > 1 {
+                bad(
+                    format!("{at}.gateway"),
+                    "at most one gateway address per family".into(),
+                );
             }
             for (j, g) in n.gateway.iter().enumerate() {
                 match g.parse::<IpAddr>() {
@@ -610,6 +636,15 @@ impl Topology {
                 );
             }
         }
+        let mut seen = HashSet::new();
+        for (j, c) in sw.cores.iter().enumerate() {
+            if !seen.insert(*c) {
+                bad(
+                    format!("switch.cores[{j}]"),
+                    format!("CPU {c} is listed twice"),
+                );
+            }
+        }
         if sw.cores.is_empty() {
             bad(
                 "switch.cores".into(),
@@ -635,6 +670,10 @@ impl Topology {
             }
             match parse_memory(&pod.memory) {
                 Ok(m) if m < 16 << 20 => bad(format!("{at}.memory"), "less than 16Mi".into()),
+                Ok(m) if !m.is_multiple_of(1 << 20) => {
+                    bad(format!("{at}.memory"), "not a whole number of Mi".into())
+                }
+                Ok(m) if m > 1 << 40 => bad(format!("{at}.memory"), "more than 1Ti".into()),
                 Ok(m) if pod.hugepages && m % (2 << 20) != 0 => bad(
                     format!("{at}.memory"),
                     "not a multiple of 2Mi, needed with hugepages".into(),
@@ -657,6 +696,16 @@ impl Topology {
                         ),
                     );
                 }
+            }
+            if pod.interfaces.len() > vmm::layout::VIRTIO_MMIO_SLOTS {
+                bad(
+                    format!("{at}.interfaces"),
+                    format!(
+                        "{} interfaces; a pod has at most {}",
+                        pod.interfaces.len(),
+                        vmm::layout::VIRTIO_MMIO_SLOTS
+                    ),
+                );
             }
             for (j, ifc) in pod.interfaces.iter().enumerate() {
                 let at = format!("{at}.interfaces[{j}]");
@@ -695,6 +744,9 @@ impl Topology {
                                         ),
                                     );
                                 }
+                                if let Some(why) = reserved_host(c) {
+                                    bad(format!("{at}.ips[{k}]"), format!("{} is {why}", c.addr));
+                                }
                                 if n.gateway.iter().any(|g| g.parse() == Ok(c.addr)) {
                                     bad(
                                         format!("{at}.ips[{k}]"),
@@ -716,10 +768,13 @@ impl Topology {
                 if sw.hugepages {
                     hugepages += SWITCH_HUGEPAGES_PER_QUEUE * u64::from(ifc.queues);
                 }
-                if ifc.queues == 0 || ifc.queues > 16 {
+                if ifc.queues != 1 {
                     bad(
                         format!("{at}.queues"),
-                        format!("{} is outside 1..=16", ifc.queues),
+                        format!(
+                            "{}: pod NICs have one queue pair so far (multiqueue is not built)",
+                            ifc.queues
+                        ),
                     );
                 }
                 for (k, g) in ifc.security_groups.iter().enumerate() {
@@ -946,6 +1001,27 @@ pods:
             p.iter().any(|x| x.contains("not a unicast address")),
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn reserved_addresses_duplicate_cores_and_odd_sizes() {
+        let bad = GOOD
+            .replace("ips: [10.0.0.1/24]", "ips: [10.0.0.255/24]")
+            .replace("cores: [1]", "cores: [1, 1]")
+            .replace("memory: 128Mi", "memory: 16385Ki")
+            .replace("gateway: [10.0.1.254]", "gateway: [10.0.1.254, 10.0.1.253]");
+        let p = problems(&bad, HOST);
+        for want in [
+            "broadcast address",
+            "CPU 1 is listed twice",
+            "not a whole number of Mi",
+            "at most one gateway address per family",
+        ] {
+            assert!(
+                p.iter().any(|x| x.contains(want)),
+                "missing {want:?} in {p:#?}"
+            );
+        }
     }
 
     #[test]

@@ -131,7 +131,10 @@ pub fn write_zero_page(
     params.hdr.header = 0x5372_6448; // "HdrS"
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = cmdline_len as u32;
-    params.hdr.kernel_alignment = 0x0100_0000;
+    if header.is_none() {
+        // A vmlinux has no header of its own; a bzImage keeps the alignment it asks for.
+        params.hdr.kernel_alignment = 0x0100_0000;
+    }
     if let Some((addr, len)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = len as u32;

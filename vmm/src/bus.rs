@@ -11,6 +11,7 @@ use crate::devices::vhost_net::VhostNet;
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::Action;
 use crate::layout;
+use crate::memory::GuestRam;
 
 /// A virtio-mmio device on the bus.
 pub type NetDevice = Arc<Mutex<MmioTransport<VhostNet>>>;
@@ -23,6 +24,9 @@ pub struct Bus {
     pub virtio: Vec<NetDevice>,
     /// The userspace IOAPIC (split irqchip); `None` when KVM emulates PIC and IOAPIC.
     pub ioapic: Option<Mutex<Ioapic>>,
+    /// Guest RAM, kept mapped for as long as anything here (the IOAPIC holds the VM fd)
+    /// can reach the VM. Declared after `ioapic`, so dropped after it.
+    _ram: Arc<GuestRam>,
     /// Port accesses nothing answered.
     pub unhandled_pio: AtomicU64,
     /// MMIO accesses nothing answered.
@@ -39,12 +43,19 @@ fn log_limited(counter: &AtomicU64, what: std::fmt::Arguments<'_>) {
 }
 
 impl Bus {
-    /// A bus with COM1, `virtio` devices and, for a split irqchip, the IOAPIC.
-    pub fn new(serial: Console, virtio: Vec<NetDevice>, ioapic: Option<Ioapic>) -> Bus {
+    /// A bus with COM1, `virtio` devices and, for a split irqchip, the IOAPIC, for a VM
+    /// with guest memory `ram`.
+    pub fn new(
+        serial: Console,
+        virtio: Vec<NetDevice>,
+        ioapic: Option<Ioapic>,
+        ram: Arc<GuestRam>,
+    ) -> Bus {
         Bus {
             serial: Mutex::new(serial),
             virtio,
             ioapic: ioapic.map(Mutex::new),
+            _ram: ram,
             unhandled_pio: AtomicU64::new(0),
             unhandled_mmio: AtomicU64::new(0),
         }

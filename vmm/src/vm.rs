@@ -214,8 +214,11 @@ impl Vm {
                 memory_size: r.len,
                 userspace_addr: r.host_addr,
             };
-            // SAFETY: the mapping is owned by `ram`, which the VM keeps alive for as long
-            // as the VM fd exists (both live in `Vm`; `ram` is dropped after `vm`).
+            // SAFETY: the mapping is owned by `ram`. Every holder of the VM fd keeps an
+            // `Arc` of it too (`Vm`, and `Bus` for the IOAPIC's fd), so the memory stays
+            // mapped while a vCPU can run. On the error paths of `Vm::new` the fd may
+            // outlive the mapping briefly, but no vCPU has run and KVM only keeps the
+            // address.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm_err("set guest memory region"))?;
         }
@@ -343,7 +346,7 @@ impl Vm {
             vm,
             vcpus,
             cpus: cfg.cpus.clone(),
-            bus: Arc::new(Bus::new(console, virtio, ioapic)),
+            bus: Arc::new(Bus::new(console, virtio, ioapic, Arc::clone(&ram))),
             ram,
             stop: Arc::new(AtomicBool::new(false)),
             started,
@@ -543,6 +546,13 @@ pub fn load(cfg: &VmConfig, ram: &GuestRam) -> Result<(Loaded, Option<(u64, u64)
     } else {
         let r = BzImage::load(ram.mem(), None, &mut f, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| image_err(path, format!("neither an ELF nor a bzImage kernel: {e}")))?;
+        // XLF_KERNEL_64: the image has the 64-bit entry at +0x200 this VMM jumps to.
+        if r.setup_header.is_some_and(|h| h.xloadflags & 1 == 0) {
+            return Err(image_err(
+                path,
+                "this bzImage has no 64-bit entry point (XLF_KERNEL_64)",
+            ));
+        }
         // The decompressor unpacks the kernel at its preferred address and needs
         // `init_size` bytes there: the initrd must stay clear of that, not just of the
         // compressed image.

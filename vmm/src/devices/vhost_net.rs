@@ -130,6 +130,18 @@ impl VhostNet {
             source,
         };
         let listener = if cfg.server {
+            use std::os::unix::fs::FileTypeExt;
+            if let Ok(md) = std::fs::symlink_metadata(&cfg.path) {
+                if !md.file_type().is_socket() {
+                    return Err(sock_err(
+                        "bind",
+                        io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "the path exists and is not a socket; refusing to replace it",
+                        ),
+                    ));
+                }
+            }
             if UnixStream::connect(&cfg.path).is_ok() {
                 return Err(sock_err(
                     "bind",
@@ -166,7 +178,8 @@ impl VhostNet {
             cfg,
         };
         let stream = dev.open(Some(connect_timeout))?;
-        dev.attach(stream)?;
+        let h = handshake(&dev.cfg.path, stream)?;
+        dev.attach(h)?;
         Ok(dev)
     }
 
@@ -216,35 +229,12 @@ impl VhostNet {
         }
     }
 
-    /// Handshakes with a new backend and, if the driver had started the device, restores
-    /// its rings.
-    fn attach(&mut self, stream: UnixStream) -> Result<(), NetError> {
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(|e| self.proto("socket timeout", e))?;
-        let mut fe = Frontend::from_stream(stream, 2);
-        fe.set_owner().map_err(|e| self.proto("SET_OWNER", e))?;
-        let features = fe
-            .get_features()
-            .map_err(|e| self.proto("GET_FEATURES", e))?;
-        if features & virtio::F_VERSION_1 == 0 {
-            return Err(self.proto("GET_FEATURES", "the backend lacks VIRTIO_F_VERSION_1"));
-        }
-        let mut protocol = false;
-        if features & virtio::F_PROTOCOL_FEATURES != 0 {
-            let pf = fe
-                .get_protocol_features()
-                .map_err(|e| self.proto("GET_PROTOCOL_FEATURES", e))?;
-            let use_pf = pf & VhostUserProtocolFeatures::REPLY_ACK;
-            fe.set_protocol_features(use_pf)
-                .map_err(|e| self.proto("SET_PROTOCOL_FEATURES", e))?;
-            if use_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-            protocol = true;
-        }
+    /// Takes a backend that passed the [`handshake`] and, if the driver had started the
+    /// device, restores its rings, each resuming at the used index in guest memory. On
+    /// failure the backend is dropped (its socket closed).
+    fn attach(&mut self, h: Handshake) -> Result<(), NetError> {
         if let Some((acked, _)) = &self.running {
-            let lost = acked & BACKEND_FEATURES & !features;
+            let lost = acked & BACKEND_FEATURES & !h.features;
             if lost != 0 {
                 return Err(self.proto(
                     "GET_FEATURES",
@@ -252,28 +242,82 @@ impl VhostNet {
                 ));
             }
         } else {
-            self.backend_features = features;
+            self.backend_features = h.features;
         }
-        self.conn = Some(Conn { fe, protocol });
         if let Some((acked, queues)) = self.running.clone() {
-            // Resume each ring where the driver sees it: at its used index.
-            let mut bases = vec![];
-            for q in &queues {
-                let used_idx: u16 = self
+            let mut bases = vec![0u16; queues.len()];
+            for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
+                let at = q.used.checked_add(2).ok_or_else(|| {
+                    self.proto("reading the used index", "used ring address overflows")
+                })?;
+                bases[i] = self
                     .ram
                     .mem()
-                    .read_obj(GuestAddress(q.used + 2))
+                    .read_obj(GuestAddress(at))
                     .map_err(|e| self.proto("reading the used index", e))?;
-                bases.push(used_idx);
             }
+            self.conn = Some(Conn {
+                fe: h.fe,
+                protocol: h.protocol,
+            });
             if let Err(e) = self.program(acked, &queues, &bases) {
                 self.conn = None;
                 return Err(e);
             }
+        } else {
+            self.conn = Some(Conn {
+                fe: h.fe,
+                protocol: h.protocol,
+            });
         }
         self.link_up = true;
         self.needs_reset = false;
         Ok(())
+    }
+
+    /// Checks what the driver configured before anything is sent to the backend: a guest
+    /// mistake is the guest's error, not a reason to drop a healthy backend. Returns the
+    /// ready queues with the VMM addresses of their rings.
+    fn check_queues(&self, queues: &[QueueConfig]) -> Result<Vec<RingAddrs>, String> {
+        let mut out = vec![];
+        for (i, q) in queues.iter().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            if q.size == 0 || !q.size.is_power_of_two() || q.size > QUEUE_MAX {
+                return Err(format!(
+                    "queue {i}: size {} is not a power of two in 1..={QUEUE_MAX}",
+                    q.size
+                ));
+            }
+            for (addr, align, what) in [
+                (q.desc, 16, "descriptor table"),
+                (q.avail, 2, "driver ring"),
+                (q.used, 4, "device ring"),
+            ] {
+                if addr % align != 0 {
+                    return Err(format!(
+                        "queue {i}: the {what} at {addr:#x} is not {align}-byte aligned"
+                    ));
+                }
+            }
+            let size = u64::from(q.size);
+            let host = |gpa: u64, len: u64, what: &str| {
+                self.ram
+                    .host_addr(gpa, len)
+                    .ok_or_else(|| format!("queue {i}: the {what} at {gpa:#x} is not in guest RAM"))
+            };
+            out.push(RingAddrs {
+                index: i,
+                desc: host(q.desc, size * 16, "descriptor table")?,
+                avail: host(q.avail, virtio::avail_ring_bytes(q.size), "driver ring")?,
+                used: host(q.used, virtio::used_ring_bytes(q.size), "device ring")?,
+            });
+        }
+        if out.is_empty() {
+            return Err("no queue is ready".into());
+        }
+        Ok(out)
     }
 
     /// Sends features, memory table and rings to the backend.
@@ -293,26 +337,12 @@ impl VhostNet {
                 mmap_handle: self.ram.file().as_raw_fd(),
             });
         }
-        let mut addrs = vec![];
-        for (i, q) in queues.iter().enumerate() {
-            if !q.ready {
-                continue;
-            }
-            let size = u64::from(q.size);
-            let host = |gpa: u64, len: u64, what: &str| {
-                self.ram.host_addr(gpa, len).ok_or_else(|| {
-                    self.proto(
-                        "SET_VRING_ADDR",
-                        format!("queue {i}: the {what} at {gpa:#x} is not in guest RAM"),
-                    )
-                })
-            };
-            let desc = host(q.desc, size * 16, "descriptor table")?;
-            let avail = host(q.avail, virtio::avail_ring_bytes(q.size), "driver ring")?;
-            let used = host(q.used, virtio::used_ring_bytes(q.size), "device ring")?;
-            addrs.push((i, desc, avail, used));
-        }
-        let conn = self.conn.as_mut().expect("program() needs a connection");
+        let addrs = self
+            .check_queues(queues)
+            .map_err(|e| self.proto("SET_VRING_ADDR", e))?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(self.proto("SET_FEATURES", "no backend"));
+        };
         let path = &self.cfg.path;
         let p = |step, e: vhost::Error| NetError::Protocol {
             path: path.clone(),
@@ -329,7 +359,13 @@ impl VhostNet {
         conn.fe
             .set_mem_table(&regions)
             .map_err(|e| p("SET_MEM_TABLE", e))?;
-        for (i, desc, avail, used) in addrs {
+        for RingAddrs {
+            index: i,
+            desc,
+            avail,
+            used,
+        } in addrs
+        {
             let q = &queues[i];
             let data = VringConfigData {
                 queue_max_size: QUEUE_MAX,
@@ -373,7 +409,8 @@ impl VhostNet {
             );
         }
         self.link_up = false;
-        self.needs_reset = true;
+        // Only a started device is broken without its backend.
+        self.needs_reset = self.running.is_some();
     }
 }
 
@@ -435,41 +472,53 @@ impl VirtioDevice for VhostNet {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, acked: u64, queues: &[QueueConfig]) -> Result<(), String> {
-        if self.conn.is_none() {
+        let lost = acked & BACKEND_FEATURES & !self.backend_features;
+        if lost != 0 {
             return Err(format!(
-                "no vhost-user backend on {} to start the device with",
-                self.cfg.path.display()
+                "the driver acked features ({lost:#x}) the current backend does not offer"
             ));
         }
-        let bases = vec![0; queues.len()];
-        match self.program(acked, queues, &bases) {
-            Ok(()) => {
-                self.running = Some((acked, queues.to_vec()));
-                Ok(())
-            }
-            Err(e) => {
-                self.detach();
-                Err(e.to_string())
-            }
+        self.check_queues(queues)?;
+        self.running = Some((acked, queues.to_vec()));
+        if self.conn.is_none() {
+            // Started without a backend: the monitor programs the rings when one comes.
+            self.needs_reset = true;
+            self.link_up = false;
+            return Ok(());
         }
+        let bases = vec![0; queues.len()];
+        if let Err(e) = self.program(acked, queues, &bases) {
+            // The backend failed, not the driver: drop it; the monitor brings the next
+            // one up with these rings.
+            tracing::warn!("{e}");
+            self.detach();
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
+        let mut failed = false;
         if let (Some(conn), Some((_, queues))) = (self.conn.as_mut(), self.running.as_ref()) {
-            for (i, q) in queues.iter().enumerate() {
-                if q.ready {
-                    if conn.protocol {
-                        let _ = conn.fe.set_vring_enable(i, false);
-                    }
-                    // GET_VRING_BASE stops the ring in the backend.
-                    let _ = conn.fe.get_vring_base(i);
+            for (i, _) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
+                if conn.protocol && conn.fe.set_vring_enable(i, false).is_err() {
+                    failed = true;
+                    break;
+                }
+                // GET_VRING_BASE stops the ring in the backend.
+                if conn.fe.get_vring_base(i).is_err() {
+                    failed = true;
+                    break;
                 }
             }
         }
         self.running = None;
-        if self.conn.is_some() {
-            self.needs_reset = false;
+        if failed {
+            // A backend that may still be using the rings must not keep them: closing the
+            // socket makes it stop.
+            self.detach();
         }
+        self.needs_reset = false;
+        self.link_up = self.conn.is_some();
     }
 
     fn notify(&mut self, queue: u16) {
@@ -484,30 +533,95 @@ impl VirtioDevice for VhostNet {
     }
 }
 
+/// The VMM addresses of one ready queue's rings.
+struct RingAddrs {
+    index: usize,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+/// A backend after the protocol handshake, not yet attached to a device.
+pub struct Handshake {
+    fe: Frontend,
+    features: u64,
+    protocol: bool,
+}
+
+/// Negotiates with a new backend: SET_OWNER, features, protocol features (REPLY_ACK).
+/// Needs no device state, so the monitor runs it without holding the device lock.
+fn handshake(path: &std::path::Path, stream: UnixStream) -> Result<Handshake, NetError> {
+    let p = |step: &'static str, e: &dyn std::fmt::Display| NetError::Protocol {
+        path: path.to_path_buf(),
+        step,
+        detail: e.to_string(),
+    };
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(|e| p("socket timeout", &e))?;
+    let mut fe = Frontend::from_stream(stream, 2);
+    fe.set_owner().map_err(|e| p("SET_OWNER", &e))?;
+    let features = fe.get_features().map_err(|e| p("GET_FEATURES", &e))?;
+    if features & virtio::F_VERSION_1 == 0 {
+        return Err(p("GET_FEATURES", &"the backend lacks VIRTIO_F_VERSION_1"));
+    }
+    let mut protocol = false;
+    if features & virtio::F_PROTOCOL_FEATURES != 0 {
+        let pf = fe
+            .get_protocol_features()
+            .map_err(|e| p("GET_PROTOCOL_FEATURES", &e))?;
+        let use_pf = pf & VhostUserProtocolFeatures::REPLY_ACK;
+        fe.set_protocol_features(use_pf)
+            .map_err(|e| p("SET_PROTOCOL_FEATURES", &e))?;
+        if use_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        protocol = true;
+    }
+    Ok(Handshake {
+        fe,
+        features,
+        protocol,
+    })
+}
+
 /// Watches the backend's socket of `dev`; when it hangs up, marks the device, waits for
-/// the next backend and restores the device. Runs until `stop` is set.
+/// the next backend and restores the device. Runs until `stop` is set. The device lock
+/// is held only to look at the device and to attach a backend that passed the handshake,
+/// never while waiting for a backend or sleeping: the guest's interrupt handler needs it.
 pub fn monitor(dev: Arc<Mutex<MmioTransport<VhostNet>>>, stop: Arc<AtomicBool>) {
+    let lock = || dev.lock().unwrap_or_else(|e| e.into_inner());
+    let (path, listener) = {
+        let t = lock();
+        let d = t.device();
+        (
+            d.cfg.path.clone(),
+            d.listener.as_ref().and_then(|l| l.try_clone().ok()),
+        )
+    };
+    if let Some(l) = &listener {
+        // Accept without blocking, so that `stop` is seen.
+        let _ = l.set_nonblocking(true);
+    }
+    let nap = || std::thread::sleep(Duration::from_millis(200));
     while !stop.load(Ordering::Relaxed) {
-        let fd = {
-            let t = dev.lock().unwrap_or_else(|e| e.into_inner());
-            t.device().conn.as_ref().map(|c| c.fe.as_raw_fd())
-        };
+        let fd = lock().device().conn.as_ref().map(|c| c.fe.as_raw_fd());
         if let Some(fd) = fd {
             let mut pfd = libc::pollfd {
                 fd,
                 events: libc::POLLRDHUP,
                 revents: 0,
             };
-            // SAFETY: one valid pollfd; the fd stays open while the device holds the
-            // connection, and a stale fd only makes poll report an error we treat as hangup.
+            // SAFETY: one valid pollfd on the stack. The fd may be closed (and even
+            // reused) by the vCPU thread meanwhile; poll then reports POLLNVAL or watches
+            // an unrelated fd for 200 ms, and the check below compares it again under the
+            // lock before acting.
             let n = unsafe { libc::poll(&mut pfd, 1, 200) };
-            if n <= 0
-                || pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
-                    == 0
-            {
+            let hung = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+            if n <= 0 || pfd.revents & hung == 0 {
                 continue;
             }
-            let mut t = dev.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = lock();
             if t.device().conn.as_ref().map(|c| c.fe.as_raw_fd()) == Some(fd) {
                 t.device_mut().detach();
                 t.config_changed();
@@ -515,46 +629,47 @@ pub fn monitor(dev: Arc<Mutex<MmioTransport<VhostNet>>>, stop: Arc<AtomicBool>) 
             continue;
         }
         // No backend: wait for the next one, outside the lock.
-        let next = {
-            let t = dev.lock().unwrap_or_else(|e| e.into_inner());
-            let d = t.device();
-            if d.listener.is_some() {
-                d.listener.as_ref().and_then(|l| l.try_clone().ok())
-            } else {
-                None
-            }
-        };
-        let stream = match next {
-            Some(l) => l.accept().map(|(s, _)| s).ok(),
-            None => {
-                let path = dev
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .device()
-                    .cfg
-                    .path
-                    .clone();
-                match UnixStream::connect(&path) {
-                    Ok(s) => Some(s),
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(200));
-                        None
-                    }
+        let stream = match &listener {
+            Some(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    s
                 }
-            }
+                Err(_) => {
+                    nap();
+                    continue;
+                }
+            },
+            None => match UnixStream::connect(&path) {
+                Ok(s) => s,
+                Err(_) => {
+                    nap();
+                    continue;
+                }
+            },
         };
-        let Some(stream) = stream else { continue };
-        let mut t = dev.lock().unwrap_or_else(|e| e.into_inner());
-        let d = t.device_mut();
-        match d.attach(stream) {
-            Ok(()) => {
-                d.reconnects += 1;
-                tracing::info!("vhost-user backend on {} is back", d.cfg.path.display());
-                t.config_changed();
-            }
+        let h = match handshake(&path, stream) {
+            Ok(h) => h,
             Err(e) => {
                 tracing::warn!("{e}");
-                std::thread::sleep(Duration::from_millis(200));
+                nap();
+                continue;
+            }
+        };
+        let result = {
+            let mut t = lock();
+            let r = t.device_mut().attach(h);
+            if r.is_ok() {
+                t.device_mut().reconnects += 1;
+                t.config_changed();
+            }
+            r
+        };
+        match result {
+            Ok(()) => tracing::info!("vhost-user backend on {} is back", path.display()),
+            Err(e) => {
+                tracing::warn!("{e}");
+                nap();
             }
         }
     }

@@ -309,6 +309,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.status = 0;
             self.acked = 0;
             self.interrupt_status = 0;
+            self.device_features_sel = 0;
+            self.driver_features_sel = 0;
+            self.queue_sel = 0;
             self.active = false;
             return;
         }
