@@ -14,6 +14,8 @@ commands:
              --port SPEC            repeatable; SPEC is
                                     NAME,vhost-user=PATH[,client][,queues=Q][,mac=MAC]
                                         [,vlan=VID | ,trunk=V1-V2:V3[,native=VID]]
+                                        [,ip=ADDR]...  (port security: the port may send
+                                        only from its MAC and these addresses)
                                     or NAME,tap=IFNAME[,vlan=...]
              --stats                print per-port rates every second
              --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;

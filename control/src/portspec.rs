@@ -36,6 +36,9 @@ pub struct PortSpec {
     pub mac: [u8; 6],
     /// VLAN membership.
     pub vlan: VlanMode,
+    /// Addresses the port may send from (`ip=`, repeatable); when any is given, port
+    /// security is on: the port may send only from `mac` and these addresses.
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 fn parse_vid(s: &str, what: &str) -> Result<Vid, String> {
@@ -86,6 +89,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
     }
     let (mut path, mut tap, mut client, mut queues, mut mac) = (None, None, false, 1u16, None);
     let (mut access, mut trunk, mut native) = (None, None, None);
+    let mut ips = Vec::new();
     for opt in it {
         let (k, v) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -110,6 +114,13 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
                 queues = q;
             }
             "mac" => mac = Some(parse_mac(need(v)?)?),
+            "ip" => {
+                let a = need(v)?;
+                ips.push(
+                    a.parse()
+                        .map_err(|_| format!("--port {name}: ip={a:?} is not an IP address"))?,
+                );
+            }
             "vlan" => access = Some(parse_vid(need(v)?, "vlan")?),
             "native" => native = Some(parse_vid(need(v)?, "native")?),
             "trunk" => {
@@ -169,6 +180,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
         kind,
         mac: mac.unwrap_or_else(|| default_mac(name)),
         vlan,
+        ips,
     })
 }
 

@@ -61,9 +61,14 @@ fn open_ports(a: &SwitchArgs) -> Result<Vec<SwitchPort>, String> {
                 Arc::new(TapPort::new(&spec.name, ifname, a.hugepages).map_err(|e| e.to_string())?)
             }
         };
+        let security = (!spec.ips.is_empty()).then(|| vswitch::PortSecurity {
+            mac: vswitch::wire::EthernetAddress(spec.mac),
+            ips: spec.ips.clone(),
+        });
         out.push(SwitchPort {
             port,
             vlan: spec.vlan.clone(),
+            security,
         });
     }
     Ok(out)

@@ -173,3 +173,67 @@ fn access_ports_in_different_vlans_are_isolated_and_trunks_tag() {
         "VLAN 20 leaked into VLAN 10"
     );
 }
+
+/// An IPv4 frame (just enough header for port security) from `src`/`ip`.
+fn ipv4(dst: [u8; 6], src: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[14 + 12..14 + 16].copy_from_slice(&ip);
+    f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+    f
+}
+
+#[test]
+fn port_security_drops_spoofed_macs_and_addresses_and_counts_them() {
+    let d = dir("spoof");
+    let socks: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args = vec![
+        "--port".to_string(),
+        format!(
+            "a,vhost-user={},mac=02:00:00:00:00:0a,ip=10.0.0.1,ip=fd00::1",
+            socks[0].display()
+        ),
+        "--port".to_string(),
+        format!("b,vhost-user={}", socks[1].display()),
+    ];
+    let log = d.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let (mut a, mut b) = (vu(&socks[0]), vu(&socks[1]));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let good = ipv4([0xff; 6], A, [10, 0, 0, 1]);
+    let got = pump(&mut a, std::slice::from_ref(&good), &mut b, 1);
+    assert_eq!(got, vec![good.clone()], "the port's own address passes");
+
+    // Another guest's MAC, and another address with the port's MAC: neither arrives.
+    let spoofed = [
+        ipv4([0xff; 6], C, [10, 0, 0, 1]),
+        ipv4([0xff; 6], A, [10, 0, 0, 3]),
+    ];
+    assert_eq!(a.send(0, &spoofed), 2);
+    assert!(
+        b.recv_wait(0, 1, Duration::from_millis(500)).is_empty(),
+        "a spoofed frame crossed the switch"
+    );
+    // The spoofed MAC was not learned: a frame to C from B floods back to A's port (the
+    // port is policed on what it sends, not on what it receives).
+    let to_c = frame(C, B, 9, 60);
+    assert_eq!(
+        pump(&mut b, std::slice::from_ref(&to_c), &mut a, 1).len(),
+        1
+    );
+
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("spoofed_mac=1") && text.contains("spoofed_ip=1"),
+        "{text}"
+    );
+}

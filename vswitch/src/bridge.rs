@@ -82,7 +82,9 @@ use core::fmt;
 use pmd::VlanEdit;
 
 use crate::fdb::{Fdb, FdbError};
-use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
+use std::net::IpAddr;
+
+use crate::wire::{ArpPacket, EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
 
 /// The largest `max_ports` a bridge accepts.
 pub const MAX_PORTS: u16 = 1024;
@@ -331,11 +333,18 @@ pub enum DropReason {
     SamePort,
     /// A flood with no member port besides the ingress one.
     NoEgress,
+    /// Port security: a source MAC that is not the port's.
+    SpoofedMac,
+    /// Port security: an IPv4 or IPv6 source address that is not the port's.
+    SpoofedIp,
+    /// Port security: an ARP packet whose sender MAC or IPv4 address is not the port's
+    /// (or that is too short to tell).
+    SpoofedArp,
 }
 
 impl DropReason {
     /// Every reason, in the stable order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::UnknownPort,
         DropReason::PortDown,
         DropReason::TooShort,
@@ -348,6 +357,9 @@ impl DropReason {
         DropReason::ReservedDst,
         DropReason::SamePort,
         DropReason::NoEgress,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
     ];
 
     /// Number of reasons.
@@ -368,6 +380,9 @@ impl DropReason {
             DropReason::ReservedDst => "reserved_dst",
             DropReason::SamePort => "same_port",
             DropReason::NoEgress => "no_egress",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
         }
     }
 
@@ -499,10 +514,79 @@ impl Default for BridgeConfig {
     }
 }
 
-/// A configured port: its VLAN mode, link state and counters.
+/// Port security (what Neutron calls it): the only MAC and IP addresses a port may send
+/// from. With it, a frame is dropped when its source MAC is not `mac`
+/// ([`DropReason::SpoofedMac`]), an IPv4 or IPv6 packet when its source is not one of
+/// `ips` ([`DropReason::SpoofedIp`]), and an ARP packet when its sender is not `mac` and
+/// one of `ips` ([`DropReason::SpoofedArp`]). Allowed besides: the unspecified source
+/// (`0.0.0.0` for DHCP and ARP probes, `::` for duplicate address detection) and IPv6
+/// link-local sources (`fe80::/10`, neighbour discovery). Other EtherTypes pass the MAC
+/// check only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// The port's MAC.
+    pub mac: EthernetAddress,
+    /// The port's addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+impl PortSecurity {
+    fn allows(&self, ip: IpAddr) -> bool {
+        ip.is_unspecified() || self.ips.contains(&ip)
+    }
+
+    /// Checks a frame from this port; `l3` is the offset of its L3 header.
+    fn check(&self, src: EthernetAddress, frame: &[u8], l3: usize) -> Result<(), DropReason> {
+        if src != self.mac {
+            return Err(DropReason::SpoofedMac);
+        }
+        let ethertype = frame
+            .get(l3 - 2..l3)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0);
+        let l3 = frame.get(l3..).unwrap_or(&[]);
+        let field = |r: std::ops::Range<usize>| l3.get(r);
+        match ethertype {
+            0x0800 => {
+                let a = field(12..16)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .ok_or(DropReason::SpoofedIp)?;
+                if l3[0] >> 4 != 4 || !self.allows(IpAddr::from(a)) {
+                    return Err(DropReason::SpoofedIp);
+                }
+            }
+            0x86dd => {
+                let a = field(8..24)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(std::net::Ipv6Addr::from)
+                    .ok_or(DropReason::SpoofedIp)?;
+                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+                if l3[0] >> 4 != 6 || !(link_local || self.allows(IpAddr::V6(a))) {
+                    return Err(DropReason::SpoofedIp);
+                }
+            }
+            0x0806 => {
+                let arp = ArpPacket::new_checked(l3).map_err(|_| DropReason::SpoofedArp)?;
+                if !arp.is_ethernet_ipv4() || arp.source_hardware_addr() != self.mac.as_bytes() {
+                    return Err(DropReason::SpoofedArp);
+                }
+                let spa = <[u8; 4]>::try_from(arp.source_protocol_addr())
+                    .map_err(|_| DropReason::SpoofedArp)?;
+                if !self.allows(IpAddr::from(spa)) {
+                    return Err(DropReason::SpoofedArp);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A configured port: its VLAN mode, port security, link state and counters.
 #[derive(Clone, Debug)]
 pub struct PortState {
     mode: VlanMode,
+    security: Option<PortSecurity>,
     up: bool,
     counters: PortCounters,
 }
@@ -511,6 +595,11 @@ impl PortState {
     /// Its VLAN mode.
     pub fn mode(&self) -> &VlanMode {
         &self.mode
+    }
+
+    /// Its port security, if any.
+    pub fn security(&self) -> Option<&PortSecurity> {
+        self.security.as_ref()
     }
 
     /// True when its link is up.
@@ -702,6 +791,7 @@ impl Bridge {
         }
         self.ports[i] = Some(PortState {
             mode,
+            security: None,
             up: true,
             counters: PortCounters::default(),
         });
@@ -729,6 +819,19 @@ impl Bridge {
             self.memo = Memo::default();
             self.fdb.flush_port(port.0);
         }
+        Ok(())
+    }
+
+    /// Sets or clears a port's [`PortSecurity`]; flushes its FDB entries (what it learned
+    /// before may be what it may no longer send from).
+    pub fn set_port_security(
+        &mut self,
+        port: PortId,
+        security: Option<PortSecurity>,
+    ) -> Result<(), BridgeError> {
+        self.port_mut(port)?.security = security;
+        self.memo = Memo::default();
+        self.fdb.flush_port(port.0);
         Ok(())
     }
 
@@ -857,6 +960,10 @@ impl Bridge {
         }
         let vid = classify(&port.mode, ingress.tag)?;
         let tagged = ingress.tag.is_some();
+        if let Some(sec) = &port.security {
+            // Before learning: a spoofed source must not move anyone's FDB entry.
+            sec.check(ingress.src, frame, if tagged { 18 } else { 14 })?;
+        }
         self.learn_memo(vid.get(), ingress.src, in_port.0, now);
 
         let row = self.row(vid);

@@ -34,7 +34,7 @@ pub mod wire;
 
 pub use bridge::{
     Bridge, BridgeConfig, BridgeCounters, BridgeError, DropCounters, DropReason, Forwarded,
-    PortCounters, PortId, PortState, Vid, VlanMode, VlanSet,
+    PortCounters, PortId, PortSecurity, PortState, Vid, VlanMode, VlanSet,
 };
 pub use fdb::{Fdb, FdbEntry, FdbError, FdbStats, Learn};
 pub use pmd::VlanEdit;

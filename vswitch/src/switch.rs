@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
-use crate::bridge::{Bridge, BridgeConfig, DropReason, PortId, VlanMode};
+use crate::bridge::{Bridge, BridgeConfig, DropReason, PortId, PortSecurity, VlanMode};
 
 /// The most ports one switch serves.
 pub const MAX_SWITCH_PORTS: usize = 256;
@@ -34,6 +34,8 @@ pub struct SwitchPort {
     pub port: Arc<dyn Port>,
     /// Its VLAN membership.
     pub vlan: VlanMode,
+    /// Port security: the only source MAC and addresses it may send from.
+    pub security: Option<PortSecurity>,
 }
 
 /// Configuration of the switch service.
@@ -237,7 +239,10 @@ impl Switch {
             fdb_capacity: cfg.fdb_capacity,
             fdb_max_age: cfg.fdb_max_age.as_nanos() as u64,
         };
-        let vlans: Vec<VlanMode> = ports.iter().map(|p| p.vlan.clone()).collect();
+        let vlans: Vec<(VlanMode, Option<PortSecurity>)> = ports
+            .iter()
+            .map(|p| (p.vlan.clone(), p.security.clone()))
+            .collect();
         let drivers: Arc<[Arc<dyn Port>]> = ports.into_iter().map(|p| p.port).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let mut sw = Switch {
@@ -249,10 +254,11 @@ impl Switch {
         };
         for (ci, core) in cfg.cores.iter().enumerate() {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
-            for (pi, v) in vlans.iter().enumerate() {
+            for (pi, (v, sec)) in vlans.iter().enumerate() {
                 let id = PortId(pi as u16);
                 let r = bridge
                     .add_port(id, v.clone())
+                    .and_then(|()| bridge.set_port_security(id, sec.clone()))
                     .and_then(|()| bridge.set_link(id, false));
                 r.map_err(|e| SwitchError::Bridge(e.to_string()))?;
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pmd::VlanEdit;
 use vswitch::bridge::{
-    Bridge, BridgeConfig, DropReason, Forwarded, PortId, Vid, VlanMode, VlanSet,
+    Bridge, BridgeConfig, DropReason, Forwarded, PortId, PortSecurity, Vid, VlanMode, VlanSet,
 };
 use vswitch::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
 
@@ -82,6 +82,16 @@ fn frame(dst: EthernetAddress, src: EthernetAddress, tags: &[(EtherType, u16)]) 
     v
 }
 
+/// An ARP request from `sha`/`spa`.
+fn arp(sha: EthernetAddress, spa: [u8; 4]) -> Vec<u8> {
+    let mut v = frame(EthernetAddress::BROADCAST, sha, &[]);
+    v[12..14].copy_from_slice(&[0x08, 0x06]);
+    v[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    v[22..28].copy_from_slice(sha.as_bytes());
+    v[28..32].copy_from_slice(&spa);
+    v
+}
+
 /// (ingress port, frame) pairs covering every path of `forward`.
 fn workload() -> Vec<(PortId, Vec<u8>)> {
     let c = EtherType::VLAN;
@@ -119,8 +129,17 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
         (PortId(9), frame(bcast, mac(1), &[])),  // unknown port
         (PortId(0), vec![0xff; 13]),             // too short
         (PortId(3), frame(bcast, mac(1), &[(c, 10)])[..16].to_vec()), // malformed tag
+        (PortId(7), frame(bcast, mac(78), &[])), // spoofed MAC
+        (PortId(7), frame(bcast, mac(77), &[])), // not a valid IPv4 header: spoofed IP
+        (PortId(7), arp(mac(77), [10, 0, 0, 9])), // spoofed ARP sender
     ];
     w.extend(drops);
+    // What the secured port may send.
+    let mut own = frame(bcast, mac(77), &[]);
+    own[14] = 0x45;
+    own[26..30].copy_from_slice(&[10, 0, 0, 7]);
+    w.push((PortId(7), own));
+    w.push((PortId(7), arp(mac(77), [10, 0, 0, 7])));
     w
 }
 
@@ -148,9 +167,19 @@ fn forward_does_not_allocate() {
         (4, native_trunk),
         (5, VlanMode::Access { vid: vid(40) }),
         (6, VlanMode::Access { vid: vid(10) }),
+        (7, VlanMode::Access { vid: vid(10) }),
     ] {
         bridge.add_port(PortId(p), mode).expect("add port");
     }
+    bridge
+        .set_port_security(
+            PortId(7),
+            Some(PortSecurity {
+                mac: mac(77),
+                ips: vec![std::net::IpAddr::from([10, 0, 0, 7])],
+            }),
+        )
+        .expect("port security");
     bridge.set_link(PortId(6), false).expect("link down");
     let work = workload();
 

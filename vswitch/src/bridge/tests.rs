@@ -547,7 +547,10 @@ fn drop_reasons_have_stable_unique_names() {
             "bad_src_mac",
             "reserved_dst",
             "same_port",
-            "no_egress"
+            "no_egress",
+            "spoofed_mac",
+            "spoofed_ip",
+            "spoofed_arp"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -799,4 +802,111 @@ proptest! {
 
 fn model_vlan_member(mode: &VlanMode, vlan: u16) -> bool {
     Vid::new(vlan).is_some_and(|v| mode.is_member(v))
+}
+
+/// An IPv4 frame from `src`/`ip` on an access port.
+fn ipv4_from(src: EthernetAddress, ip: [u8; 4]) -> Vec<u8> {
+    let mut f = frame(BCAST, src, &[], 46);
+    f[14] = 0x45;
+    f[14 + 12..14 + 16].copy_from_slice(&ip);
+    f
+}
+
+fn ipv6_from(src: EthernetAddress, ip: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut f = frame(BCAST, src, &[], 46);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    f[14] = 0x60;
+    f[14 + 8..14 + 24].copy_from_slice(&ip.octets());
+    f
+}
+
+fn arp_from(src: EthernetAddress, sha: EthernetAddress, spa: [u8; 4]) -> Vec<u8> {
+    let mut f = frame(BCAST, src, &[], 46);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let mut a = ArpPacket::new_unchecked(&mut f[14..]);
+    a.set_hardware_type(1);
+    a.set_protocol_type(EtherType::IPV4);
+    a.set_hardware_len(6);
+    a.set_protocol_len(4);
+    a.set_operation(crate::wire::ArpOperation::REQUEST);
+    a.set_source_hardware_addr(sha.as_bytes());
+    a.set_source_protocol_addr(&spa);
+    a.set_target_hardware_addr(&[0; 6]);
+    a.set_target_protocol_addr(&[10, 0, 0, 9]);
+    f
+}
+
+#[test]
+fn port_security_drops_spoofed_sources_before_learning() {
+    let mut b = bridge_with(&[(0, access(10)), (1, access(10))]);
+    let me = mac(1);
+    b.set_port_security(
+        PortId(0),
+        Some(PortSecurity {
+            mac: me,
+            ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        }),
+    )
+    .unwrap();
+    assert_eq!(b.port(PortId(0)).unwrap().security().unwrap().mac, me);
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    // What the port may send.
+    for f in [
+        ipv4_from(me, [10, 0, 0, 1]),
+        ipv4_from(me, [0, 0, 0, 0]),
+        ipv6_from(me, v6("fd00::1")),
+        ipv6_from(me, v6("fe80::1")),
+        ipv6_from(me, v6("::")),
+        arp_from(me, me, [10, 0, 0, 1]),
+        arp_from(me, me, [0, 0, 0, 0]),
+    ] {
+        assert!(send(&mut b, 0, &f, 0).0.is_ok(), "{f:x?}");
+    }
+    // What it may not.
+    let other = mac(7);
+    let cases = [
+        (ipv4_from(other, [10, 0, 0, 1]), DropReason::SpoofedMac),
+        (ipv4_from(me, [10, 0, 0, 2]), DropReason::SpoofedIp),
+        (ipv6_from(me, v6("fd00::2")), DropReason::SpoofedIp),
+        (arp_from(me, other, [10, 0, 0, 1]), DropReason::SpoofedArp),
+        (arp_from(me, me, [10, 0, 0, 254]), DropReason::SpoofedArp),
+        (
+            ipv4_from(me, [10, 0, 0, 1])[..20].to_vec(),
+            DropReason::SpoofedIp,
+        ),
+    ];
+    for (f, why) in &cases {
+        assert_eq!(send(&mut b, 0, f, 0), (Err(*why), vec![]), "{f:x?}");
+    }
+    // The spoofed MAC was never learned: traffic to it still floods, and not to port 0's
+    // entry.
+    assert!(b.fdb().lookup(10, other, 0).is_none());
+    assert_eq!(b.counters().drops.get(DropReason::SpoofedIp), 3);
+    // The other port is not policed.
+    assert!(send(&mut b, 1, &ipv4_from(other, [10, 9, 9, 9]), 0)
+        .0
+        .is_ok());
+    // Clearing security lets anything through again.
+    b.set_port_security(PortId(0), None).unwrap();
+    assert!(send(&mut b, 0, &ipv4_from(me, [10, 0, 0, 2]), 0).0.is_ok());
+}
+
+#[test]
+fn port_security_reads_past_a_vlan_tag() {
+    let mut b = bridge_with(&[(0, trunk(&[10], None)), (1, access(10))]);
+    let me = mac(1);
+    b.set_port_security(
+        PortId(0),
+        Some(PortSecurity {
+            mac: me,
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        }),
+    )
+    .unwrap();
+    let mut f = frame(BCAST, me, &[(T, Tci::new(0, false, 10))], 46);
+    f[18] = 0x45;
+    f[18 + 12..18 + 16].copy_from_slice(&[10, 0, 0, 1]);
+    assert!(send(&mut b, 0, &f, 0).0.is_ok());
+    f[18 + 15] = 2;
+    assert_eq!(send(&mut b, 0, &f, 0).0, Err(DropReason::SpoofedIp));
 }
