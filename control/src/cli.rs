@@ -23,6 +23,10 @@ commands:
              --hugepages            put packet buffers on hugepages (falls back with a warning)
              --fdb-size N           FDB entries per core (default 8192, like OVS)
              --fdb-age SECONDS      FDB entry lifetime (default 300)
+             --router-if SPEC       repeatable; a router interface between VLANs:
+                                    vlan=VID,ip=ADDR/LEN[,mac=MAC]; it answers ARP and
+                                    pings for ADDR and routes IPv4 between its VLANs
+             --route SPEC           repeatable; a static route: PREFIX/LEN,via=ADDR
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
              --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
                                     (default: all)
@@ -77,7 +81,7 @@ Not built yet (later issues): up (bringing a topology up), down, status, daemon.
 ";
 
 /// Options of `vnfhost switch`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct SwitchArgs {
     /// Polling cores (empty: one unpinned core).
     pub cores: Vec<usize>,
@@ -93,6 +97,8 @@ pub struct SwitchArgs {
     pub fdb_size: usize,
     /// FDB lifetime.
     pub fdb_age: Duration,
+    /// The router between VLANs (`--router-if`, `--route`).
+    pub router: Option<vswitch::router::Router>,
 }
 
 fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
@@ -118,7 +124,10 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         hugepages: false,
         fdb_size: 8192,
         fdb_age: Duration::from_secs(300),
+        router: None,
     };
+    let mut router_ifs = Vec::new();
+    let mut routes = Vec::new();
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
@@ -141,6 +150,11 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                 a.ports.push(spec);
             }
             Long("stats") => a.stats = true,
+            Long("router-if") => router_ifs.push(crate::portspec::parse_router_if(&value(
+                &mut p,
+                "--router-if",
+            )?)?),
+            Long("route") => routes.push(crate::portspec::parse_route(&value(&mut p, "--route")?)?),
             Long("hugepages") => a.hugepages = true,
             Long("idle-max-us") => {
                 a.idle_max = Duration::from_micros(number(
@@ -160,6 +174,15 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
     }
     a.cores.sort_unstable();
     a.cores.dedup();
+    if !routes.is_empty() && router_ifs.is_empty() {
+        return Err("switch: --route needs --router-if".into());
+    }
+    if !router_ifs.is_empty() {
+        a.router = Some(
+            vswitch::router::Router::new(router_ifs, &routes)
+                .map_err(|e| format!("switch: router: {e}"))?,
+        );
+    }
     Ok(a)
 }
 

@@ -71,6 +71,65 @@ fn default_mac(name: &str) -> [u8; 6] {
     [0x02, 0x76, b[0], b[1], b[2], b[3]]
 }
 
+/// The default MAC of router interfaces (locally administered).
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
+
+/// Parses one `--router-if` value: `vlan=VID,ip=ADDR/LEN[,mac=MAC]`.
+pub fn parse_router_if(s: &str) -> Result<vswitch::router::RouterIf, String> {
+    let (mut vid, mut ip, mut mac) = (None, None, ROUTER_MAC);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("vlan", v)) => vid = Some(parse_vid(v, "vlan")?),
+            Some(("mac", v)) => mac = parse_mac(v)?,
+            Some(("ip", v)) => {
+                let (a, l) = v
+                    .split_once('/')
+                    .ok_or_else(|| format!("--router-if ip={v:?}: expected ADDR/LEN"))?;
+                let a: std::net::Ipv4Addr = a
+                    .parse()
+                    .map_err(|_| format!("--router-if ip={v:?}: not an IPv4 address"))?;
+                let l: u8 = l
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=30).contains(l))
+                    .ok_or_else(|| format!("--router-if ip={v:?}: prefix length must be 1..=30"))?;
+                ip = Some((a, l));
+            }
+            _ => return Err(format!("--router-if {s:?}: unknown part {part:?}")),
+        }
+    }
+    let vid = vid.ok_or_else(|| format!("--router-if {s:?}: vlan=VID is missing"))?;
+    let (ip, prefix) = ip.ok_or_else(|| format!("--router-if {s:?}: ip=ADDR/LEN is missing"))?;
+    Ok(vswitch::router::RouterIf {
+        vid,
+        mac: vswitch::wire::EthernetAddress(mac),
+        ip,
+        prefix,
+    })
+}
+
+/// Parses one `--route` value: `PREFIX/LEN,via=ADDR`.
+pub fn parse_route(s: &str) -> Result<vswitch::router::StaticRoute, String> {
+    let (dst, via) = s
+        .split_once(",via=")
+        .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;
+    let (a, l) = dst
+        .split_once('/')
+        .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN"))?;
+    let dst: std::net::Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("--route {s:?}: {a:?} is not an IPv4 address"))?;
+    let len: u8 = l
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("--route {s:?}: prefix length must be 0..=32"))?;
+    let via = via
+        .parse()
+        .map_err(|_| format!("--route {s:?}: via={via:?} is not an IPv4 address"))?;
+    Ok(vswitch::router::StaticRoute { dst, len, via })
+}
+
 /// Parses one `--port` value.
 pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
     let mut it = s.split(',');

@@ -103,7 +103,7 @@ fn nonzero(counts: &[(&str, u64)]) -> String {
     v.join(" ")
 }
 
-fn print_totals(sw: &Switch) {
+fn print_totals(sw: &Switch, a_router: bool) {
     let st = sw.stats();
     for (name, s) in &st.ports {
         let drops: Vec<(&str, u64)> = PortDrop::ALL
@@ -118,6 +118,14 @@ fn print_totals(sw: &Switch) {
     }
     let bridge = nonzero(&st.drops);
     println!("bridge: floods {}, drops [{bridge}]", st.floods);
+    if a_router {
+        println!(
+            "router: routed {}, generated {}, drops [{}]",
+            st.routed,
+            st.router_generated,
+            nonzero(&st.route_drops)
+        );
+    }
     for (i, c) in st.cores.iter().enumerate() {
         let cpp = c
             .cycles_per_packet
@@ -147,6 +155,7 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
         },
         fdb_capacity: a.fdb_size,
         fdb_max_age: a.fdb_age,
+        router: a.router.clone(),
     };
     let names: Vec<String> = a.ports.iter().map(|p| p.name.clone()).collect();
     let sw = Switch::start(&cfg, ports).map_err(|e| e.to_string())?;
@@ -172,9 +181,11 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
             last = now;
         }
     }
-    print_totals(&sw);
-    // Stop the polling cores first, then drop the ports (closing connections and
-    // removing server sockets).
+    // Stop the polling cores first (their last counters are published as they stop),
+    // then print, then drop the ports (closing connections and removing server sockets).
+    let mut sw = sw;
+    sw.halt();
+    print_totals(&sw, a.router.is_some());
     sw.stop();
     Ok(())
 }

@@ -237,3 +237,132 @@ fn port_security_drops_spoofed_macs_and_addresses_and_counts_them() {
         "{text}"
     );
 }
+
+const RMAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An IPv4/UDP frame with a valid header checksum.
+fn udp(dst: [u8; 6], src: [u8; 6], sip: [u8; 4], dip: [u8; 4], ttl: u8) -> Vec<u8> {
+    let mut f = ipv4(dst, src, sip);
+    f[14 + 2..14 + 4].copy_from_slice(&46u16.to_be_bytes());
+    f[14 + 8] = ttl;
+    f[14 + 9] = 17;
+    f[14 + 16..14 + 20].copy_from_slice(&dip);
+    f[34..]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn arp_frame(
+    dst: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&sha);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, op as u8]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa);
+    f[32..38].copy_from_slice(&tha);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+#[test]
+fn the_router_answers_arp_resolves_routes_between_vlans_and_reports_ttl_expiry() {
+    let d = dir("route");
+    let socks: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args = vec![
+        "--port".to_string(),
+        format!("a,vhost-user={},vlan=10", socks[0].display()),
+        "--port".to_string(),
+        format!("b,vhost-user={},vlan=20", socks[1].display()),
+        "--router-if".to_string(),
+        "vlan=10,ip=10.0.0.254/24".to_string(),
+        "--router-if".to_string(),
+        "vlan=20,ip=10.0.1.254/24".to_string(),
+    ];
+    let log = d.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let (mut a, mut b) = (vu(&socks[0]), vu(&socks[1]));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A asks for its gateway and gets the router's MAC.
+    let req = arp_frame([0xff; 6], 1, A, [10, 0, 0, 1], [0; 6], [10, 0, 0, 254]);
+    assert_eq!(a.send(0, std::slice::from_ref(&req)), 1);
+    let got = a.recv_wait(0, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "no ARP reply for the gateway");
+    assert_eq!(&got[0][..6], &A);
+    assert_eq!(&got[0][20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&got[0][22..28], &RMAC);
+    assert_eq!(&got[0][28..32], &[10, 0, 0, 254]);
+    assert!(
+        b.recv_wait(0, 1, Duration::from_millis(300)).is_empty(),
+        "VLAN 10's ARP leaked"
+    );
+
+    // A packet for B: the router does not know B yet and asks on VLAN 20.
+    let pkt = udp(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 1], 64);
+    assert_eq!(a.send(0, std::slice::from_ref(&pkt)), 1);
+    let got = b.recv_wait(0, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the router did not ask for B");
+    assert_eq!(&got[0][..6], &[0xff; 6]);
+    assert_eq!(&got[0][12..14], &[0x08, 0x06]);
+    assert_eq!(
+        &got[0][28..32],
+        &[10, 0, 1, 254],
+        "asked by the VLAN 20 gateway"
+    );
+    assert_eq!(&got[0][38..42], &[10, 0, 1, 1], "for B");
+
+    // B answers; A sends again; B gets the packet routed.
+    let reply = arp_frame(RMAC, 2, B, [10, 0, 1, 1], RMAC, [10, 0, 1, 254]);
+    assert_eq!(b.send(0, std::slice::from_ref(&reply)), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let got = pump(&mut a, std::slice::from_ref(&pkt), &mut b, 1);
+    assert_eq!(got.len(), 1, "the routed packet did not arrive");
+    let r = &got[0];
+    assert_eq!(&r[..6], &B, "to B's MAC");
+    assert_eq!(&r[6..12], &RMAC, "from the router");
+    assert_eq!(r[22], 63, "TTL decremented");
+    assert_eq!(csum(&r[14..34]), 0, "header checksum still valid");
+    assert_eq!(&r[26..], &pkt[26..], "addresses and payload unchanged");
+
+    // TTL 1: A gets ICMP time exceeded from its gateway, B gets nothing.
+    let dying = udp(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 1], 1);
+    assert_eq!(a.send(0, std::slice::from_ref(&dying)), 1);
+    let got = a.recv_wait(0, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "no ICMP time exceeded");
+    let icmp = &got[0];
+    assert_eq!(&icmp[26..30], &[10, 0, 0, 254]);
+    assert_eq!((icmp[23], icmp[34], icmp[35]), (1, 11, 0));
+    assert_eq!(&icmp[42..70], &dying[14..42], "quotes the dropped header");
+    assert!(b.recv_wait(0, 1, Duration::from_millis(300)).is_empty());
+
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("router: routed 1, generated 3"), "{text}");
+}

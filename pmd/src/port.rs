@@ -109,6 +109,17 @@ impl RxBatch {
         &self.heads[i][..n]
     }
 
+    /// The private head copy of frame `i`, writable: a router rewrites MACs, TTL and
+    /// checksum here, and the port transmits what it wrote.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    #[inline]
+    pub fn head_mut(&mut self, i: usize) -> &mut [u8] {
+        let n = self.frame_len(i).min(HEAD_SNAPSHOT);
+        &mut self.heads[i][..n]
+    }
+
     /// Frame `i` as it is transmitted: the private head copy, then the rest of the
     /// frame where it was received.
     ///
@@ -125,6 +136,54 @@ impl RxBatch {
     #[inline]
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+/// Longest frame a [`LocalFrames`] holds.
+pub const LOCAL_MAX: usize = 128;
+
+/// Frames the switch makes itself (ARP replies, ICMP errors), in an [`RxBatch`] so that
+/// ports transmit them with the same `tx_burst` as received frames. It owns the bytes
+/// the batch points to.
+pub struct LocalFrames {
+    bufs: Box<[[u8; LOCAL_MAX]]>,
+    batch: RxBatch,
+}
+
+impl Default for LocalFrames {
+    fn default() -> Self {
+        LocalFrames {
+            bufs: vec![[0u8; LOCAL_MAX]; BURST].into_boxed_slice(),
+            batch: RxBatch::default(),
+        }
+    }
+}
+
+impl LocalFrames {
+    /// Copies `frame` in; false when it is longer than [`LOCAL_MAX`] or the batch is full.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        let i = self.batch.len();
+        if frame.len() > LOCAL_MAX || i >= BURST {
+            return false;
+        }
+        let buf = &mut self.bufs[i];
+        buf[..frame.len()].copy_from_slice(frame);
+        // SAFETY: the bytes live in `self.bufs`, a boxed slice that never moves or
+        // shrinks while `self` lives; the batch is only reachable through `&self` and
+        // `clear` empties it before any buffer is reused; `i < BURST`, so the batch
+        // has room.
+        unsafe { self.batch.push(buf.as_ptr(), frame.len() as u32) };
+        true
+    }
+
+    /// The frames, for `tx_burst`.
+    pub fn batch(&self) -> &RxBatch {
+        &self.batch
+    }
+
+    /// Forgets all frames.
+    pub fn clear(&mut self) {
+        self.batch.clear();
     }
 }
 
@@ -311,7 +370,7 @@ pub trait Port: Send + Sync {
 
     /// Receives up to [`BURST`] frames from queue `q` into `batch`, calls `f` with them
     /// if any, then returns the buffers to the peer. Returns the number of frames.
-    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize;
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&mut RxBatch)) -> usize;
 
     /// Copies the selected frames of `src` to the peer on queue `q`, applying each
     /// frame's VLAN edit. Returns how many were delivered; the rest are dropped and

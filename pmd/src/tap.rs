@@ -112,7 +112,7 @@ impl Port for TapPort {
         true
     }
 
-    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize {
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&mut RxBatch)) -> usize {
         if q != 0 {
             return 0;
         }

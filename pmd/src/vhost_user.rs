@@ -912,7 +912,7 @@ impl Port for VhostUserPort {
         self.shared.up.load(Ordering::Relaxed)
     }
 
-    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&RxBatch)) -> usize {
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&mut RxBatch)) -> usize {
         let Some(cell) = self.shared.rx.get(usize::from(q)) else {
             return 0;
         };

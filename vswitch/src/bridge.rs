@@ -430,6 +430,8 @@ pub struct BridgeCounters {
     pub unicast: u64,
     /// Frames flooded to at least one port.
     pub floods: u64,
+    /// Frames handed to the router.
+    pub routed: u64,
     /// Dropped frames by reason.
     pub drops: DropCounters,
 }
@@ -456,6 +458,15 @@ pub enum Forwarded {
     Flooded {
         /// How many ports (at least 1).
         copies: u16,
+    },
+    /// To the router: unicast to a router interface MAC (nothing was emitted), or a
+    /// broadcast ARP on a routed VLAN (flooded as usual too). The caller passes it to
+    /// [`crate::router::Router::input`].
+    Routed {
+        /// The frame's VLAN.
+        vid: Vid,
+        /// Offset of its L3 header (14, or 18 behind a tag).
+        l3: u8,
     },
 }
 
@@ -684,6 +695,8 @@ pub struct Bridge {
     fdb: Fdb,
     counters: BridgeCounters,
     memo: Memo,
+    /// (VLAN, MAC) of each router interface.
+    router_macs: Vec<(u16, EthernetAddress)>,
 }
 
 /// The last FDB answers, reused while nothing can have changed them.
@@ -757,6 +770,7 @@ impl Bridge {
             fdb: Fdb::new(config.fdb_capacity, config.fdb_max_age)?,
             counters: BridgeCounters::default(),
             memo: Memo::default(),
+            router_macs: Vec::new(),
         })
     }
 
@@ -833,6 +847,59 @@ impl Bridge {
         self.memo = Memo::default();
         self.fdb.flush_port(port.0);
         Ok(())
+    }
+
+    /// The router interfaces, as (VLAN, MAC): frames to those MACs on those VLANs, and
+    /// broadcast ARP there, come back as [`Forwarded::Routed`].
+    pub fn set_router_macs(&mut self, macs: Vec<(Vid, EthernetAddress)>) {
+        self.router_macs = macs.into_iter().map(|(v, m)| (v.get(), m)).collect();
+        self.memo = Memo::default();
+    }
+
+    /// Sends a frame the router rewrote, or generated, on VLAN `vid`: to the port its
+    /// destination was learned on, or to every member port of `vid`. `frame` carries a
+    /// tag with `vid` or none. Nothing is learned.
+    pub fn forward_routed(
+        &mut self,
+        vid: Vid,
+        frame: &[u8],
+        len: usize,
+        now: u64,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
+        let ingress = parse(frame)?;
+        let tagged = ingress.tag.is_some();
+        let row = self.row(vid);
+        let len = len.max(frame.len());
+        if ingress.dst.is_unicast() {
+            if let Some(p) = self.lookup_memo(vid.get(), ingress.dst, now) {
+                let (w, bit) = (usize::from(p) / 64, 1u64 << (p % 64));
+                if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
+                    let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
+                    self.emit(PortId(p), edit_for(tagged, untagged, vid), len, out);
+                    self.counters.unicast += 1;
+                    return Ok(Forwarded::Unicast(PortId(p)));
+                }
+            }
+        }
+        let mut copies = 0u16;
+        for w in 0..self.words {
+            let mut members = self.members[row + w];
+            let untagged = self.untagged[row + w];
+            while members != 0 {
+                let b = members.trailing_zeros();
+                members &= members - 1;
+                let edit = edit_for(tagged, untagged & (1u64 << b) != 0, vid);
+                self.emit(PortId((w * 64) as u16 + b as u16), edit, len, out);
+                copies += 1;
+            }
+        }
+        if copies == 0 {
+            self.counters.drops.bump(DropReason::NoEgress);
+            return Err(DropReason::NoEgress);
+        }
+        self.counters.floods += 1;
+        Ok(Forwarded::Flooded { copies })
     }
 
     /// Changes a port's VLAN mode and flushes its FDB entries.
@@ -927,6 +994,7 @@ impl Bridge {
         match verdict {
             Ok(Forwarded::Unicast(_)) => self.counters.unicast += 1,
             Ok(Forwarded::Flooded { .. }) => self.counters.floods += 1,
+            Ok(Forwarded::Routed { .. }) => self.counters.routed += 1,
             Err(reason) => self.counters.drops.bump(reason),
         }
         verdict
@@ -967,7 +1035,18 @@ impl Bridge {
         self.learn_memo(vid.get(), ingress.src, in_port.0, now);
 
         let row = self.row(vid);
+        let l3: u8 = if tagged { 18 } else { 14 };
+        let routed_vlan =
+            !self.router_macs.is_empty() && self.router_macs.iter().any(|(v, _)| *v == vid.get());
         if ingress.dst.is_unicast() {
+            if routed_vlan
+                && self
+                    .router_macs
+                    .iter()
+                    .any(|&(v, m)| v == vid.get() && m == ingress.dst)
+            {
+                return Ok(Forwarded::Routed { vid, l3 });
+            }
             if let Some(p) = self.lookup_memo(vid.get(), ingress.dst, now) {
                 if p == in_port.0 {
                     return Err(DropReason::SamePort);
@@ -1000,6 +1079,13 @@ impl Bridge {
                 self.emit(p, edit, len, out);
                 copies += 1;
             }
+        }
+        let arp = frame
+            .get(usize::from(l3) - 2..usize::from(l3))
+            .is_some_and(|t| t == [0x08, 0x06]);
+        if routed_vlan && arp && ingress.dst.is_broadcast() {
+            // Flooded to the hosts, and the router answers if it is asked.
+            return Ok(Forwarded::Routed { vid, l3 });
         }
         if copies == 0 {
             Err(DropReason::NoEgress)

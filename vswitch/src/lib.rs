@@ -29,6 +29,7 @@
 
 pub mod bridge;
 pub mod fdb;
+pub mod router;
 pub mod switch;
 pub mod wire;
 

@@ -23,7 +23,11 @@ use std::time::{Duration, Instant};
 use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
-use crate::bridge::{Bridge, BridgeConfig, DropReason, PortId, PortSecurity, VlanMode};
+use crate::bridge::{
+    Bridge, BridgeConfig, DropReason, Forwarded, PortId, PortSecurity, Vid, VlanMode,
+};
+use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
+use pmd::port::LocalFrames;
 
 /// The most ports one switch serves.
 pub const MAX_SWITCH_PORTS: usize = 256;
@@ -49,6 +53,8 @@ pub struct SwitchConfig {
     pub fdb_capacity: usize,
     /// FDB entry lifetime.
     pub fdb_max_age: Duration,
+    /// A router between the switch's VLANs (each core runs a replica).
+    pub router: Option<Router>,
 }
 
 impl Default for SwitchConfig {
@@ -59,6 +65,7 @@ impl Default for SwitchConfig {
             // As Open vSwitch's default mac-table-size: small enough to stay in cache.
             fdb_capacity: 8192,
             fdb_max_age: Duration::from_secs(300),
+            router: None,
         }
     }
 }
@@ -89,6 +96,12 @@ pub struct SwitchStats {
     pub drops: Vec<(&'static str, u64)>,
     /// Floods.
     pub floods: u64,
+    /// Packets the router forwarded.
+    pub routed: u64,
+    /// Frames the router generated (ARP, ICMP).
+    pub router_generated: u64,
+    /// Router drops: (reason name, count).
+    pub route_drops: Vec<(&'static str, u64)>,
     /// Per polling core, in configuration order.
     pub cores: Vec<CoreStats>,
 }
@@ -111,6 +124,26 @@ pub struct CoreStats {
 struct CoreCounters {
     drops: [AtomicU64; DropReason::COUNT],
     floods: AtomicU64,
+    routed: AtomicU64,
+    generated: AtomicU64,
+    route_drops: [AtomicU64; 5],
+}
+
+/// Frames the router generates during one burst (ARP, ICMP), with their VLANs.
+struct Generated {
+    frames: LocalFrames,
+    vids: [Option<Vid>; pmd::port::BURST],
+    scratch: [u8; GEN_MAX],
+}
+
+impl Generated {
+    fn new() -> Generated {
+        Generated {
+            frames: LocalFrames::default(),
+            vids: [None; pmd::port::BURST],
+            scratch: [0u8; GEN_MAX],
+        }
+    }
 }
 
 struct CoreTask {
@@ -120,6 +153,8 @@ struct CoreTask {
     bridge: Bridge,
     batch: RxBatch,
     staging: Vec<Vec<TxSel>>,
+    router: Option<Router>,
+    generated: Generated,
     start: Instant,
     polls: u32,
     link: Vec<bool>,
@@ -142,11 +177,32 @@ impl CoreTask {
     fn housekeeping(&mut self) {
         let now = self.start.elapsed().as_nanos() as u64;
         self.bridge.expire(now, 256);
+        self.publish();
+    }
+
+    fn publish(&self) {
         let c = self.bridge.counters();
         for r in DropReason::ALL {
             self.counters.drops[r.index()].store(c.drops.get(r), Ordering::Relaxed);
         }
         self.counters.floods.store(c.floods, Ordering::Relaxed);
+        if let Some(r) = &self.router {
+            let rc = r.counters();
+            self.counters.routed.store(rc.forwarded, Ordering::Relaxed);
+            self.counters
+                .generated
+                .store(rc.generated, Ordering::Relaxed);
+            for (a, v) in self.counters.route_drops.iter().zip(rc.drops) {
+                a.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for CoreTask {
+    /// The core stops: publish its last counters.
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 
@@ -175,6 +231,8 @@ impl PollTask for CoreTask {
             bridge,
             batch,
             staging,
+            router,
+            generated,
             start,
             ..
         } = self;
@@ -182,18 +240,36 @@ impl PollTask for CoreTask {
         for &(pi, q) in rxqs.iter() {
             let inp = PortId(pi as u16);
             let txq = *txq;
-            total += ports[pi].poll_rx(q, batch, &mut |b: &RxBatch| {
+            total += ports[pi].poll_rx(q, batch, &mut |b: &mut RxBatch| {
                 let now = start.elapsed().as_nanos() as u64;
                 for i in 0..b.len() {
-                    let (head, len) = (b.head(i), b.frame_len(i));
-                    let _ = bridge.forward_head(inp, head, len, now, &mut |out: PortId, edit| {
+                    let len = b.frame_len(i);
+                    let mut stage = |out: PortId, edit| {
                         if let Some(s) = staging.get_mut(usize::from(out.0)) {
                             s.push(TxSel {
                                 idx: i as u16,
                                 edit,
                             });
                         }
-                    });
+                    };
+                    let verdict = bridge.forward_head(inp, b.head(i), len, now, &mut stage);
+                    let (Ok(Forwarded::Routed { vid, l3 }), Some(r)) = (verdict, router.as_mut())
+                    else {
+                        continue;
+                    };
+                    let g = generated.frames.batch().len();
+                    let buf = &mut generated.scratch;
+                    match r.input(vid, b.head_mut(i), usize::from(l3), now, buf) {
+                        Verdict::Forward { vid } => {
+                            let _ = bridge.forward_routed(vid, b.head(i), len, now, &mut stage);
+                        }
+                        Verdict::Reply { vid, len } => {
+                            if generated.frames.push(&buf[..len.min(GEN_MAX)]) {
+                                generated.vids[g] = Some(vid);
+                            }
+                        }
+                        Verdict::Drop(_) => {}
+                    }
                 }
                 for (o, sel) in staging.iter_mut().enumerate() {
                     if !sel.is_empty() {
@@ -201,6 +277,34 @@ impl PollTask for CoreTask {
                         sel.clear();
                     }
                 }
+                // What the router generated: out through the bridge like any frame.
+                let gb = generated.frames.batch();
+                for k in 0..gb.len() {
+                    let Some(vid) = generated.vids[k] else {
+                        continue;
+                    };
+                    let _ = bridge.forward_routed(
+                        vid,
+                        gb.head(k),
+                        gb.frame_len(k),
+                        now,
+                        &mut |out: PortId, edit| {
+                            if let Some(s) = staging.get_mut(usize::from(out.0)) {
+                                s.push(TxSel {
+                                    idx: k as u16,
+                                    edit,
+                                });
+                            }
+                        },
+                    );
+                }
+                for (o, sel) in staging.iter_mut().enumerate() {
+                    if !sel.is_empty() {
+                        ports[o].tx_burst(txq, gb, sel);
+                        sel.clear();
+                    }
+                }
+                generated.frames.clear();
             });
         }
         total
@@ -254,6 +358,9 @@ impl Switch {
         };
         for (ci, core) in cfg.cores.iter().enumerate() {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
+            if let Some(r) = &cfg.router {
+                bridge.set_router_macs(r.interfaces().iter().map(|i| (i.vid, i.mac)).collect());
+            }
             for (pi, (v, sec)) in vlans.iter().enumerate() {
                 let id = PortId(pi as u16);
                 let r = bridge
@@ -270,6 +377,8 @@ impl Switch {
                 txq: ci as u16,
                 bridge,
                 batch: RxBatch::default(),
+                router: cfg.router.clone(),
+                generated: Generated::new(),
                 staging: (0..drivers.len())
                     .map(|_| Vec::with_capacity(pmd::port::BURST))
                     .collect(),
@@ -302,12 +411,18 @@ impl Switch {
     /// Counters of ports, bridge and cores.
     pub fn stats(&self) -> SwitchStats {
         let mut drops = [0u64; DropReason::COUNT];
-        let mut floods = 0;
+        let (mut floods, mut routed, mut generated) = (0, 0, 0);
+        let mut rdrops = [0u64; 5];
         for c in &self.counters {
             for (d, a) in drops.iter_mut().zip(c.drops.iter()) {
                 *d += a.load(Ordering::Relaxed);
             }
             floods += c.floods.load(Ordering::Relaxed);
+            routed += c.routed.load(Ordering::Relaxed);
+            generated += c.generated.load(Ordering::Relaxed);
+            for (d, a) in rdrops.iter_mut().zip(c.route_drops.iter()) {
+                *d += a.load(Ordering::Relaxed);
+            }
         }
         SwitchStats {
             ports: self
@@ -320,6 +435,12 @@ impl Switch {
                 .map(|r| (r.as_str(), drops[r.index()]))
                 .collect(),
             floods,
+            routed,
+            router_generated: generated,
+            route_drops: RouteDrop::ALL
+                .iter()
+                .map(|r| (r.as_str(), rdrops[r.index()]))
+                .collect(),
             cores: self
                 .loads
                 .iter()
@@ -335,6 +456,12 @@ impl Switch {
 
     /// Stops the polling cores and waits for them.
     pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Stops the polling cores and waits for them, keeping the switch for a last look
+    /// at [`stats`](Self::stats), which then include every frame forwarded.
+    pub fn halt(&mut self) {
         self.shutdown();
     }
 

@@ -10,7 +10,10 @@ use pmd::VlanEdit;
 use vswitch::bridge::{
     Bridge, BridgeConfig, DropReason, Forwarded, PortId, PortSecurity, Vid, VlanMode, VlanSet,
 };
+use vswitch::router::{Router, RouterIf, Verdict};
 use vswitch::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
+
+const RMAC: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 1]);
 
 /// Counts allocations made by the thread that set `TRACKED`, so the test harness's own
 /// threads cannot disturb the count.
@@ -140,6 +143,24 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
     own[26..30].copy_from_slice(&[10, 0, 0, 7]);
     w.push((PortId(7), own));
     w.push((PortId(7), arp(mac(77), [10, 0, 0, 7])));
+    // Routing: a host on VLAN 20 (port 2) makes itself known, a host on VLAN 10 asks
+    // for its gateway and sends through it, once with a TTL that expires.
+    w.push((PortId(2), arp(mac(40), [10, 0, 1, 40])));
+    let mut ask = arp(mac(30), [10, 0, 0, 30]);
+    ask[38..42].copy_from_slice(&[10, 0, 0, 254]);
+    w.push((PortId(0), ask));
+    for ttl in [64, 1] {
+        let mut p = frame(RMAC, mac(30), &[]);
+        p[14] = 0x45;
+        p[16..18].copy_from_slice(&46u16.to_be_bytes());
+        p[22] = ttl;
+        p[23] = 17;
+        p[26..30].copy_from_slice(&[10, 0, 0, 30]);
+        p[30..34].copy_from_slice(&[10, 0, 1, 40]);
+        let c = vswitch::wire::checksum(&p[14..34]);
+        p[24..26].copy_from_slice(&c.to_be_bytes());
+        w.push((PortId(0), p));
+    }
     w
 }
 
@@ -183,21 +204,62 @@ fn forward_does_not_allocate() {
     bridge.set_link(PortId(6), false).expect("link down");
     let work = workload();
 
+    // A router between VLANs 10 and 20 (ports 0, 1 and 2).
+    let mut router = Router::new(
+        vec![
+            RouterIf {
+                vid: vid(10),
+                mac: RMAC,
+                ip: [10, 0, 0, 254].into(),
+                prefix: 24,
+            },
+            RouterIf {
+                vid: vid(20),
+                mac: RMAC,
+                ip: [10, 0, 1, 254].into(),
+                prefix: 24,
+            },
+        ],
+        &[],
+    )
+    .expect("router");
+    bridge.set_router_macs(vec![(vid(10), RMAC), (vid(20), RMAC)]);
+
     let mut sent = [0u64; 16];
     let mut edits = [0u64; 3];
-    let mut verdicts = [0u64; 2];
+    let mut verdicts = [0u64; 3];
+    let mut routed = [0u64; 3];
     let mut run = |bridge: &mut Bridge, now: u64, (port, frame): &(PortId, Vec<u8>)| {
-        let verdict = bridge.forward(*port, frame, now, &mut |p: PortId, e: VlanEdit| {
+        let mut out = |p: PortId, e: VlanEdit| {
             sent[usize::from(p.0)] += 1;
             edits[match e {
                 VlanEdit::Keep => 0,
                 VlanEdit::Push(_) => 1,
                 VlanEdit::Pop => 2,
             }] += 1;
-        });
+        };
+        let verdict = bridge.forward(*port, frame, now, &mut out);
         match verdict {
             Ok(Forwarded::Unicast(_)) => verdicts[0] += 1,
             Ok(Forwarded::Flooded { .. }) => verdicts[1] += 1,
+            Ok(Forwarded::Routed { vid, l3 }) => {
+                verdicts[2] += 1;
+                let mut head = [0u8; 64];
+                let n = frame.len().min(64);
+                head[..n].copy_from_slice(&frame[..n]);
+                let mut gen = [0u8; vswitch::router::GEN_MAX];
+                match router.input(vid, &mut head[..n], usize::from(l3), now, &mut gen) {
+                    Verdict::Forward { vid } => {
+                        routed[0] += 1;
+                        let _ = bridge.forward_routed(vid, &head[..n], frame.len(), now, &mut out);
+                    }
+                    Verdict::Reply { vid, len } => {
+                        routed[1] += 1;
+                        let _ = bridge.forward_routed(vid, &gen[..len], len, now, &mut out);
+                    }
+                    Verdict::Drop(_) => routed[2] += 1,
+                }
+            }
             Err(_) => {}
         }
         if now & 63 == 0 {
@@ -224,8 +286,12 @@ fn forward_does_not_allocate() {
 
     // The run went through the interesting paths.
     assert!(
-        verdicts[0] > 0 && verdicts[1] > 0,
-        "unicast and flood: {verdicts:?}"
+        verdicts.iter().all(|&v| v > 0),
+        "unicast, flood and routed: {verdicts:?}"
+    );
+    assert!(
+        routed.iter().all(|&v| v > 0),
+        "forwarded, replied and dropped by the router: {routed:?}"
     );
     assert!(
         edits.iter().all(|&e| e > 0),

@@ -752,6 +752,8 @@ proptest! {
             match verdict {
                 Ok(Forwarded::Unicast(p)) => prop_assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![p.0]),
                 Ok(Forwarded::Flooded { copies }) => prop_assert_eq!(usize::from(copies), sent.len()),
+                // No router is configured here.
+                Ok(Forwarded::Routed { .. }) => prop_assert!(false, "routed without a router"),
                 Err(_) => prop_assert!(sent.is_empty()),
             }
 

@@ -1,0 +1,875 @@
+//! A tenant's IPv4 router between bridge domains (VLANs).
+//!
+//! A router has one interface per network it joins: a VLAN, a MAC and a gateway address
+//! with its prefix. The switch hands it the frames addressed to an interface MAC, and
+//! broadcast ARP on a routed VLAN; [`Router::input`] then
+//!
+//! - answers ARP requests for its gateway addresses, and learns every sender it sees
+//!   (ARP, and IPv4 sources on connected prefixes) in a fixed-size neighbour table;
+//! - answers ICMP echo requests to its own addresses;
+//! - routes IPv4: longest-prefix match over connected prefixes and static routes
+//!   ([`Lpm4`]), TTL decrement with an RFC 1624 incremental checksum update, source MAC
+//!   := egress interface MAC, destination MAC := the neighbour's; the frame's head is
+//!   rewritten in place (the VLAN tag too, when it carries one) and the switch sends it
+//!   on the egress VLAN through the bridge;
+//! - sends ICMP time exceeded when the TTL runs out, and an ARP request (at most one per
+//!   destination per [`ARP_RETRY_NS`]) when the next hop is unknown, dropping the packet
+//!   (the sender's retransmission finds the neighbour).
+//!
+//! Like the bridge: no allocation, no lock, no system call per frame. Generated frames
+//! are written into a buffer the caller provides. IPv4 options, fragments needing
+//! fragmentation, and IPv6 are not routed yet (counted as drops).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use crate::bridge::Vid;
+use crate::wire::{checksum, incremental_update, EthernetAddress};
+
+/// Longest frame the router generates.
+pub const GEN_MAX: usize = pmd::port::LOCAL_MAX;
+/// Minimum time between two ARP requests for the same address.
+pub const ARP_RETRY_NS: u64 = 1_000_000_000;
+
+/// One interface of a router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterIf {
+    /// The network's VLAN.
+    pub vid: Vid,
+    /// The interface MAC.
+    pub mac: EthernetAddress,
+    /// The gateway address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length (the connected route).
+    pub prefix: u8,
+}
+
+/// A static route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// Destination prefix.
+    pub dst: Ipv4Addr,
+    /// Its length.
+    pub len: u8,
+    /// Next hop, on a connected prefix.
+    pub via: Ipv4Addr,
+}
+
+/// Why the router dropped a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteDrop {
+    /// Not IPv4 or ARP, or a header the router does not handle (options, bad version,
+    /// bad checksum, truncated).
+    Malformed,
+    /// No route.
+    NoRoute,
+    /// Next hop not resolved yet (an ARP request went out, or was sent recently).
+    Unresolved,
+    /// TTL expired (an ICMP error went back).
+    TtlExpired,
+    /// Addressed to the router, and not something it answers.
+    ForUs,
+}
+
+impl RouteDrop {
+    /// Every reason, in a stable order.
+    pub const ALL: [RouteDrop; 5] = [
+        RouteDrop::Malformed,
+        RouteDrop::NoRoute,
+        RouteDrop::Unresolved,
+        RouteDrop::TtlExpired,
+        RouteDrop::ForUs,
+    ];
+
+    /// A stable snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RouteDrop::Malformed => "malformed",
+            RouteDrop::NoRoute => "no_route",
+            RouteDrop::Unresolved => "unresolved",
+            RouteDrop::TtlExpired => "ttl_expired",
+            RouteDrop::ForUs => "for_us",
+        }
+    }
+
+    /// Index in [`RouteDrop::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a router did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Packets routed.
+    pub forwarded: u64,
+    /// Frames generated (ARP replies and requests, ICMP).
+    pub generated: u64,
+    /// Drops by [`RouteDrop`] index.
+    pub drops: [u64; 5],
+}
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The head was rewritten; send the frame on VLAN `vid` (tagged frames carry `vid`
+    /// in their tag already).
+    Forward {
+        /// Egress VLAN.
+        vid: Vid,
+    },
+    /// Send the `len` bytes written to the caller's buffer on VLAN `vid` (untagged),
+    /// and drop the frame itself.
+    Reply {
+        /// VLAN.
+        vid: Vid,
+        /// Frame length.
+        len: usize,
+    },
+    /// Drop it.
+    Drop(RouteDrop),
+}
+
+/// IPv4 longest-prefix match: one hash table per prefix length, probed from the
+/// longest length in use down. Lookup cost depends on how many distinct lengths are in
+/// use (at most 33), not on how many prefixes there are.
+#[derive(Clone, Debug, Default)]
+pub struct Lpm4<T> {
+    tables: Vec<(u8, HashMap<u32, T>)>,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+impl<T: Copy> Lpm4<T> {
+    /// An empty table.
+    pub fn new() -> Lpm4<T> {
+        Lpm4 { tables: Vec::new() }
+    }
+
+    /// Inserts or replaces `addr/len` (host bits are ignored).
+    pub fn insert(&mut self, addr: Ipv4Addr, len: u8, value: T) {
+        let len = len.min(32);
+        let key = u32::from(addr) & mask(len);
+        match self.tables.iter_mut().find(|(l, _)| *l == len) {
+            Some((_, t)) => {
+                t.insert(key, value);
+            }
+            None => {
+                self.tables.push((len, HashMap::from([(key, value)])));
+                self.tables.sort_by_key(|t| std::cmp::Reverse(t.0));
+            }
+        }
+    }
+
+    /// The value of the longest prefix containing `addr`.
+    pub fn lookup(&self, addr: Ipv4Addr) -> Option<T> {
+        let a = u32::from(addr);
+        self.tables
+            .iter()
+            .find_map(|(len, t)| t.get(&(a & mask(*len))).copied())
+    }
+
+    /// Number of prefixes.
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Neighbour {
+    ip: u32,
+    ifidx: u16,
+    mac: EthernetAddress,
+    /// When we last asked for it (ns), for the unresolved case.
+    asked: u64,
+    known: bool,
+    used: bool,
+}
+
+/// Where a route leads: an interface, and the next hop (None: the destination itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hop {
+    ifidx: u16,
+    via: Option<Ipv4Addr>,
+}
+
+/// Neighbour-table slots (a power of two).
+pub const NEIGHBOURS: usize = 1024;
+
+/// A router; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Router {
+    ifs: Vec<RouterIf>,
+    lpm: Lpm4<Hop>,
+    neigh: Box<[Neighbour]>,
+    counters: RouterCounters,
+}
+
+/// Errors in a router's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    /// Two interfaces on one VLAN.
+    #[error("two router interfaces on VLAN {0}")]
+    DuplicateVlan(u16),
+    /// A prefix longer than 32.
+    #[error("prefix length {0} is longer than 32")]
+    BadPrefix(u8),
+    /// A next hop on no connected prefix.
+    #[error("next hop {0} is on none of the router's networks")]
+    NextHopOffLink(Ipv4Addr),
+}
+
+const ETH: usize = 14;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+impl Router {
+    /// A router with `ifs` and static `routes`.
+    pub fn new(ifs: Vec<RouterIf>, routes: &[StaticRoute]) -> Result<Router, RouterError> {
+        let mut lpm = Lpm4::new();
+        for (i, a) in ifs.iter().enumerate() {
+            if a.prefix > 32 {
+                return Err(RouterError::BadPrefix(a.prefix));
+            }
+            if ifs[..i].iter().any(|b| b.vid == a.vid) {
+                return Err(RouterError::DuplicateVlan(a.vid.get()));
+            }
+            lpm.insert(
+                a.ip,
+                a.prefix,
+                Hop {
+                    ifidx: i as u16,
+                    via: None,
+                },
+            );
+        }
+        for r in routes {
+            if r.len > 32 {
+                return Err(RouterError::BadPrefix(r.len));
+            }
+            let hop = lpm
+                .lookup(r.via)
+                .filter(|h| h.via.is_none())
+                .ok_or(RouterError::NextHopOffLink(r.via))?;
+            lpm.insert(
+                r.dst,
+                r.len,
+                Hop {
+                    ifidx: hop.ifidx,
+                    via: Some(r.via),
+                },
+            );
+        }
+        Ok(Router {
+            ifs,
+            lpm,
+            neigh: vec![Neighbour::default(); NEIGHBOURS].into_boxed_slice(),
+            counters: RouterCounters::default(),
+        })
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &RouterCounters {
+        &self.counters
+    }
+
+    /// Its interfaces.
+    pub fn interfaces(&self) -> &[RouterIf] {
+        &self.ifs
+    }
+
+    /// The interface on `vid`, if any.
+    pub fn interface_on(&self, vid: Vid) -> Option<&RouterIf> {
+        self.ifs.iter().find(|i| i.vid == vid)
+    }
+
+    /// Whether the frame (dst MAC on VLAN `vid`) is for the router: unicast to an
+    /// interface MAC, or a broadcast ARP on a routed VLAN.
+    pub fn wants(&self, vid: Vid, dst: EthernetAddress, ethertype: u16) -> bool {
+        self.ifs
+            .iter()
+            .any(|i| i.vid == vid && (dst == i.mac || (dst.is_broadcast() && ethertype == 0x0806)))
+    }
+
+    fn slot(&self, ip: u32) -> usize {
+        (ip.wrapping_mul(0x9e37_79b9) >> 22) as usize & (NEIGHBOURS - 1)
+    }
+
+    /// The neighbour `ip` on interface `ifidx`, if resolved.
+    pub fn neighbour(&self, ifidx: u16, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        let n = &self.neigh[self.slot(u32::from(ip))];
+        (n.used && n.known && n.ip == u32::from(ip) && n.ifidx == ifidx).then_some(n.mac)
+    }
+
+    fn learn(&mut self, ifidx: u16, ip: Ipv4Addr, mac: EthernetAddress) {
+        let ip = u32::from(ip);
+        if ip == 0 || !mac.is_unicast() {
+            return;
+        }
+        let s = self.slot(ip);
+        // Direct-mapped: a newer neighbour replaces an older one in its slot.
+        self.neigh[s] = Neighbour {
+            ip,
+            ifidx,
+            mac,
+            asked: 0,
+            known: true,
+            used: true,
+        };
+    }
+
+    /// Handles one frame that [`wants`](Self::wants) said is for the router. `frame` is
+    /// the frame's head (at least the Ethernet, VLAN and IPv4 headers), `l3` the offset
+    /// of its L3 header (14, or 18 behind a tag), `vid` its VLAN, `now` a clock in ns.
+    /// Generated frames go to `out` (at least [`GEN_MAX`] bytes).
+    pub fn input(
+        &mut self,
+        vid: Vid,
+        frame: &mut [u8],
+        l3: usize,
+        now: u64,
+        out: &mut [u8],
+    ) -> Verdict {
+        let v = self.decide(vid, frame, l3, now, out);
+        match v {
+            Verdict::Forward { .. } => self.counters.forwarded += 1,
+            Verdict::Reply { .. } => self.counters.generated += 1,
+            Verdict::Drop(r) => self.counters.drops[r.index()] += 1,
+        }
+        v
+    }
+
+    fn decide(
+        &mut self,
+        vid: Vid,
+        frame: &mut [u8],
+        l3: usize,
+        now: u64,
+        out: &mut [u8],
+    ) -> Verdict {
+        let Some(ifidx) = self.ifs.iter().position(|i| i.vid == vid) else {
+            return Verdict::Drop(RouteDrop::Malformed);
+        };
+        let ifidx = ifidx as u16;
+        if frame.len() < l3 {
+            return Verdict::Drop(RouteDrop::Malformed);
+        }
+        match be16(frame, l3 - 2) {
+            0x0806 => self.arp(ifidx, frame, l3, out),
+            0x0800 => self.ipv4(ifidx, frame, l3, now, out),
+            _ => Verdict::Drop(RouteDrop::Malformed),
+        }
+    }
+
+    fn arp(&mut self, ifidx: u16, f: &[u8], l3: usize, out: &mut [u8]) -> Verdict {
+        let a = &f[l3..];
+        if a.len() < 28 || be16(a, 0) != 1 || be16(a, 2) != 0x0800 || a[4] != 6 || a[5] != 4 {
+            return Verdict::Drop(RouteDrop::Malformed);
+        }
+        let op = be16(a, 6);
+        let sha = EthernetAddress([a[8], a[9], a[10], a[11], a[12], a[13]]);
+        let spa = ip_at(a, 14);
+        let tpa = ip_at(a, 24);
+        let me = &self.ifs[usize::from(ifidx)];
+        let (my_ip, my_mac, vid) = (me.ip, me.mac, me.vid);
+        // Learn senders on our connected prefix.
+        if u32::from(spa) & mask(me.prefix) == u32::from(my_ip) & mask(me.prefix) {
+            self.learn(ifidx, spa, sha);
+        }
+        if op == 1 && tpa == my_ip {
+            let len = write_arp(out, 2, my_mac, my_ip, sha, spa, sha);
+            return Verdict::Reply { vid, len };
+        }
+        Verdict::Drop(RouteDrop::ForUs)
+    }
+
+    fn ipv4(&mut self, ifidx: u16, f: &mut [u8], l3: usize, now: u64, out: &mut [u8]) -> Verdict {
+        if f.len() < l3 + 20 || f[l3] != 0x45 || checksum(&f[l3..l3 + 20]) != 0 {
+            return Verdict::Drop(RouteDrop::Malformed);
+        }
+        let src = ip_at(f, l3 + 12);
+        let dst = ip_at(f, l3 + 16);
+        let src_mac = EthernetAddress([f[6], f[7], f[8], f[9], f[10], f[11]]);
+        {
+            let me = &self.ifs[usize::from(ifidx)];
+            if u32::from(src) & mask(me.prefix) == u32::from(me.ip) & mask(me.prefix) {
+                self.learn(ifidx, src, src_mac);
+            }
+        }
+        // To one of our addresses: answer pings, drop the rest.
+        if let Some(i) = self.ifs.iter().position(|i| i.ip == dst) {
+            if f[l3 + 9] == 1 && f.len() >= l3 + 28 && f[l3 + 20] == 8 {
+                let ingress = &self.ifs[usize::from(ifidx)];
+                let len = write_echo_reply(out, ingress.mac, src_mac, self.ifs[i].ip, src, f, l3);
+                return match len {
+                    Some(len) => Verdict::Reply {
+                        vid: ingress.vid,
+                        len,
+                    },
+                    None => Verdict::Drop(RouteDrop::ForUs),
+                };
+            }
+            return Verdict::Drop(RouteDrop::ForUs);
+        }
+        let ttl = f[l3 + 8];
+        if ttl <= 1 {
+            let me = &self.ifs[usize::from(ifidx)];
+            let len = write_time_exceeded(out, me.mac, src_mac, me.ip, src, f, l3);
+            return match len {
+                Some(len) => Verdict::Reply { vid: me.vid, len },
+                None => Verdict::Drop(RouteDrop::TtlExpired),
+            };
+        }
+        let Some(hop) = self.lpm.lookup(dst) else {
+            return Verdict::Drop(RouteDrop::NoRoute);
+        };
+        let next = hop.via.unwrap_or(dst);
+        let egress = self.ifs[usize::from(hop.ifidx)].clone();
+        let Some(dmac) = self.neighbour(hop.ifidx, next) else {
+            // Ask, at most once per ARP_RETRY_NS per address.
+            let s = self.slot(u32::from(next));
+            let n = &mut self.neigh[s];
+            let fresh = !(n.used && n.ip == u32::from(next) && n.ifidx == hop.ifidx);
+            if fresh || now.saturating_sub(n.asked) >= ARP_RETRY_NS {
+                *n = Neighbour {
+                    ip: u32::from(next),
+                    ifidx: hop.ifidx,
+                    mac: EthernetAddress::default(),
+                    asked: now.max(1),
+                    known: false,
+                    used: true,
+                };
+                let len = write_arp(
+                    out,
+                    1,
+                    egress.mac,
+                    egress.ip,
+                    EthernetAddress::default(),
+                    next,
+                    EthernetAddress::BROADCAST,
+                );
+                return Verdict::Reply {
+                    vid: egress.vid,
+                    len,
+                };
+            }
+            return Verdict::Drop(RouteDrop::Unresolved);
+        };
+        // Rewrite: TTL, checksum, MACs, and the tag's VLAN if there is one.
+        let old = be16(f, l3 + 8);
+        f[l3 + 8] = ttl - 1;
+        let new = be16(f, l3 + 8);
+        let hc = be16(f, l3 + 10);
+        put16(f, l3 + 10, incremental_update(hc, old, new));
+        f[0..6].copy_from_slice(dmac.as_bytes());
+        f[6..12].copy_from_slice(egress.mac.as_bytes());
+        if l3 == ETH + 4 {
+            let tci = be16(f, 14);
+            put16(f, 14, (tci & 0xf000) | egress.vid.get());
+        }
+        Verdict::Forward { vid: egress.vid }
+    }
+}
+
+/// Writes an ARP packet (padded to 60 bytes); returns its length.
+fn write_arp(
+    out: &mut [u8],
+    op: u16,
+    sha: EthernetAddress,
+    spa: Ipv4Addr,
+    tha: EthernetAddress,
+    tpa: Ipv4Addr,
+    eth_dst: EthernetAddress,
+) -> usize {
+    out[..60].fill(0);
+    out[0..6].copy_from_slice(eth_dst.as_bytes());
+    out[6..12].copy_from_slice(sha.as_bytes());
+    put16(out, 12, 0x0806);
+    let a = &mut out[ETH..];
+    a[0..8].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, op as u8]);
+    a[8..14].copy_from_slice(sha.as_bytes());
+    a[14..18].copy_from_slice(&spa.octets());
+    a[18..24].copy_from_slice(tha.as_bytes());
+    a[24..28].copy_from_slice(&tpa.octets());
+    60
+}
+
+/// Writes an IPv4 header + ICMP message `kind/code` whose body is `body`.
+fn write_icmp(
+    out: &mut [u8],
+    smac: EthernetAddress,
+    dmac: EthernetAddress,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    head: [u8; 8],
+    body: &[u8],
+) -> Option<usize> {
+    let ip_len = 20 + 8 + body.len();
+    let len = ETH + ip_len;
+    if len > out.len() {
+        return None;
+    }
+    out[..len.max(60)].fill(0);
+    out[0..6].copy_from_slice(dmac.as_bytes());
+    out[6..12].copy_from_slice(smac.as_bytes());
+    put16(out, 12, 0x0800);
+    let ip = &mut out[ETH..ETH + 20];
+    ip[0] = 0x45;
+    put16(ip, 2, ip_len as u16);
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&sip.octets());
+    ip[16..20].copy_from_slice(&dip.octets());
+    let c = checksum(ip);
+    put16(ip, 10, c);
+    let icmp = &mut out[ETH + 20..len];
+    icmp[..8].copy_from_slice(&head);
+    icmp[8..].copy_from_slice(body);
+    let c = checksum(icmp);
+    put16(icmp, 2, c);
+    Some(len.max(60))
+}
+
+/// ICMP time exceeded (type 11, code 0) quoting the IP header and 8 bytes of `f`.
+fn write_time_exceeded(
+    out: &mut [u8],
+    smac: EthernetAddress,
+    dmac: EthernetAddress,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    f: &[u8],
+    l3: usize,
+) -> Option<usize> {
+    let quote = f.get(l3..l3 + 28)?;
+    write_icmp(out, smac, dmac, sip, dip, [11, 0, 0, 0, 0, 0, 0, 0], quote)
+}
+
+/// An echo reply for the echo request in `f` (its identifier, sequence and as much of
+/// its data as the head holds and [`GEN_MAX`] allows).
+fn write_echo_reply(
+    out: &mut [u8],
+    smac: EthernetAddress,
+    dmac: EthernetAddress,
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    f: &[u8],
+    l3: usize,
+) -> Option<usize> {
+    let total = usize::from(be16(f, l3 + 2));
+    let icmp = f.get(l3 + 20..(l3 + total).min(f.len()))?;
+    if icmp.len() < 8 || total < 28 || l3 + total > f.len() {
+        // The whole request must be in the head for the reply to echo it.
+        return None;
+    }
+    let mut head = [0u8; 8];
+    head[4..8].copy_from_slice(&icmp[4..8]);
+    write_icmp(out, smac, dmac, sip, dip, head, &icmp[8..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vid(v: u16) -> Vid {
+        Vid::new(v).unwrap()
+    }
+
+    const RMAC: EthernetAddress = EthernetAddress([0x02, 0xaa, 0, 0, 0, 1]);
+    const A: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0xa]);
+    const B: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0xb]);
+
+    fn router() -> Router {
+        Router::new(
+            vec![
+                RouterIf {
+                    vid: vid(10),
+                    mac: RMAC,
+                    ip: Ipv4Addr::new(10, 0, 0, 254),
+                    prefix: 24,
+                },
+                RouterIf {
+                    vid: vid(20),
+                    mac: RMAC,
+                    ip: Ipv4Addr::new(10, 0, 1, 254),
+                    prefix: 24,
+                },
+            ],
+            &[StaticRoute {
+                dst: Ipv4Addr::new(192, 168, 0, 0),
+                len: 16,
+                via: Ipv4Addr::new(10, 0, 1, 1),
+            }],
+        )
+        .unwrap()
+    }
+
+    fn ipv4(
+        dmac: EthernetAddress,
+        smac: EthernetAddress,
+        src: [u8; 4],
+        dst: [u8; 4],
+        ttl: u8,
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(dmac.as_bytes());
+        f[6..12].copy_from_slice(smac.as_bytes());
+        put16(&mut f, 12, 0x0800);
+        f[14] = 0x45;
+        put16(&mut f, 16, 28);
+        f[22] = ttl;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        let c = checksum(&f[14..34]);
+        put16(&mut f, 24, c);
+        f
+    }
+
+    fn arp_req(sha: EthernetAddress, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        write_arp(
+            &mut f,
+            1,
+            sha,
+            spa.into(),
+            EthernetAddress::default(),
+            tpa.into(),
+            EthernetAddress::BROADCAST,
+        );
+        f
+    }
+
+    #[test]
+    fn answers_arp_for_its_gateway_and_learns_the_sender() {
+        let mut r = router();
+        let mut f = arp_req(A, [10, 0, 0, 1], [10, 0, 0, 254]);
+        let mut out = [0u8; GEN_MAX];
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Reply {
+                vid: vid(10),
+                len: 60
+            }
+        );
+        assert_eq!(&out[0..6], A.as_bytes());
+        assert_eq!(be16(&out, 20), 2, "a reply");
+        assert_eq!(&out[22..28], RMAC.as_bytes());
+        assert_eq!(&out[28..32], &[10, 0, 0, 254]);
+        assert_eq!(r.neighbour(0, Ipv4Addr::new(10, 0, 0, 1)), Some(A));
+        // Not for us: learned, not answered.
+        let mut f = arp_req(B, [10, 0, 0, 2], [10, 0, 0, 7]);
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::ForUs)
+        );
+    }
+
+    #[test]
+    fn routes_with_ttl_checksum_and_macs_after_resolving() {
+        let mut r = router();
+        let mut out = [0u8; GEN_MAX];
+        let pkt = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 1], 64);
+        // First: the next hop is unknown, an ARP request goes out on VLAN 20.
+        let mut f = pkt.clone();
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 5, &mut out),
+            Verdict::Reply {
+                vid: vid(20),
+                len: 60
+            }
+        );
+        assert_eq!(&out[0..6], &[0xff; 6]);
+        assert_eq!(&out[38..42], &[10, 0, 1, 1], "asks for 10.0.1.1");
+        assert_eq!(&out[28..32], &[10, 0, 1, 254], "from the VLAN 20 gateway");
+        // Asked recently: dropped without asking again.
+        let mut f = pkt.clone();
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 6, &mut out),
+            Verdict::Drop(RouteDrop::Unresolved)
+        );
+        // B answers (any ARP from B teaches the router).
+        let mut reply = arp_req(B, [10, 0, 1, 1], [10, 0, 1, 254]);
+        r.input(vid(20), &mut reply, 14, 7, &mut out);
+        let mut f = pkt.clone();
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 8, &mut out),
+            Verdict::Forward { vid: vid(20) }
+        );
+        assert_eq!(&f[0..6], B.as_bytes());
+        assert_eq!(&f[6..12], RMAC.as_bytes());
+        assert_eq!(f[22], 63);
+        assert_eq!(checksum(&f[14..34]), 0, "checksum still valid");
+        assert_eq!(&f[34..], &pkt[34..], "payload untouched");
+        // Via the static route: next hop 10.0.1.1 (B).
+        let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [192, 168, 7, 7], 9);
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 9, &mut out),
+            Verdict::Forward { vid: vid(20) }
+        );
+        assert_eq!(&f[0..6], B.as_bytes());
+        // No route.
+        let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [8, 8, 8, 8], 9);
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 9, &mut out),
+            Verdict::Drop(RouteDrop::NoRoute)
+        );
+    }
+
+    #[test]
+    fn ttl_one_gets_time_exceeded_back() {
+        let mut r = router();
+        let mut out = [0u8; GEN_MAX];
+        let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 1], 1);
+        let orig = f.clone();
+        let v = r.input(vid(10), &mut f, 14, 0, &mut out);
+        let Verdict::Reply { vid: v10, len } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!((v10, len), (vid(10), 70));
+        assert_eq!(&out[0..6], A.as_bytes());
+        assert_eq!(&out[26..30], &[10, 0, 0, 254], "from the ingress gateway");
+        assert_eq!(&out[30..34], &[10, 0, 0, 1]);
+        assert_eq!((out[34], out[35]), (11, 0), "time exceeded");
+        assert_eq!(checksum(&out[14..34]), 0);
+        assert_eq!(checksum(&out[34..70]), 0);
+        assert_eq!(&out[42..70], &orig[14..42], "quotes header + 8 bytes");
+    }
+
+    #[test]
+    fn answers_pings_to_its_addresses() {
+        let mut r = router();
+        let mut out = [0u8; GEN_MAX];
+        let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 254], 64);
+        f[23] = 1; // ICMP
+        put16(&mut f, 16, 28 + 8);
+        f.resize(14 + 36, 0);
+        f[34] = 8; // echo request
+        f[38..42].copy_from_slice(&[0x12, 0x34, 0, 7]);
+        f[42..50].copy_from_slice(b"pingdata");
+        put16(&mut f, 24, 0);
+        let c = checksum(&f[14..34]);
+        put16(&mut f, 24, c);
+        let v = r.input(vid(10), &mut f, 14, 0, &mut out);
+        assert_eq!(
+            v,
+            Verdict::Reply {
+                vid: vid(10),
+                len: 60
+            }
+        );
+        assert_eq!(out[34], 0, "echo reply");
+        assert_eq!(&out[38..42], &[0x12, 0x34, 0, 7]);
+        assert_eq!(&out[42..50], b"pingdata");
+        assert_eq!(&out[26..30], &[10, 0, 1, 254]);
+        assert_eq!(checksum(&out[34..50]), 0);
+    }
+
+    #[test]
+    fn hostile_frames_are_dropped_not_panicked_on() {
+        let mut r = router();
+        let mut out = [0u8; GEN_MAX];
+        let good = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 1], 64);
+        for cut in 0..good.len() {
+            let mut f = good[..cut].to_vec();
+            let _ = r.input(vid(10), &mut f, 14, 0, &mut out);
+        }
+        let mut f = good.clone();
+        f[24] ^= 1; // bad checksum
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
+        let mut f = good.clone();
+        f[14] = 0x46; // options
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
+        let mut f = good.clone();
+        assert_eq!(
+            r.input(vid(99), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
+        let mut f = arp_req(A, [10, 0, 0, 1], [10, 0, 0, 254]);
+        f[19] = 9; // hlen
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
+        // Echo request longer than the head: no reply, no panic.
+        let mut f = good.clone();
+        f[23] = 1;
+        f[34] = 8;
+        put16(&mut f, 16, 1400);
+        put16(&mut f, 24, 0);
+        let c = checksum(&f[14..34]);
+        put16(&mut f, 24, c);
+        let mut f2 = f.clone();
+        f2[30..34].copy_from_slice(&[10, 0, 0, 254]);
+        put16(&mut f2, 24, 0);
+        let c = checksum(&f2[14..34]);
+        put16(&mut f2, 24, c);
+        assert_eq!(
+            r.input(vid(10), &mut f2, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::ForUs)
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let i = |v, ip: [u8; 4]| RouterIf {
+            vid: vid(v),
+            mac: RMAC,
+            ip: ip.into(),
+            prefix: 24,
+        };
+        assert_eq!(
+            Router::new(vec![i(10, [10, 0, 0, 1]), i(10, [10, 0, 1, 1])], &[]).unwrap_err(),
+            RouterError::DuplicateVlan(10)
+        );
+        let off = StaticRoute {
+            dst: [1, 0, 0, 0].into(),
+            len: 8,
+            via: [172, 16, 0, 1].into(),
+        };
+        assert!(matches!(
+            Router::new(vec![i(10, [10, 0, 0, 1])], &[off]),
+            Err(RouterError::NextHopOffLink(_))
+        ));
+    }
+
+    #[test]
+    fn lpm_picks_the_longest_prefix() {
+        let mut t = Lpm4::new();
+        t.insert([10, 0, 0, 0].into(), 8, 1);
+        t.insert([10, 1, 0, 0].into(), 16, 2);
+        t.insert([10, 1, 2, 0].into(), 24, 3);
+        t.insert([0, 0, 0, 0].into(), 0, 9);
+        assert_eq!(t.lookup([10, 1, 2, 3].into()), Some(3));
+        assert_eq!(t.lookup([10, 1, 3, 3].into()), Some(2));
+        assert_eq!(t.lookup([10, 2, 0, 1].into()), Some(1));
+        assert_eq!(t.lookup([11, 0, 0, 1].into()), Some(9));
+        assert_eq!(t.len(), 4);
+    }
+}
