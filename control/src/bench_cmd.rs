@@ -18,7 +18,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
     let mut cfg = P2pConfig {
-        duts: DutKind::ALL.to_vec(),
+        duts: DutKind::L2.to_vec(),
         frame_sizes: vec![64, 1518],
         trials: 3,
         duration: Duration::from_secs(5),
@@ -125,8 +125,10 @@ fn install_peers(cfg: &P2pConfig) -> Result<(), String> {
             DutKind::TestpmdIo | DutKind::TestpmdMac => {
                 pkgs.extend(["dpdk-dev", "librte-net-vhost23", "librte-mempool-ring23"])
             }
-            DutKind::OvsNormal | DutKind::OvsFlows => pkgs.push("openvswitch-switch-dpdk"),
-            DutKind::Vnfhost => {}
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 => {
+                pkgs.push("openvswitch-switch-dpdk")
+            }
+            DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big => {}
         }
     }
     pkgs.sort_unstable();

@@ -27,9 +27,12 @@ commands:
                                     vlan=VID,ip=ADDR/LEN[,mac=MAC]; it answers ARP and
                                     pings for ADDR and routes IPv4 between its VLANs
              --route SPEC           repeatable; a static route: PREFIX/LEN,via=ADDR
+             --routes FILE          static routes, one `PREFIX/LEN via ADDR` per line
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
              --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
-                                    (default: all)
+                                    (default: those), and the L3 ones: vnfhost-l3,
+                                    vnfhost-l3-100k (100 000 routes), ovs-l3 (OpenFlow
+                                    mod_dl_src/dst, dec_ttl)
              --frame-sizes LIST     wire sizes 64..=1518, or imix (7x64, 4x570, 1x1518)
                                     (default 64,1518)
              --flows N              distinct source MACs the generator cycles (default 1)
@@ -155,6 +158,21 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                 "--router-if",
             )?)?),
             Long("route") => routes.push(crate::portspec::parse_route(&value(&mut p, "--route")?)?),
+            Long("routes") => {
+                let f = value(&mut p, "--routes")?;
+                let text = std::fs::read_to_string(&f).map_err(|e| format!("--routes {f}: {e}"))?;
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let spec = line.replacen(" via ", ",via=", 1);
+                    routes.push(
+                        crate::portspec::parse_route(&spec)
+                            .map_err(|e| format!("--routes {f}:{}: {e}", n + 1))?,
+                    );
+                }
+            }
             Long("hugepages") => a.hugepages = true,
             Long("idle-max-us") => {
                 a.idle_max = Duration::from_micros(number(

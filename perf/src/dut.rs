@@ -19,6 +19,14 @@ pub enum DutKind {
     OvsNormal,
     /// Open vSwitch with DPDK, explicit `in_port` → `output` flows.
     OvsFlows,
+    /// `vnfhost switch` routing between two VLANs (TTL, checksum, MACs), 2 connected
+    /// prefixes and 10 static routes.
+    VnfhostL3,
+    /// The same with 100 000 static routes.
+    VnfhostL3Big,
+    /// Open vSwitch with DPDK doing the same with OpenFlow: `mod_dl_src`,
+    /// `mod_dl_dst`, `dec_ttl`, `output`.
+    OvsL3,
 }
 
 impl DutKind {
@@ -30,6 +38,9 @@ impl DutKind {
             DutKind::TestpmdMac => "testpmd-mac",
             DutKind::OvsNormal => "ovs-normal",
             DutKind::OvsFlows => "ovs-flows",
+            DutKind::VnfhostL3 => "vnfhost-l3",
+            DutKind::VnfhostL3Big => "vnfhost-l3-100k",
+            DutKind::OvsL3 => "ovs-l3",
         }
     }
 
@@ -39,7 +50,19 @@ impl DutKind {
     }
 
     /// Every DUT.
-    pub const ALL: [DutKind; 5] = [
+    pub const ALL: [DutKind; 8] = [
+        DutKind::Vnfhost,
+        DutKind::TestpmdIo,
+        DutKind::TestpmdMac,
+        DutKind::OvsNormal,
+        DutKind::OvsFlows,
+        DutKind::VnfhostL3,
+        DutKind::VnfhostL3Big,
+        DutKind::OvsL3,
+    ];
+
+    /// The L2 DUTs (what `bench p2p` runs by default).
+    pub const L2: [DutKind; 5] = [
         DutKind::Vnfhost,
         DutKind::TestpmdIo,
         DutKind::TestpmdMac,
@@ -47,10 +70,30 @@ impl DutKind {
         DutKind::OvsFlows,
     ];
 
+    /// Whether the DUT routes (the generator then sends IPv4 to the router MAC).
+    pub fn is_l3(self) -> bool {
+        matches!(
+            self,
+            DutKind::VnfhostL3 | DutKind::VnfhostL3Big | DutKind::OvsL3
+        )
+    }
+
+    /// The vnfhost DUT that others of its kind are compared with.
+    pub fn reference(self) -> DutKind {
+        if self.is_l3() {
+            DutKind::VnfhostL3
+        } else {
+            DutKind::Vnfhost
+        }
+    }
+
     /// Whether the DUT connects to sockets the generator creates (OVS
     /// `dpdkvhostuserclient` ports), rather than creating them.
     pub fn generator_listens(self) -> bool {
-        matches!(self, DutKind::OvsNormal | DutKind::OvsFlows)
+        matches!(
+            self,
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3
+        )
     }
 }
 
@@ -96,15 +139,37 @@ pub fn in_path(name: &str) -> bool {
 /// Why `kind` cannot run here, if it cannot.
 pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
     match kind {
-        DutKind::Vnfhost if !vnfhost.is_file() => Some(format!("{} not found", vnfhost.display())),
+        DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big if !vnfhost.is_file() => {
+            Some(format!("{} not found", vnfhost.display()))
+        }
         DutKind::TestpmdIo | DutKind::TestpmdMac if !in_path("dpdk-testpmd") => {
             Some("dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-vhost23)".into())
         }
-        DutKind::OvsNormal | DutKind::OvsFlows if !Path::new(OVS_VSWITCHD).is_file() => Some(
-            "Open vSwitch with DPDK not installed (apt-get install openvswitch-switch-dpdk)".into(),
-        ),
+        DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3
+            if !Path::new(OVS_VSWITCHD).is_file() =>
+        {
+            Some(
+                "Open vSwitch with DPDK not installed (apt-get install openvswitch-switch-dpdk)"
+                    .into(),
+            )
+        }
         _ => None,
     }
+}
+
+/// `n` static routes (`PREFIX/LEN via ADDR` lines) of lengths 24, 23, 22 and 16 from
+/// 20.0.0.0 up, none covering the generator's destination. That destination is on a
+/// connected /24, the longest length present, so a lookup probes one hash table: what
+/// grows with `n` is that table (a quarter of the routes), far beyond the caches.
+pub fn route_list(n: u32) -> String {
+    let mut s = String::with_capacity(n as usize * 28);
+    for i in 0..n {
+        let net = (20u32 << 24) + (i << 8);
+        let [a, b, c, _] = net.to_be_bytes();
+        let len = [24, 23, 22, 16][(i % 4) as usize];
+        s.push_str(&format!("{a}.{b}.{c}.0/{len} via 10.0.1.1\n"));
+    }
+    s
 }
 
 fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
@@ -129,7 +194,7 @@ impl RunningDut {
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut huge_mount = None;
         let mut cmd = match cfg.kind {
-            DutKind::Vnfhost => {
+            DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big => {
                 let mut c = Command::new(&cfg.vnfhost);
                 c.args([
                     "switch",
@@ -141,13 +206,32 @@ impl RunningDut {
                 if cfg.hugepages {
                     c.arg("--hugepages");
                 }
-                c.arg("--port")
-                    .arg(format!("p0,vhost-user={}", p0.display()));
-                c.arg("--port")
-                    .arg(format!("p1,vhost-user={}", p1.display()));
+                if cfg.kind.is_l3() {
+                    // Two networks and a router between them, as a tenant would have.
+                    c.arg("--port")
+                        .arg(format!("p0,vhost-user={},vlan=10", p0.display()));
+                    c.arg("--port")
+                        .arg(format!("p1,vhost-user={},vlan=20", p1.display()));
+                    c.args(["--router-if", "vlan=10,ip=10.0.0.254/24"]);
+                    c.args(["--router-if", "vlan=20,ip=10.0.1.254/24"]);
+                    let n = if cfg.kind == DutKind::VnfhostL3Big {
+                        100_000
+                    } else {
+                        10
+                    };
+                    let routes = cfg.dir.join("routes.txt");
+                    std::fs::write(&routes, route_list(n))
+                        .map_err(|e| format!("{}: {e}", routes.display()))?;
+                    c.arg("--routes").arg(&routes);
+                } else {
+                    c.arg("--port")
+                        .arg(format!("p0,vhost-user={}", p0.display()));
+                    c.arg("--port")
+                        .arg(format!("p1,vhost-user={}", p1.display()));
+                }
                 c
             }
-            DutKind::OvsNormal | DutKind::OvsFlows => {
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 => {
                 huge_mount = if cfg.hugepages {
                     mount_hugetlbfs(&cfg.dir)
                 } else {

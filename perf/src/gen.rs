@@ -37,6 +37,36 @@ pub struct GenConfig {
     pub hugepages: bool,
     /// Create the sockets and wait for the DUT to connect (OVS `dpdkvhostuserclient`).
     pub server: bool,
+    /// Routed traffic: IPv4 from [`L3_SRC_IP`] to [`L3_DST_IP`], sent to [`ROUTER_MAC`]
+    /// (sequence number and stamp after the IPv4 header).
+    pub l3: bool,
+}
+
+/// The router's MAC in L3 mode (vnfhost's default router MAC).
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
+/// L3 mode: the sender's address (behind the router's 10.0.0.254/24).
+pub const L3_SRC_IP: [u8; 4] = [10, 0, 0, 1];
+/// L3 mode: the receiver's address (behind the router's 10.0.1.254/24).
+pub const L3_DST_IP: [u8; 4] = [10, 0, 1, 1];
+
+/// Writes the IPv4 header of an L3-mode frame of `len` bytes (without FCS) at `b[14..34]`.
+fn write_ipv4(b: &mut [u8], len: usize, src: [u8; 4], dst: [u8; 4]) {
+    let h = &mut b[14..34];
+    h.fill(0);
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = 17;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 /// `frame_len` value that selects simple IMIX: 7 × 64, 4 × 570, 1 × 1518 bytes on the
@@ -91,6 +121,7 @@ pub struct Generator {
     flows: u32,
     seq: u32,
     tsc_hz: f64,
+    l3: bool,
 }
 
 /// Measures the time-stamp counter's rate against the monotonic clock (50 ms).
@@ -125,15 +156,22 @@ impl Generator {
             flows: cfg.flows.max(1),
             seq: 0,
             tsc_hz: tsc_hz(),
+            l3: cfg.l3,
         })
     }
 
-    /// Sends a few frames from the receiving side so a learning switch knows `DST`.
+    /// Sends a few frames from the receiving side so a learning switch knows `DST` (and,
+    /// in L3 mode, a router learns that [`L3_DST_IP`] is at `DST`).
     pub fn teach(&mut self) {
         let mut f = vec![0u8; 60];
         f[..6].copy_from_slice(&SRC);
         f[6..12].copy_from_slice(&DST);
         f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        if self.l3 {
+            f[..6].copy_from_slice(&ROUTER_MAC);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            write_ipv4(&mut f, 60, L3_DST_IP, [10, 0, 1, 254]);
+        }
         for _ in 0..3 {
             self.rx.send(0, &[&f]);
             std::thread::sleep(Duration::from_millis(20));
@@ -160,6 +198,9 @@ impl Generator {
         let fixed = self.frame_len;
         let flows = self.flows;
         let hz = self.tsc_hz;
+        let l3 = self.l3;
+        // Where the sequence number and stamp sit: after the Ethernet or IPv4 header.
+        let at = if l3 { 34 } else { 14 };
         let mut t = Trial::default();
         let mut last_seq: Option<u32> = None;
         let start = Instant::now();
@@ -167,8 +208,8 @@ impl Generator {
         let mut iter = 0u32;
         let mut last_due = 0u64;
         let mut record = |f: &[u8], t: &mut Trial, now: u64| {
-            if f.len() >= 26 {
-                let s = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
+            if f.len() >= at + 12 {
+                let s = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
                 if let Some(l) = last_seq {
                     if s.wrapping_sub(l) > u32::MAX / 2 {
                         t.reordered += 1;
@@ -177,7 +218,7 @@ impl Generator {
                 last_seq = Some(s);
                 if let Some(h) = latency.as_deref_mut() {
                     let mut b = [0u8; 8];
-                    b.copy_from_slice(&f[18..26]);
+                    b.copy_from_slice(&f[at + 4..at + 12]);
                     let cycles = now.saturating_sub(u64::from_le_bytes(b));
                     let _ = h.record((cycles as f64 * 1e9 / hz) as u64);
                 }
@@ -210,9 +251,15 @@ impl Generator {
                     } else {
                         b[6..12].copy_from_slice(&SRC);
                     }
-                    b[12..14].copy_from_slice(&[0x88, 0xb5]);
-                    b[14..18].copy_from_slice(&seq.to_be_bytes());
-                    b[18..26].copy_from_slice(&tsc().to_le_bytes());
+                    if l3 {
+                        b[..6].copy_from_slice(&ROUTER_MAC);
+                        b[12..14].copy_from_slice(&[0x08, 0x00]);
+                        write_ipv4(b, len, L3_SRC_IP, L3_DST_IP);
+                    } else {
+                        b[12..14].copy_from_slice(&[0x88, 0xb5]);
+                    }
+                    b[at..at + 4].copy_from_slice(&seq.to_be_bytes());
+                    b[at + 4..at + 12].copy_from_slice(&tsc().to_le_bytes());
                     len
                 });
                 self.seq = self.seq.wrapping_add(n as u32);

@@ -154,6 +154,24 @@ pub fn start(
             ],
         )?;
     }
+    if cfg.kind == DutKind::OvsL3 {
+        // What vnfhost's router does, as OpenFlow: rewrite both MACs, decrement the TTL
+        // (with the checksum), forward.
+        let br = format!("unix:{}", d.join("br0.mgmt").display());
+        tool(d, "ovs-ofctl", &["del-flows", &br])?;
+        let m = |b: [u8; 6]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let flow = format!(
+            "in_port=p0,ip,actions=mod_dl_src:{},mod_dl_dst:{},dec_ttl,output:p1",
+            m(crate::gen::ROUTER_MAC),
+            m(crate::gen::DST)
+        );
+        tool(d, "ovs-ofctl", &["add-flow", &br, &flow])?;
+    }
     if cfg.kind == DutKind::OvsFlows {
         let br = format!("unix:{}", d.join("br0.mgmt").display());
         tool(d, "ovs-ofctl", &["del-flows", &br])?;

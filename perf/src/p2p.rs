@@ -202,8 +202,8 @@ impl Report {
                 } else {
                     format!("{:.0}", stats(&cyc).1)
                 };
-                let v = self.median(DutKind::Vnfhost, f);
-                let ratio = if d != DutKind::Vnfhost && med > 0.0 && v > 0.0 {
+                let v = self.median(d.reference(), f);
+                let ratio = if d != d.reference() && med > 0.0 && v > 0.0 {
                     format!("{:.2}", v / med)
                 } else {
                     "—".into()
@@ -394,6 +394,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     ring_size: cfg.ring_size,
                     hugepages: cfg.hugepages,
                     server: dut.generator_listens(),
+                    l3: dut.is_l3(),
                 };
                 let mut g = Generator::connect(&gcfg)
                     .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;

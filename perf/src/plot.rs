@@ -9,7 +9,9 @@ const H: f64 = 420.0;
 const L: f64 = 70.0; // left margin
 const B: f64 = 60.0; // bottom margin
 const T: f64 = 40.0; // top margin
-const COLORS: [&str; 5] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
 
 fn color(d: DutKind) -> &'static str {
     let i = DutKind::ALL.iter().position(|x| *x == d).unwrap_or(0);
