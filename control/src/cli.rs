@@ -24,8 +24,9 @@ commands:
              --fdb-size N           FDB entries per core (default 8192, like OVS)
              --fdb-age SECONDS      FDB entry lifetime (default 300)
              --router-if SPEC       repeatable; a router interface between VLANs:
-                                    vlan=VID,ip=ADDR/LEN[,mac=MAC]; it answers ARP and
-                                    pings for ADDR and routes IPv4 between its VLANs
+                                    vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]; it
+                                    answers ARP, neighbour solicitations and pings for
+                                    its addresses and routes IPv4 and IPv6 between VLANs
              --route SPEC           repeatable; a static route: PREFIX/LEN,via=ADDR
              --routes FILE          static routes, one `PREFIX/LEN via ADDR` per line
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
@@ -196,8 +197,23 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         return Err("switch: --route needs --router-if".into());
     }
     if !router_ifs.is_empty() {
+        use crate::portspec::Route;
+        let v4: Vec<_> = routes
+            .iter()
+            .filter_map(|r| match r {
+                Route::V4(r) => Some(*r),
+                Route::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<_> = routes
+            .iter()
+            .filter_map(|r| match r {
+                Route::V6(r) => Some(*r),
+                Route::V4(_) => None,
+            })
+            .collect();
         a.router = Some(
-            vswitch::router::Router::new(router_ifs, &routes)
+            vswitch::router::Router::with_routes6(router_ifs, &v4, &v6)
                 .map_err(|e| format!("switch: router: {e}"))?,
         );
     }

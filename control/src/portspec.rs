@@ -74,11 +74,27 @@ fn default_mac(name: &str) -> [u8; 6] {
 /// The default MAC of router interfaces (locally administered).
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
 
-/// Parses one `--router-if` value: `vlan=VID,ip=ADDR/LEN[,mac=MAC]`.
+/// Parses one `--router-if` value: `vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]`.
 pub fn parse_router_if(s: &str) -> Result<vswitch::router::RouterIf, String> {
-    let (mut vid, mut ip, mut mac) = (None, None, ROUTER_MAC);
+    let (mut vid, mut ip, mut mac, mut ip6) = (None, None, ROUTER_MAC, None);
     for part in s.split(',') {
         match part.split_once('=') {
+            Some(("ip6", v)) => {
+                let (a, l) = v
+                    .split_once('/')
+                    .ok_or_else(|| format!("--router-if ip6={v:?}: expected ADDR/LEN"))?;
+                let a: std::net::Ipv6Addr = a
+                    .parse()
+                    .map_err(|_| format!("--router-if ip6={v:?}: not an IPv6 address"))?;
+                let l: u8 = l
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=127).contains(l))
+                    .ok_or_else(|| {
+                        format!("--router-if ip6={v:?}: prefix length must be 1..=127")
+                    })?;
+                ip6 = Some((a, l));
+            }
             Some(("vlan", v)) => vid = Some(parse_vid(v, "vlan")?),
             Some(("mac", v)) => mac = parse_mac(v)?,
             Some(("ip", v)) => {
@@ -105,11 +121,45 @@ pub fn parse_router_if(s: &str) -> Result<vswitch::router::RouterIf, String> {
         mac: vswitch::wire::EthernetAddress(mac),
         ip,
         prefix,
+        ip6,
     })
 }
 
-/// Parses one `--route` value: `PREFIX/LEN,via=ADDR`.
-pub fn parse_route(s: &str) -> Result<vswitch::router::StaticRoute, String> {
+/// A static route of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// IPv4.
+    V4(vswitch::router::StaticRoute),
+    /// IPv6.
+    V6(vswitch::router::StaticRoute6),
+}
+
+/// Parses one `--route` value: `PREFIX/LEN,via=ADDR`, IPv4 or IPv6.
+pub fn parse_route(s: &str) -> Result<Route, String> {
+    if s.contains(':') {
+        let (dst, via) = s
+            .split_once(",via=")
+            .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;
+        let (a, l) = dst
+            .split_once('/')
+            .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN"))?;
+        let dst: std::net::Ipv6Addr = a
+            .parse()
+            .map_err(|_| format!("--route {s:?}: {a:?} is not an IPv6 address"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 128)
+            .ok_or_else(|| format!("--route {s:?}: prefix length must be 0..=128"))?;
+        let via = via
+            .parse()
+            .map_err(|_| format!("--route {s:?}: via={via:?} is not an IPv6 address"))?;
+        return Ok(Route::V6(vswitch::router::StaticRoute6 { dst, len, via }));
+    }
+    parse_route4(s).map(Route::V4)
+}
+
+fn parse_route4(s: &str) -> Result<vswitch::router::StaticRoute, String> {
     let (dst, via) = s
         .split_once(",via=")
         .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;

@@ -366,3 +366,106 @@ fn the_router_answers_arp_resolves_routes_between_vlans_and_reports_ttl_expiry()
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("router: routed 1, generated 3"), "{text}");
 }
+
+fn ipv6_frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    sip: [u8; 16],
+    dip: [u8; 16],
+    next: u8,
+    hops: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0u8; 54];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    f[20] = next;
+    f[21] = hops;
+    f[22..38].copy_from_slice(&sip);
+    f[38..54].copy_from_slice(&dip);
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn the_router_does_neighbour_discovery_and_routes_ipv6() {
+    let d = dir("route6");
+    let socks: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args = vec![
+        "--port".to_string(),
+        format!("a,vhost-user={},vlan=10", socks[0].display()),
+        "--port".to_string(),
+        format!("b,vhost-user={},vlan=20", socks[1].display()),
+        "--router-if".to_string(),
+        "vlan=10,ip=10.0.0.254/24,ip6=fd00:a::fe/64".to_string(),
+        "--router-if".to_string(),
+        "vlan=20,ip=10.0.1.254/24,ip6=fd00:b::fe/64".to_string(),
+    ];
+    let log = d.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let (mut a, mut b) = (vu(&socks[0]), vu(&socks[1]));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A solicits its gateway on the solicited-node group and gets an advertisement.
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend(v6("fd00:a::fe"));
+    ns.extend([1, 1]);
+    ns.extend(A);
+    let snm = [0x33, 0x33, 0xff, 0, 0, 0xfe];
+    let f = ipv6_frame(snm, A, v6("fd00:a::1"), v6("ff02::1:ff00:fe"), 58, 255, &ns);
+    assert_eq!(a.send(0, std::slice::from_ref(&f)), 1);
+    let got = a.recv_wait(0, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "no neighbour advertisement");
+    assert_eq!(got[0][54], 136);
+    assert_eq!(
+        &got[0][80..86],
+        &RMAC,
+        "the router's MAC as target link-layer address"
+    );
+
+    // A sends to B: the router solicits B on VLAN 20 first.
+    let pkt = ipv6_frame(
+        RMAC,
+        A,
+        v6("fd00:a::1"),
+        v6("fd00:b::1"),
+        17,
+        64,
+        &[9u8; 16],
+    );
+    assert_eq!(a.send(0, std::slice::from_ref(&pkt)), 1);
+    let got = b.recv_wait(0, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the router did not solicit B");
+    assert_eq!(&got[0][..6], &[0x33, 0x33, 0xff, 0, 0, 1]);
+    assert_eq!(got[0][54], 135);
+    assert_eq!(&got[0][62..78], &v6("fd00:b::1"));
+
+    // B advertises itself; A's next packet arrives, hop limit decremented.
+    let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    na.extend(v6("fd00:b::1"));
+    na.extend([2, 1]);
+    na.extend(B);
+    let f = ipv6_frame(RMAC, B, v6("fd00:b::1"), v6("fd00:b::fe"), 58, 255, &na);
+    assert_eq!(b.send(0, std::slice::from_ref(&f)), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let got = pump(&mut a, std::slice::from_ref(&pkt), &mut b, 1);
+    assert_eq!(got.len(), 1, "the routed IPv6 packet did not arrive");
+    assert_eq!(&got[0][..6], &B);
+    assert_eq!(&got[0][6..12], &RMAC);
+    assert_eq!(got[0][21], 63);
+    assert_eq!(&got[0][22..], &pkt[22..]);
+
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+}

@@ -697,6 +697,8 @@ pub struct Bridge {
     memo: Memo,
     /// (VLAN, MAC) of each router interface.
     router_macs: Vec<(u16, EthernetAddress)>,
+    /// (VLAN, multicast MAC) the router listens to (IPv6 solicited-node groups).
+    router_groups: Vec<(u16, EthernetAddress)>,
 }
 
 /// The last FDB answers, reused while nothing can have changed them.
@@ -771,6 +773,7 @@ impl Bridge {
             counters: BridgeCounters::default(),
             memo: Memo::default(),
             router_macs: Vec::new(),
+            router_groups: Vec::new(),
         })
     }
 
@@ -854,6 +857,12 @@ impl Bridge {
     pub fn set_router_macs(&mut self, macs: Vec<(Vid, EthernetAddress)>) {
         self.router_macs = macs.into_iter().map(|(v, m)| (v.get(), m)).collect();
         self.memo = Memo::default();
+    }
+
+    /// Multicast groups (VLAN, MAC) the router listens to: frames to them are flooded as
+    /// usual and also come back as [`Forwarded::Routed`] (IPv6 neighbour solicitations).
+    pub fn set_router_groups(&mut self, groups: Vec<(Vid, EthernetAddress)>) {
+        self.router_groups = groups.into_iter().map(|(v, m)| (v.get(), m)).collect();
     }
 
     /// Sends a frame the router rewrote, or generated, on VLAN `vid`: to the port its
@@ -1085,6 +1094,15 @@ impl Bridge {
             .is_some_and(|t| t == [0x08, 0x06]);
         if routed_vlan && arp && ingress.dst.is_broadcast() {
             // Flooded to the hosts, and the router answers if it is asked.
+            return Ok(Forwarded::Routed { vid, l3 });
+        }
+        if routed_vlan
+            && ingress.dst.is_multicast()
+            && self
+                .router_groups
+                .iter()
+                .any(|&(v, m)| v == vid.get() && m == ingress.dst)
+        {
             return Ok(Forwarded::Routed { vid, l3 });
         }
         if copies == 0 {

@@ -1,4 +1,4 @@
-//! A tenant's IPv4 router between bridge domains (VLANs).
+//! A tenant's IPv4 and IPv6 router between bridge domains (VLANs).
 //!
 //! A router has one interface per network it joins: a VLAN, a MAC and a gateway address
 //! with its prefix. The switch hands it the frames addressed to an interface MAC, and
@@ -16,12 +16,17 @@
 //!   destination per [`ARP_RETRY_NS`]) when the next hop is unknown, dropping the packet
 //!   (the sender's retransmission finds the neighbour).
 //!
+//! IPv6 the same way: neighbour solicitations for its addresses get advertisements
+//! (and teach the router the solicitor), hop limit instead of TTL (no header checksum),
+//! ICMPv6 time exceeded and echo replies, neighbour solicitations to the solicited-node
+//! multicast group for unknown next hops.
+//!
 //! Like the bridge: no allocation, no lock, no system call per frame. Generated frames
-//! are written into a buffer the caller provides. IPv4 options, fragments needing
-//! fragmentation, and IPv6 are not routed yet (counted as drops).
+//! are written into a buffer the caller provides. IPv4 options and IPv6 extension
+//! headers before ICMPv6 are not handled (counted as drops); nothing is fragmented.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::bridge::Vid;
 use crate::wire::{checksum, incremental_update, EthernetAddress};
@@ -42,6 +47,19 @@ pub struct RouterIf {
     pub ip: Ipv4Addr,
     /// Its prefix length (the connected route).
     pub prefix: u8,
+    /// The IPv6 gateway address and prefix length, if the network has IPv6.
+    pub ip6: Option<(Ipv6Addr, u8)>,
+}
+
+impl RouterIf {
+    /// The Ethernet multicast address of the solicited-node group of its IPv6 address,
+    /// where neighbour solicitations for it arrive.
+    pub fn solicited_node_mac(&self) -> Option<EthernetAddress> {
+        self.ip6.map(|(a, _)| {
+            let o = a.octets();
+            EthernetAddress([0x33, 0x33, 0xff, o[13], o[14], o[15]])
+        })
+    }
 }
 
 /// A static route.
@@ -53,6 +71,17 @@ pub struct StaticRoute {
     pub len: u8,
     /// Next hop, on a connected prefix.
     pub via: Ipv4Addr,
+}
+
+/// An IPv6 static route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticRoute6 {
+    /// Destination prefix.
+    pub dst: Ipv6Addr,
+    /// Its length.
+    pub len: u8,
+    /// Next hop, on a connected prefix.
+    pub via: Ipv6Addr,
 }
 
 /// Why the router dropped a packet.
@@ -211,6 +240,71 @@ impl<T: Copy> Lpm4<T> {
     }
 }
 
+/// IPv6 longest-prefix match, like [`Lpm4`] (one table per prefix length in use).
+#[derive(Clone, Debug, Default)]
+pub struct Lpm6<T> {
+    tables: Vec<(u8, PrefixMap6<T>)>,
+}
+
+type PrefixMap6<T> = HashMap<u128, T, std::hash::BuildHasherDefault<PrefixHasher>>;
+
+fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
+    }
+}
+
+impl<T: Copy> Lpm6<T> {
+    /// An empty table.
+    pub fn new() -> Lpm6<T> {
+        Lpm6 { tables: Vec::new() }
+    }
+
+    /// Inserts or replaces `addr/len`.
+    pub fn insert(&mut self, addr: Ipv6Addr, len: u8, value: T) {
+        let len = len.min(128);
+        let key = u128::from(addr) & mask6(len);
+        match self.tables.iter_mut().find(|(l, _)| *l == len) {
+            Some((_, t)) => {
+                t.insert(key, value);
+            }
+            None => {
+                let mut t = HashMap::default();
+                t.insert(key, value);
+                self.tables.push((len, t));
+                self.tables.sort_by_key(|t| std::cmp::Reverse(t.0));
+            }
+        }
+    }
+
+    /// The value of the longest prefix containing `addr`.
+    pub fn lookup(&self, addr: Ipv6Addr) -> Option<T> {
+        let a = u128::from(addr);
+        self.tables
+            .iter()
+            .find_map(|(len, t)| t.get(&(a & mask6(*len))).copied())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Neighbour6 {
+    ip: u128,
+    ifidx: u16,
+    mac: EthernetAddress,
+    asked: u64,
+    known: bool,
+    used: bool,
+}
+
+/// Where an IPv6 route leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hop6 {
+    ifidx: u16,
+    via: Option<Ipv6Addr>,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Neighbour {
     ip: u32,
@@ -238,6 +332,8 @@ pub struct Router {
     ifs: Vec<RouterIf>,
     lpm: Lpm4<Hop>,
     neigh: Box<[Neighbour]>,
+    lpm6: Lpm6<Hop6>,
+    neigh6: Box<[Neighbour6]>,
     counters: RouterCounters,
 }
 
@@ -252,7 +348,7 @@ pub enum RouterError {
     BadPrefix(u8),
     /// A next hop on no connected prefix.
     #[error("next hop {0} is on none of the router's networks")]
-    NextHopOffLink(Ipv4Addr),
+    NextHopOffLink(std::net::IpAddr),
 }
 
 const ETH: usize = 14;
@@ -270,8 +366,51 @@ fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
 }
 
 impl Router {
-    /// A router with `ifs` and static `routes`.
+    /// A router with `ifs` and static `routes` (IPv4 only; see
+    /// [`with_routes6`](Self::with_routes6)).
     pub fn new(ifs: Vec<RouterIf>, routes: &[StaticRoute]) -> Result<Router, RouterError> {
+        Self::with_routes6(ifs, routes, &[])
+    }
+
+    /// A router with `ifs` and static IPv4 and IPv6 routes.
+    pub fn with_routes6(
+        ifs: Vec<RouterIf>,
+        routes: &[StaticRoute],
+        routes6: &[StaticRoute6],
+    ) -> Result<Router, RouterError> {
+        let mut lpm6 = Lpm6::new();
+        for (i, a) in ifs.iter().enumerate() {
+            if let Some((ip, len)) = a.ip6 {
+                if len > 128 {
+                    return Err(RouterError::BadPrefix(len));
+                }
+                lpm6.insert(
+                    ip,
+                    len,
+                    Hop6 {
+                        ifidx: i as u16,
+                        via: None,
+                    },
+                );
+            }
+        }
+        for r in routes6 {
+            if r.len > 128 {
+                return Err(RouterError::BadPrefix(r.len));
+            }
+            let hop = lpm6
+                .lookup(r.via)
+                .filter(|h| h.via.is_none())
+                .ok_or(RouterError::NextHopOffLink(r.via.into()))?;
+            lpm6.insert(
+                r.dst,
+                r.len,
+                Hop6 {
+                    ifidx: hop.ifidx,
+                    via: Some(r.via),
+                },
+            );
+        }
         let mut lpm = Lpm4::new();
         for (i, a) in ifs.iter().enumerate() {
             if a.prefix > 32 {
@@ -296,7 +435,7 @@ impl Router {
             let hop = lpm
                 .lookup(r.via)
                 .filter(|h| h.via.is_none())
-                .ok_or(RouterError::NextHopOffLink(r.via))?;
+                .ok_or(RouterError::NextHopOffLink(r.via.into()))?;
             lpm.insert(
                 r.dst,
                 r.len,
@@ -310,6 +449,8 @@ impl Router {
             ifs,
             lpm,
             neigh: vec![Neighbour::default(); NEIGHBOURS].into_boxed_slice(),
+            lpm6,
+            neigh6: vec![Neighbour6::default(); NEIGHBOURS].into_boxed_slice(),
             counters: RouterCounters::default(),
         })
     }
@@ -330,11 +471,15 @@ impl Router {
     }
 
     /// Whether the frame (dst MAC on VLAN `vid`) is for the router: unicast to an
-    /// interface MAC, or a broadcast ARP on a routed VLAN.
+    /// interface MAC, a broadcast ARP on a routed VLAN, or a frame to the solicited-node
+    /// group of an interface's IPv6 address.
     pub fn wants(&self, vid: Vid, dst: EthernetAddress, ethertype: u16) -> bool {
-        self.ifs
-            .iter()
-            .any(|i| i.vid == vid && (dst == i.mac || (dst.is_broadcast() && ethertype == 0x0806)))
+        self.ifs.iter().any(|i| {
+            i.vid == vid
+                && (dst == i.mac
+                    || (dst.is_broadcast() && ethertype == 0x0806)
+                    || Some(dst) == i.solicited_node_mac())
+        })
     }
 
     fn slot(&self, ip: u32) -> usize {
@@ -407,6 +552,7 @@ impl Router {
         match be16(frame, l3 - 2) {
             0x0806 => self.arp(ifidx, frame, l3, out),
             0x0800 => self.ipv4(ifidx, frame, l3, now, out),
+            0x86dd => self.ipv6(ifidx, frame, l3, now, out),
             _ => Verdict::Drop(RouteDrop::Malformed),
         }
     }
@@ -519,6 +665,281 @@ impl Router {
         }
         Verdict::Forward { vid: egress.vid }
     }
+}
+
+impl Router {
+    fn slot6(&self, ip: u128) -> usize {
+        let h = (ip as u64) ^ ((ip >> 64) as u64);
+        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize & (NEIGHBOURS - 1)
+    }
+
+    /// The IPv6 neighbour `ip` on interface `ifidx`, if resolved.
+    pub fn neighbour6(&self, ifidx: u16, ip: Ipv6Addr) -> Option<EthernetAddress> {
+        let n = &self.neigh6[self.slot6(u128::from(ip))];
+        (n.used && n.known && n.ip == u128::from(ip) && n.ifidx == ifidx).then_some(n.mac)
+    }
+
+    fn learn6(&mut self, ifidx: u16, ip: Ipv6Addr, mac: EthernetAddress) {
+        let ip = u128::from(ip);
+        if ip == 0 || !mac.is_unicast() {
+            return;
+        }
+        let s = self.slot6(ip);
+        let n = &self.neigh6[s];
+        if n.used && n.known && n.ip == ip && n.ifidx == ifidx && n.mac == mac {
+            return;
+        }
+        self.neigh6[s] = Neighbour6 {
+            ip,
+            ifidx,
+            mac,
+            asked: 0,
+            known: true,
+            used: true,
+        };
+    }
+
+    fn on_link6(&self, ifidx: u16, a: Ipv6Addr) -> bool {
+        let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+        link_local
+            || self.ifs[usize::from(ifidx)]
+                .ip6
+                .is_some_and(|(me, len)| (u128::from(a) ^ u128::from(me)) & mask6(len) == 0)
+    }
+
+    fn ipv6(&mut self, ifidx: u16, f: &mut [u8], l3: usize, now: u64, out: &mut [u8]) -> Verdict {
+        if f.len() < l3 + 40 || f[l3] >> 4 != 6 {
+            return Verdict::Drop(RouteDrop::Malformed);
+        }
+        let me = self.ifs[usize::from(ifidx)].clone();
+        let Some((my_ip, _)) = me.ip6 else {
+            return Verdict::Drop(RouteDrop::NoRoute);
+        };
+        let src = ip6_at(f, l3 + 8);
+        let dst = ip6_at(f, l3 + 24);
+        let src_mac = EthernetAddress([f[6], f[7], f[8], f[9], f[10], f[11]]);
+        let next = f[l3 + 6];
+        if !src.is_unspecified() && self.on_link6(ifidx, src) {
+            self.learn6(ifidx, src, src_mac);
+        }
+        let solicited = {
+            let o = my_ip.octets();
+            Ipv6Addr::new(
+                0xff02,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0xff00 | u16::from(o[13]),
+                u16::from_be_bytes([o[14], o[15]]),
+            )
+        };
+        if dst == my_ip || dst == solicited {
+            if next != 58 || f.len() < l3 + 48 {
+                return Verdict::Drop(RouteDrop::ForUs);
+            }
+            let icmp_type = f[l3 + 40];
+            match icmp_type {
+                // Neighbour solicitation for our address.
+                135 if f.len() >= l3 + 64 && ip6_at(f, l3 + 48) == my_ip => {
+                    let to = if src.is_unspecified() {
+                        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+                    } else {
+                        src
+                    };
+                    let dmac = if src.is_unspecified() {
+                        EthernetAddress([0x33, 0x33, 0, 0, 0, 1])
+                    } else {
+                        src_mac
+                    };
+                    // Solicited (unless answering DAD) | Override; target; our MAC.
+                    let flags: u8 = if src.is_unspecified() { 0x20 } else { 0x60 };
+                    let mut body = [0u8; 28];
+                    body[0] = flags;
+                    body[4..20].copy_from_slice(&my_ip.octets());
+                    body[20] = 2;
+                    body[21] = 1;
+                    body[22..28].copy_from_slice(me.mac.as_bytes());
+                    let len = write_icmp6(out, me.mac, dmac, my_ip, to, 255, [136, 0], &body);
+                    return match len {
+                        Some(len) => Verdict::Reply { vid: me.vid, len },
+                        None => Verdict::Drop(RouteDrop::ForUs),
+                    };
+                }
+                // Neighbour advertisement: learn the target.
+                136 if f.len() >= l3 + 64 => {
+                    let target = ip6_at(f, l3 + 48);
+                    if self.on_link6(ifidx, target) {
+                        let mac = if f.len() >= l3 + 72 && f[l3 + 64] == 2 && f[l3 + 65] == 1 {
+                            EthernetAddress([
+                                f[l3 + 66],
+                                f[l3 + 67],
+                                f[l3 + 68],
+                                f[l3 + 69],
+                                f[l3 + 70],
+                                f[l3 + 71],
+                            ])
+                        } else {
+                            src_mac
+                        };
+                        self.learn6(ifidx, target, mac);
+                    }
+                    return Verdict::Drop(RouteDrop::ForUs);
+                }
+                // Echo request.
+                128 if dst == my_ip => {
+                    let total = 40 + usize::from(be16(f, l3 + 4));
+                    let Some(body) = f.get(l3 + 44..l3 + total) else {
+                        return Verdict::Drop(RouteDrop::ForUs);
+                    };
+                    let len = write_icmp6(out, me.mac, src_mac, my_ip, src, 64, [129, 0], body);
+                    return match len {
+                        Some(len) => Verdict::Reply { vid: me.vid, len },
+                        None => Verdict::Drop(RouteDrop::ForUs),
+                    };
+                }
+                _ => return Verdict::Drop(RouteDrop::ForUs),
+            }
+        }
+        if dst.segments()[0] & 0xff00 == 0xff00 {
+            return Verdict::Drop(RouteDrop::ForUs); // other multicast: not routed
+        }
+        let hops = f[l3 + 7];
+        if hops <= 1 {
+            // Time exceeded, quoting as much of the packet as the head holds.
+            let quote_end = f.len().min(l3 + 48);
+            let mut body = [0u8; 52];
+            let q = &f[l3..quote_end];
+            body[4..4 + q.len()].copy_from_slice(q);
+            let len = write_icmp6(
+                out,
+                me.mac,
+                src_mac,
+                my_ip,
+                src,
+                64,
+                [3, 0],
+                &body[..4 + q.len()],
+            );
+            return match len {
+                Some(len) => Verdict::Reply { vid: me.vid, len },
+                None => Verdict::Drop(RouteDrop::TtlExpired),
+            };
+        }
+        let Some(hop) = self.lpm6.lookup(dst) else {
+            return Verdict::Drop(RouteDrop::NoRoute);
+        };
+        let nh = hop.via.unwrap_or(dst);
+        let egress = self.ifs[usize::from(hop.ifidx)].clone();
+        let Some(dmac) = self.neighbour6(hop.ifidx, nh) else {
+            let s = self.slot6(u128::from(nh));
+            let n = &mut self.neigh6[s];
+            let fresh = !(n.used && n.ip == u128::from(nh) && n.ifidx == hop.ifidx);
+            if fresh || now.saturating_sub(n.asked) >= ARP_RETRY_NS {
+                *n = Neighbour6 {
+                    ip: u128::from(nh),
+                    ifidx: hop.ifidx,
+                    mac: EthernetAddress::default(),
+                    asked: now.max(1),
+                    known: false,
+                    used: true,
+                };
+                let Some((eg_ip, _)) = egress.ip6 else {
+                    return Verdict::Drop(RouteDrop::NoRoute);
+                };
+                let o = nh.octets();
+                let group = Ipv6Addr::new(
+                    0xff02,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0xff00 | u16::from(o[13]),
+                    u16::from_be_bytes([o[14], o[15]]),
+                );
+                let gmac = EthernetAddress([0x33, 0x33, 0xff, o[13], o[14], o[15]]);
+                let mut body = [0u8; 28];
+                body[4..20].copy_from_slice(&o);
+                body[20] = 1;
+                body[21] = 1;
+                body[22..28].copy_from_slice(egress.mac.as_bytes());
+                let len = write_icmp6(out, egress.mac, gmac, eg_ip, group, 255, [135, 0], &body);
+                return match len {
+                    Some(len) => Verdict::Reply {
+                        vid: egress.vid,
+                        len,
+                    },
+                    None => Verdict::Drop(RouteDrop::Unresolved),
+                };
+            }
+            return Verdict::Drop(RouteDrop::Unresolved);
+        };
+        f[l3 + 7] = hops - 1;
+        f[0..6].copy_from_slice(dmac.as_bytes());
+        f[6..12].copy_from_slice(egress.mac.as_bytes());
+        if l3 == ETH + 4 {
+            let tci = be16(f, 14);
+            put16(f, 14, (tci & 0xf000) | egress.vid.get());
+        }
+        Verdict::Forward { vid: egress.vid }
+    }
+}
+
+fn ip6_at(b: &[u8], at: usize) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[at..at + 16]);
+    Ipv6Addr::from(o)
+}
+
+/// Writes an IPv6 header and an ICMPv6 message (`kind`, `body`), with the checksum over
+/// the pseudo-header. Returns the frame length.
+#[allow(clippy::too_many_arguments)]
+fn write_icmp6(
+    out: &mut [u8],
+    smac: EthernetAddress,
+    dmac: EthernetAddress,
+    sip: Ipv6Addr,
+    dip: Ipv6Addr,
+    hop_limit: u8,
+    kind: [u8; 2],
+    body: &[u8],
+) -> Option<usize> {
+    let plen = 4 + body.len();
+    let len = ETH + 40 + plen;
+    if len > out.len() {
+        return None;
+    }
+    out[..len.max(60)].fill(0);
+    out[0..6].copy_from_slice(dmac.as_bytes());
+    out[6..12].copy_from_slice(smac.as_bytes());
+    put16(out, 12, 0x86dd);
+    let ip = &mut out[ETH..ETH + 40];
+    ip[0] = 0x60;
+    put16(ip, 4, plen as u16);
+    ip[6] = 58;
+    ip[7] = hop_limit;
+    ip[8..24].copy_from_slice(&sip.octets());
+    ip[24..40].copy_from_slice(&dip.octets());
+    let icmp = &mut out[ETH + 40..len];
+    icmp[0] = kind[0];
+    icmp[1] = kind[1];
+    icmp[4..].copy_from_slice(body);
+    // Pseudo-header: source, destination, upper-layer length, next header.
+    let mut sum: u64 = 0;
+    for chunk in sip.octets().chunks(2).chain(dip.octets().chunks(2)) {
+        sum += u64::from(u16::from_be_bytes([chunk[0], chunk[1]]));
+    }
+    sum += plen as u64 + 58;
+    for c in icmp.chunks(2) {
+        sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    put16(icmp, 2, !(sum as u16));
+    Some(len.max(60))
 }
 
 /// Writes an ARP packet (padded to 60 bytes); returns its length.
@@ -636,12 +1057,14 @@ mod tests {
                     mac: RMAC,
                     ip: Ipv4Addr::new(10, 0, 0, 254),
                     prefix: 24,
+                    ip6: None,
                 },
                 RouterIf {
                     vid: vid(20),
                     mac: RMAC,
                     ip: Ipv4Addr::new(10, 0, 1, 254),
                     prefix: 24,
+                    ip6: None,
                 },
             ],
             &[StaticRoute {
@@ -872,6 +1295,7 @@ mod tests {
             mac: RMAC,
             ip: ip.into(),
             prefix: 24,
+            ip6: None,
         };
         assert_eq!(
             Router::new(vec![i(10, [10, 0, 0, 1]), i(10, [10, 0, 1, 1])], &[]).unwrap_err(),
@@ -886,6 +1310,172 @@ mod tests {
             Router::new(vec![i(10, [10, 0, 0, 1])], &[off]),
             Err(RouterError::NextHopOffLink(_))
         ));
+    }
+
+    fn router6() -> Router {
+        let i = |v: u16, ip: [u8; 4], ip6: &str| RouterIf {
+            vid: vid(v),
+            mac: RMAC,
+            ip: ip.into(),
+            prefix: 24,
+            ip6: Some((ip6.parse().unwrap(), 64)),
+        };
+        Router::new(
+            vec![
+                i(10, [10, 0, 0, 254], "fd00:a::fe"),
+                i(20, [10, 0, 1, 254], "fd00:b::fe"),
+            ],
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// An IPv6 frame with `payload` (next header `next`).
+    fn ipv6(
+        dmac: EthernetAddress,
+        smac: EthernetAddress,
+        src: &str,
+        dst: &str,
+        next: u8,
+        hops: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + payload.len()];
+        f[0..6].copy_from_slice(dmac.as_bytes());
+        f[6..12].copy_from_slice(smac.as_bytes());
+        put16(&mut f, 12, 0x86dd);
+        f[14] = 0x60;
+        put16(&mut f, 18, payload.len() as u16);
+        f[20] = next;
+        f[21] = hops;
+        f[22..38].copy_from_slice(&v6(src).octets());
+        f[38..54].copy_from_slice(&v6(dst).octets());
+        f[54..].copy_from_slice(payload);
+        f
+    }
+
+    /// Whether the ICMPv6 checksum of a frame written by the router is right.
+    fn icmp6_ok(f: &[u8]) -> bool {
+        let plen = usize::from(be16(f, 18));
+        let mut sum: u64 = 0;
+        for c in f[22..54].chunks(2) {
+            sum += u64::from(be16(c, 0));
+        }
+        sum += plen as u64 + 58;
+        for c in f[54..54 + plen].chunks(2) {
+            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum == 0xffff
+    }
+
+    #[test]
+    fn answers_neighbour_solicitations_for_its_address() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend(v6("fd00:a::fe").octets());
+        ns.extend([1, 1]);
+        ns.extend(A.as_bytes());
+        let snm = EthernetAddress([0x33, 0x33, 0xff, 0, 0, 0xfe]);
+        assert!(r.wants(vid(10), snm, 0x86dd));
+        let mut f = ipv6(snm, A, "fd00:a::1", "ff02::1:ff00:fe", 58, 255, &ns);
+        let v = r.input(vid(10), &mut f, 14, 0, &mut out);
+        let Verdict::Reply { vid: v10, len } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(v10, vid(10));
+        assert_eq!(len, 14 + 40 + 32);
+        assert_eq!(&out[0..6], A.as_bytes());
+        assert_eq!(out[54], 136, "neighbour advertisement");
+        assert_eq!(out[58], 0x60, "solicited, override");
+        assert_eq!(&out[62..78], &v6("fd00:a::fe").octets());
+        assert_eq!(&out[80..86], RMAC.as_bytes(), "target link-layer address");
+        assert!(icmp6_ok(&out), "checksum");
+        assert_eq!(r.neighbour6(0, v6("fd00:a::1")), Some(A));
+    }
+
+    #[test]
+    fn routes_ipv6_with_hop_limit_after_solicitation() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        let pkt = ipv6(RMAC, A, "fd00:a::1", "fd00:b::1", 17, 64, &[7u8; 10]);
+        let mut f = pkt.clone();
+        let v = r.input(vid(10), &mut f, 14, 1, &mut out);
+        assert!(
+            matches!(v, Verdict::Reply { vid: v20, .. } if v20 == vid(20)),
+            "{v:?}"
+        );
+        assert_eq!(
+            &out[0..6],
+            &[0x33, 0x33, 0xff, 0, 0, 1],
+            "to B's solicited-node group"
+        );
+        assert_eq!(out[54], 135);
+        assert_eq!(&out[62..78], &v6("fd00:b::1").octets());
+        assert!(icmp6_ok(&out));
+        // B advertises itself.
+        let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        na.extend(v6("fd00:b::1").octets());
+        na.extend([2, 1]);
+        na.extend(B.as_bytes());
+        let mut f = ipv6(RMAC, B, "fd00:b::1", "fd00:b::fe", 58, 255, &na);
+        r.input(vid(20), &mut f, 14, 2, &mut out);
+        assert_eq!(r.neighbour6(1, v6("fd00:b::1")), Some(B));
+        let mut f = pkt.clone();
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 3, &mut out),
+            Verdict::Forward { vid: vid(20) }
+        );
+        assert_eq!(&f[0..6], B.as_bytes());
+        assert_eq!(&f[6..12], RMAC.as_bytes());
+        assert_eq!(f[21], 63, "hop limit");
+        assert_eq!(
+            &f[22..],
+            &{
+                let mut p = pkt.clone();
+                p[21] = 63;
+                p
+            }[22..]
+        );
+        // Hop limit 1: time exceeded back to A.
+        let mut f = ipv6(RMAC, A, "fd00:a::1", "fd00:b::1", 17, 1, &[7u8; 10]);
+        let v = r.input(vid(10), &mut f, 14, 4, &mut out);
+        assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");
+        assert_eq!(out[54], 3, "time exceeded");
+        assert_eq!(&out[38..54], &v6("fd00:a::1").octets());
+        assert!(icmp6_ok(&out));
+    }
+
+    #[test]
+    fn answers_ipv6_pings_and_drops_garbage() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        let echo = [128, 0, 0, 0, 0x12, 0x34, 0, 1, b'h', b'i'];
+        let mut f = ipv6(RMAC, A, "fd00:a::1", "fd00:a::fe", 58, 64, &echo);
+        assert!(matches!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Reply { .. }
+        ));
+        assert_eq!(out[54], 129);
+        assert_eq!(&out[58..64], &[0x12, 0x34, 0, 1, b'h', b'i']);
+        assert!(icmp6_ok(&out));
+        let good = ipv6(RMAC, A, "fd00:a::1", "fd00:b::1", 17, 64, &[0; 8]);
+        for cut in 0..good.len() {
+            let mut f = good[..cut].to_vec();
+            let _ = r.input(vid(10), &mut f, 14, 0, &mut out);
+        }
+        let mut f = ipv6(RMAC, A, "fd00:a::1", "2001:db8::1", 17, 64, &[0; 8]);
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::NoRoute)
+        );
     }
 
     #[test]

@@ -259,7 +259,32 @@ impl PollTask for CoreTask {
                     };
                     let g = generated.frames.batch().len();
                     let buf = &mut generated.scratch;
-                    match r.input(vid, b.head_mut(i), usize::from(l3), now, buf) {
+                    let l3 = usize::from(l3);
+                    let head = b.head(i);
+                    // ICMPv6 (neighbour discovery, echo) needs more than the head copy:
+                    // the router gets a working copy of up to GEN_MAX bytes, head first
+                    // (so what was decided on stays what is sent), the rest read once
+                    // from the frame; a forwarded frame's rewritten head is copied back.
+                    let icmp6 = head.get(l3 - 2..l3) == Some(&[0x86, 0xdd][..])
+                        && head.get(l3 + 6) == Some(&58)
+                        && len > head.len();
+                    let verdict = if icmp6 {
+                        let mut work = [0u8; GEN_MAX];
+                        let n = len.min(GEN_MAX);
+                        let h = head.len();
+                        work[..h].copy_from_slice(head);
+                        if let Some(rest) = b.frame(i).get(h..n) {
+                            work[h..n].copy_from_slice(rest);
+                        }
+                        let v = r.input(vid, &mut work[..n], l3, now, buf);
+                        if matches!(v, Verdict::Forward { .. }) {
+                            b.head_mut(i).copy_from_slice(&work[..h]);
+                        }
+                        v
+                    } else {
+                        r.input(vid, b.head_mut(i), l3, now, buf)
+                    };
+                    match verdict {
                         Verdict::Forward { vid } => {
                             let _ = bridge.forward_routed(vid, b.head(i), len, now, &mut stage);
                         }
@@ -360,6 +385,12 @@ impl Switch {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
             if let Some(r) = &cfg.router {
                 bridge.set_router_macs(r.interfaces().iter().map(|i| (i.vid, i.mac)).collect());
+                bridge.set_router_groups(
+                    r.interfaces()
+                        .iter()
+                        .filter_map(|i| i.solicited_node_mac().map(|m| (i.vid, m)))
+                        .collect(),
+                );
             }
             for (pi, (v, sec)) in vlans.iter().enumerate() {
                 let id = PortId(pi as u16);
