@@ -16,6 +16,7 @@ commands:
                                         [,vlan=VID | ,trunk=V1-V2:V3[,native=VID]]
                                         [,ip=ADDR]...  (port security: the port may send
                                         only from its MAC and these addresses)
+                                        [,sg=NAME]  (a --security-group for what it is sent)
                                     or NAME,tap=IFNAME[,vlan=...]
              --stats                print per-port rates every second
              --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;
@@ -29,6 +30,10 @@ commands:
                                     its addresses and routes IPv4 and IPv6 between VLANs
              --route SPEC           repeatable; a static route: PREFIX/LEN,via=ADDR
              --routes FILE          static routes, one `PREFIX/LEN via ADDR` per line
+             --security-group SPEC  repeatable; NAME[,deny],RULE... with RULE any, icmp,
+                                    tcp[:PORTS] or udp[:PORTS], each [@PREFIX/LEN]; a port
+                                    with sg=NAME is sent only what a rule allows (with
+                                    deny; ARP and ND always pass). Stateless.
   bench p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
              --duts LIST            vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
                                     (default: those), and the L3 ones: vnfhost-l3,
@@ -103,6 +108,8 @@ pub struct SwitchArgs {
     pub fdb_age: Duration,
     /// The router between VLANs (`--router-if`, `--route`).
     pub router: Option<vswitch::router::Router>,
+    /// Security groups by name (`--security-group`).
+    pub groups: std::collections::HashMap<String, vswitch::IngressFilter>,
 }
 
 fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
@@ -129,6 +136,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         fdb_size: 8192,
         fdb_age: Duration::from_secs(300),
         router: None,
+        groups: std::collections::HashMap::new(),
     };
     let mut router_ifs = Vec::new();
     let mut routes = Vec::new();
@@ -154,6 +162,13 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                 a.ports.push(spec);
             }
             Long("stats") => a.stats = true,
+            Long("security-group") => {
+                let (name, f) =
+                    crate::portspec::parse_security_group(&value(&mut p, "--security-group")?)?;
+                if a.groups.insert(name.clone(), f).is_some() {
+                    return Err(format!("--security-group {name}: defined twice"));
+                }
+            }
             Long("router-if") => router_ifs.push(crate::portspec::parse_router_if(&value(
                 &mut p,
                 "--router-if",

@@ -39,6 +39,8 @@ pub struct PortSpec {
     /// Addresses the port may send from (`ip=`, repeatable); when any is given, port
     /// security is on: the port may send only from `mac` and these addresses.
     pub ips: Vec<std::net::IpAddr>,
+    /// Security group (`sg=NAME`, defined with `--security-group`).
+    pub sg: Option<String>,
 }
 
 fn parse_vid(s: &str, what: &str) -> Result<Vid, String> {
@@ -125,6 +127,67 @@ pub fn parse_router_if(s: &str) -> Result<vswitch::router::RouterIf, String> {
     })
 }
 
+/// Parses one `--security-group` value:
+/// `NAME[,deny],RULE...` with RULE one of `any`, `icmp`, `tcp[:PORTS]`, `udp[:PORTS]`,
+/// each optionally followed by `@PREFIX/LEN` (the source); PORTS is `80` or `1000-2000`.
+pub fn parse_security_group(s: &str) -> Result<(String, vswitch::IngressFilter), String> {
+    use vswitch::{FilterRule, RuleProto};
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or("").to_string();
+    if name.is_empty() || name.contains(['@', ':']) {
+        return Err(format!("--security-group {s:?}: must start with its name"));
+    }
+    let mut filter = vswitch::IngressFilter {
+        default_deny: false,
+        rules: Vec::new(),
+    };
+    for part in parts {
+        if part == "deny" {
+            filter.default_deny = true;
+            continue;
+        }
+        let (rule, src) = match part.split_once('@') {
+            Some((r, c)) => {
+                let (a, l) = c
+                    .split_once('/')
+                    .ok_or_else(|| format!("--security-group {name}: {c:?} is not PREFIX/LEN"))?;
+                let a: std::net::IpAddr = a
+                    .parse()
+                    .map_err(|_| format!("--security-group {name}: {a:?} is not an address"))?;
+                let max = if a.is_ipv4() { 32 } else { 128 };
+                let l: u8 = l.parse().ok().filter(|l| *l <= max).ok_or_else(|| {
+                    format!("--security-group {name}: bad prefix length in {c:?}")
+                })?;
+                (r, Some((a, l)))
+            }
+            None => (part, None),
+        };
+        let ports = |p: Option<&str>| -> Result<Option<(u16, u16)>, String> {
+            let Some(p) = p else { return Ok(None) };
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            match (a.parse::<u16>(), b.parse::<u16>()) {
+                (Ok(a), Ok(b)) if a >= 1 && a <= b => Ok(Some((a, b))),
+                _ => Err(format!(
+                    "--security-group {name}: ports {p:?} are not PORT or A-B"
+                )),
+            }
+        };
+        let (proto, p) = match rule.split_once(':') {
+            Some((r, p)) => (r, Some(p)),
+            None => (rule, None),
+        };
+        let proto = match proto {
+            "any" if p.is_none() => RuleProto::Any,
+            "icmp" if p.is_none() => RuleProto::Icmp,
+            "tcp" => RuleProto::Tcp(ports(p)?),
+            "udp" => RuleProto::Udp(ports(p)?),
+            _ => return Err(format!("--security-group {name}: unknown rule {part:?}")),
+        };
+        filter.rules.push(FilterRule { proto, src });
+    }
+    Ok((name, filter))
+}
+
 /// A static route of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -199,6 +262,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
     let (mut path, mut tap, mut client, mut queues, mut mac) = (None, None, false, 1u16, None);
     let (mut access, mut trunk, mut native) = (None, None, None);
     let mut ips = Vec::new();
+    let mut sg = None;
     for opt in it {
         let (k, v) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -223,6 +287,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
                 queues = q;
             }
             "mac" => mac = Some(parse_mac(need(v)?)?),
+            "sg" => sg = Some(need(v)?.to_string()),
             "ip" => {
                 let a = need(v)?;
                 ips.push(
@@ -290,6 +355,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
         mac: mac.unwrap_or_else(|| default_mac(name)),
         vlan,
         ips,
+        sg,
     })
 }
 

@@ -65,10 +65,18 @@ fn open_ports(a: &SwitchArgs) -> Result<Vec<SwitchPort>, String> {
             mac: vswitch::wire::EthernetAddress(spec.mac),
             ips: spec.ips.clone(),
         });
+        let filter =
+            match &spec.sg {
+                None => None,
+                Some(name) => Some(a.groups.get(name).cloned().ok_or_else(|| {
+                    format!("--port {}: unknown security group {name:?}", spec.name)
+                })?),
+            };
         out.push(SwitchPort {
             port,
             vlan: spec.vlan.clone(),
             security,
+            filter,
         });
     }
     Ok(out)

@@ -469,3 +469,44 @@ fn the_router_does_neighbour_discovery_and_routes_ipv6() {
     let st = sw.stop(libc::SIGTERM).expect("switch stops");
     assert!(st.success());
 }
+
+#[test]
+fn a_security_group_lets_through_only_what_its_rules_allow() {
+    let d = dir("sg");
+    let socks: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let args = vec![
+        "--security-group".to_string(),
+        "web,deny,tcp:80@10.0.0.0/24,icmp".to_string(),
+        "--port".to_string(),
+        format!("a,vhost-user={}", socks[0].display()),
+        "--port".to_string(),
+        format!("b,vhost-user={},sg=web", socks[1].display()),
+    ];
+    let log = d.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let (mut a, mut b) = (vu(&socks[0]), vu(&socks[1]));
+    std::thread::sleep(Duration::from_millis(300));
+    let tcp = |dport: u16| {
+        let mut f = udp([0xff; 6], A, [10, 0, 0, 1], [10, 0, 0, 2], 64);
+        f[23] = 6;
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    };
+    let web = tcp(80);
+    assert_eq!(
+        pump(&mut a, std::slice::from_ref(&web), &mut b, 1),
+        vec![web.clone()]
+    );
+    assert_eq!(a.send(0, &[tcp(22)]), 1);
+    assert!(
+        b.recv_wait(0, 1, Duration::from_millis(500)).is_empty(),
+        "TCP 22 passed a group that allows 80 only"
+    );
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("security_group=1"), "{text}");
+}

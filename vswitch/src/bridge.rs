@@ -340,11 +340,14 @@ pub enum DropReason {
     /// Port security: an ARP packet whose sender MAC or IPv4 address is not the port's
     /// (or that is too short to tell).
     SpoofedArp,
+    /// A security group of the egress port allows none of this traffic (counted once
+    /// per port that refused a copy).
+    SecurityGroup,
 }
 
 impl DropReason {
     /// Every reason, in the stable order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::UnknownPort,
         DropReason::PortDown,
         DropReason::TooShort,
@@ -360,6 +363,7 @@ impl DropReason {
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::SpoofedArp,
+        DropReason::SecurityGroup,
     ];
 
     /// Number of reasons.
@@ -383,6 +387,7 @@ impl DropReason {
             DropReason::SpoofedMac => "spoofed_mac",
             DropReason::SpoofedIp => "spoofed_ip",
             DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SecurityGroup => "security_group",
         }
     }
 
@@ -593,11 +598,133 @@ impl PortSecurity {
     }
 }
 
+/// What a security-group rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleProto {
+    /// Any IP protocol.
+    Any,
+    /// TCP, optionally destination ports `first..=last`.
+    Tcp(Option<(u16, u16)>),
+    /// UDP, optionally destination ports `first..=last`.
+    Udp(Option<(u16, u16)>),
+    /// ICMP (IPv4) and ICMPv6.
+    Icmp,
+}
+
+/// One allow rule: protocol (and ports), and a source prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterRule {
+    /// Protocol and ports.
+    pub proto: RuleProto,
+    /// Source prefix; `None` is anywhere.
+    pub src: Option<(IpAddr, u8)>,
+}
+
+/// A port's security group, applied to the traffic the switch delivers *to* the port
+/// (ingress, seen from the guest): with `default_deny`, an IP packet must match one of
+/// `rules`; ARP and IPv6 neighbour discovery always pass; other EtherTypes are dropped.
+/// Without `default_deny` everything passes. The filter is **stateless**: replies to
+/// traffic the guest started need rules of their own (Neutron's groups are stateful).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressFilter {
+    /// Drop what no rule allows.
+    pub default_deny: bool,
+    /// Allow rules.
+    pub rules: Vec<FilterRule>,
+}
+
+/// What the filter looks at, parsed once per frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L4 {
+    /// ARP or neighbour discovery: always allowed.
+    Control,
+    /// An IP packet: protocol, source, destination port (TCP/UDP, when in the head).
+    Ip(u8, IpAddr, Option<u16>),
+    /// Anything else.
+    Other,
+}
+
+fn l4_of(frame: &[u8], l3: usize) -> L4 {
+    let Some(t) = frame.get(l3.wrapping_sub(2)..l3) else {
+        return L4::Other;
+    };
+    let p = frame.get(l3..).unwrap_or(&[]);
+    let port_at = |at: usize| p.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match [t[0], t[1]] {
+        [0x08, 0x06] => L4::Control,
+        [0x08, 0x00] if p.len() >= 20 && p[0] >> 4 == 4 => {
+            let ihl = usize::from(p[0] & 0xf) * 4;
+            let proto = p[9];
+            let src = IpAddr::from([p[12], p[13], p[14], p[15]]);
+            let dport = matches!(proto, 6 | 17).then(|| port_at(ihl + 2)).flatten();
+            L4::Ip(proto, src, dport)
+        }
+        [0x86, 0xdd] if p.len() >= 40 && p[0] >> 4 == 6 => {
+            let next = p[6];
+            if next == 58 && p.get(40).is_some_and(|t| (133..=137).contains(t)) {
+                return L4::Control;
+            }
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&p[8..24]);
+            let dport = matches!(next, 6 | 17).then(|| port_at(42)).flatten();
+            L4::Ip(next, IpAddr::from(a), dport)
+        }
+        _ => L4::Other,
+    }
+}
+
+fn prefix_contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
+    match (net, a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
+            u32::from(n) & m == u32::from(a) & m
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
+            u128::from(n) & m == u128::from(a) & m
+        }
+        _ => false,
+    }
+}
+
+impl IngressFilter {
+    fn allows(&self, l4: L4) -> bool {
+        if !self.default_deny {
+            return true;
+        }
+        let L4::Ip(proto, src, dport) = l4 else {
+            return l4 == L4::Control;
+        };
+        let in_range = |r: Option<(u16, u16)>| match r {
+            None => true,
+            Some((a, b)) => dport.is_some_and(|p| (a..=b).contains(&p)),
+        };
+        self.rules.iter().any(|r| {
+            let proto_ok = match r.proto {
+                RuleProto::Any => true,
+                RuleProto::Tcp(ports) => proto == 6 && in_range(ports),
+                RuleProto::Udp(ports) => proto == 17 && in_range(ports),
+                RuleProto::Icmp => proto == 1 || proto == 58,
+            };
+            proto_ok && r.src.is_none_or(|(n, l)| prefix_contains(n, l, src))
+        })
+    }
+}
+
 /// A configured port: its VLAN mode, port security, link state and counters.
 #[derive(Clone, Debug)]
 pub struct PortState {
     mode: VlanMode,
     security: Option<PortSecurity>,
+    filter: Option<IngressFilter>,
     up: bool,
     counters: PortCounters,
 }
@@ -699,6 +826,10 @@ pub struct Bridge {
     router_macs: Vec<(u16, EthernetAddress)>,
     /// (VLAN, multicast MAC) the router listens to (IPv6 solicited-node groups).
     router_groups: Vec<(u16, EthernetAddress)>,
+    /// Ports with a default-deny security group.
+    filtered_ports: u16,
+    /// The frame being forwarded, as filters see it (only when some port filters).
+    cur: L4,
 }
 
 /// The last FDB answers, reused while nothing can have changed them.
@@ -774,6 +905,8 @@ impl Bridge {
             memo: Memo::default(),
             router_macs: Vec::new(),
             router_groups: Vec::new(),
+            filtered_ports: 0,
+            cur: L4::Other,
         })
     }
 
@@ -809,6 +942,7 @@ impl Bridge {
         self.ports[i] = Some(PortState {
             mode,
             security: None,
+            filter: None,
             up: true,
             counters: PortCounters::default(),
         });
@@ -880,18 +1014,23 @@ impl Bridge {
         let tagged = ingress.tag.is_some();
         let row = self.row(vid);
         let len = len.max(frame.len());
+        if self.filtered_ports > 0 {
+            self.cur = l4_of(frame, if tagged { 18 } else { 14 });
+        }
         if ingress.dst.is_unicast() {
             if let Some(p) = self.lookup_memo(vid.get(), ingress.dst, now) {
                 let (w, bit) = (usize::from(p) / 64, 1u64 << (p % 64));
                 if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
                     let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
-                    self.emit(PortId(p), edit_for(tagged, untagged, vid), len, out);
+                    if !self.emit(PortId(p), edit_for(tagged, untagged, vid), len, out) {
+                        return Err(DropReason::SecurityGroup);
+                    }
                     self.counters.unicast += 1;
                     return Ok(Forwarded::Unicast(PortId(p)));
                 }
             }
         }
-        let mut copies = 0u16;
+        let (mut copies, mut refused) = (0u16, 0u16);
         for w in 0..self.words {
             let mut members = self.members[row + w];
             let untagged = self.untagged[row + w];
@@ -899,9 +1038,15 @@ impl Bridge {
                 let b = members.trailing_zeros();
                 members &= members - 1;
                 let edit = edit_for(tagged, untagged & (1u64 << b) != 0, vid);
-                self.emit(PortId((w * 64) as u16 + b as u16), edit, len, out);
-                copies += 1;
+                if self.emit(PortId((w * 64) as u16 + b as u16), edit, len, out) {
+                    copies += 1;
+                } else {
+                    refused += 1;
+                }
             }
+        }
+        if copies == 0 && refused > 0 {
+            return Err(DropReason::SecurityGroup);
         }
         if copies == 0 {
             self.counters.drops.bump(DropReason::NoEgress);
@@ -909,6 +1054,22 @@ impl Bridge {
         }
         self.counters.floods += 1;
         Ok(Forwarded::Flooded { copies })
+    }
+
+    /// Sets or clears the security group of a port (applied to what it is sent).
+    pub fn set_ingress_filter(
+        &mut self,
+        port: PortId,
+        filter: Option<IngressFilter>,
+    ) -> Result<(), BridgeError> {
+        self.port_mut(port)?.filter = filter;
+        self.filtered_ports = self
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.filter.as_ref().is_some_and(|f| f.default_deny))
+            .count() as u16;
+        Ok(())
     }
 
     /// Changes a port's VLAN mode and flushes its FDB entries.
@@ -1004,6 +1165,8 @@ impl Bridge {
             Ok(Forwarded::Unicast(_)) => self.counters.unicast += 1,
             Ok(Forwarded::Flooded { .. }) => self.counters.floods += 1,
             Ok(Forwarded::Routed { .. }) => self.counters.routed += 1,
+            // Security-group refusals were counted per refused copy.
+            Err(DropReason::SecurityGroup) => {}
             Err(reason) => self.counters.drops.bump(reason),
         }
         verdict
@@ -1045,6 +1208,9 @@ impl Bridge {
 
         let row = self.row(vid);
         let l3: u8 = if tagged { 18 } else { 14 };
+        if self.filtered_ports > 0 {
+            self.cur = l4_of(frame, usize::from(l3));
+        }
         let routed_vlan =
             !self.router_macs.is_empty() && self.router_macs.iter().any(|(v, _)| *v == vid.get());
         if ingress.dst.is_unicast() {
@@ -1064,13 +1230,15 @@ impl Bridge {
                 if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
                     let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
                     let edit = edit_for(tagged, untagged, vid);
-                    self.emit(PortId(p), edit, len, out);
+                    if !self.emit(PortId(p), edit, len, out) {
+                        return Err(DropReason::SecurityGroup);
+                    }
                     return Ok(Forwarded::Unicast(PortId(p)));
                 }
             }
         }
 
-        let mut copies = 0u16;
+        let (mut copies, mut refused) = (0u16, 0u16);
         let in_word = usize::from(in_port.0) / 64;
         let in_bit = 1u64 << (in_port.0 % 64);
         for w in 0..self.words {
@@ -1085,8 +1253,11 @@ impl Bridge {
                 let edit = edit_for(tagged, untagged & (1u64 << b) != 0, vid);
                 // w * 64 + b < max_ports <= MAX_PORTS, which fits in u16.
                 let p = PortId((w * 64) as u16 + b as u16);
-                self.emit(p, edit, len, out);
-                copies += 1;
+                if self.emit(p, edit, len, out) {
+                    copies += 1;
+                } else {
+                    refused += 1;
+                }
             }
         }
         let arp = frame
@@ -1105,25 +1276,34 @@ impl Bridge {
         {
             return Ok(Forwarded::Routed { vid, l3 });
         }
-        if copies == 0 {
+        if copies == 0 && refused > 0 {
+            Err(DropReason::SecurityGroup)
+        } else if copies == 0 {
             Err(DropReason::NoEgress)
         } else {
             Ok(Forwarded::Flooded { copies })
         }
     }
 
+    /// Sends one copy, unless the port's security group refuses it (counted); returns
+    /// whether it was sent.
     fn emit(
         &mut self,
         port: PortId,
         edit: VlanEdit,
         len: usize,
         out: &mut impl FnMut(PortId, VlanEdit),
-    ) {
+    ) -> bool {
         if let Some(Some(p)) = self.ports.get_mut(usize::from(port.0)) {
+            if self.filtered_ports > 0 && p.filter.as_ref().is_some_and(|f| !f.allows(self.cur)) {
+                self.counters.drops.bump(DropReason::SecurityGroup);
+                return false;
+            }
             p.counters.tx_frames += 1;
             p.counters.tx_bytes += edit.edited_len(len) as u64;
         }
         out(port, edit);
+        true
     }
 }
 

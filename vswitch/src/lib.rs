@@ -34,8 +34,9 @@ pub mod switch;
 pub mod wire;
 
 pub use bridge::{
-    Bridge, BridgeConfig, BridgeCounters, BridgeError, DropCounters, DropReason, Forwarded,
-    PortCounters, PortId, PortSecurity, PortState, Vid, VlanMode, VlanSet,
+    Bridge, BridgeConfig, BridgeCounters, BridgeError, DropCounters, DropReason, FilterRule,
+    Forwarded, IngressFilter, PortCounters, PortId, PortSecurity, PortState, RuleProto, Vid,
+    VlanMode, VlanSet,
 };
 pub use fdb::{Fdb, FdbEntry, FdbError, FdbStats, Learn};
 pub use pmd::VlanEdit;

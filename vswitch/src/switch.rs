@@ -24,7 +24,7 @@ use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
 use crate::bridge::{
-    Bridge, BridgeConfig, DropReason, Forwarded, PortId, PortSecurity, Vid, VlanMode,
+    Bridge, BridgeConfig, DropReason, Forwarded, IngressFilter, PortId, PortSecurity, Vid, VlanMode,
 };
 use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
 use pmd::port::LocalFrames;
@@ -40,6 +40,8 @@ pub struct SwitchPort {
     pub vlan: VlanMode,
     /// Port security: the only source MAC and addresses it may send from.
     pub security: Option<PortSecurity>,
+    /// Security group: what it may be sent.
+    pub filter: Option<IngressFilter>,
 }
 
 /// Configuration of the switch service.
@@ -368,9 +370,9 @@ impl Switch {
             fdb_capacity: cfg.fdb_capacity,
             fdb_max_age: cfg.fdb_max_age.as_nanos() as u64,
         };
-        let vlans: Vec<(VlanMode, Option<PortSecurity>)> = ports
+        let vlans: Vec<(VlanMode, Option<PortSecurity>, Option<IngressFilter>)> = ports
             .iter()
-            .map(|p| (p.vlan.clone(), p.security.clone()))
+            .map(|p| (p.vlan.clone(), p.security.clone(), p.filter.clone()))
             .collect();
         let drivers: Arc<[Arc<dyn Port>]> = ports.into_iter().map(|p| p.port).collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -392,11 +394,12 @@ impl Switch {
                         .collect(),
                 );
             }
-            for (pi, (v, sec)) in vlans.iter().enumerate() {
+            for (pi, (v, sec, filter)) in vlans.iter().enumerate() {
                 let id = PortId(pi as u16);
                 let r = bridge
                     .add_port(id, v.clone())
                     .and_then(|()| bridge.set_port_security(id, sec.clone()))
+                    .and_then(|()| bridge.set_ingress_filter(id, filter.clone()))
                     .and_then(|()| bridge.set_link(id, false));
                 r.map_err(|e| SwitchError::Bridge(e.to_string()))?;
             }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pmd::VlanEdit;
 use vswitch::bridge::{
-    Bridge, BridgeConfig, DropReason, Forwarded, PortId, PortSecurity, Vid, VlanMode, VlanSet,
+    Bridge, BridgeConfig, DropReason, FilterRule, Forwarded, IngressFilter, PortId, PortSecurity,
+    RuleProto, Vid, VlanMode, VlanSet,
 };
 use vswitch::router::{Router, RouterIf, Verdict};
 use vswitch::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
@@ -201,6 +202,22 @@ fn forward_does_not_allocate() {
             }),
         )
         .expect("port security");
+    // Port 8 (VLAN 10) takes TCP 80 only.
+    bridge
+        .add_port(PortId(8), VlanMode::Access { vid: vid(10) })
+        .expect("add port");
+    bridge
+        .set_ingress_filter(
+            PortId(8),
+            Some(IngressFilter {
+                default_deny: true,
+                rules: vec![FilterRule {
+                    proto: RuleProto::Tcp(Some((80, 80))),
+                    src: None,
+                }],
+            }),
+        )
+        .expect("filter");
     bridge.set_link(PortId(6), false).expect("link down");
     let work = workload();
 

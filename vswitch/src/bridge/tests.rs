@@ -550,7 +550,8 @@ fn drop_reasons_have_stable_unique_names() {
             "no_egress",
             "spoofed_mac",
             "spoofed_ip",
-            "spoofed_arp"
+            "spoofed_arp",
+            "security_group"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -911,4 +912,72 @@ fn port_security_reads_past_a_vlan_tag() {
     assert!(send(&mut b, 0, &f, 0).0.is_ok());
     f[18 + 15] = 2;
     assert_eq!(send(&mut b, 0, &f, 0).0, Err(DropReason::SpoofedIp));
+}
+
+fn tcp_to(dst: EthernetAddress, src: EthernetAddress, sip: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut f = ipv4_from(src, sip);
+    f[..6].copy_from_slice(dst.as_bytes());
+    f[14 + 9] = 6;
+    f[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+#[test]
+fn security_groups_filter_what_a_port_is_sent() {
+    let mut b = bridge_with(&[(0, access(10)), (1, access(10)), (2, access(10))]);
+    b.set_ingress_filter(
+        PortId(1),
+        Some(IngressFilter {
+            default_deny: true,
+            rules: vec![
+                FilterRule {
+                    proto: RuleProto::Tcp(Some((80, 80))),
+                    src: Some(("10.0.0.0".parse().unwrap(), 24)),
+                },
+                FilterRule {
+                    proto: RuleProto::Icmp,
+                    src: None,
+                },
+            ],
+        }),
+    )
+    .unwrap();
+    // Learn where mac(1) lives (port 1) from a frame it sends.
+    send(&mut b, 1, &untagged(BCAST, mac(1)), 0);
+    // Allowed: TCP 80 from inside the prefix.
+    let (v, sent) = send(&mut b, 0, &tcp_to(mac(1), mac(5), [10, 0, 0, 5], 80), 0);
+    assert_eq!((v, sent.len()), (Ok(Forwarded::Unicast(PortId(1))), 1));
+    // Refused: another port, another source, a non-IP frame.
+    for f in [
+        tcp_to(mac(1), mac(5), [10, 0, 0, 5], 22),
+        tcp_to(mac(1), mac(5), [192, 168, 0, 5], 80),
+        frame(mac(1), mac(5), &[], 46), // IPv4 type, version 0: not IP to the filter
+    ] {
+        assert_eq!(
+            send(&mut b, 0, &f, 0),
+            (Err(DropReason::SecurityGroup), vec![])
+        );
+    }
+    // ARP always passes; a flood skips only the filtered port.
+    let arp = arp_from(mac(5), mac(5), [10, 0, 0, 5]);
+    let (v, sent) = send(&mut b, 0, &arp, 0);
+    assert_eq!((v, sent.len()), (Ok(Forwarded::Flooded { copies: 2 }), 2));
+    let (v, sent) = send(&mut b, 0, &tcp_to(BCAST, mac(5), [10, 0, 0, 5], 22), 0);
+    assert_eq!(v, Ok(Forwarded::Flooded { copies: 1 }));
+    assert_eq!(sent, vec![(2, VlanEdit::Keep)]);
+    assert_eq!(b.counters().drops.get(DropReason::SecurityGroup), 4);
+    // Without default-deny the rules change nothing.
+    b.set_ingress_filter(
+        PortId(1),
+        Some(IngressFilter {
+            default_deny: false,
+            rules: vec![],
+        }),
+    )
+    .unwrap();
+    assert!(
+        send(&mut b, 0, &tcp_to(mac(1), mac(5), [1, 2, 3, 4], 22), 0)
+            .0
+            .is_ok()
+    );
 }

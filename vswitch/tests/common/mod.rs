@@ -24,6 +24,7 @@ pub fn two_port_switch(tag: &str) -> (Switch, VirtioUser, VirtioUser) {
             port: Arc::new(VhostUserPort::new(VhostUserConfig::new(n, path)).expect("port")),
             vlan: VlanMode::Access { vid: Vid::MIN },
             security: None,
+            filter: None,
         })
         .collect();
     let sw = Switch::start(&SwitchConfig::default(), ports).expect("switch");
