@@ -943,7 +943,7 @@ fn security_groups_filter_what_a_port_is_sent() {
     )
     .unwrap();
     // Learn where mac(1) lives (port 1) from a frame it sends.
-    send(&mut b, 1, &untagged(BCAST, mac(1)), 0);
+    let _ = send(&mut b, 1, &untagged(BCAST, mac(1)), 0);
     // Allowed: TCP 80 from inside the prefix.
     let (v, sent) = send(&mut b, 0, &tcp_to(mac(1), mac(5), [10, 0, 0, 5], 80), 0);
     assert_eq!((v, sent.len()), (Ok(Forwarded::Unicast(PortId(1))), 1));
