@@ -166,13 +166,19 @@ impl LocalFrames {
         if frame.len() > LOCAL_MAX || i >= BURST {
             return false;
         }
-        let buf = &mut self.bufs[i];
-        buf[..frame.len()].copy_from_slice(frame);
-        // SAFETY: the bytes live in `self.bufs`, a boxed slice that never moves or
-        // shrinks while `self` lives; the batch is only reachable through `&self` and
-        // `clear` empties it before any buffer is reused; `i < BURST`, so the batch
-        // has room.
-        unsafe { self.batch.push(buf.as_ptr(), frame.len() as u32) };
+        // All pointers come from one raw base pointer, so writing buffer `i` does not
+        // invalidate the pointers the batch holds to the buffers before it.
+        let base = self.bufs.as_mut_ptr().cast::<u8>();
+        // SAFETY: `i < BURST == self.bufs.len()`, so buffer `i` is LOCAL_MAX bytes inside
+        // the boxed slice, which never moves or shrinks while `self` lives; `frame` does
+        // not overlap it (it is a shared borrow from elsewhere) and fits (checked above).
+        // The batch is only reachable through `&self`, and `clear` empties it before any
+        // buffer is written again; `i < BURST`, so the batch has room.
+        unsafe {
+            let p = base.add(i * LOCAL_MAX);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), p, frame.len());
+            self.batch.push(p, frame.len() as u32);
+        }
         true
     }
 

@@ -472,6 +472,9 @@ pub enum Forwarded {
         vid: Vid,
         /// Offset of its L3 header (14, or 18 behind a tag).
         l3: u8,
+        /// The frame was flooded on its VLAN as well: the router must read a copy and
+        /// never forward it.
+        flooded: bool,
     },
 }
 
@@ -534,9 +537,9 @@ impl Default for BridgeConfig {
 /// from. With it, a frame is dropped when its source MAC is not `mac`
 /// ([`DropReason::SpoofedMac`]), an IPv4 or IPv6 packet when its source is not one of
 /// `ips` ([`DropReason::SpoofedIp`]), and an ARP packet when its sender is not `mac` and
-/// one of `ips` ([`DropReason::SpoofedArp`]). Allowed besides: the unspecified source
-/// (`0.0.0.0` for DHCP and ARP probes, `::` for duplicate address detection) and IPv6
-/// link-local sources (`fe80::/10`, neighbour discovery). Other EtherTypes pass the MAC
+/// one of `ips` ([`DropReason::SpoofedArp`]). Allowed besides: `0.0.0.0` for DHCP
+/// requests and ARP probes, `::` for ICMPv6 (duplicate address detection), and the
+/// port's EUI-64 link-local address derived from `mac`. Other EtherTypes pass the MAC
 /// check only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSecurity {
@@ -548,7 +551,30 @@ pub struct PortSecurity {
 
 impl PortSecurity {
     fn allows(&self, ip: IpAddr) -> bool {
-        ip.is_unspecified() || self.ips.contains(&ip)
+        self.ips.contains(&ip)
+    }
+
+    /// The port's EUI-64 IPv6 link-local address (what Linux configures by default).
+    fn link_local(&self) -> std::net::Ipv6Addr {
+        let m = self.mac.as_bytes();
+        std::net::Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 2,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
     }
 
     /// Checks a frame from this port; `l3` is the offset of its L3 header.
@@ -567,7 +593,12 @@ impl PortSecurity {
                 let a = field(12..16)
                     .and_then(|b| <[u8; 4]>::try_from(b).ok())
                     .ok_or(DropReason::SpoofedIp)?;
-                if l3[0] >> 4 != 4 || !self.allows(IpAddr::from(a)) {
+                let a = std::net::Ipv4Addr::from(a);
+                // 0.0.0.0 only for a DHCP request (UDP to port 67).
+                let ihl = usize::from(l3[0] & 0xf) * 4;
+                let dhcp = l3.get(9) == Some(&17) && field(ihl + 2..ihl + 4) == Some(&[0, 67][..]);
+                let ok = self.allows(IpAddr::V4(a)) || (a.is_unspecified() && dhcp);
+                if l3[0] >> 4 != 4 || !ok {
                     return Err(DropReason::SpoofedIp);
                 }
             }
@@ -576,8 +607,11 @@ impl PortSecurity {
                     .and_then(|b| <[u8; 16]>::try_from(b).ok())
                     .map(std::net::Ipv6Addr::from)
                     .ok_or(DropReason::SpoofedIp)?;
-                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
-                if l3[0] >> 4 != 6 || !(link_local || self.allows(IpAddr::V6(a))) {
+                // :: only for ICMPv6 (duplicate address detection); link-local only the
+                // port's own EUI-64 address.
+                let dad = a.is_unspecified() && l3.get(6) == Some(&58);
+                let ok = self.allows(IpAddr::V6(a)) || dad || a == self.link_local();
+                if l3[0] >> 4 != 6 || !ok {
                     return Err(DropReason::SpoofedIp);
                 }
             }
@@ -588,7 +622,8 @@ impl PortSecurity {
                 }
                 let spa = <[u8; 4]>::try_from(arp.source_protocol_addr())
                     .map_err(|_| DropReason::SpoofedArp)?;
-                if !self.allows(IpAddr::from(spa)) {
+                // 0.0.0.0: an ARP probe (RFC 5227).
+                if spa != [0; 4] && !self.allows(IpAddr::from(spa)) {
                     return Err(DropReason::SpoofedArp);
                 }
             }
@@ -1220,7 +1255,11 @@ impl Bridge {
                     .iter()
                     .any(|&(v, m)| v == vid.get() && m == ingress.dst)
             {
-                return Ok(Forwarded::Routed { vid, l3 });
+                return Ok(Forwarded::Routed {
+                    vid,
+                    l3,
+                    flooded: false,
+                });
             }
             if let Some(p) = self.lookup_memo(vid.get(), ingress.dst, now) {
                 if p == in_port.0 {
@@ -1263,18 +1302,27 @@ impl Bridge {
         let arp = frame
             .get(usize::from(l3) - 2..usize::from(l3))
             .is_some_and(|t| t == [0x08, 0x06]);
+        let routed = Forwarded::Routed {
+            vid,
+            l3,
+            flooded: true,
+        };
         if routed_vlan && arp && ingress.dst.is_broadcast() {
             // Flooded to the hosts, and the router answers if it is asked.
-            return Ok(Forwarded::Routed { vid, l3 });
+            return Ok(routed);
         }
+        // ICMPv6 to a solicited-node group of the router: neighbour solicitations.
+        let l3u = usize::from(l3);
+        let icmp6 =
+            frame.get(l3u - 2..l3u) == Some(&[0x86, 0xdd][..]) && frame.get(l3u + 6) == Some(&58);
         if routed_vlan
-            && ingress.dst.is_multicast()
+            && icmp6
             && self
                 .router_groups
                 .iter()
                 .any(|&(v, m)| v == vid.get() && m == ingress.dst)
         {
-            return Ok(Forwarded::Routed { vid, l3 });
+            return Ok(routed);
         }
         if copies == 0 && refused > 0 {
             Err(DropReason::SecurityGroup)

@@ -325,6 +325,10 @@ struct Hop {
 
 /// Neighbour-table slots (a power of two).
 pub const NEIGHBOURS: usize = 1024;
+/// Most ARP requests and neighbour solicitations an interface sends in a burst.
+pub const SOLICIT_BURST: u64 = 32;
+/// Their sustained rate per interface, per second.
+pub const SOLICIT_PER_SEC: u64 = 100;
 
 /// A router; see the module docs.
 #[derive(Clone, Debug)]
@@ -334,6 +338,8 @@ pub struct Router {
     neigh: Box<[Neighbour]>,
     lpm6: Lpm6<Hop6>,
     neigh6: Box<[Neighbour6]>,
+    /// Per interface: (tokens, last refill in ns) for solicitations.
+    budget: Vec<(u64, u64)>,
     counters: RouterCounters,
 }
 
@@ -445,12 +451,14 @@ impl Router {
                 },
             );
         }
+        let n_ifs = ifs.len();
         Ok(Router {
             ifs,
             lpm,
             neigh: vec![Neighbour::default(); NEIGHBOURS].into_boxed_slice(),
             lpm6,
             neigh6: vec![Neighbour6::default(); NEIGHBOURS].into_boxed_slice(),
+            budget: vec![(SOLICIT_BURST, 0); n_ifs],
             counters: RouterCounters::default(),
         })
     }
@@ -493,8 +501,11 @@ impl Router {
     }
 
     fn learn(&mut self, ifidx: u16, ip: Ipv4Addr, mac: EthernetAddress) {
+        if self.is_own4(ip) || !unicast4(ip) {
+            return;
+        }
         let ip = u32::from(ip);
-        if ip == 0 || !mac.is_unicast() {
+        if !mac.is_unicast() {
             return;
         }
         let s = self.slot(ip);
@@ -546,7 +557,7 @@ impl Router {
             return Verdict::Drop(RouteDrop::Malformed);
         };
         let ifidx = ifidx as u16;
-        if frame.len() < l3 {
+        if (l3 != ETH && l3 != ETH + 4) || frame.len() < l3 {
             return Verdict::Drop(RouteDrop::Malformed);
         }
         match be16(frame, l3 - 2) {
@@ -555,6 +566,39 @@ impl Router {
             0x86dd => self.ipv6(ifidx, frame, l3, now, out),
             _ => Verdict::Drop(RouteDrop::Malformed),
         }
+    }
+
+    /// Whether the frame was sent to the interface's own MAC: only those are routed
+    /// (broadcast ARP and solicited-node multicast reach the router too, flooded, and
+    /// must never be forwarded to another VLAN).
+    fn to_interface(&self, ifidx: u16, f: &[u8]) -> bool {
+        f.get(0..6) == Some(self.ifs[usize::from(ifidx)].mac.as_bytes().as_slice())
+    }
+
+    /// Whether `ip` is one of the router's own addresses (never learned as a neighbour).
+    fn is_own4(&self, ip: Ipv4Addr) -> bool {
+        self.ifs.iter().any(|i| i.ip == ip)
+    }
+
+    fn is_own6(&self, ip: Ipv6Addr) -> bool {
+        self.ifs.iter().any(|i| i.ip6.is_some_and(|(a, _)| a == ip))
+    }
+
+    /// Spends a token of interface `ifidx`'s budget for ARP requests and neighbour
+    /// solicitations ([`SOLICIT_BURST`], refilled at [`SOLICIT_PER_SEC`]): a guest sweeping
+    /// a prefix cannot make the router flood another VLAN at its packet rate.
+    fn solicit_token(&mut self, ifidx: u16, now: u64) -> bool {
+        let b = &mut self.budget[usize::from(ifidx)];
+        let refill = now.saturating_sub(b.1) * SOLICIT_PER_SEC / 1_000_000_000;
+        if refill > 0 {
+            b.0 = (b.0 + refill).min(SOLICIT_BURST);
+            b.1 = now;
+        }
+        if b.0 == 0 {
+            return false;
+        }
+        b.0 -= 1;
+        true
     }
 
     fn arp(&mut self, ifidx: u16, f: &[u8], l3: usize, out: &mut [u8]) -> Verdict {
@@ -592,6 +636,9 @@ impl Router {
                 self.learn(ifidx, src, src_mac);
             }
         }
+        if !self.to_interface(ifidx, f) {
+            return Verdict::Drop(RouteDrop::ForUs); // flooded broadcast/multicast: not routed
+        }
         // To one of our addresses: answer pings, drop the rest.
         if let Some(i) = self.ifs.iter().position(|i| i.ip == dst) {
             if f[l3 + 9] == 1 && f.len() >= l3 + 28 && f[l3 + 20] == 8 {
@@ -606,6 +653,10 @@ impl Router {
                 };
             }
             return Verdict::Drop(RouteDrop::ForUs);
+        }
+        // Martians (RFC 1812 5.3.7): never forwarded.
+        if !unicast4(src) || !unicast4(dst) || dst.is_link_local() || src.is_link_local() {
+            return Verdict::Drop(RouteDrop::Malformed);
         }
         let ttl = f[l3 + 8];
         if ttl <= 1 {
@@ -624,17 +675,23 @@ impl Router {
         let Some(dmac) = self.neighbour(hop.ifidx, next) else {
             // Ask, at most once per ARP_RETRY_NS per address.
             let s = self.slot(u32::from(next));
-            let n = &mut self.neigh[s];
-            let fresh = !(n.used && n.ip == u32::from(next) && n.ifidx == hop.ifidx);
-            if fresh || now.saturating_sub(n.asked) >= ARP_RETRY_NS {
-                *n = Neighbour {
-                    ip: u32::from(next),
-                    ifidx: hop.ifidx,
-                    mac: EthernetAddress::default(),
-                    asked: now.max(1),
-                    known: false,
-                    used: true,
-                };
+            let n = self.neigh[s];
+            let mine = n.used && n.ip == u32::from(next) && n.ifidx == hop.ifidx;
+            // A resolved neighbour of another address keeps its slot; the reply to this
+            // request will take it (learning replaces), not the request itself.
+            let may_mark = mine || !(n.used && n.known);
+            let due = !mine || now.saturating_sub(n.asked) >= ARP_RETRY_NS;
+            if due && self.solicit_token(hop.ifidx, now) {
+                if may_mark {
+                    self.neigh[s] = Neighbour {
+                        ip: u32::from(next),
+                        ifidx: hop.ifidx,
+                        mac: EthernetAddress::default(),
+                        asked: now.max(1),
+                        known: false,
+                        used: true,
+                    };
+                }
                 let len = write_arp(
                     out,
                     1,
@@ -680,8 +737,11 @@ impl Router {
     }
 
     fn learn6(&mut self, ifidx: u16, ip: Ipv6Addr, mac: EthernetAddress) {
+        if self.is_own6(ip) || ip.is_unspecified() || ip.is_multicast() {
+            return;
+        }
         let ip = u128::from(ip);
-        if ip == 0 || !mac.is_unicast() {
+        if !mac.is_unicast() {
             return;
         }
         let s = self.slot6(ip);
@@ -722,6 +782,12 @@ impl Router {
         if !src.is_unspecified() && self.on_link6(ifidx, src) {
             self.learn6(ifidx, src, src_mac);
         }
+        // Addressed to any of the router's addresses (not only this interface's).
+        let own = self
+            .ifs
+            .iter()
+            .find_map(|i| i.ip6.map(|(a, _)| a).filter(|a| *a == dst));
+        let my_ip = own.unwrap_or(my_ip);
         let solicited = {
             let o = my_ip.octets();
             Ipv6Addr::new(
@@ -735,7 +801,7 @@ impl Router {
                 u16::from_be_bytes([o[14], o[15]]),
             )
         };
-        if dst == my_ip || dst == solicited {
+        if own.is_some() || dst == solicited {
             if next != 58 || f.len() < l3 + 48 {
                 return Verdict::Drop(RouteDrop::ForUs);
             }
@@ -753,8 +819,8 @@ impl Router {
                     } else {
                         src_mac
                     };
-                    // Solicited (unless answering DAD) | Override; target; our MAC.
-                    let flags: u8 = if src.is_unspecified() { 0x20 } else { 0x60 };
+                    // Router | Solicited (unless answering DAD) | Override; target; our MAC.
+                    let flags: u8 = if src.is_unspecified() { 0xa0 } else { 0xe0 };
                     let mut body = [0u8; 28];
                     body[0] = flags;
                     body[4..20].copy_from_slice(&my_ip.octets());
@@ -767,28 +833,19 @@ impl Router {
                         None => Verdict::Drop(RouteDrop::ForUs),
                     };
                 }
-                // Neighbour advertisement: learn the target.
+                // Neighbour advertisement: learn the target, but only a node speaking for
+                // itself (target = source address, which port security checks) and only
+                // at the MAC it sends from. An advertisement for someone else's address is
+                // how neighbour caches get poisoned.
                 136 if f.len() >= l3 + 64 => {
                     let target = ip6_at(f, l3 + 48);
-                    if self.on_link6(ifidx, target) {
-                        let mac = if f.len() >= l3 + 72 && f[l3 + 64] == 2 && f[l3 + 65] == 1 {
-                            EthernetAddress([
-                                f[l3 + 66],
-                                f[l3 + 67],
-                                f[l3 + 68],
-                                f[l3 + 69],
-                                f[l3 + 70],
-                                f[l3 + 71],
-                            ])
-                        } else {
-                            src_mac
-                        };
-                        self.learn6(ifidx, target, mac);
+                    if target == src && self.on_link6(ifidx, target) {
+                        self.learn6(ifidx, target, src_mac);
                     }
                     return Verdict::Drop(RouteDrop::ForUs);
                 }
                 // Echo request.
-                128 if dst == my_ip => {
+                128 if own.is_some() => {
                     let total = 40 + usize::from(be16(f, l3 + 4));
                     let Some(body) = f.get(l3 + 44..l3 + total) else {
                         return Verdict::Drop(RouteDrop::ForUs);
@@ -802,8 +859,21 @@ impl Router {
                 _ => return Verdict::Drop(RouteDrop::ForUs),
             }
         }
-        if dst.segments()[0] & 0xff00 == 0xff00 {
-            return Verdict::Drop(RouteDrop::ForUs); // other multicast: not routed
+        if dst.is_multicast() || !self.to_interface(ifidx, f) {
+            return Verdict::Drop(RouteDrop::ForUs); // flooded or multicast: not routed
+        }
+        // Never forwarded: unspecified, loopback, multicast or link-local sources, and
+        // link-local destinations (their scope is the link).
+        let link_local = |a: Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+        if src.is_unspecified()
+            || src.is_loopback()
+            || src.is_multicast()
+            || link_local(src)
+            || link_local(dst)
+            || dst.is_loopback()
+            || dst.is_unspecified()
+        {
+            return Verdict::Drop(RouteDrop::Malformed);
         }
         let hops = f[l3 + 7];
         if hops <= 1 {
@@ -834,17 +904,21 @@ impl Router {
         let egress = self.ifs[usize::from(hop.ifidx)].clone();
         let Some(dmac) = self.neighbour6(hop.ifidx, nh) else {
             let s = self.slot6(u128::from(nh));
-            let n = &mut self.neigh6[s];
-            let fresh = !(n.used && n.ip == u128::from(nh) && n.ifidx == hop.ifidx);
-            if fresh || now.saturating_sub(n.asked) >= ARP_RETRY_NS {
-                *n = Neighbour6 {
-                    ip: u128::from(nh),
-                    ifidx: hop.ifidx,
-                    mac: EthernetAddress::default(),
-                    asked: now.max(1),
-                    known: false,
-                    used: true,
-                };
+            let n = self.neigh6[s];
+            let mine = n.used && n.ip == u128::from(nh) && n.ifidx == hop.ifidx;
+            let may_mark = mine || !(n.used && n.known);
+            let due = !mine || now.saturating_sub(n.asked) >= ARP_RETRY_NS;
+            if due && self.solicit_token(hop.ifidx, now) {
+                if may_mark {
+                    self.neigh6[s] = Neighbour6 {
+                        ip: u128::from(nh),
+                        ifidx: hop.ifidx,
+                        mac: EthernetAddress::default(),
+                        asked: now.max(1),
+                        known: false,
+                        used: true,
+                    };
+                }
                 let Some((eg_ip, _)) = egress.ip6 else {
                     return Verdict::Drop(RouteDrop::NoRoute);
                 };
@@ -885,6 +959,13 @@ impl Router {
         }
         Verdict::Forward { vid: egress.vid }
     }
+}
+
+/// A unicast IPv4 address that may appear on a routed packet: not 0.0.0.0/8, loopback,
+/// multicast, class E or the limited broadcast.
+fn unicast4(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    !(o[0] == 0 || o[0] == 127 || o[0] >= 224)
 }
 
 fn ip6_at(b: &[u8], at: usize) -> Ipv6Addr {
@@ -1394,7 +1475,7 @@ mod tests {
         assert_eq!(len, 14 + 40 + 32);
         assert_eq!(&out[0..6], A.as_bytes());
         assert_eq!(out[54], 136, "neighbour advertisement");
-        assert_eq!(out[58], 0x60, "solicited, override");
+        assert_eq!(out[58], 0xe0, "router, solicited, override");
         assert_eq!(&out[62..78], &v6("fd00:a::fe").octets());
         assert_eq!(&out[80..86], RMAC.as_bytes(), "target link-layer address");
         assert!(icmp6_ok(&out), "checksum");
@@ -1475,6 +1556,123 @@ mod tests {
         assert_eq!(
             r.input(vid(10), &mut f, 14, 0, &mut out),
             Verdict::Drop(RouteDrop::NoRoute)
+        );
+    }
+
+    #[test]
+    fn only_frames_to_the_interface_mac_are_routed() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        // Learn B on both families first.
+        let mut arp = arp_req(B, [10, 0, 1, 1], [10, 0, 1, 254]);
+        r.input(vid(20), &mut arp, 14, 0, &mut out);
+        // The same packet sent to a multicast or another MAC (flooded on its VLAN): never
+        // forwarded to VLAN 20.
+        for dmac in [
+            EthernetAddress([0x33, 0x33, 0xff, 0, 0, 0xfe]),
+            EthernetAddress::BROADCAST,
+            A,
+        ] {
+            let mut f = ipv4(dmac, A, [10, 0, 0, 1], [10, 0, 1, 1], 64);
+            let orig = f.clone();
+            assert_eq!(
+                r.input(vid(10), &mut f, 14, 1, &mut out),
+                Verdict::Drop(RouteDrop::ForUs)
+            );
+            assert_eq!(f, orig, "the head was not touched");
+        }
+    }
+
+    #[test]
+    fn advertisements_for_someone_else_are_not_learned() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        // B advertises A's... no: B (fd00:b::2) claims fd00:b::1.
+        let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        na.extend(v6("fd00:b::1").octets());
+        let mut f = ipv6(RMAC, B, "fd00:b::2", "fd00:b::fe", 58, 255, &na);
+        r.input(vid(20), &mut f, 14, 0, &mut out);
+        assert_eq!(r.neighbour6(1, v6("fd00:b::1")), None);
+        // Nor is the router's own address, however asked.
+        let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        na.extend(v6("fd00:b::fe").octets());
+        let mut f = ipv6(RMAC, B, "fd00:b::fe", "fd00:b::fe", 58, 255, &na);
+        r.input(vid(20), &mut f, 14, 0, &mut out);
+        assert_eq!(r.neighbour6(1, v6("fd00:b::fe")), None);
+        let mut f = arp_req(B, [10, 0, 1, 254], [10, 0, 1, 254]);
+        r.input(vid(20), &mut f, 14, 0, &mut out);
+        assert_eq!(r.neighbour(1, Ipv4Addr::new(10, 0, 1, 254)), None);
+    }
+
+    #[test]
+    fn martians_are_not_routed() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        for (src, dst) in [
+            ([0, 0, 0, 0], [10, 0, 1, 1]),
+            ([10, 0, 0, 1], [255, 255, 255, 255]),
+            ([10, 0, 0, 1], [127, 0, 0, 1]),
+            ([10, 0, 0, 1], [224, 0, 0, 5]),
+            ([10, 0, 0, 1], [169, 254, 1, 1]),
+        ] {
+            let mut f = ipv4(RMAC, A, src, dst, 64);
+            assert_eq!(
+                r.input(vid(10), &mut f, 14, 0, &mut out),
+                Verdict::Drop(RouteDrop::Malformed),
+                "{src:?} -> {dst:?}"
+            );
+        }
+        for (src, dst) in [
+            ("fe80::1", "fd00:b::1"),
+            ("fd00:a::1", "fe80::2"),
+            ("::", "fd00:b::1"),
+        ] {
+            let mut f = ipv6(RMAC, A, src, dst, 17, 64, &[0; 8]);
+            assert_eq!(
+                r.input(vid(10), &mut f, 14, 0, &mut out),
+                Verdict::Drop(RouteDrop::Malformed),
+                "{src} -> {dst}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prefix_sweep_gets_a_bounded_number_of_solicitations() {
+        let mut r = router();
+        let mut out = [0u8; GEN_MAX];
+        let mut asked = 0;
+        for host in 1..=200u8 {
+            let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, host], 64);
+            if matches!(
+                r.input(vid(10), &mut f, 14, 1000, &mut out),
+                Verdict::Reply { .. }
+            ) {
+                asked += 1;
+            }
+        }
+        assert_eq!(asked, SOLICIT_BURST as usize);
+        // A second later the budget has refilled a little.
+        let mut f = ipv4(RMAC, A, [10, 0, 0, 1], [10, 0, 1, 250], 64);
+        assert!(matches!(
+            r.input(vid(10), &mut f, 14, 1_000_001_000, &mut out),
+            Verdict::Reply { .. }
+        ));
+    }
+
+    #[test]
+    fn answers_pings_to_the_other_interfaces_v6_address() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+        let mut f = ipv6(RMAC, A, "fd00:a::1", "fd00:b::fe", 58, 64, &echo);
+        assert!(
+            matches!(r.input(vid(10), &mut f, 14, 0, &mut out), Verdict::Reply { vid: v, .. } if v == vid(10))
+        );
+        assert_eq!(out[54], 129);
+        assert_eq!(
+            &out[22..38],
+            &v6("fd00:b::fe").octets(),
+            "answered from the address asked"
         );
     }
 

@@ -255,7 +255,8 @@ impl PollTask for CoreTask {
                         }
                     };
                     let verdict = bridge.forward_head(inp, b.head(i), len, now, &mut stage);
-                    let (Ok(Forwarded::Routed { vid, l3 }), Some(r)) = (verdict, router.as_mut())
+                    let (Ok(Forwarded::Routed { vid, l3, flooded }), Some(r)) =
+                        (verdict, router.as_mut())
                     else {
                         continue;
                     };
@@ -263,26 +264,34 @@ impl PollTask for CoreTask {
                     let buf = &mut generated.scratch;
                     let l3 = usize::from(l3);
                     let head = b.head(i);
-                    // ICMPv6 (neighbour discovery, echo) needs more than the head copy:
-                    // the router gets a working copy of up to GEN_MAX bytes, head first
-                    // (so what was decided on stays what is sent), the rest read once
-                    // from the frame; a forwarded frame's rewritten head is copied back.
-                    let icmp6 = head.get(l3 - 2..l3) == Some(&[0x86, 0xdd][..])
-                        && head.get(l3 + 6) == Some(&58)
-                        && len > head.len();
-                    let verdict = if icmp6 {
+                    // The router reads a working copy (up to GEN_MAX bytes: head first, so
+                    // what was decided on stays what is sent, then the rest read once from
+                    // the frame) when it needs more than the head (ICMP and ICMPv6:
+                    // neighbour discovery, echo), and always for a frame that was also
+                    // flooded: that one's head is staged for its own VLAN and must not be
+                    // rewritten. Otherwise it rewrites the head in place.
+                    let icmp = (head.get(l3 - 2..l3) == Some(&[0x86, 0xdd][..])
+                        && head.get(l3 + 6) == Some(&58))
+                        || (head.get(l3 - 2..l3) == Some(&[0x08, 0x00][..])
+                            && head.get(l3 + 9) == Some(&1));
+                    let verdict = if flooded || (icmp && len > head.len()) {
                         let mut work = [0u8; GEN_MAX];
                         let n = len.min(GEN_MAX);
-                        let h = head.len();
-                        work[..h].copy_from_slice(head);
+                        let h = head.len().min(n);
+                        work[..h].copy_from_slice(&head[..h]);
                         if let Some(rest) = b.frame(i).get(h..n) {
                             work[h..n].copy_from_slice(rest);
                         }
                         let v = r.input(vid, &mut work[..n], l3, now, buf);
-                        if matches!(v, Verdict::Forward { .. }) {
-                            b.head_mut(i).copy_from_slice(&work[..h]);
+                        match v {
+                            // A flooded frame is never routed (the router refuses too).
+                            Verdict::Forward { .. } if flooded => Verdict::Drop(RouteDrop::ForUs),
+                            Verdict::Forward { .. } => {
+                                b.head_mut(i).copy_from_slice(&work[..h]);
+                                v
+                            }
+                            v => v,
                         }
-                        v
                     } else {
                         r.input(vid, b.head_mut(i), l3, now, buf)
                     };
@@ -350,6 +359,13 @@ pub struct Switch {
 impl Switch {
     /// Binds the ports to the cores and starts polling.
     pub fn start(cfg: &SwitchConfig, ports: Vec<SwitchPort>) -> Result<Switch, SwitchError> {
+        if cfg.router.is_some() && cfg.cores.len() > 1 {
+            // Each core would run its own router replica with its own neighbour table,
+            // and a neighbour's answer lands on the core that polls its port.
+            return Err(SwitchError::Bridge(
+                "the router runs on one polling core for now; give one --core".into(),
+            ));
+        }
         if cfg.cores.is_empty() {
             return Err(SwitchError::NoCores);
         }

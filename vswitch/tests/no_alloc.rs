@@ -261,7 +261,7 @@ fn forward_does_not_allocate() {
         match verdict {
             Ok(Forwarded::Unicast(_)) => verdicts[0] += 1,
             Ok(Forwarded::Flooded { .. }) => verdicts[1] += 1,
-            Ok(Forwarded::Routed { vid, l3 }) => {
+            Ok(Forwarded::Routed { vid, l3, .. }) => {
                 verdicts[2] += 1;
                 let mut head = [0u8; 64];
                 let n = frame.len().min(64);

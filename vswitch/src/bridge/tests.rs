@@ -853,17 +853,35 @@ fn port_security_drops_spoofed_sources_before_learning() {
     .unwrap();
     assert_eq!(b.port(PortId(0)).unwrap().security().unwrap().mac, me);
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
-    // What the port may send.
+    // What the port may send: its addresses, its EUI-64 link-local address, a DHCP
+    // request from 0.0.0.0, DAD from ::, an ARP probe.
+    let mut dhcp = ipv4_from(me, [0, 0, 0, 0]);
+    dhcp[14 + 9] = 17;
+    dhcp[14 + 22..14 + 24].copy_from_slice(&67u16.to_be_bytes());
+    let mut dad = ipv6_from(me, v6("::"));
+    dad[14 + 6] = 58;
     for f in [
         ipv4_from(me, [10, 0, 0, 1]),
-        ipv4_from(me, [0, 0, 0, 0]),
+        dhcp,
         ipv6_from(me, v6("fd00::1")),
-        ipv6_from(me, v6("fe80::1")),
-        ipv6_from(me, v6("::")),
+        ipv6_from(me, v6("fe80::ff:fe00:1")),
+        dad,
         arp_from(me, me, [10, 0, 0, 1]),
         arp_from(me, me, [0, 0, 0, 0]),
     ] {
         assert!(send(&mut b, 0, &f, 0).0.is_ok(), "{f:x?}");
+    }
+    // Not: 0.0.0.0 for anything but DHCP, another link-local address, :: for UDP.
+    for f in [
+        ipv4_from(me, [0, 0, 0, 0]),
+        ipv6_from(me, v6("fe80::1")),
+        ipv6_from(me, v6("::")),
+    ] {
+        assert_eq!(
+            send(&mut b, 0, &f, 0).0,
+            Err(DropReason::SpoofedIp),
+            "{f:x?}"
+        );
     }
     // What it may not.
     let other = mac(7);
@@ -884,7 +902,7 @@ fn port_security_drops_spoofed_sources_before_learning() {
     // The spoofed MAC was never learned: traffic to it still floods, and not to port 0's
     // entry.
     assert!(b.fdb().lookup(10, other, 0).is_none());
-    assert_eq!(b.counters().drops.get(DropReason::SpoofedIp), 3);
+    assert_eq!(b.counters().drops.get(DropReason::SpoofedIp), 6);
     // The other port is not policed.
     assert!(send(&mut b, 1, &ipv4_from(other, [10, 9, 9, 9]), 0)
         .0
