@@ -94,3 +94,78 @@ fn switch_restarts_as_client_and_guests_keep_their_traffic() {
     g2.shutdown().expect("vm2 shutdown");
     assert!(sw.stop(libc::SIGTERM).expect("switch stops").success());
 }
+
+#[test]
+fn two_linux_pods_on_two_networks_ping_across_the_router() {
+    let _g = serial();
+    skip!(common::qemu::qemu_unavailable());
+    let dir = TestDir::new("swq-route").expect("test dir");
+    let socks = vec![dir.join("sock0"), dir.join("sock1")];
+    // Two networks (VLANs 10 and 20) with port security, and a router between them.
+    let args: Vec<String> = [
+        "--core",
+        "1",
+        "--port",
+        &format!(
+            "vm1,vhost-user={},vlan=10,mac=52:54:00:00:00:01,ip=10.0.0.1",
+            socks[0].display()
+        ),
+        "--port",
+        &format!(
+            "vm2,vhost-user={},vlan=20,mac=52:54:00:00:00:02,ip=10.0.1.1",
+            socks[1].display()
+        ),
+        "--router-if",
+        "vlan=10,ip=10.0.0.254/24",
+        "--router-if",
+        "vlan=20,ip=10.0.1.254/24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = dir.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let image = common::qemu::guest_image().expect("guest image");
+    let opts = |n: u8, ip: &str, gw: &str| {
+        let mut o = common::qemu::GuestOpts::new(
+            &format!("vm{n}"),
+            dir.join(&format!("sock{}", n - 1)),
+            dir.join(&format!("vm{n}.log")),
+        )
+        .mac(&format!("52:54:00:00:00:0{n}"))
+        .ip(ip)
+        .mode(VhostMode::Client);
+        o.gw = Some(gw.to_string());
+        o.image = Some(image.clone());
+        o
+    };
+    let mut g1 =
+        common::qemu::QemuGuest::spawn(&opts(1, "10.0.0.1/24", "10.0.0.254")).expect("vm1");
+    let mut g2 =
+        common::qemu::QemuGuest::spawn(&opts(2, "10.0.1.1/24", "10.0.1.254")).expect("vm2");
+    wait_pair_ready(&g1, &g2);
+    // The gateway answers a normal-size ping.
+    g1.run("ping -c 1 -W 2 10.0.0.254", Duration::from_secs(30))
+        .expect("ping the gateway");
+    // Across the router: the first packet may go while the router resolves vm2.
+    ping_until_ok(&mut g1, "10.0.1.1", Duration::from_secs(30)).expect("ping across the router");
+    let out = g1
+        .run("ping -c 3 -W 2 10.0.1.1", Duration::from_secs(30))
+        .expect("ping across the router");
+    assert!(
+        out.contains("ttl=63"),
+        "one router hop decrements the TTL:\n{out}"
+    );
+    g2.run("ping -c 1 -W 2 10.0.0.1", Duration::from_secs(30))
+        .expect("ping back");
+    g1.shutdown().expect("vm1 shutdown");
+    g2.shutdown().expect("vm2 shutdown");
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("spoofed"),
+        "port security dropped a legitimate frame:\n{text}"
+    );
+    assert!(text.contains("router: routed"), "{text}");
+}

@@ -38,7 +38,7 @@ fn the_default_topology_checks_clean_on_this_host() {
     }
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stdout.contains("ok: 1 network(s), 0 router(s), 0 security group(s), 2 pod(s)"),
+        stdout.contains("ok: 2 network(s), 1 router(s), 0 security group(s), 2 pod(s)"),
         "{stdout}"
     );
 }

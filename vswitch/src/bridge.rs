@@ -538,7 +538,7 @@ impl Default for BridgeConfig {
 /// ([`DropReason::SpoofedMac`]), an IPv4 or IPv6 packet when its source is not one of
 /// `ips` ([`DropReason::SpoofedIp`]), and an ARP packet when its sender is not `mac` and
 /// one of `ips` ([`DropReason::SpoofedArp`]). Allowed besides: `0.0.0.0` for DHCP
-/// requests and ARP probes, `::` for ICMPv6 (duplicate address detection), and the
+/// requests and ARP probes, `::` for ICMPv6 and MLD (duplicate address detection), and the
 /// port's EUI-64 link-local address derived from `mac`. Other EtherTypes pass the MAC
 /// check only.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -607,9 +607,10 @@ impl PortSecurity {
                     .and_then(|b| <[u8; 16]>::try_from(b).ok())
                     .map(std::net::Ipv6Addr::from)
                     .ok_or(DropReason::SpoofedIp)?;
-                // :: only for ICMPv6 (duplicate address detection); link-local only the
-                // port's own EUI-64 address.
-                let dad = a.is_unspecified() && l3.get(6) == Some(&58);
+                // :: only for ICMPv6 (duplicate address detection) and hop-by-hop
+                // options (the MLD reports sent during it); link-local only the port's
+                // own EUI-64 address.
+                let dad = a.is_unspecified() && matches!(l3.get(6), Some(&58) | Some(&0));
                 let ok = self.allows(IpAddr::V6(a)) || dad || a == self.link_local();
                 if l3[0] >> 4 != 6 || !ok {
                     return Err(DropReason::SpoofedIp);

@@ -872,10 +872,12 @@ fn port_security_drops_spoofed_sources_before_learning() {
         assert!(send(&mut b, 0, &f, 0).0.is_ok(), "{f:x?}");
     }
     // Not: 0.0.0.0 for anything but DHCP, another link-local address, :: for UDP.
+    let mut udp6 = ipv6_from(me, v6("::"));
+    udp6[14 + 6] = 17;
     for f in [
         ipv4_from(me, [0, 0, 0, 0]),
         ipv6_from(me, v6("fe80::1")),
-        ipv6_from(me, v6("::")),
+        udp6,
     ] {
         assert_eq!(
             send(&mut b, 0, &f, 0).0,
