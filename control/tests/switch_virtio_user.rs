@@ -387,6 +387,21 @@ fn ipv6_frame(
     f[22..38].copy_from_slice(&sip);
     f[38..54].copy_from_slice(&dip);
     f.extend_from_slice(payload);
+    if next == 58 {
+        // ICMPv6 checksum over the pseudo-header (RFC 4443 2.3).
+        let mut sum: u32 = 0;
+        for c in f[22..54].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        sum += payload.len() as u32 + 58;
+        for c in f[54..].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        f[56..58].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
     f.resize(f.len().max(60), 0);
     f
 }

@@ -805,6 +805,11 @@ impl Router {
             if next != 58 || f.len() < l3 + 48 {
                 return Verdict::Drop(RouteDrop::ForUs);
             }
+            // RFC 4861 7.1.1: a message whose ICMPv6 checksum is wrong (or that the
+            // router cannot check, not having all of it) is ignored.
+            if !icmp6_checksum_ok(f, l3) {
+                return Verdict::Drop(RouteDrop::Malformed);
+            }
             let icmp_type = f[l3 + 40];
             match icmp_type {
                 // Neighbour solicitation for our address.
@@ -968,6 +973,32 @@ fn unicast4(a: Ipv4Addr) -> bool {
     !(o[0] == 0 || o[0] == 127 || o[0] >= 224)
 }
 
+/// One's complement sum of the IPv6 pseudo-header and `msg`, folded.
+fn icmp6_sum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    for c in src.chunks(2).chain(dst.chunks(2)) {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    sum += msg.len() as u64 + 58;
+    for c in msg.chunks(2) {
+        sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Whether the ICMPv6 message of the IPv6 packet at `f[l3..]` is complete in `f` and its
+/// checksum is right.
+fn icmp6_checksum_ok(f: &[u8], l3: usize) -> bool {
+    let plen = usize::from(be16(f, l3 + 4));
+    match f.get(l3 + 40..l3 + 40 + plen) {
+        Some(msg) => icmp6_sum(&f[l3 + 8..l3 + 24], &f[l3 + 24..l3 + 40], msg) == 0xffff,
+        None => false,
+    }
+}
+
 fn ip6_at(b: &[u8], at: usize) -> Ipv6Addr {
     let mut o = [0u8; 16];
     o.copy_from_slice(&b[at..at + 16]);
@@ -1007,19 +1038,8 @@ fn write_icmp6(
     icmp[0] = kind[0];
     icmp[1] = kind[1];
     icmp[4..].copy_from_slice(body);
-    // Pseudo-header: source, destination, upper-layer length, next header.
-    let mut sum: u64 = 0;
-    for chunk in sip.octets().chunks(2).chain(dip.octets().chunks(2)) {
-        sum += u64::from(u16::from_be_bytes([chunk[0], chunk[1]]));
-    }
-    sum += plen as u64 + 58;
-    for c in icmp.chunks(2) {
-        sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    put16(icmp, 2, !(sum as u16));
+    let sum = icmp6_sum(&sip.octets(), &dip.octets(), icmp);
+    put16(icmp, 2, !sum);
     Some(len.max(60))
 }
 
@@ -1436,6 +1456,11 @@ mod tests {
         f[22..38].copy_from_slice(&v6(src).octets());
         f[38..54].copy_from_slice(&v6(dst).octets());
         f[54..].copy_from_slice(payload);
+        if next == 58 && payload.len() >= 4 {
+            f[56..58].fill(0);
+            let c = !icmp6_sum(&f[22..38], &f[38..54], &f[54..]);
+            put16(&mut f, 56, c);
+        }
         f
     }
 
@@ -1581,6 +1606,30 @@ mod tests {
             );
             assert_eq!(f, orig, "the head was not touched");
         }
+    }
+
+    #[test]
+    fn neighbour_messages_with_a_bad_checksum_are_ignored() {
+        let mut r = router6();
+        let mut out = [0u8; GEN_MAX];
+        let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend(v6("fd00:a::fe").octets());
+        ns.extend([1, 1]);
+        ns.extend(A.as_bytes());
+        let snm = EthernetAddress([0x33, 0x33, 0xff, 0, 0, 0xfe]);
+        let mut f = ipv6(snm, A, "fd00:a::1", "ff02::1:ff00:fe", 58, 255, &ns);
+        f[57] ^= 1;
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
+        // Cut short: cannot be checked, ignored too.
+        let mut f = ipv6(snm, A, "fd00:a::1", "ff02::1:ff00:fe", 58, 255, &ns);
+        f.truncate(70);
+        assert_eq!(
+            r.input(vid(10), &mut f, 14, 0, &mut out),
+            Verdict::Drop(RouteDrop::Malformed)
+        );
     }
 
     #[test]
