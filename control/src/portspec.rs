@@ -76,43 +76,38 @@ fn default_mac(name: &str) -> [u8; 6] {
 /// The default MAC of router interfaces (locally administered).
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
 
+/// Parses `ADDR/LEN` (IPv4 or IPv6) for option `what`, with the checks of
+/// `topology::Cidr::parse`.
+fn prefix(v: &str, what: &str) -> Result<(std::net::IpAddr, u8), String> {
+    crate::topology::Cidr::parse(v)
+        .map(|c| (c.addr, c.len))
+        .map_err(|e| format!("{what}: {e}"))
+}
+
 /// Parses one `--router-if` value: `vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]`.
 pub fn parse_router_if(s: &str) -> Result<vswitch::router::RouterIf, String> {
+    use std::net::IpAddr;
     let (mut vid, mut ip, mut mac, mut ip6) = (None, None, ROUTER_MAC, None);
     for part in s.split(',') {
         match part.split_once('=') {
-            Some(("ip6", v)) => {
-                let (a, l) = v
-                    .split_once('/')
-                    .ok_or_else(|| format!("--router-if ip6={v:?}: expected ADDR/LEN"))?;
-                let a: std::net::Ipv6Addr = a
-                    .parse()
-                    .map_err(|_| format!("--router-if ip6={v:?}: not an IPv6 address"))?;
-                let l: u8 = l
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=127).contains(l))
-                    .ok_or_else(|| {
-                        format!("--router-if ip6={v:?}: prefix length must be 1..=127")
-                    })?;
-                ip6 = Some((a, l));
-            }
             Some(("vlan", v)) => vid = Some(parse_vid(v, "vlan")?),
             Some(("mac", v)) => mac = parse_mac(v)?,
-            Some(("ip", v)) => {
-                let (a, l) = v
-                    .split_once('/')
-                    .ok_or_else(|| format!("--router-if ip={v:?}: expected ADDR/LEN"))?;
-                let a: std::net::Ipv4Addr = a
-                    .parse()
-                    .map_err(|_| format!("--router-if ip={v:?}: not an IPv4 address"))?;
-                let l: u8 = l
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=30).contains(l))
-                    .ok_or_else(|| format!("--router-if ip={v:?}: prefix length must be 1..=30"))?;
-                ip = Some((a, l));
-            }
+            Some(("ip", v)) => match prefix(v, "--router-if ip")? {
+                (IpAddr::V4(a), l @ 1..=30) => ip = Some((a, l)),
+                _ => {
+                    return Err(format!(
+                        "--router-if ip={v:?}: expected an IPv4 ADDR/LEN with LEN 1..=30"
+                    ))
+                }
+            },
+            Some(("ip6", v)) => match prefix(v, "--router-if ip6")? {
+                (IpAddr::V6(a), l @ 1..=127) => ip6 = Some((a, l)),
+                _ => {
+                    return Err(format!(
+                        "--router-if ip6={v:?}: expected an IPv6 ADDR/LEN with LEN 1..=127"
+                    ))
+                }
+            },
             _ => return Err(format!("--router-if {s:?}: unknown part {part:?}")),
         }
     }
@@ -147,19 +142,7 @@ pub fn parse_security_group(s: &str) -> Result<(String, vswitch::IngressFilter),
             continue;
         }
         let (rule, src) = match part.split_once('@') {
-            Some((r, c)) => {
-                let (a, l) = c
-                    .split_once('/')
-                    .ok_or_else(|| format!("--security-group {name}: {c:?} is not PREFIX/LEN"))?;
-                let a: std::net::IpAddr = a
-                    .parse()
-                    .map_err(|_| format!("--security-group {name}: {a:?} is not an address"))?;
-                let max = if a.is_ipv4() { 32 } else { 128 };
-                let l: u8 = l.parse().ok().filter(|l| *l <= max).ok_or_else(|| {
-                    format!("--security-group {name}: bad prefix length in {c:?}")
-                })?;
-                (r, Some((a, l)))
-            }
+            Some((r, c)) => (r, Some(prefix(c, &format!("--security-group {name}"))?)),
             None => (part, None),
         };
         let ports = |p: Option<&str>| -> Result<Option<(u16, u16)>, String> {
@@ -199,48 +182,25 @@ pub enum Route {
 
 /// Parses one `--route` value: `PREFIX/LEN,via=ADDR`, IPv4 or IPv6.
 pub fn parse_route(s: &str) -> Result<Route, String> {
-    if s.contains(':') {
-        let (dst, via) = s
-            .split_once(",via=")
-            .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;
-        let (a, l) = dst
-            .split_once('/')
-            .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN"))?;
-        let dst: std::net::Ipv6Addr = a
-            .parse()
-            .map_err(|_| format!("--route {s:?}: {a:?} is not an IPv6 address"))?;
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|l| *l <= 128)
-            .ok_or_else(|| format!("--route {s:?}: prefix length must be 0..=128"))?;
-        let via = via
-            .parse()
-            .map_err(|_| format!("--route {s:?}: via={via:?} is not an IPv6 address"))?;
-        return Ok(Route::V6(vswitch::router::StaticRoute6 { dst, len, via }));
-    }
-    parse_route4(s).map(Route::V4)
-}
-
-fn parse_route4(s: &str) -> Result<vswitch::router::StaticRoute, String> {
+    use std::net::IpAddr;
     let (dst, via) = s
         .split_once(",via=")
         .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;
-    let (a, l) = dst
-        .split_once('/')
-        .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN"))?;
-    let dst: std::net::Ipv4Addr = a
+    let (dst, len) = prefix(dst, &format!("--route {s:?}"))?;
+    let via: IpAddr = via
         .parse()
-        .map_err(|_| format!("--route {s:?}: {a:?} is not an IPv4 address"))?;
-    let len: u8 = l
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("--route {s:?}: prefix length must be 0..=32"))?;
-    let via = via
-        .parse()
-        .map_err(|_| format!("--route {s:?}: via={via:?} is not an IPv4 address"))?;
-    Ok(vswitch::router::StaticRoute { dst, len, via })
+        .map_err(|_| format!("--route {s:?}: via={via:?} is not an IP address"))?;
+    match (dst, via) {
+        (IpAddr::V4(dst), IpAddr::V4(via)) => {
+            Ok(Route::V4(vswitch::router::StaticRoute { dst, len, via }))
+        }
+        (IpAddr::V6(dst), IpAddr::V6(via)) => {
+            Ok(Route::V6(vswitch::router::StaticRoute6 { dst, len, via }))
+        }
+        _ => Err(format!(
+            "--route {s:?}: prefix and next hop of different families"
+        )),
+    }
 }
 
 /// Parses one `--port` value.
@@ -422,5 +382,41 @@ mod tests {
             let e = parse_port(arg).expect_err(arg);
             assert!(e.contains(want), "{arg}: {e}");
         }
+    }
+
+    #[test]
+    fn router_interfaces_and_routes() {
+        let r = parse_router_if("vlan=10,ip=10.0.0.254/24,ip6=fd00::fe/64").unwrap();
+        assert_eq!((r.vid.get(), r.prefix), (10, 24));
+        assert_eq!(r.ip6.map(|(_, l)| l), Some(64));
+        assert!(
+            parse_router_if("vlan=10,ip=fd00::1/64").is_err(),
+            "v6 given as ip="
+        );
+        assert!(
+            parse_router_if("vlan=10,ip=10.0.0.1/32").is_err(),
+            "no hosts on a /32"
+        );
+        assert!(parse_router_if("ip=10.0.0.1/24")
+            .unwrap_err()
+            .contains("vlan"));
+        assert!(matches!(
+            parse_route("192.168.0.0/16,via=10.0.1.1"),
+            Ok(Route::V4(_))
+        ));
+        assert!(matches!(
+            parse_route("2001:db8::/32,via=fd00::1"),
+            Ok(Route::V6(_))
+        ));
+        assert!(parse_route("2001:db8::/32,via=10.0.0.1")
+            .unwrap_err()
+            .contains("different families"));
+        assert!(parse_route("10.0.0.0/33,via=10.0.0.1").is_err());
+        let (name, f) = parse_security_group("web,deny,tcp:80@10.0.0.0/8,icmp").unwrap();
+        assert_eq!(
+            (name.as_str(), f.default_deny, f.rules.len()),
+            ("web", true, 2)
+        );
+        assert!(parse_security_group("web,tcp:80@10.0.0.0/40").is_err());
     }
 }

@@ -241,14 +241,7 @@ fn port_security_drops_spoofed_macs_and_addresses_and_counts_them() {
 const RMAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x68, 0x72, 0x01];
 
 fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
+    vswitch::wire::checksum(b)
 }
 
 /// An IPv4/UDP frame with a valid header checksum.

@@ -16,7 +16,6 @@
 //! need) and `isa-debug-exit`, since microvm has no i8042 to reset through.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,20 +74,6 @@ pub struct VmReport {
     pub notes: Vec<String>,
 }
 
-fn pin(cmd: &mut Command, cpu: usize) {
-    // SAFETY: sched_setaffinity is async-signal-safe; the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 fn command(cfg: &VmBenchConfig, vmm: Vmm, payload: &Path, extra: &[&str]) -> Command {
     let mut cmd = match vmm {
         Vmm::Vnfhost => {
@@ -128,7 +113,7 @@ fn command(cfg: &VmBenchConfig, vmm: Vmm, payload: &Path, extra: &[&str]) -> Com
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    pin(&mut cmd, cfg.cpu);
+    vmm::qemu::pin_command(&mut cmd, &[cfg.cpu]);
     cmd
 }
 
@@ -173,13 +158,6 @@ fn stop(mut child: Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn free_huge_pages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Runs the benchmark.
@@ -248,7 +226,7 @@ pub fn run(cfg: &VmBenchConfig, progress: &mut dyn FnMut(&str)) -> Result<VmRepo
         r.create_rate[v as usize] = Some(cfg.create as f64 / t0.elapsed().as_secs_f64());
     }
     // Huge pages: 32 MiB of guest RAM, preallocated.
-    let before = free_huge_pages();
+    let before = vmm::memory::free_huge_pages();
     if before >= 16 {
         progress("huge pages");
         let (c, _) = first_byte(command(
@@ -258,7 +236,7 @@ pub fn run(cfg: &VmBenchConfig, progress: &mut dyn FnMut(&str)) -> Result<VmRepo
             &["--hugepages", "--prealloc"],
         ))?;
         let pid = c.id();
-        let during = free_huge_pages();
+        let during = vmm::memory::free_huge_pages();
         let rss =
             status_kib(pid, "RssAnon:").unwrap_or(0.0) + status_kib(pid, "RssFile:").unwrap_or(0.0);
         let shmem = status_kib(pid, "RssShmem:").unwrap_or(0.0);

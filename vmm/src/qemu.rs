@@ -80,22 +80,29 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
             ]);
     }
     if !cfg.cpus.is_empty() {
-        let cpus = cfg.cpus.clone();
-        // SAFETY: sched_setaffinity is async-signal-safe; the closure allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for &c in &cpus {
-                    libc::CPU_SET(c, &mut set);
-                }
-                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pin_command(&mut cmd, &cfg.cpus);
     }
     Ok(cmd)
+}
+
+/// Makes `cmd`'s process (and every thread it starts) run only on `cpus`.
+pub fn pin_command(cmd: &mut Command, cpus: &[usize]) {
+    // Built before the fork: the closure below only reads it.
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `c` is below CPU_SETSIZE, so the bit is inside `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: sched_setaffinity is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Replaces this process with QEMU, so that QEMU keeps the process id, the console and

@@ -710,23 +710,10 @@ fn l4_of(frame: &[u8], l3: usize) -> L4 {
 }
 
 fn prefix_contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
+    use crate::router::PrefixAddr;
     match (net, a) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len.min(32)))
-            };
-            u32::from(n) & m == u32::from(a) & m
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len.min(128)))
-            };
-            u128::from(n) & m == u128::from(a) & m
-        }
+        (IpAddr::V4(n), IpAddr::V4(a)) => n.masked(len) == a.masked(len),
+        (IpAddr::V6(n), IpAddr::V6(a)) => n.masked(len) == a.masked(len),
         _ => false,
     }
 }

@@ -180,34 +180,80 @@ impl std::hash::Hasher for PrefixHasher {
     }
 }
 
-type PrefixMap<T> = HashMap<u32, T, std::hash::BuildHasherDefault<PrefixHasher>>;
-
-/// IPv4 longest-prefix match: one hash table per prefix length, probed from the
-/// longest length in use down. Lookup cost depends on how many distinct lengths are in
-/// use (at most 33), not on how many prefixes there are.
-#[derive(Clone, Debug, Default)]
-pub struct Lpm4<T> {
-    tables: Vec<(u8, PrefixMap<T>)>,
+/// An address family, as [`Lpm`] sees it: addresses are integer keys, masked to a
+/// prefix length.
+pub trait PrefixAddr: Copy {
+    /// The address as an integer.
+    type Key: Copy + Eq + std::hash::Hash + std::fmt::Debug;
+    /// Bits in an address.
+    const BITS: u8;
+    /// The address with all but its first `len` bits cleared (`len <= BITS`).
+    fn masked(self, len: u8) -> Self::Key;
 }
 
 fn mask(len: u8) -> u32 {
     if len == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(len))
+        u32::MAX << (32 - u32::from(len.min(32)))
     }
 }
 
-impl<T: Copy> Lpm4<T> {
+fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
+    }
+}
+
+impl PrefixAddr for Ipv4Addr {
+    type Key = u32;
+    const BITS: u8 = 32;
+    fn masked(self, len: u8) -> u32 {
+        u32::from(self) & mask(len)
+    }
+}
+
+impl PrefixAddr for Ipv6Addr {
+    type Key = u128;
+    const BITS: u8 = 128;
+    fn masked(self, len: u8) -> u128 {
+        u128::from(self) & mask6(len)
+    }
+}
+
+type PrefixMap<K, T> = HashMap<K, T, std::hash::BuildHasherDefault<PrefixHasher>>;
+
+/// Longest-prefix match: one hash table per prefix length, probed from the longest
+/// length in use down. Lookup cost depends on how many distinct lengths are in use (at
+/// most 33 for IPv4, 129 for IPv6), not on how many prefixes there are.
+#[derive(Clone, Debug)]
+pub struct Lpm<A: PrefixAddr, T> {
+    tables: Vec<(u8, PrefixMap<A::Key, T>)>,
+}
+
+/// IPv4 longest-prefix match.
+pub type Lpm4<T> = Lpm<Ipv4Addr, T>;
+/// IPv6 longest-prefix match.
+pub type Lpm6<T> = Lpm<Ipv6Addr, T>;
+
+impl<A: PrefixAddr, T: Copy> Default for Lpm<A, T> {
+    fn default() -> Self {
+        Lpm { tables: Vec::new() }
+    }
+}
+
+impl<A: PrefixAddr, T: Copy> Lpm<A, T> {
     /// An empty table.
-    pub fn new() -> Lpm4<T> {
-        Lpm4 { tables: Vec::new() }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Inserts or replaces `addr/len` (host bits are ignored).
-    pub fn insert(&mut self, addr: Ipv4Addr, len: u8, value: T) {
-        let len = len.min(32);
-        let key = u32::from(addr) & mask(len);
+    pub fn insert(&mut self, addr: A, len: u8, value: T) {
+        let len = len.min(A::BITS);
+        let key = addr.masked(len);
         match self.tables.iter_mut().find(|(l, _)| *l == len) {
             Some((_, t)) => {
                 t.insert(key, value);
@@ -222,11 +268,10 @@ impl<T: Copy> Lpm4<T> {
     }
 
     /// The value of the longest prefix containing `addr`.
-    pub fn lookup(&self, addr: Ipv4Addr) -> Option<T> {
-        let a = u32::from(addr);
+    pub fn lookup(&self, addr: A) -> Option<T> {
         self.tables
             .iter()
-            .find_map(|(len, t)| t.get(&(a & mask(*len))).copied())
+            .find_map(|(len, t)| t.get(&addr.masked(*len)).copied())
     }
 
     /// Number of prefixes.
@@ -237,54 +282,6 @@ impl<T: Copy> Lpm4<T> {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// IPv6 longest-prefix match, like [`Lpm4`] (one table per prefix length in use).
-#[derive(Clone, Debug, Default)]
-pub struct Lpm6<T> {
-    tables: Vec<(u8, PrefixMap6<T>)>,
-}
-
-type PrefixMap6<T> = HashMap<u128, T, std::hash::BuildHasherDefault<PrefixHasher>>;
-
-fn mask6(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
-    }
-}
-
-impl<T: Copy> Lpm6<T> {
-    /// An empty table.
-    pub fn new() -> Lpm6<T> {
-        Lpm6 { tables: Vec::new() }
-    }
-
-    /// Inserts or replaces `addr/len`.
-    pub fn insert(&mut self, addr: Ipv6Addr, len: u8, value: T) {
-        let len = len.min(128);
-        let key = u128::from(addr) & mask6(len);
-        match self.tables.iter_mut().find(|(l, _)| *l == len) {
-            Some((_, t)) => {
-                t.insert(key, value);
-            }
-            None => {
-                let mut t = HashMap::default();
-                t.insert(key, value);
-                self.tables.push((len, t));
-                self.tables.sort_by_key(|t| std::cmp::Reverse(t.0));
-            }
-        }
-    }
-
-    /// The value of the longest prefix containing `addr`.
-    pub fn lookup(&self, addr: Ipv6Addr) -> Option<T> {
-        let a = u128::from(addr);
-        self.tables
-            .iter()
-            .find_map(|(len, t)| t.get(&(a & mask6(*len))).copied())
     }
 }
 
