@@ -315,6 +315,9 @@ impl PollTask for CoreTask {
                 }
                 // What the router generated: out through the bridge like any frame.
                 let gb = generated.frames.batch();
+                if gb.is_empty() {
+                    return;
+                }
                 for k in 0..gb.len() {
                     let Some(vid) = generated.vids[k] else {
                         continue;
