@@ -19,6 +19,9 @@ commands:
                                         [,sg=NAME]  (a --security-group for what it is sent)
                                     or NAME,tap=IFNAME[,vlan=...]
              --stats                print per-port rates every second
+             --control SOCK         managed by the daemon: no ports at start; the whole
+                                    configuration is PUT to /v1/config on SOCK (mode
+                                    0600), counters are at /v1/stats
              --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;
                                     default 250)
              --hugepages            put packet buffers on hugepages (falls back with a warning)
@@ -80,13 +83,30 @@ commands:
            exits 0 when the guest powers off or resets, 1 when it dies
   vm payload NAME --out FILE
            write a built-in guest payload (hello, idle, echo, poweroff, net, fault) used by tests and benchmarks
+  daemon   run the daemon in the foreground: it owns the desired topology, starts the
+           switch and the pods as processes of their own, keeps them running and serves
+           the API (HTTP/JSON /v1 on RUN/api.sock, mode 0660: root and group vnfhost).
+           Stopping it leaves the switch and the pods running; a new daemon adopts them.
+             --run-dir DIR          sockets, logs, state (default /run/vnfhost,
+                                    or VNFHOST_RUN_DIR)
+             --group NAME           group allowed on the API socket (default vnfhost,
+                                    if it exists)
+             --metrics ADDR:PORT    also serve Prometheus GET /metrics over TCP
+  up FILE  apply a topology.yaml (docs/topology.md) through the daemon: only what changed
+           is changed; a failure rolls back to the previous state
+             --api SOCK             the daemon's socket (default /run/vnfhost/api.sock,
+                                    or VNFHOST_API)
   up --check FILE
-           check a topology.yaml (docs/topology.md) against its schema and this host
-           (CPUs, huge pages) without changing anything; lists every problem with its
-           file, line or field path
+           check a topology.yaml against its schema and this host (CPUs, huge pages)
+           without changing anything; lists every problem with its file, line or
+           field path
+  down     stop the pods and the switch and remove what they left (--api SOCK)
+  status   pods, ports with rates, drops by reason, router and polling-core load
+             --watch, -w            refresh every second
+             --json                 the API's JSON (one line per refresh with --watch)
+             --events               also the daemon's recent events
+             --api SOCK
   help     this text
-
-Not built yet (later issues): up (bringing a topology up), down, status, daemon.
 ";
 
 /// Options of `vnfhost switch`.
@@ -106,10 +126,12 @@ pub struct SwitchArgs {
     pub fdb_size: usize,
     /// FDB lifetime.
     pub fdb_age: Duration,
-    /// The router between VLANs (`--router-if`, `--route`).
-    pub router: Option<vswitch::router::Router>,
+    /// The router between VLANs (`--router-if`, `--route`): one routing domain.
+    pub routers: Vec<vswitch::router::Router>,
     /// Security groups by name (`--security-group`).
     pub groups: std::collections::HashMap<String, vswitch::IngressFilter>,
+    /// `--control SOCK`: configured through this socket (by the daemon), not by options.
+    pub control: Option<std::path::PathBuf>,
 }
 
 fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
@@ -135,8 +157,9 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         hugepages: false,
         fdb_size: 8192,
         fdb_age: Duration::from_secs(300),
-        router: None,
+        routers: Vec::new(),
         groups: std::collections::HashMap::new(),
+        control: None,
     };
     let mut router_ifs = Vec::new();
     let mut routes = Vec::new();
@@ -190,6 +213,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                 }
             }
             Long("hugepages") => a.hugepages = true,
+            Long("control") => a.control = Some(value(&mut p, "--control")?.into()),
             Long("idle-max-us") => {
                 a.idle_max = Duration::from_micros(number(
                     &value(&mut p, "--idle-max-us")?,
@@ -203,7 +227,19 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
             other => return Err(format!("switch: {}", other.unexpected())),
         }
     }
-    if a.ports.is_empty() {
+    if a.control.is_some() {
+        if !a.ports.is_empty()
+            || !router_ifs.is_empty()
+            || !routes.is_empty()
+            || !a.groups.is_empty()
+        {
+            return Err(
+                "switch --control: ports, routers and security groups are set through the \
+                 control socket, not options"
+                    .into(),
+            );
+        }
+    } else if a.ports.is_empty() {
         return Err("switch: give at least one --port".into());
     }
     a.cores.sort_unstable();
@@ -227,7 +263,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                 Route::V4(_) => None,
             })
             .collect();
-        a.router = Some(
+        a.routers.push(
             vswitch::router::Router::with_routes6(router_ifs, &v4, &v6)
                 .map_err(|e| format!("switch: router: {e}"))?,
         );
@@ -279,9 +315,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 None => Err("up --check: give exactly one topology file".into()),
             }
         }
-        "up" | "down" | "status" | "daemon" => Err(format!(
-            "vnfhost {cmd}: not built yet (see the open issues); `vnfhost switch` runs the switch"
-        )),
+        "up" => crate::ctl_cmd::up(rest),
+        "down" => crate::ctl_cmd::down(rest),
+        "status" => crate::ctl_cmd::status(rest),
+        "daemon" => crate::ctl_cmd::parse_daemon(rest).and_then(|a| crate::daemon::run(&a)),
         "" => Err(format!("no command given\n{USAGE}")),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     };

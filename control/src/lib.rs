@@ -6,7 +6,12 @@
 //! issues and are refused with a clear message until then.
 pub mod bench_cmd;
 pub mod cli;
+pub mod ctl_cmd;
+pub mod daemon;
+pub mod http;
+pub mod plan;
 pub mod portspec;
 pub mod switch_cmd;
+pub mod switchctl;
 pub mod topology;
 pub mod vm_cmd;

@@ -10,11 +10,13 @@ use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
 use vswitch::switch::{Switch, SwitchConfig, SwitchPort};
 
 use crate::cli::SwitchArgs;
-use crate::portspec::PortKind;
+use std::collections::HashMap;
+
+use crate::portspec::{PortKind, PortSpec};
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later), so they
 /// can be taken synchronously with `sigtimedwait`.
-fn block_signals() -> libc::sigset_t {
+pub fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and
     // pthread_sigmask only changes this thread's mask.
     unsafe {
@@ -28,7 +30,7 @@ fn block_signals() -> libc::sigset_t {
 }
 
 /// Waits up to `t` for a blocked signal of `set`; returns it.
-fn wait_signal(set: &libc::sigset_t, t: Duration) -> Option<i32> {
+pub fn wait_signal(set: &libc::sigset_t, t: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: t.as_secs() as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -38,46 +40,63 @@ fn wait_signal(set: &libc::sigset_t, t: Duration) -> Option<i32> {
     (r > 0).then_some(r)
 }
 
+/// Opens the driver of one port.
+pub fn open_port(spec: &PortSpec, hugepages: bool) -> Result<Arc<dyn Port>, String> {
+    Ok(match &spec.kind {
+        PortKind::VhostUser {
+            path,
+            client,
+            queues,
+        } => Arc::new(
+            VhostUserPort::new(VhostUserConfig {
+                name: spec.name.clone(),
+                path: path.clone(),
+                mode: if *client { Mode::Client } else { Mode::Server },
+                queue_pairs: *queues,
+                mac: spec.mac,
+                hugepages,
+            })
+            .map_err(|e| format!("port {}: {e}", spec.name))?,
+        ),
+        PortKind::Tap { ifname } => Arc::new(
+            TapPort::new(&spec.name, ifname, hugepages)
+                .map_err(|e| format!("port {}: {e}", spec.name))?,
+        ),
+    })
+}
+
+/// The switch's view of an opened port: its VLANs, port security and security group.
+pub fn switch_port(
+    spec: &PortSpec,
+    port: Arc<dyn Port>,
+    groups: &HashMap<String, vswitch::IngressFilter>,
+) -> Result<SwitchPort, String> {
+    let security = (!spec.ips.is_empty()).then(|| vswitch::PortSecurity {
+        mac: vswitch::wire::EthernetAddress(spec.mac),
+        ips: spec.ips.clone(),
+    });
+    let filter = match &spec.sg {
+        None => None,
+        Some(name) => Some(
+            groups
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("port {}: unknown security group {name:?}", spec.name))?,
+        ),
+    };
+    Ok(SwitchPort {
+        port,
+        vlan: spec.vlan.clone(),
+        security,
+        filter,
+    })
+}
+
 fn open_ports(a: &SwitchArgs) -> Result<Vec<SwitchPort>, String> {
     let mut out = Vec::new();
     for spec in &a.ports {
-        let port: Arc<dyn Port> = match &spec.kind {
-            PortKind::VhostUser {
-                path,
-                client,
-                queues,
-            } => Arc::new(
-                VhostUserPort::new(VhostUserConfig {
-                    name: spec.name.clone(),
-                    path: path.clone(),
-                    mode: if *client { Mode::Client } else { Mode::Server },
-                    queue_pairs: *queues,
-                    mac: spec.mac,
-                    hugepages: a.hugepages,
-                })
-                .map_err(|e| e.to_string())?,
-            ),
-            PortKind::Tap { ifname } => {
-                Arc::new(TapPort::new(&spec.name, ifname, a.hugepages).map_err(|e| e.to_string())?)
-            }
-        };
-        let security = (!spec.ips.is_empty()).then(|| vswitch::PortSecurity {
-            mac: vswitch::wire::EthernetAddress(spec.mac),
-            ips: spec.ips.clone(),
-        });
-        let filter =
-            match &spec.sg {
-                None => None,
-                Some(name) => Some(a.groups.get(name).cloned().ok_or_else(|| {
-                    format!("--port {}: unknown security group {name:?}", spec.name)
-                })?),
-            };
-        out.push(SwitchPort {
-            port,
-            vlan: spec.vlan.clone(),
-            security,
-            filter,
-        });
+        let port = open_port(spec, a.hugepages)?;
+        out.push(switch_port(spec, port, &a.groups)?);
     }
     Ok(out)
 }
@@ -102,7 +121,7 @@ fn print_rates(sw: &Switch, prev: &mut Vec<PortStats>, dt: f64) {
 }
 
 /// `reason=count` for every non-zero counter, space-separated.
-fn nonzero(counts: &[(&str, u64)]) -> String {
+pub fn nonzero(counts: &[(&str, u64)]) -> String {
     let v: Vec<String> = counts
         .iter()
         .filter(|(_, n)| *n > 0)
@@ -150,31 +169,17 @@ fn print_totals(sw: &Switch, a_router: bool) {
 /// Runs the switch until SIGINT or SIGTERM.
 pub fn run(a: &SwitchArgs) -> Result<(), String> {
     let sigs = block_signals();
+    let cfg = config(a);
+    if let Some(sock) = &a.control {
+        return run_managed(a, cfg, sock, &sigs);
+    }
     let ports = open_ports(a)?;
-    let cfg = SwitchConfig {
-        cores: if a.cores.is_empty() {
-            vec![None]
-        } else {
-            a.cores.iter().map(|c| Some(*c)).collect()
-        },
-        backoff: Backoff {
-            max_sleep: a.idle_max,
-            ..Backoff::default()
-        },
-        fdb_capacity: a.fdb_size,
-        fdb_max_age: a.fdb_age,
-        router: a.router.clone(),
-    };
     let names: Vec<String> = a.ports.iter().map(|p| p.name.clone()).collect();
     let sw = Switch::start(&cfg, ports).map_err(|e| e.to_string())?;
     tracing::info!(
-        "switch running: ports [{}] on cores {:?}; SIGINT or SIGTERM stops it",
+        "switch running: ports [{}] on cores {}; SIGINT or SIGTERM stops it",
         names.join(", "),
-        if a.cores.is_empty() {
-            "unpinned".to_string()
-        } else {
-            format!("{:?}", a.cores)
-        }
+        cores_text(a)
     );
     let mut prev = Vec::new();
     let mut last = Instant::now();
@@ -193,7 +198,64 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
     // then print, then drop the ports (closing connections and removing server sockets).
     let mut sw = sw;
     sw.halt();
-    print_totals(&sw, a.router.is_some());
+    print_totals(&sw, !a.routers.is_empty());
     sw.stop();
     Ok(())
+}
+
+fn cores_text(a: &SwitchArgs) -> String {
+    if a.cores.is_empty() {
+        "unpinned".to_string()
+    } else {
+        format!("{:?}", a.cores)
+    }
+}
+
+/// `vnfhost switch --control SOCK`: the daemon's switch.
+fn run_managed(
+    a: &SwitchArgs,
+    cfg: SwitchConfig,
+    sock: &std::path::Path,
+    sigs: &libc::sigset_t,
+) -> Result<(), String> {
+    let m = std::sync::Arc::new(std::sync::Mutex::new(crate::switchctl::Managed::new(
+        cfg,
+        a.hugepages,
+    )));
+    crate::switchctl::serve(sock, m.clone())?;
+    tracing::info!(
+        "switch running on cores {}, configured through {}; SIGINT or SIGTERM stops it",
+        cores_text(a),
+        sock.display()
+    );
+    let sig = loop {
+        if let Some(sig) = wait_signal(sigs, Duration::from_secs(3600)) {
+            break sig;
+        }
+    };
+    tracing::info!("signal {sig}: stopping");
+    let mut m = match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    m.shutdown();
+    let _ = std::fs::remove_file(sock);
+    Ok(())
+}
+
+fn config(a: &SwitchArgs) -> SwitchConfig {
+    SwitchConfig {
+        cores: if a.cores.is_empty() {
+            vec![None]
+        } else {
+            a.cores.iter().map(|c| Some(*c)).collect()
+        },
+        backoff: Backoff {
+            max_sleep: a.idle_max,
+            ..Backoff::default()
+        },
+        fdb_capacity: a.fdb_size,
+        fdb_max_age: a.fdb_age,
+        routers: a.routers.clone(),
+    }
 }

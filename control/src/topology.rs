@@ -19,12 +19,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::portspec::parse_mac;
 
 /// The whole deployment.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// The switch.
@@ -45,7 +45,7 @@ pub struct Topology {
 }
 
 /// The switch's resources.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchSpec {
     /// Polling cores.
@@ -78,7 +78,7 @@ impl Default for SwitchSpec {
 }
 
 /// A tenant network.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Unique name.
@@ -99,7 +99,7 @@ pub struct Network {
 }
 
 /// A tenant's router.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Router {
     /// Unique name.
@@ -114,7 +114,7 @@ pub struct Router {
 }
 
 /// A static route.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Destination prefix.
@@ -124,7 +124,7 @@ pub struct Route {
 }
 
 /// A security group: allow rules for traffic into the ports that use it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroup {
     /// Unique name.
@@ -139,7 +139,7 @@ pub struct SecurityGroup {
 }
 
 /// One allow rule.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Protocol.
@@ -153,7 +153,7 @@ pub struct Rule {
 }
 
 /// Protocols a rule can name.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Any protocol.
@@ -167,7 +167,7 @@ pub enum Protocol {
 }
 
 /// Which hypervisor runs a pod.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorSpec {
     /// `kvm` with vmx/svm, `qemu` otherwise.
@@ -180,7 +180,7 @@ pub enum HypervisorSpec {
 }
 
 /// A pod VM.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Pod {
     /// Unique name.
@@ -208,6 +208,26 @@ pub struct Pod {
     /// Network interfaces, `eth0` first.
     #[serde(default)]
     pub interfaces: Vec<Interface>,
+    /// The workload: a shell command the guest's init runs (`vnf.run=`); the pod powers
+    /// off when it exits. Without it the guest runs its console shell.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// What the daemon does when the pod's VM exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// What the daemon does when a pod's VM exits (as Kubernetes' `restartPolicy`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Start it again, whatever its exit status (with back-off).
+    #[default]
+    Always,
+    /// Start it again when it failed (non-zero exit status).
+    OnFailure,
+    /// Leave it stopped.
+    Never,
 }
 
 fn one() -> u8 {
@@ -215,7 +235,7 @@ fn one() -> u8 {
 }
 
 /// A pod's interface: a port on the switch.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {
     /// The network it joins.
@@ -422,11 +442,96 @@ pub fn parse(text: &str) -> Result<Topology, String> {
     })
 }
 
+/// Why `name` cannot name a network, router, group or pod, if it cannot: names end up in
+/// port names and socket paths.
+fn bad_name(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    (!ok).then(|| format!("{name:?} must be 1-24 of [A-Za-z0-9_-], not starting with -"))
+}
+
 impl Topology {
+    /// Huge pages (2 MiB) the topology takes: pods' RAM where they ask for huge pages,
+    /// and the switch's per-queue pools where it does.
+    pub fn hugepages_needed(&self) -> u64 {
+        let mut n = 0;
+        for pod in &self.pods {
+            if pod.hugepages {
+                n += parse_memory(&pod.memory).unwrap_or(0) / (2 << 20);
+            }
+            if self.switch.hugepages {
+                n += pod
+                    .interfaces
+                    .iter()
+                    .map(|i| SWITCH_HUGEPAGES_PER_QUEUE * u64::from(i.queues))
+                    .sum::<u64>();
+            }
+        }
+        n
+    }
+
     /// Everything types cannot check; empty when the topology can be applied.
     pub fn check(&self, host: Host) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut bad = |path: String, what: String| p.push(Problem { path, what });
+        let named = self
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("networks[{i}].name"), &n.name))
+            .chain(
+                self.routers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("routers[{i}].name"), &n.name)),
+            )
+            .chain(
+                self.security_groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("security_groups[{i}].name"), &n.name)),
+            )
+            .chain(
+                self.pods
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("pods[{i}].name"), &n.name)),
+            );
+        for (at, name) in named {
+            if let Some(why) = bad_name(name) {
+                bad(at, why);
+            }
+        }
+        let untagged: Vec<&str> = self
+            .networks
+            .iter()
+            .filter(|n| n.vlan.is_none() && n.vni.is_none())
+            .map(|n| n.name.as_str())
+            .collect();
+        if untagged.len() > 1 {
+            bad(
+                "networks".into(),
+                format!(
+                    "networks {untagged:?} are all untagged (VLAN 1); give each but one a vlan"
+                ),
+            );
+        }
+        if let (Some(u), Some(n)) = (
+            untagged.first(),
+            self.networks.iter().find(|n| n.vlan == Some(1)),
+        ) {
+            bad(
+                "networks".into(),
+                format!(
+                    "network {:?} has vlan 1, which is untagged network {u:?}'s",
+                    n.name
+                ),
+            );
+        }
 
         let mut names = HashSet::new();
         let mut nets: HashMap<&str, (&Network, Vec<Cidr>)> = HashMap::new();
@@ -476,6 +581,10 @@ impl Topology {
                             format!("VNI {v} is already network {other:?}'s"),
                         );
                     }
+                    bad(
+                        format!("{at}.vni"),
+                        "VXLAN is not built yet; give the network a vlan".into(),
+                    );
                 }
                 (None, None) => {}
             }
@@ -533,6 +642,7 @@ impl Topology {
             }
         }
 
+        let mut joined = HashMap::new();
         for (i, r) in self.routers.iter().enumerate() {
             let at = format!("routers[{i}]");
             if r.name.is_empty() || !names.insert(("router", r.name.as_str())) {
@@ -554,11 +664,25 @@ impl Topology {
                             net.tenant, r.tenant
                         ),
                     ),
-                    Some((net, _)) if net.gateway.is_empty() => bad(
-                        format!("{at}.networks[{j}]"),
-                        format!("network {n:?} has no gateway address for the router"),
-                    ),
-                    Some(_) => {}
+                    Some((net, _))
+                        if !net
+                            .gateway
+                            .iter()
+                            .any(|g| g.parse::<std::net::Ipv4Addr>().is_ok()) =>
+                    {
+                        bad(
+                            format!("{at}.networks[{j}]"),
+                            format!("network {n:?} has no IPv4 gateway address for the router"),
+                        )
+                    }
+                    Some(_) => {
+                        if let Some(other) = joined.insert(n.as_str(), r.name.as_str()) {
+                            bad(
+                                format!("{at}.networks[{j}]"),
+                                format!("network {n:?} is already joined by router {other:?}"),
+                            );
+                        }
+                    }
                 }
             }
             for (j, rt) in r.routes.iter().enumerate() {
@@ -651,7 +775,6 @@ impl Topology {
                 "the switch needs at least one polling core".into(),
             );
         }
-        let mut hugepages = 0;
         let mut macs = HashMap::new();
         let mut ips: HashMap<(String, IpAddr), String> = HashMap::new();
         for (i, pod) in self.pods.iter().enumerate() {
@@ -661,6 +784,16 @@ impl Topology {
                     format!("{at}.name"),
                     format!("{:?} is empty or used twice", pod.name),
                 );
+            }
+            if let Some(c) = &pod.command {
+                if c.trim().is_empty() || c.contains(['"', '\n', '\r']) || c.len() > 1024 {
+                    bad(
+                        format!("{at}.command"),
+                        "must be one line of at most 1024 bytes without double quotes (it goes \
+                         on the kernel command line)"
+                            .into(),
+                    );
+                }
             }
             if pod.vcpus == 0 || pod.vcpus > 64 {
                 bad(
@@ -678,7 +811,6 @@ impl Topology {
                     format!("{at}.memory"),
                     "not a multiple of 2Mi, needed with hugepages".into(),
                 ),
-                Ok(m) if pod.hugepages => hugepages += m / (2 << 20),
                 Ok(_) => {}
                 Err(e) => bad(format!("{at}.memory"), e),
             }
@@ -765,9 +897,6 @@ impl Topology {
                         Err(e) => bad(format!("{at}.ips[{k}]"), e),
                     }
                 }
-                if sw.hugepages {
-                    hugepages += SWITCH_HUGEPAGES_PER_QUEUE * u64::from(ifc.queues);
-                }
                 if ifc.queues != 1 {
                     bad(
                         format!("{at}.queues"),
@@ -787,6 +916,7 @@ impl Topology {
                 }
             }
         }
+        let hugepages = self.hugepages_needed();
         if hugepages > host.free_hugepages {
             bad(
                 "switch.hugepages, pods[*].hugepages".into(),

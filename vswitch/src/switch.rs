@@ -29,6 +29,9 @@ use crate::bridge::{
 use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
 use pmd::port::LocalFrames;
 
+/// `router_of` entry of a VLAN without a router interface.
+const NO_ROUTER: u8 = u8::MAX;
+
 /// The most ports one switch serves.
 pub const MAX_SWITCH_PORTS: usize = 256;
 
@@ -55,8 +58,11 @@ pub struct SwitchConfig {
     pub fdb_capacity: usize,
     /// FDB entry lifetime.
     pub fdb_max_age: Duration,
-    /// A router between the switch's VLANs (each core runs a replica).
-    pub router: Option<Router>,
+    /// Routers between the switch's VLANs, one per tenant (each core runs a replica of
+    /// each). A frame for a router MAC goes to the router that has an interface on the
+    /// frame's VLAN, and that router forwards only between its own interfaces: routers
+    /// are separate routing domains, as VRFs are. No VLAN may be in two routers.
+    pub routers: Vec<Router>,
 }
 
 impl Default for SwitchConfig {
@@ -67,7 +73,7 @@ impl Default for SwitchConfig {
             // As Open vSwitch's default mac-table-size: small enough to stay in cache.
             fdb_capacity: 8192,
             fdb_max_age: Duration::from_secs(300),
-            router: None,
+            routers: Vec::new(),
         }
     }
 }
@@ -155,7 +161,9 @@ struct CoreTask {
     bridge: Bridge,
     batch: RxBatch,
     staging: Vec<Vec<TxSel>>,
-    router: Option<Router>,
+    routers: Vec<Router>,
+    /// Index into `routers` by VLAN; `NO_ROUTER` where no router has an interface.
+    router_of: Box<[u8; 4096]>,
     generated: Generated,
     start: Instant,
     polls: u32,
@@ -188,15 +196,19 @@ impl CoreTask {
             self.counters.drops[r.index()].store(c.drops.get(r), Ordering::Relaxed);
         }
         self.counters.floods.store(c.floods, Ordering::Relaxed);
-        if let Some(r) = &self.router {
+        let (mut fwd, mut gen, mut drops) = (0, 0, [0u64; 5]);
+        for r in &self.routers {
             let rc = r.counters();
-            self.counters.routed.store(rc.forwarded, Ordering::Relaxed);
-            self.counters
-                .generated
-                .store(rc.generated, Ordering::Relaxed);
-            for (a, v) in self.counters.route_drops.iter().zip(rc.drops) {
-                a.store(v, Ordering::Relaxed);
+            fwd += rc.forwarded;
+            gen += rc.generated;
+            for (d, v) in drops.iter_mut().zip(rc.drops) {
+                *d += v;
             }
+        }
+        self.counters.routed.store(fwd, Ordering::Relaxed);
+        self.counters.generated.store(gen, Ordering::Relaxed);
+        for (a, v) in self.counters.route_drops.iter().zip(drops) {
+            a.store(v, Ordering::Relaxed);
         }
     }
 }
@@ -233,7 +245,8 @@ impl PollTask for CoreTask {
             bridge,
             batch,
             staging,
-            router,
+            routers,
+            router_of,
             generated,
             start,
             ..
@@ -255,8 +268,12 @@ impl PollTask for CoreTask {
                         }
                     };
                     let verdict = bridge.forward_head(inp, b.head(i), len, now, &mut stage);
-                    let (Ok(Forwarded::Routed { vid, l3, flooded }), Some(r)) =
-                        (verdict, router.as_mut())
+                    let Ok(Forwarded::Routed { vid, l3, flooded }) = verdict else {
+                        continue;
+                    };
+                    let Some(r) = router_of
+                        .get(usize::from(vid.get()))
+                        .and_then(|&k| routers.get_mut(usize::from(k)))
                     else {
                         continue;
                     };
@@ -362,7 +379,7 @@ pub struct Switch {
 impl Switch {
     /// Binds the ports to the cores and starts polling.
     pub fn start(cfg: &SwitchConfig, ports: Vec<SwitchPort>) -> Result<Switch, SwitchError> {
-        if cfg.router.is_some() && cfg.cores.len() > 1 {
+        if !cfg.routers.is_empty() && cfg.cores.len() > 1 {
             // Each core would run its own router replica with its own neighbour table,
             // and a neighbour's answer lands on the core that polls its port.
             return Err(SwitchError::Bridge(
@@ -374,6 +391,26 @@ impl Switch {
         }
         if ports.len() > MAX_SWITCH_PORTS {
             return Err(SwitchError::TooManyPorts(ports.len()));
+        }
+        let mut router_of = Box::new([NO_ROUTER; 4096]);
+        if cfg.routers.len() >= usize::from(NO_ROUTER) {
+            return Err(SwitchError::Bridge(format!(
+                "{} routers; the switch takes at most {}",
+                cfg.routers.len(),
+                NO_ROUTER - 1
+            )));
+        }
+        for (k, r) in cfg.routers.iter().enumerate() {
+            for i in r.interfaces() {
+                let slot = &mut router_of[usize::from(i.vid.get())];
+                if *slot != NO_ROUTER {
+                    return Err(SwitchError::Bridge(format!(
+                        "VLAN {} has an interface in two routers",
+                        i.vid.get()
+                    )));
+                }
+                *slot = k as u8;
+            }
         }
         let ncores = cfg.cores.len();
         let mut rxqs: Vec<Vec<(usize, u16)>> = vec![Vec::new(); ncores];
@@ -404,11 +441,11 @@ impl Switch {
         };
         for (ci, core) in cfg.cores.iter().enumerate() {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
-            if let Some(r) = &cfg.router {
-                bridge.set_router_macs(r.interfaces().iter().map(|i| (i.vid, i.mac)).collect());
+            if !cfg.routers.is_empty() {
+                let ifs = || cfg.routers.iter().flat_map(|r| r.interfaces().iter());
+                bridge.set_router_macs(ifs().map(|i| (i.vid, i.mac)).collect());
                 bridge.set_router_groups(
-                    r.interfaces()
-                        .iter()
+                    ifs()
                         .filter_map(|i| i.solicited_node_mac().map(|m| (i.vid, m)))
                         .collect(),
                 );
@@ -430,7 +467,8 @@ impl Switch {
                 txq: ci as u16,
                 bridge,
                 batch: RxBatch::default(),
-                router: cfg.router.clone(),
+                routers: cfg.routers.clone(),
+                router_of: router_of.clone(),
                 generated: Generated::new(),
                 staging: (0..drivers.len())
                     .map(|_| Vec::with_capacity(pmd::port::BURST))

@@ -1,0 +1,320 @@
+//! `vnfhost daemon`, `up`, `down` and `status`: the daemon and its command-line client.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::daemon::{self, ApplyReply, ApplyRequest, DaemonArgs, Refusal, Status};
+use crate::http;
+
+fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    p.value()
+        .map_err(|e| format!("{flag}: {e}"))?
+        .into_string()
+        .map_err(|v| format!("{flag}: {v:?} is not UTF-8"))
+}
+
+/// Parses `vnfhost daemon` options.
+pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
+    use lexopt::Arg::*;
+    let mut a = DaemonArgs {
+        run_dir: std::env::var_os("VNFHOST_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| daemon::RUN_DIR.into()),
+        group: None,
+        metrics: None,
+        image: crate::plan::GuestImage::from_env(),
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("run-dir") => a.run_dir = value(&mut p, "--run-dir")?.into(),
+            Long("group") => a.group = Some(value(&mut p, "--group")?),
+            Long("metrics") => {
+                let v = value(&mut p, "--metrics")?;
+                a.metrics = Some(
+                    v.parse()
+                        .map_err(|_| format!("--metrics {v:?}: expected ADDR:PORT"))?,
+                );
+            }
+            other => return Err(format!("daemon: {}", other.unexpected())),
+        }
+    }
+    if !a.run_dir.is_absolute() {
+        return Err(format!(
+            "--run-dir {}: give an absolute path",
+            a.run_dir.display()
+        ));
+    }
+    Ok(a)
+}
+
+/// Common client options: `--api SOCK`.
+struct Client {
+    api: PathBuf,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        // Applying may start VMs and the switch: allow it time.
+        http::call(&self.api, method, path, body, Duration::from_secs(300))
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<Refusal>(body)
+        .map(|r| {
+            let mut s = r.error;
+            for p in r.problems {
+                s.push_str(&format!("\n  {p}"));
+            }
+            s
+        })
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+/// `vnfhost up FILE`.
+pub fn up(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let mut api = daemon::default_api_socket();
+    let mut file = None;
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("api") => api = value(&mut p, "--api")?.into(),
+            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            other => return Err(format!("up: {}", other.unexpected())),
+        }
+    }
+    let file = file.ok_or("up: give a topology file")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let topology = crate::topology::parse(&text).map_err(|e| format!("{}:{e}", file.display()))?;
+    let body = serde_json::to_vec(&ApplyRequest {
+        source: Some(file.display().to_string()),
+        topology,
+    })
+    .map_err(|e| e.to_string())?;
+    let (status, reply) = Client { api }.call("PUT", "/v1/topology", Some(&body))?;
+    if status != 200 {
+        let r: Result<Refusal, _> = serde_json::from_slice(&reply);
+        return Err(match r {
+            Ok(r) if !r.problems.is_empty() => {
+                let list: Vec<String> = r
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {p}", file.display()))
+                    .collect();
+                format!("{}\n{}", list.join("\n"), r.error)
+            }
+            _ => format!("up {}: {}", file.display(), error_text(&reply)),
+        });
+    }
+    let r: ApplyReply = serde_json::from_slice(&reply).map_err(|e| format!("bad reply: {e}"))?;
+    if r.changes.is_empty() {
+        println!(
+            "{}: up to date (generation {})",
+            file.display(),
+            r.generation
+        );
+    } else {
+        for c in &r.changes {
+            println!("{c}");
+        }
+        println!("{}: applied (generation {})", file.display(), r.generation);
+    }
+    Ok(())
+}
+
+/// `vnfhost down`.
+pub fn down(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let mut api = daemon::default_api_socket();
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("api") => api = value(&mut p, "--api")?.into(),
+            other => return Err(format!("down: {}", other.unexpected())),
+        }
+    }
+    let (status, reply) = Client { api }.call("DELETE", "/v1/topology", None)?;
+    if status != 200 {
+        return Err(format!("down: {}", error_text(&reply)));
+    }
+    let r: ApplyReply = serde_json::from_slice(&reply).map_err(|e| format!("bad reply: {e}"))?;
+    for c in &r.changes {
+        println!("{c}");
+    }
+    println!("down (generation {})", r.generation);
+    Ok(())
+}
+
+fn fetch_status(api: &Path) -> Result<Status, String> {
+    let (status, reply) = Client { api: api.into() }.call("GET", "/v1/status", None)?;
+    if status != 200 {
+        return Err(format!("status: {}", error_text(&reply)));
+    }
+    serde_json::from_slice(&reply).map_err(|e| format!("status: bad reply: {e}"))
+}
+
+fn join_counts(m: &std::collections::BTreeMap<String, u64>) -> String {
+    let v: Vec<String> = m.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    v.join(" ")
+}
+
+/// The human form of a status.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    match (&s.source, s.applied) {
+        (_, false) => {
+            let _ = writeln!(o, "topology: none applied (vnfhost up FILE)");
+        }
+        (Some(src), true) => {
+            let _ = writeln!(o, "topology: {src}, generation {}", s.generation);
+        }
+        (None, true) => {
+            let _ = writeln!(o, "topology: generation {}", s.generation);
+        }
+    }
+    let sw = &s.switch;
+    let _ = write!(
+        o,
+        "switch: {}",
+        if sw.running { "running" } else { "not running" }
+    );
+    if let Some(pid) = sw.pid.filter(|_| sw.running) {
+        let _ = write!(
+            o,
+            ", pid {pid}, {} configurations applied (last paused the cores {} µs)",
+            sw.config_generation, sw.last_pause_us
+        );
+    }
+    o.push('\n');
+    for (i, c) in sw.cores.iter().enumerate() {
+        let cpu = c
+            .counters
+            .cpu
+            .map(|c| format!("CPU {c}"))
+            .unwrap_or_else(|| "unpinned".into());
+        let cpp = c
+            .counters
+            .cycles_per_packet
+            .map(|x| format!("{x:.0} cycles/packet"))
+            .unwrap_or_else(|| "- cycles/packet".into());
+        let _ = writeln!(
+            o,
+            "  core {i} ({cpu}): {:.1}% of polls busy, {:.0} pps, {cpp}",
+            c.busy_percent, c.pps
+        );
+    }
+    let _ = writeln!(o, "pods:");
+    let _ = writeln!(
+        o,
+        "  {:<16} {:<10} {:>8} {:>8}  last exit",
+        "NAME", "PHASE", "PID", "RESTARTS"
+    );
+    for p in &s.pods {
+        let phase = serde_json::to_value(p.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {:<16} {:<10} {:>8} {:>8}  {}",
+            p.name,
+            phase,
+            p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+            p.restarts,
+            p.last_exit
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = writeln!(o, "ports:");
+    let _ = writeln!(
+        o,
+        "  {:<20} {:<5} {:>9} {:>9} {:>10} {:>10}  drops",
+        "NAME", "LINK", "RX PPS", "TX PPS", "RX PKTS", "TX PKTS"
+    );
+    for p in &s.ports {
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<5} {:>9.0} {:>9.0} {:>10} {:>10}  {}",
+            p.name,
+            if p.up { "up" } else { "down" },
+            p.rx_pps,
+            p.tx_pps,
+            p.counters.rx_packets,
+            p.counters.tx_packets,
+            join_counts(&p.counters.drops)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "router: routed {}, generated {}, drops [{}]",
+        s.routed,
+        s.router_generated,
+        join_counts(&s.router_drops)
+    );
+    let _ = writeln!(
+        o,
+        "bridge: floods {}, drops [{}]",
+        s.floods,
+        join_counts(&s.bridge_drops)
+    );
+    o
+}
+
+/// `vnfhost status [--watch] [--json]`.
+pub fn status(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let mut api = daemon::default_api_socket();
+    let (mut watch, mut json, mut events) = (false, false, false);
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("api") => api = value(&mut p, "--api")?.into(),
+            Long("watch") | Short('w') => watch = true,
+            Long("json") => json = true,
+            Long("events") => events = true,
+            other => return Err(format!("status: {}", other.unexpected())),
+        }
+    }
+    loop {
+        let s = fetch_status(&api)?;
+        if json {
+            println!(
+                "{}",
+                if watch {
+                    serde_json::to_string(&s)
+                } else {
+                    serde_json::to_string_pretty(&s)
+                }
+                .map_err(|e| e.to_string())?
+            );
+        } else {
+            if watch {
+                // Clear the screen and home the cursor, as watch(1) does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&s));
+            if events {
+                println!("events:");
+                for e in &s.events {
+                    println!("  {e}");
+                }
+            }
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
