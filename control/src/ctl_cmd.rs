@@ -94,6 +94,7 @@ pub fn up(args: Vec<OsString>) -> Result<(), String> {
         }
     }
     let file = file.ok_or("up: give a topology file")?;
+    let file = std::fs::canonicalize(&file).unwrap_or(file);
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let topology = crate::topology::parse(&text).map_err(|e| format!("{}:{e}", file.display()))?;
     let body = serde_json::to_vec(&ApplyRequest {
@@ -101,6 +102,9 @@ pub fn up(args: Vec<OsString>) -> Result<(), String> {
         topology,
     })
     .map_err(|e| e.to_string())?;
+    if std::os::unix::net::UnixStream::connect(&api).is_err() {
+        start_daemon(&api)?;
+    }
     let (status, reply) = Client { api }.call("PUT", "/v1/topology", Some(&body))?;
     if status != 200 {
         let r: Result<Refusal, _> = serde_json::from_slice(&reply);
@@ -129,6 +133,70 @@ pub fn up(args: Vec<OsString>) -> Result<(), String> {
         }
         println!("{}: applied (generation {})", file.display(), r.generation);
     }
+    Ok(())
+}
+
+/// Starts `vnfhost daemon` for the API socket `api` (its run directory is the socket's
+/// directory), in a session of its own, logging to `RUN/daemon.log`; waits for its API.
+fn start_daemon(api: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let run = api
+        .parent()
+        .filter(|_| api.file_name() == Some("api.sock".as_ref()))
+        .ok_or_else(|| {
+            format!(
+                "no daemon on {} (and it is not RUN/api.sock, so one cannot be started \
+                 for it): start it with `vnfhost daemon --run-dir DIR`",
+                api.display()
+            )
+        })?;
+    std::fs::create_dir_all(run).map_err(|e| format!("{}: {e}", run.display()))?;
+    let log_path = run.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--run-dir")
+        .arg(run)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the daemon outlives this command.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the daemon: {e}"))?;
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(api).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "the daemon exited at start ({st}); see {}",
+                log_path.display()
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "the daemon did not open {} within 10 s; see {}",
+                api.display(),
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "started the daemon, pid {} (log {})",
+        child.id(),
+        log_path.display()
+    );
     Ok(())
 }
 
@@ -202,14 +270,17 @@ pub fn render(s: &Status) -> String {
             .cpu
             .map(|c| format!("CPU {c}"))
             .unwrap_or_else(|| "unpinned".into());
+        // Cycles per packet say something under load only: at a few packets per
+        // second each busy poll pays for waking up.
         let cpp = c
             .counters
             .cycles_per_packet
-            .map(|x| format!("{x:.0} cycles/packet"))
-            .unwrap_or_else(|| "- cycles/packet".into());
+            .filter(|_| c.pps >= 10_000.0)
+            .map(|x| format!(", {x:.0} cycles/packet"))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "  core {i} ({cpu}): {:.1}% of polls busy, {:.0} pps, {cpp}",
+            "  core {i} ({cpu}): {:.1}% of polls busy, {:.0} pps{cpp}",
             c.busy_percent, c.pps
         );
     }

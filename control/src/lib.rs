@@ -1,9 +1,13 @@
 //! The vnfhost control plane: the `vnfhost` command and its subcommands.
 //!
-//! Today it runs the switch in the foreground (`vnfhost switch`), pod VMs in the
-//! foreground (`vnfhost vm run`) and the benchmarks (`vnfhost bench`); the daemon, the
-//! topology reconciler, the CNI plugin and the Kubernetes controller come with later
-//! issues and are refused with a clear message until then.
+//! - [`daemon`]: `vnfhost daemon`, its API and reconcile loop; [`ctl_cmd`]: `up`, `down`,
+//!   `status` (its clients); [`http`]: the small HTTP/1.1 both speak.
+//! - [`topology`]: the `topology.yaml` schema and its checks; [`plan`]: what runs for it.
+//! - [`switch_cmd`]: `vnfhost switch` in the foreground; [`switchctl`]: the switch as the
+//!   daemon runs it, configured over its control socket.
+//! - [`vm_cmd`]: `vnfhost vm run`; [`bench_cmd`]: `vnfhost bench`.
+//!
+//! The CNI plugin and the Kubernetes controller (a later issue) will be API clients too.
 pub mod bench_cmd;
 pub mod cli;
 pub mod ctl_cmd;

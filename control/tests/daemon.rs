@@ -229,6 +229,32 @@ fn bad_topologies_change_nothing_and_strangers_are_refused() {
     assert!(!dir.join("switch.sock").exists() && !dir.join("pods").exists());
 }
 
+#[test]
+fn up_starts_the_daemon_when_none_runs() {
+    let dir = common::TestDir::new("dauto").unwrap();
+    let api = dir.join("api.sock").display().to_string();
+    let f = write(dir.path(), "ok.yaml", NO_PODS);
+    let o = vnfhost(&["up", &f, "--api", &api]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let pid: i32 = out
+        .split("started the daemon, pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out.contains("switch started"), "{out}");
+    let o = vnfhost(&["down", "--api", &api]);
+    assert!(o.status.success(), "{}", text(&o));
+    // SAFETY: kill(2) on the daemon this test's `up` started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "the daemon ignored SIGTERM");
+}
+
 fn topology(dir: &Path, extra_pod: &str, route: bool) -> String {
     let routes = if route {
         "\n    routes: [{ to: 192.168.0.0/16, via: 10.0.1.1 }]"

@@ -21,7 +21,14 @@ fn two_ports_forward_and_count() {
     // Counters are read by the control plane: port a received what a sent (frames sent
     // before the port was up are dropped by the bridge as port_down, but still received),
     // and port b transmitted the frame that arrived.
-    let st = sw.stats();
+    // The last frames sent may still be in a's ring when b's copy arrives: wait for the
+    // polling core to take them (or for the assertion below to say it never did).
+    let t = Instant::now();
+    let mut st = sw.stats();
+    while st.ports[0].1.rx_packets < sent && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        st = sw.stats();
+    }
     let (a_st, b_st) = (&st.ports[0].1, &st.ports[1].1);
     assert_eq!(a_st.rx_packets, sent, "{st:?}");
     assert!(b_st.tx_packets >= 1, "{st:?}");
