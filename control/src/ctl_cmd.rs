@@ -41,6 +41,14 @@ pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
             other => return Err(format!("daemon: {}", other.unexpected())),
         }
     }
+    // Socket paths under it go into port specs (comma-separated) and must stay under
+    // the 108 bytes of a Unix socket address: RUN/pods/<24>/eth7.sock.
+    let rd = a.run_dir.to_string_lossy();
+    if rd.contains([',', '=']) || rd.len() > 64 {
+        return Err(format!(
+            "--run-dir {rd}: at most 64 bytes, without ',' or '=' (socket paths go under it)"
+        ));
+    }
     if !a.run_dir.is_absolute() {
         return Err(format!(
             "--run-dir {}: give an absolute path",

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind};
 use crate::http::{self, Request, Response};
 use crate::plan::{self, GuestImage, Plan, PodPlan};
 use crate::switchctl::{self, CoreCounters, SwitchCounters, SwitchDesired};
@@ -263,6 +264,9 @@ struct Persisted {
     desired: Option<Topology>,
     switch: Option<ProcRec>,
     pods: BTreeMap<String, PodRec>,
+    /// CNI attachments by `CONTAINER/IFNAME`.
+    #[serde(default)]
+    attachments: BTreeMap<String, Attachment>,
 }
 
 /// One undoable step of an apply.
@@ -307,6 +311,26 @@ pub struct ApplyRequest {
     pub source: Option<String>,
     /// The topology.
     pub topology: Topology,
+}
+
+/// `POST /v1/attachments/gc`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Only attachments of this network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The attachments that stay.
+    pub valid: Vec<AttachmentKey>,
+}
+
+/// A (container, interface) pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    /// Container id.
+    pub container: String,
+    /// Interface name.
+    pub ifname: String,
 }
 
 /// `PUT /v1/topology` and `DELETE /v1/topology` answer.
@@ -409,6 +433,22 @@ impl Daemon {
         let _ = std::fs::remove_file(self.switch_sock());
     }
 
+    /// The switch configuration for topology `t` planned as `plan`: its ports, routers
+    /// and groups, plus a port per CNI attachment.
+    fn full_switch(&self, t: &Topology, plan: &Plan) -> SwitchDesired {
+        let mut d = plan.switch.clone();
+        for a in self.st.attachments.values() {
+            let vlan = t
+                .networks
+                .iter()
+                .find(|n| n.name == a.request.network)
+                .map(|n| n.vlan.unwrap_or(1))
+                .unwrap_or(1);
+            d.ports.push(attach::port_spec(a, vlan));
+        }
+        d
+    }
+
     fn switch_config(&self) -> Result<SwitchDesired, String> {
         switchctl::request(&self.switch_sock(), "GET", "/v1/config", None)
     }
@@ -468,10 +508,27 @@ impl Daemon {
             error: e,
             problems: vec![],
         })?;
+        let orphans: Vec<&str> = self
+            .st
+            .attachments
+            .values()
+            .filter(|a| !t.networks.iter().any(|n| n.name == a.request.network))
+            .map(|a| a.request.network.as_str())
+            .collect();
+        if !orphans.is_empty() {
+            return Err(Refusal {
+                error: format!(
+                    "networks {orphans:?} still have pods attached through CNI; delete those \
+                     pods first; nothing was changed"
+                ),
+                problems: vec![],
+            });
+        }
         let saved = self.st.clone();
         let mut undo = Vec::new();
         let mut changes = Vec::new();
-        match self.apply_steps(&new, &mut undo, &mut changes) {
+        let full = self.full_switch(&t, &new);
+        match self.apply_steps(&new, &full, &mut undo, &mut changes) {
             Ok(()) => {
                 if !changes.is_empty() || self.st.desired.as_ref() != Some(&t) {
                     self.st.generation += 1;
@@ -509,6 +566,7 @@ impl Daemon {
     fn apply_steps(
         &mut self,
         new: &Plan,
+        full: &SwitchDesired,
         undo: &mut Vec<Undo>,
         changes: &mut Vec<String>,
     ) -> Result<(), String> {
@@ -570,8 +628,8 @@ impl Daemon {
                 config_now = mid;
             }
         }
-        if config_now != new.switch {
-            self.set_switch_config(&new.switch)?;
+        if config_now != *full {
+            self.set_switch_config(full)?;
             undo.push(Undo::Config(config_now));
             changes.push(format!(
                 "switch configured: {} ports, {} routers, {} security groups",
@@ -663,6 +721,126 @@ impl Daemon {
         errors
     }
 
+    /// Pushes the configuration with the current attachments to the switch.
+    fn push_attachments(&mut self) -> Result<(), AttachError> {
+        let (Some(t), Some(plan)) = (self.st.desired.clone(), self.plan.clone()) else {
+            return Err(AttachError::new(11, "no topology is applied"));
+        };
+        if !self.switch_alive() {
+            return Err(AttachError::new(11, "the switch is not running"));
+        }
+        let full = self.full_switch(&t, &plan);
+        self.set_switch_config(&full)
+            .map_err(|e| AttachError::new(attach::CODE_SETUP, format!("switch: {e}")))
+    }
+
+    /// CNI ADD: a port on `req.network` for (`container`, `ifname`).
+    fn attach(
+        &mut self,
+        container: &str,
+        ifname: &str,
+        req: AttachRequest,
+    ) -> Result<Attachment, AttachError> {
+        attach::valid_key(container, ifname)?;
+        let key = format!("{container}/{ifname}");
+        if let Some(a) = self.st.attachments.get(&key) {
+            if a.request == req {
+                return Ok(a.clone());
+            }
+            return Err(AttachError::new(
+                7,
+                format!("{key} is already attached with another configuration"),
+            ));
+        }
+        if req.kind == Kind::Tap && req.netns.as_deref().unwrap_or("").is_empty() {
+            return Err(AttachError::new(
+                4,
+                "a tap attachment needs the netns (CNI_NETNS)",
+            ));
+        }
+        let t = self
+            .st
+            .desired
+            .clone()
+            .ok_or_else(|| AttachError::new(11, "no topology is applied"))?;
+        let existing: Vec<&Attachment> = self.st.attachments.values().collect();
+        let a = attach::allocate(&t, &existing, container, ifname, &req, &self.run)?;
+        if let Some(sock) = &a.socket {
+            if let Some(dir) = Path::new(sock).parent() {
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750));
+            }
+        }
+        self.st.attachments.insert(key.clone(), a.clone());
+        let mut r = self.push_attachments();
+        if r.is_ok() {
+            if let (Kind::Tap, Some(ns)) = (a.request.kind, a.request.netns.as_deref()) {
+                r = attach::configure_tap(&a, ns);
+            }
+        }
+        if let Err(e) = r {
+            // Undo: the port goes (the switch closes the tap, which removes it).
+            self.st.attachments.remove(&key);
+            let _ = self.push_attachments();
+            self.remove_socket_dir(&a);
+            return Err(e);
+        }
+        self.persist();
+        self.event(format!(
+            "attached {key} to {} as {} ({})",
+            a.request.network, a.address, a.port
+        ));
+        Ok(a)
+    }
+
+    fn remove_socket_dir(&self, a: &Attachment) {
+        if let Some(dir) = a.socket.as_deref().and_then(|s| Path::new(s).parent()) {
+            let _ = std::fs::remove_dir(dir); // only when empty: other interfaces stay
+        }
+    }
+
+    /// CNI DEL: idempotent; `Ok(false)` when there was nothing to remove.
+    fn detach(&mut self, container: &str, ifname: &str) -> Result<bool, AttachError> {
+        let key = format!("{container}/{ifname}");
+        let Some(a) = self.st.attachments.remove(&key) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.push_attachments() {
+            if self.switch_alive() {
+                self.st.attachments.insert(key, a);
+                return Err(e);
+            }
+            // No switch: its ports are gone with it; the record goes too.
+        }
+        self.remove_socket_dir(&a);
+        self.persist();
+        self.event(format!("detached {key} ({})", a.port));
+        Ok(true)
+    }
+
+    /// CNI GC: removes attachments not in `valid` (of `network`, if given).
+    fn gc(&mut self, req: GcRequest) -> Result<Vec<String>, AttachError> {
+        let stale: Vec<(String, String)> = self
+            .st
+            .attachments
+            .values()
+            .filter(|a| req.network.as_ref().is_none_or(|n| *n == a.request.network))
+            .filter(|a| {
+                !req.valid
+                    .iter()
+                    .any(|v| v.container == a.container && v.ifname == a.ifname)
+            })
+            .map(|a| (a.container.clone(), a.ifname.clone()))
+            .collect();
+        let mut removed = Vec::new();
+        for (c, i) in stale {
+            if self.detach(&c, &i)? {
+                removed.push(format!("{c}/{i}"));
+            }
+        }
+        Ok(removed)
+    }
+
     /// `vnfhost down`: stops every pod and the switch and removes what they left.
     fn down(&mut self) -> ApplyReply {
         let mut changes = Vec::new();
@@ -676,7 +854,13 @@ impl Daemon {
             self.stop_switch();
             changes.push("switch stopped".into());
         }
+        let n = self.st.attachments.len();
+        if n > 0 {
+            self.st.attachments.clear();
+            changes.push(format!("{n} CNI attachments removed"));
+        }
         let _ = std::fs::remove_dir_all(self.run.join("pods"));
+        let _ = std::fs::remove_dir_all(self.run.join("cni"));
         let _ = std::fs::remove_file(self.run.join("switch.log"));
         if self.st.desired.take().is_some() {
             self.st.generation += 1;
@@ -696,9 +880,10 @@ impl Daemon {
 
     /// One pass of the reconcile loop.
     fn reconcile(&mut self) {
-        let Some(plan) = self.plan.clone() else {
+        let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
             return;
         };
+        let full = self.full_switch(&t, &plan);
         let mut dirty = false;
         if !self.switch_alive() {
             let how = self
@@ -712,15 +897,15 @@ impl Daemon {
             self.st.switch = None;
             let r = self
                 .start_switch(&plan.switch_args)
-                .and_then(|()| self.set_switch_config(&plan.switch));
+                .and_then(|()| self.set_switch_config(&full));
             if let Err(e) = r {
                 self.event(format!("switch restart failed: {e}"));
             }
             dirty = true;
         } else if let Ok(cfg) = self.switch_config() {
-            if cfg != plan.switch {
+            if cfg != full {
                 // An adopted switch from another generation, or one restarted by hand.
-                if let Err(e) = self.set_switch_config(&plan.switch) {
+                if let Err(e) = self.set_switch_config(&full) {
                     self.event(format!("configuring the switch failed: {e}"));
                 }
                 dirty = true;
@@ -1256,6 +1441,10 @@ fn group_id(name: &str) -> Option<u32> {
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
+fn attach_error(status: u16, e: AttachError) -> Response {
+    Response::json(status, serde_json::to_vec(&e).unwrap_or_default())
+}
+
 fn refusal(status: u16, r: &Refusal) -> Response {
     Response::json(status, serde_json::to_vec(r).unwrap_or_default())
 }
@@ -1291,7 +1480,49 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             "DELETE" => switchctl::json(&d.down()),
             _ => not_allowed(),
         },
-        "/v1/status" | "/metrics" => not_allowed(),
+        "/v1/attachments" if req.method == "GET" => {
+            switchctl::json(&d.st.attachments.values().collect::<Vec<_>>())
+        }
+        "/v1/attachments/gc" if req.method == "POST" => {
+            match serde_json::from_slice::<GcRequest>(&req.body) {
+                Err(e) => attach_error(400, AttachError::new(7, format!("gc: {e}"))),
+                Ok(g) => match d.gc(g) {
+                    Ok(removed) => switchctl::json(&serde_json::json!({ "removed": removed })),
+                    Err(e) => attach_error(422, e),
+                },
+            }
+        }
+        p if p.starts_with("/v1/attachments/") => {
+            let rest = &p["/v1/attachments/".len()..];
+            let Some((cid, ifname)) = rest.split_once('/') else {
+                return Response::json(
+                    404,
+                    http::error_body("expected /v1/attachments/CONTAINER/IFNAME"),
+                );
+            };
+            match req.method.as_str() {
+                "GET" => match d.st.attachments.get(&format!("{cid}/{ifname}")) {
+                    Some(a) => switchctl::json(a),
+                    None => attach_error(
+                        404,
+                        AttachError::new(3, format!("no attachment {cid}/{ifname}")),
+                    ),
+                },
+                "PUT" => match serde_json::from_slice::<AttachRequest>(&req.body) {
+                    Err(e) => attach_error(400, AttachError::new(7, format!("attachment: {e}"))),
+                    Ok(r) => match d.attach(cid, ifname, r) {
+                        Ok(a) => switchctl::json(&a),
+                        Err(e) => attach_error(422, e),
+                    },
+                },
+                "DELETE" => match d.detach(cid, ifname) {
+                    Ok(removed) => switchctl::json(&serde_json::json!({ "removed": removed })),
+                    Err(e) => attach_error(422, e),
+                },
+                _ => not_allowed(),
+            }
+        }
+        "/v1/status" | "/metrics" | "/v1/attachments" => not_allowed(),
         _ => Response::json(
             404,
             http::error_body(&format!(

@@ -8,8 +8,10 @@
 //! - [`vm_cmd`]: `vnfhost vm run`; [`bench_cmd`]: `vnfhost bench`.
 //!
 //! The CNI plugin and the Kubernetes controller (a later issue) will be API clients too.
+pub mod attach;
 pub mod bench_cmd;
 pub mod cli;
+pub mod cni;
 pub mod ctl_cmd;
 pub mod daemon;
 pub mod http;

@@ -769,6 +769,12 @@ impl Topology {
                 );
             }
         }
+        if sw.cores.len() > 1 && !self.routers.is_empty() {
+            bad(
+                "switch.cores".into(),
+                "routers run on one polling core so far; give one core or no routers".into(),
+            );
+        }
         if sw.cores.is_empty() {
             bad(
                 "switch.cores".into(),

@@ -1,0 +1,389 @@
+//! Attachments: switch ports the daemon makes on request of the CNI plugin, one per
+//! (container, interface), on a network of the applied topology.
+//!
+//! Two kinds, as the CNI configuration asks:
+//!
+//! - **`tap`** (default), for ordinary pods: the switch creates a tap interface, the
+//!   daemon moves it into the pod's network namespace, renames it (`eth0`), sets its MAC,
+//!   address and default route. The pod's kernel stack is then on the switch.
+//! - **`vhost-user`**, for pods that run a DPDK or vnfhost virtio-user application: the
+//!   switch listens on `RUN/cni/POD/IFNAME.sock` (directory per pod, mode 0750; socket
+//!   0660) and the result names it in `interfaces[].socketPath`.
+//!
+//! Addresses come from the network's first IPv4 prefix (IPAM per network): the lowest
+//! address that is not the network or broadcast address, a gateway, a topology pod's, or
+//! another attachment's. Port security is on for every attachment: its MAC and address.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{Cidr, Topology};
+
+/// The kind of interface an attachment gives the pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A kernel interface in the pod's network namespace.
+    #[default]
+    Tap,
+    /// A vhost-user socket for a userspace driver in the pod.
+    VhostUser,
+}
+
+/// `PUT /v1/attachments/CONTAINER/IFNAME`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// The topology network.
+    pub network: String,
+    /// The pod's network namespace (a path); needed for `tap`.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Interface kind.
+    #[serde(default)]
+    pub kind: Kind,
+    /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, for status.
+    #[serde(default)]
+    pub pod: Option<String>,
+}
+
+/// An attachment as the daemon keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// Container (sandbox) id.
+    pub container: String,
+    /// Interface name in the pod.
+    pub ifname: String,
+    /// What was asked.
+    pub request: AttachRequest,
+    /// Switch port name.
+    pub port: String,
+    /// MAC of the pod's interface.
+    pub mac: String,
+    /// Address with prefix length.
+    pub address: String,
+    /// The network's IPv4 gateway.
+    pub gateway: Option<String>,
+    /// Host-side tap name (`tap`).
+    pub tap: Option<String>,
+    /// The vhost-user socket (`vhost-user`).
+    pub socket: Option<String>,
+}
+
+/// An error with a CNI error code (spec: 4 invalid environment, 7 invalid network
+/// configuration, 11 try again later, 100+ plugin specific).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachError {
+    /// CNI error code.
+    pub code: u32,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl AttachError {
+    pub(crate) fn new(code: u32, error: impl Into<String>) -> AttachError {
+        AttachError {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+/// Code: no free address in the network's pool.
+pub const CODE_POOL_EXHAUSTED: u32 = 100;
+/// Code: the network is not in the applied topology.
+pub const CODE_UNKNOWN_NETWORK: u32 = 101;
+/// Code: setting up the interface failed.
+pub const CODE_SETUP: u32 = 102;
+
+/// A short stable hash (FNV-1a, 64 bits) of the attachment key.
+fn hash(container: &str, ifname: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Whether a container id or interface name is acceptable (they end up in paths and
+/// interface names).
+pub fn valid_key(container: &str, ifname: &str) -> Result<(), AttachError> {
+    let ok_id = !container.is_empty()
+        && container.len() <= 128
+        && container
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok_id {
+        return Err(AttachError::new(
+            4,
+            format!("container id {container:?}: 1-128 of [A-Za-z0-9._-]"),
+        ));
+    }
+    let ok_if = !ifname.is_empty()
+        && ifname.len() <= 15
+        && ifname != "."
+        && ifname != ".."
+        && ifname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok_if {
+        return Err(AttachError::new(
+            4,
+            format!("interface name {ifname:?}: 1-15 of [A-Za-z0-9._-]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Plans a new attachment: port name, MAC, address; fails on an unknown network or an
+/// exhausted pool.
+pub fn allocate(
+    t: &Topology,
+    existing: &[&Attachment],
+    container: &str,
+    ifname: &str,
+    req: &AttachRequest,
+    run: &Path,
+) -> Result<Attachment, AttachError> {
+    valid_key(container, ifname)?;
+    let net = t
+        .networks
+        .iter()
+        .find(|n| n.name == req.network)
+        .ok_or_else(|| {
+            AttachError::new(
+                CODE_UNKNOWN_NETWORK,
+                format!("network {:?} is not in the applied topology", req.network),
+            )
+        })?;
+    let cidr = net
+        .cidrs
+        .iter()
+        .filter_map(|c| Cidr::parse(c).ok())
+        .find(|c| c.addr.is_ipv4())
+        .ok_or_else(|| {
+            AttachError::new(
+                7,
+                format!(
+                    "network {}: no IPv4 prefix to take addresses from",
+                    net.name
+                ),
+            )
+        })?;
+    let IpAddr::V4(base) = cidr.addr else {
+        unreachable!("filtered to IPv4")
+    };
+    let mut used: Vec<Ipv4Addr> = net.gateway.iter().filter_map(|g| g.parse().ok()).collect();
+    for p in &t.pods {
+        for i in p.interfaces.iter().filter(|i| i.network == net.name) {
+            used.extend(i.ips.iter().filter_map(|a| Cidr::parse(a).ok()).filter_map(
+                |c| match c.addr {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                },
+            ));
+        }
+    }
+    for a in existing.iter().filter(|a| a.request.network == net.name) {
+        if let Some(Ok(ip)) = a.address.split('/').next().map(str::parse) {
+            used.push(ip);
+        }
+    }
+    let size = 1u64 << (32 - u32::from(cidr.len));
+    let start = u32::from(base);
+    let address = (1..size.saturating_sub(1))
+        .map(|i| Ipv4Addr::from(start.wrapping_add(i as u32)))
+        .find(|a| !used.contains(a))
+        .ok_or_else(|| {
+            AttachError::new(
+                CODE_POOL_EXHAUSTED,
+                format!("network {}: no free address in {}", net.name, cidr.addr),
+            )
+        })?;
+    let h = hash(container, ifname);
+    let mut mac_h = h;
+    let taken: Vec<String> = existing
+        .iter()
+        .map(|a| a.mac.clone())
+        .chain(
+            t.pods
+                .iter()
+                .flat_map(|p| p.interfaces.iter().map(|i| i.mac.to_lowercase())),
+        )
+        .collect();
+    let mac = loop {
+        let b = mac_h.to_be_bytes();
+        // Locally administered unicast, the 02:76:6e ("vn") prefix of vnfhost.
+        let m = format!("02:76:6e:{:02x}:{:02x}:{:02x}", b[5], b[6], b[7]);
+        if !taken.contains(&m) {
+            break m;
+        }
+        mac_h = mac_h.wrapping_mul(0x0100_0000_01b3).wrapping_add(1);
+    };
+    let id = format!("{:012x}", h & 0xffff_ffff_ffff);
+    let (tap, socket) = match req.kind {
+        Kind::Tap => (Some(format!("vh{id}")), None),
+        Kind::VhostUser => {
+            let dir = run
+                .join("cni")
+                .join(container.get(..12).unwrap_or(container));
+            (
+                None,
+                Some(dir.join(format!("{ifname}.sock")).display().to_string()),
+            )
+        }
+    };
+    Ok(Attachment {
+        container: container.into(),
+        ifname: ifname.into(),
+        request: req.clone(),
+        port: format!("cni-{id}"),
+        mac,
+        address: format!("{address}/{}", cidr.len),
+        gateway: net
+            .gateway
+            .iter()
+            .find(|g| g.parse::<Ipv4Addr>().is_ok())
+            .cloned(),
+        tap,
+        socket,
+    })
+}
+
+/// The switch port spec of `a` on a network with VLAN `vlan`.
+pub fn port_spec(a: &Attachment, vlan: u16) -> String {
+    let ip = a.address.split('/').next().unwrap_or("");
+    let driver = match (&a.tap, &a.socket) {
+        (Some(t), _) => format!("tap={t}"),
+        (None, Some(s)) => format!("vhost-user={s}"),
+        (None, None) => String::new(),
+    };
+    format!("{},{driver},mac={},vlan={vlan},ip={ip}", a.port, a.mac)
+}
+
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Moves the tap the switch made into `netns` and configures it as `a.ifname`.
+pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
+    let tap = a.tap.as_deref().unwrap_or_default();
+    let fail = |e: String| AttachError::new(CODE_SETUP, format!("{}: {e}", a.ifname));
+    if !Path::new(netns).exists() {
+        return Err(AttachError::new(
+            4,
+            format!("network namespace {netns:?} does not exist"),
+        ));
+    }
+    // iproute2 takes a netns argument with a '/' as a path.
+    let ns: PathBuf = std::fs::canonicalize(netns).map_err(|e| fail(e.to_string()))?;
+    let ns = ns.display().to_string();
+    run_ip(&["link", "set", "dev", tap, "netns", &ns]).map_err(fail)?;
+    // `ip -n` wants a name under /var/run/netns; nsenter takes the path.
+    let inside = |args: &[&str]| -> Result<(), AttachError> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .arg("ip")
+            .args(args)
+            .output()
+            .map_err(|e| fail(format!("nsenter: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    inside(&[
+        "link", "set", "dev", tap, "name", &a.ifname, "address", &a.mac,
+    ])?;
+    inside(&["addr", "add", &a.address, "dev", &a.ifname])?;
+    inside(&["link", "set", "dev", &a.ifname, "up"])?;
+    if let Some(gw) = &a.gateway {
+        inside(&["route", "add", "default", "via", gw, "dev", &a.ifname])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = r#"
+networks:
+  - { name: n, tenant: t, cidrs: [10.0.0.0/29], vlan: 10, gateway: [10.0.0.6] }
+pods:
+  - name: p
+    memory: 64Mi
+    interfaces: [{ network: n, mac: "02:00:00:00:00:01", ips: [10.0.0.1/29] }]
+"#;
+
+    #[test]
+    fn addresses_skip_used_ones_and_run_out() {
+        let t = crate::topology::parse(T).unwrap();
+        let req = AttachRequest {
+            network: "n".into(),
+            netns: None,
+            kind: Kind::Tap,
+            pod: None,
+        };
+        let run = Path::new("/run/vnfhost");
+        let mut have: Vec<Attachment> = Vec::new();
+        // /29: .1 is the pod's, .6 the gateway's, .0 and .7 reserved: .2 .3 .4 .5 free.
+        for want in ["10.0.0.2/29", "10.0.0.3/29", "10.0.0.4/29", "10.0.0.5/29"] {
+            let refs: Vec<&Attachment> = have.iter().collect();
+            let a = allocate(&t, &refs, &format!("c{}", have.len()), "eth0", &req, run).unwrap();
+            assert_eq!(a.address, want);
+            assert_eq!(a.gateway.as_deref(), Some("10.0.0.6"));
+            assert!(a.tap.as_ref().unwrap().len() <= 15);
+            have.push(a);
+        }
+        let refs: Vec<&Attachment> = have.iter().collect();
+        let e = allocate(&t, &refs, "c9", "eth0", &req, run).unwrap_err();
+        assert_eq!(e.code, CODE_POOL_EXHAUSTED);
+        let other = AttachRequest {
+            network: "nope".into(),
+            ..req.clone()
+        };
+        assert_eq!(
+            allocate(&t, &[], "c9", "eth0", &other, run)
+                .unwrap_err()
+                .code,
+            CODE_UNKNOWN_NETWORK
+        );
+        assert_eq!(
+            allocate(&t, &[], "../x", "eth0", &req, run)
+                .unwrap_err()
+                .code,
+            4
+        );
+        assert_eq!(
+            allocate(&t, &[], "c", "a-very-long-interface", &req, run)
+                .unwrap_err()
+                .code,
+            4
+        );
+        let spec = port_spec(&have[0], 10);
+        let p = crate::portspec::parse_port(&spec).unwrap();
+        assert_eq!(p.ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+    }
+}

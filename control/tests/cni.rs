@@ -1,0 +1,272 @@
+//! `vnfhost-cni` as a container runtime calls it, against a real daemon and switch, with
+//! real network namespaces as the pods: ADD gives each a kernel interface on the switch;
+//! pods of one network and of two routed networks reach each other, a pod of another
+//! tenant does not; CHECK, DEL (twice, the second time without a netns), GC and STATUS.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TOPOLOGY: &str = r#"
+switch: { cores: [1] }
+networks:
+  - { name: net-a, tenant: t1, cidrs: [10.0.0.0/24], vlan: 10, gateway: [10.0.0.254] }
+  - { name: net-b, tenant: t1, cidrs: [10.0.1.0/24], vlan: 20, gateway: [10.0.1.254] }
+  - { name: net-x, tenant: t2, cidrs: [10.0.0.0/24], vlan: 30, gateway: [10.0.0.254] }
+routers:
+  - { name: r1, tenant: t1, networks: [net-a, net-b] }
+"#;
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip netns add: {o:?}");
+        Netns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ping(&self, ip: &str) -> Output {
+        self.exec(&["busybox", "ping", "-c", "1", "-W", "2", ip])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn cni(cmd: &str, container: &str, netns: &str, conf: &str, api: &str) -> (bool, Value, Duration) {
+    let t = Instant::now();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"),
+        )
+        .env("VNFHOST_API", api)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    let took = t.elapsed();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v = if out.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {out}"))
+    };
+    (o.status.success(), v, took)
+}
+
+fn conf(network: &str, version: &str, api: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"{version}","name":"vnfhost","type":"vnfhost-cni","network":"{network}","api":"{api}"}}"#
+    )
+}
+
+struct Daemon(Child, String);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+            .args(["down", "--api", &self.1])
+            .output();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn addr(v: &Value) -> String {
+    v["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {v}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
+    let dir = common::TestDir::new("cni").unwrap();
+    let run = dir.path();
+    let log = std::fs::File::create(run.join("daemon.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+        .args(["daemon", "--run-dir", run.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api = run.join("api.sock").display().to_string();
+    let daemon = Daemon(child, api.clone());
+    let t = Instant::now();
+    while !Path::new(&api).exists() {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Before a topology: STATUS says not available, ADD says try again later.
+    let (ok, v, _) = cni("STATUS", "", "", &conf("net-a", "1.1.0", &api), &api);
+    assert!(!ok && v["code"] == 50, "{v}");
+    let tag = std::process::id();
+    let ns: Vec<Netns> = (1..=5)
+        .map(|i| Netns::new(format!("vnfh{tag}-{i}")))
+        .collect();
+    let (ok, v, _) = cni(
+        "ADD",
+        "c1",
+        &ns[0].path(),
+        &conf("net-a", "1.0.0", &api),
+        &api,
+    );
+    assert!(!ok && v["code"] == 11, "{v}");
+
+    std::fs::write(run.join("t.yaml"), TOPOLOGY).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+        .args(["up", run.join("t.yaml").to_str().unwrap(), "--api", &api])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let (ok, v, _) = cni("STATUS", "", "", &conf("net-a", "1.1.0", &api), &api);
+    assert!(ok, "{v}");
+
+    // Pods 1, 2 on net-a, 3 on net-b (tenant t1); 4, 5 on net-x (tenant t2, same prefix).
+    let nets = ["net-a", "net-a", "net-b", "net-x", "net-x"];
+    let mut addrs = Vec::new();
+    let mut macs = Vec::new();
+    let mut times = Vec::new();
+    for (i, (n, net)) in ns.iter().zip(nets).enumerate() {
+        let version = ["0.4.0", "1.0.0", "1.1.0"][i % 3];
+        let (ok, v, took) = cni(
+            "ADD",
+            &format!("c{i}"),
+            &n.path(),
+            &conf(net, version, &api),
+            &api,
+        );
+        assert!(
+            ok,
+            "ADD {net}: {v}\n{}",
+            std::fs::read_to_string(run.join("daemon.log")).unwrap()
+        );
+        assert_eq!(v["cniVersion"], version);
+        assert_eq!(v["interfaces"][0]["sandbox"], n.path());
+        times.push(took);
+        addrs.push(addr(&v));
+        macs.push(v["interfaces"][0]["mac"].as_str().unwrap().to_string());
+        let link = n.exec(&["ip", "-br", "addr", "show", "eth0"]);
+        assert!(
+            String::from_utf8_lossy(&link.stdout)
+                .contains(&v["ips"][0]["address"].as_str().unwrap().to_string()),
+            "{link:?}"
+        );
+    }
+    times.sort();
+    println!(
+        "CNI ADD (tap, netns set-up included): median {:?}, max {:?}",
+        times[2], times[4]
+    );
+    assert_eq!(addrs[0], "10.0.0.1");
+    assert_eq!(addrs[3], "10.0.0.1", "tenants have their own address pools");
+
+    // Same network; across the router (TTL 63); the other tenant's pair among itself.
+    let ping_ok = |from: &Netns, to: &str| {
+        // The first ping may go while ARP and the router resolve; give it three tries.
+        (0..3).any(|_| from.ping(to).status.success())
+    };
+    assert!(ping_ok(&ns[0], &addrs[1]), "net-a to net-a");
+    let o = ns[0].ping(&addrs[2]);
+    let o = if o.status.success() {
+        o
+    } else {
+        ns[0].ping(&addrs[2])
+    };
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ttl=63"),
+        "net-a to net-b across the router: {o:?}"
+    );
+    assert!(ping_ok(&ns[3], &addrs[4]), "net-x to net-x");
+    // Tenant t2 cannot reach t1: not t1's net-b pod (t2 has no router), not t1's router
+    // at 10.0.0.254 (the gateway address of both tenants' 10.0.0.0/24), and 10.0.0.2 is
+    // t2's own pod, not t1's.
+    assert!(
+        !ns[3].ping(&addrs[2]).status.success(),
+        "t2 reached t1's net-b"
+    );
+    assert!(
+        !ns[3].ping("10.0.0.254").status.success(),
+        "t1's router answered t2"
+    );
+    let neigh = String::from_utf8_lossy(&ns[3].exec(&["ip", "neigh", "show", "10.0.0.2"]).stdout)
+        .to_string();
+    assert!(
+        neigh.contains(&macs[4]) && !neigh.contains(&macs[1]),
+        "{neigh}"
+    );
+
+    // CHECK, DEL, DEL again without a netns (as runtimes do), CHECK fails after.
+    let c1 = conf("net-a", "1.0.0", &api);
+    assert!(cni("CHECK", "c1", &ns[1].path(), &c1, &api).0);
+    let (ok, v, _) = cni("DEL", "c1", &ns[1].path(), &c1, &api);
+    assert!(ok, "{v}");
+    assert!(
+        !ns[1].exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "eth0 outlived DEL"
+    );
+    assert!(cni("DEL", "c1", "", &c1, &api).0, "second DEL");
+    let (ok, v, _) = cni("CHECK", "c1", &ns[1].path(), &c1, &api);
+    assert!(!ok && v["code"] == 3, "{v}");
+    assert!(!ping_ok(&ns[0], &addrs[1]), "a deleted pod still answers");
+
+    // GC: only c0 is still valid on net-a; c2 (net-b) and c3, c4 (net-x) are not asked
+    // about when GC names a network.
+    let gc = format!(
+        r#"{{"cniVersion":"1.1.0","name":"vnfhost","type":"vnfhost-cni","network":"net-b","api":"{api}","cni.dev/valid-attachments":[]}}"#
+    );
+    assert!(cni("GC", "", "", &gc, &api).0);
+    assert!(
+        !ns[2].exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "GC left c2"
+    );
+    assert!(
+        ns[3].exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "GC took net-x's c3"
+    );
+
+    // down removes the rest: every interface goes with the switch.
+    drop(daemon);
+    for n in [&ns[0], &ns[3], &ns[4]] {
+        assert!(!n.exec(&["ip", "link", "show", "eth0"]).status.success());
+    }
+}
