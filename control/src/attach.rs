@@ -15,8 +15,7 @@
 //! another attachment's. Port security is on for every attachment: its MAC and address.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +66,7 @@ pub struct Attachment {
     pub address: String,
     /// The network's IPv4 gateway.
     pub gateway: Option<String>,
-    /// Host-side tap name (`tap`).
+    /// The tap's name, in the pod's namespace (`tap`).
     pub tap: Option<String>,
     /// The vhost-user socket (`vhost-user`).
     pub socket: Option<String>,
@@ -226,7 +225,8 @@ pub fn allocate(
     };
     let id = format!("{:012x}", h & 0xffff_ffff_ffff);
     let (tap, socket) = match req.kind {
-        Kind::Tap => (Some(format!("vh{id}")), None),
+        // Created in the pod's namespace under its final name.
+        Kind::Tap => (Some(ifname.to_string()), None),
         Kind::VhostUser => {
             let dir = run
                 .join("cni")
@@ -258,32 +258,18 @@ pub fn allocate(
 pub fn port_spec(a: &Attachment, vlan: u16) -> String {
     let ip = a.address.split('/').next().unwrap_or("");
     let driver = match (&a.tap, &a.socket) {
-        (Some(t), _) => format!("tap={t}"),
+        (Some(t), _) => format!(
+            "tap={t},netns={}",
+            a.request.netns.as_deref().unwrap_or_default()
+        ),
         (None, Some(s)) => format!("vhost-user={s}"),
         (None, None) => String::new(),
     };
     format!("{},{driver},mac={},vlan={vlan},ip={ip}", a.port, a.mac)
 }
 
-fn run_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Moves the tap the switch made into `netns` and configures it as `a.ifname`.
+/// Configures the tap the switch made in `netns`: MAC, up, address, default route.
 pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
-    let tap = a.tap.as_deref().unwrap_or_default();
     let fail = |e: String| AttachError::new(CODE_SETUP, format!("{}: {e}", a.ifname));
     if !Path::new(netns).exists() {
         return Err(AttachError::new(
@@ -291,37 +277,19 @@ pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
             format!("network namespace {netns:?} does not exist"),
         ));
     }
-    // iproute2 takes a netns argument with a '/' as a path.
-    let ns: PathBuf = std::fs::canonicalize(netns).map_err(|e| fail(e.to_string()))?;
-    let ns = ns.display().to_string();
-    run_ip(&["link", "set", "dev", tap, "netns", &ns]).map_err(fail)?;
-    // `ip -n` wants a name under /var/run/netns; nsenter takes the path.
-    let inside = |args: &[&str]| -> Result<(), AttachError> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .arg("ip")
-            .args(args)
-            .output()
-            .map_err(|e| fail(format!("nsenter: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(fail(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+    let (ip, len) = a
+        .address
+        .split_once('/')
+        .and_then(|(ip, l)| Some((ip.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?)))
+        .ok_or_else(|| fail(format!("bad address {}", a.address)))?;
+    let mac = crate::portspec::parse_mac(&a.mac).map_err(fail)?;
+    let p = crate::netlink::PodInterface {
+        ifname: &a.ifname,
+        mac,
+        address: (ip, len),
+        gateway: a.gateway.as_deref().and_then(|g| g.parse().ok()),
     };
-    inside(&[
-        "link", "set", "dev", tap, "name", &a.ifname, "address", &a.mac,
-    ])?;
-    inside(&["addr", "add", &a.address, "dev", &a.ifname])?;
-    inside(&["link", "set", "dev", &a.ifname, "up"])?;
-    if let Some(gw) = &a.gateway {
-        inside(&["route", "add", "default", "via", gw, "dev", &a.ifname])?;
-    }
-    Ok(())
+    crate::netlink::configure_in(&p, Path::new(netns)).map_err(fail)
 }
 
 #[cfg(test)]
@@ -354,7 +322,7 @@ pods:
             let a = allocate(&t, &refs, &format!("c{}", have.len()), "eth0", &req, run).unwrap();
             assert_eq!(a.address, want);
             assert_eq!(a.gateway.as_deref(), Some("10.0.0.6"));
-            assert!(a.tap.as_ref().unwrap().len() <= 15);
+            assert_eq!(a.tap.as_deref(), Some("eth0"));
             have.push(a);
         }
         let refs: Vec<&Attachment> = have.iter().collect();

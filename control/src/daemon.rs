@@ -758,6 +758,12 @@ impl Daemon {
                 "a tap attachment needs the netns (CNI_NETNS)",
             ));
         }
+        if let Some(ns) = req.netns.as_deref().filter(|n| n.contains([',', '='])) {
+            return Err(AttachError::new(
+                4,
+                format!("netns path {ns:?} contains ',' or '='"),
+            ));
+        }
         let t = self
             .st
             .desired
@@ -772,12 +778,15 @@ impl Daemon {
             }
         }
         self.st.attachments.insert(key.clone(), a.clone());
+        let t0 = Instant::now();
         let mut r = self.push_attachments();
+        let t_switch = t0.elapsed();
         if r.is_ok() {
             if let (Kind::Tap, Some(ns)) = (a.request.kind, a.request.netns.as_deref()) {
                 r = attach::configure_tap(&a, ns);
             }
         }
+        let t_all = t0.elapsed();
         if let Err(e) = r {
             // Undo: the port goes (the switch closes the tap, which removes it).
             self.st.attachments.remove(&key);
@@ -787,8 +796,12 @@ impl Daemon {
         }
         self.persist();
         self.event(format!(
-            "attached {key} to {} as {} ({})",
-            a.request.network, a.address, a.port
+            "attached {key} to {} as {} ({}) in {:.1} ms ({:.1} ms of it the switch)",
+            a.request.network,
+            a.address,
+            a.port,
+            t_all.as_secs_f64() * 1e3,
+            t_switch.as_secs_f64() * 1e3
         ));
         Ok(a)
     }

@@ -15,6 +15,7 @@ pub mod cni;
 pub mod ctl_cmd;
 pub mod daemon;
 pub mod http;
+pub mod netlink;
 pub mod plan;
 pub mod portspec;
 pub mod switch_cmd;

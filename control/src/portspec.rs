@@ -22,6 +22,8 @@ pub enum PortKind {
     Tap {
         /// Interface name.
         ifname: String,
+        /// The network namespace to create it in (default: the switch's).
+        netns: Option<PathBuf>,
     },
 }
 
@@ -220,6 +222,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
         ));
     }
     let (mut path, mut tap, mut client, mut queues, mut mac) = (None, None, false, 1u16, None);
+    let mut netns = None;
     let (mut access, mut trunk, mut native) = (None, None, None);
     let mut ips = Vec::new();
     let mut sg = None;
@@ -235,6 +238,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
         match k {
             "vhost-user" => path = Some(PathBuf::from(need(v)?)),
             "tap" => tap = Some(need(v)?.to_string()),
+            "netns" => netns = Some(PathBuf::from(need(v)?)),
             "client" if v.is_none() => client = true,
             "server" if v.is_none() => client = false,
             "queues" => {
@@ -277,6 +281,9 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
         }
     }
     let kind = match (path, tap) {
+        (Some(_), None) if netns.is_some() => {
+            return Err(format!("--port {name}: netns applies to tap ports only"))
+        }
         (Some(path), None) => PortKind::VhostUser {
             path,
             client,
@@ -288,7 +295,7 @@ pub fn parse_port<'a>(s: &'a str) -> Result<PortSpec, String> {
                     "--port {name}: queues and client apply to vhost-user ports only"
                 ));
             }
-            PortKind::Tap { ifname }
+            PortKind::Tap { ifname, netns }
         }
         (None, None) => return Err(format!("--port {name}: give vhost-user=PATH or tap=IFNAME")),
         (Some(_), Some(_)) => {

@@ -58,8 +58,8 @@ pub fn open_port(spec: &PortSpec, hugepages: bool) -> Result<Arc<dyn Port>, Stri
             })
             .map_err(|e| format!("port {}: {e}", spec.name))?,
         ),
-        PortKind::Tap { ifname } => Arc::new(
-            TapPort::new(&spec.name, ifname, hugepages)
+        PortKind::Tap { ifname, netns } => Arc::new(
+            TapPort::new_in(&spec.name, ifname, netns.as_deref(), hugepages)
                 .map_err(|e| format!("port {}: {e}", spec.name))?,
         ),
     })

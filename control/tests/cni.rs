@@ -107,6 +107,14 @@ impl Drop for Daemon {
     }
 }
 
+fn vswitch_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
 fn addr(v: &Value) -> String {
     v["ips"][0]["address"]
         .as_str()
@@ -234,6 +242,79 @@ fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
         neigh.contains(&macs[4]) && !neigh.contains(&macs[1]),
         "{neigh}"
     );
+
+    // A vhost-user attachment for a userspace (DPDK, virtio-user) pod on net-a: the
+    // result names the socket; a virtio-user frontend on it asks for pod c0's MAC by ARP,
+    // from the attachment's MAC and address (port security), and c0's kernel answers.
+    let vconf = conf("net-a", "1.1.0", &api);
+    let mut vcmd = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"));
+    vcmd.env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "dpdkpod")
+        .env("CNI_NETNS", ns[1].path())
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_ARGS", "VNFHOST_INTERFACE=vhost-user")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut c = vcmd.spawn().unwrap();
+    c.stdin.take().unwrap().write_all(vconf.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.status.success(), "{v}");
+    let sock = v["interfaces"][0]["socketPath"]
+        .as_str()
+        .expect("socketPath")
+        .to_string();
+    assert!(
+        sock.len() < 108 && sock.starts_with(run.to_str().unwrap()),
+        "{sock}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let dmode = std::fs::metadata(Path::new(&sock).parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dmode & 0o777, 0o750);
+    let vmac = vswitch_mac(v["interfaces"][0]["mac"].as_str().unwrap());
+    let vip: std::net::Ipv4Addr = addr(&v).parse().unwrap();
+    let mut vu = pmd::virtio_user::VirtioUser::new(&pmd::virtio_user::VirtioUserConfig::new(
+        Path::new(&sock),
+    ))
+    .expect("virtio-user connects to the attachment's socket");
+    let c0: std::net::Ipv4Addr = addrs[0].parse().unwrap();
+    let mut req = vec![0u8; 60];
+    req[..6].copy_from_slice(&[0xff; 6]);
+    req[6..12].copy_from_slice(&vmac);
+    req[12..14].copy_from_slice(&[0x08, 0x06]);
+    req[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    req[22..28].copy_from_slice(&vmac);
+    req[28..32].copy_from_slice(&vip.octets());
+    req[38..42].copy_from_slice(&c0.octets());
+    let t = Instant::now();
+    let mut reply = None;
+    while reply.is_none() && t.elapsed() < Duration::from_secs(5) {
+        vu.send(0, std::slice::from_ref(&req));
+        for f in vu.recv_wait(0, 8, Duration::from_millis(200)) {
+            if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[21] == 2 && f[28..32] == c0.octets()
+            {
+                reply = Some(f);
+            }
+        }
+    }
+    let reply = reply.expect("pod c0 answered the vhost-user pod's ARP");
+    assert_eq!(&reply[..6], &vmac);
+    drop(vu);
+    let mut dcmd = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"));
+    dcmd.env_clear()
+        .env("CNI_COMMAND", "DEL")
+        .env("CNI_CONTAINERID", "dpdkpod")
+        .env("CNI_IFNAME", "net1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut c = dcmd.spawn().unwrap();
+    c.stdin.take().unwrap().write_all(vconf.as_bytes()).unwrap();
+    assert!(c.wait_with_output().unwrap().status.success());
+    assert!(!Path::new(&sock).exists(), "the socket outlived DEL");
 
     // CHECK, DEL, DEL again without a netns (as runtimes do), CHECK fails after.
     let c1 = conf("net-a", "1.0.0", &api);

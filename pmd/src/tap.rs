@@ -56,9 +56,69 @@ impl TapPort {
     /// Creates (or attaches to) tap interface `ifname`; the port is named `name`.
     /// The interface is left down; bring it up with `ip link set IFNAME up`.
     pub fn new(name: &str, ifname: &str, hugepages: bool) -> Result<TapPort, TapError> {
+        TapPort::new_in(name, ifname, None, hugepages)
+    }
+
+    /// As [`new`](Self::new), with the interface created in the network namespace at
+    /// `netns` (a pod's): a tap belongs to the namespace it is opened in, so the device is
+    /// opened on a short-lived thread that has entered it, and never has to move (moving
+    /// a device between namespaces waits for an RCU grace period: tens of ms).
+    pub fn new_in(
+        name: &str,
+        ifname: &str,
+        netns: Option<&std::path::Path>,
+        hugepages: bool,
+    ) -> Result<TapPort, TapError> {
         if ifname.is_empty() || ifname.len() > 15 || ifname.contains('\0') {
             return Err(TapError::BadName(ifname.into()));
         }
+        let file = match netns {
+            None => open_tap(ifname)?,
+            Some(ns) => {
+                let os = |what, source| TapError::Os {
+                    name: ifname.into(),
+                    what,
+                    source,
+                };
+                let ns = File::open(ns).map_err(|e| os("open netns", e))?;
+                let ifname = ifname.to_string();
+                std::thread::spawn(move || {
+                    // SAFETY: setns changes only this thread's namespace, and the thread
+                    // ends right after opening the device.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(TapError::Os {
+                            name: ifname.clone(),
+                            what: "setns",
+                            source: std::io::Error::last_os_error(),
+                        });
+                    }
+                    open_tap(&ifname)
+                })
+                .join()
+                .map_err(|_| os("thread", std::io::Error::other("panicked")))??
+            }
+        };
+        let pool = BufPool::new(
+            &format!("vnfhost-{name}-tap"),
+            MAX_FRAME,
+            BURST as u32,
+            hugepages,
+        )?;
+        Ok(TapPort {
+            name: name.into(),
+            file,
+            rx: QueueCell::new(pool),
+            tx_lock: QueueCell::new(()),
+            rx_ctr: QueueCounters::default(),
+            tx_ctr: QueueCounters::default(),
+        })
+    }
+}
+
+/// Opens `/dev/net/tun` and creates (or attaches to) tap `ifname` in the calling
+/// thread's network namespace.
+fn open_tap(ifname: &str) -> Result<File, TapError> {
+    {
         let os = |what, source| TapError::Os {
             name: ifname.into(),
             what,
@@ -82,20 +142,7 @@ impl TapPort {
         if r < 0 {
             return Err(os("TUNSETIFF", std::io::Error::last_os_error()));
         }
-        let pool = BufPool::new(
-            &format!("vnfhost-{name}-tap"),
-            MAX_FRAME,
-            BURST as u32,
-            hugepages,
-        )?;
-        Ok(TapPort {
-            name: name.into(),
-            file,
-            rx: QueueCell::new(pool),
-            tx_lock: QueueCell::new(()),
-            rx_ctr: QueueCounters::default(),
-            tx_ctr: QueueCounters::default(),
-        })
+        Ok(file)
     }
 }
 
