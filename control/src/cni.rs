@@ -8,6 +8,7 @@
 //!
 //! ```json
 //! { "network": "net-a",                  // the topology network (required)
+//!   "namespaces": { "blue": "net-x" },   // pods of these namespaces: these networks
 //!   "interface": "tap",                  // or "vhost-user" (default tap)
 //!   "api": "/run/vnfhost/api.sock" }     // the daemon's socket (default)
 //! ```
@@ -68,6 +69,9 @@ struct NetConf {
     version: String,
     #[serde(default)]
     network: Option<String>,
+    /// Kubernetes namespace → network, overriding `network` for pods of that namespace.
+    #[serde(default)]
+    namespaces: HashMap<String, String>,
     #[serde(default)]
     interface: Option<Kind>,
     #[serde(default)]
@@ -130,6 +134,14 @@ fn cni_args(e: &HashMap<String, String>) -> Result<HashMap<String, String>, CniE
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
+}
+
+/// The network of a pod: its namespace's, else the configuration's.
+fn network_for(conf: &NetConf, args: &HashMap<String, String>) -> Option<String> {
+    args.get("K8S_POD_NAMESPACE")
+        .and_then(|ns| conf.namespaces.get(ns))
+        .or(conf.network.as_ref())
+        .cloned()
 }
 
 fn daemon_error(status: u16, body: &[u8]) -> CniError {
@@ -215,9 +227,7 @@ pub fn run(
             let (c, i) = key(e).map_err(fail)?;
             let netns = env(e, "CNI_NETNS").map_err(fail)?.to_string();
             let args = cni_args(e).map_err(fail)?;
-            let network = conf
-                .network
-                .clone()
+            let network = network_for(&conf, &args)
                 .ok_or_else(|| fail(CniError::new(7, "\"network\" is missing")))?;
             let kind = match args.get("VNFHOST_INTERFACE").map(String::as_str) {
                 Some("tap") => Kind::Tap,
@@ -272,17 +282,12 @@ pub fn run(
             }
             let a: Attachment = serde_json::from_slice(&reply)
                 .map_err(|x| fail(CniError::new(11, format!("daemon reply: {x}"))))?;
-            if conf
-                .network
-                .as_ref()
-                .is_some_and(|n| *n != a.request.network)
-            {
+            let args = cni_args(e).map_err(fail)?;
+            let want = network_for(&conf, &args);
+            if want.as_ref().is_some_and(|n| *n != a.request.network) {
                 return Err(fail(CniError::new(
                     7,
-                    format!(
-                        "{c}/{i} is on network {}, not {:?}",
-                        a.request.network, conf.network
-                    ),
+                    format!("{c}/{i} is on network {}, not {want:?}", a.request.network),
                 )));
             }
             Ok(String::new())

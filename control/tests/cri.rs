@@ -1,0 +1,279 @@
+//! Kubernetes' side of the node without Kubernetes: containerd 1.6 with its CRI plugin
+//! and runc, configured with `vnfhost-cni`, driven over CRI v1 the way the kubelet drives
+//! it (RunPodSandbox, CreateContainer, StartContainer, ExecSync, StopPodSandbox,
+//! RemovePodSandbox). Pods of one network reach each other through the switch; a pod of
+//! another tenant's network does not; stopped pods leave no port behind.
+//!
+//! Needs containerd, runc, the CNI reference plugins (for `loopback`) and a Python venv
+//! with a CRI client, all from `scripts/setup.sh`; says SKIPPED without them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::skip;
+use serde_json::Value;
+
+const IMAGE: &str = "docker.io/vnfhost/busybox:1";
+
+fn python() -> PathBuf {
+    let cache = std::env::var("VNFHOST_CACHE").unwrap_or_else(|_| "/var/cache/vnfhost".into());
+    Path::new(&cache).join("venv/bin/python")
+}
+
+fn unavailable() -> Option<String> {
+    for bin in ["containerd", "ctr", "runc"] {
+        if common::find_in_path(bin).is_none() {
+            return Some(format!(
+                "{bin} not found (scripts/setup.sh installs containerd and runc)"
+            ));
+        }
+    }
+    if !Path::new("/usr/lib/cni/loopback").exists() {
+        return Some("/usr/lib/cni/loopback missing (containernetworking-plugins)".into());
+    }
+    let ok = Command::new(python())
+        .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        return Some(format!(
+            "{} cannot import the CRI client (scripts/setup.sh makes that venv)",
+            python().display()
+        ));
+    }
+    None
+}
+
+fn tool(args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cri/cri_tool.py");
+    let o = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cri_tool {args:?}: {e}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    assert!(o.status.success(), "cri_tool {args:?}: {v}");
+    v
+}
+
+/// Kills a child on drop (containerd, the daemon).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_socket(p: &Path, log: &Path) {
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(p).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} did not appear: {}",
+            p.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    common::qemu::set_pdeathsig(cmd);
+    Proc(cmd.spawn().unwrap())
+}
+
+#[test]
+fn containerd_pods_on_vnfhost_networks() {
+    skip!(unavailable());
+    let _serial = common::serial();
+    let dir = common::TestDir::new("cri").unwrap();
+    let d = dir.path();
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let api = run.join("api.sock");
+
+    // The daemon and a topology with two tenants that use the same prefix.
+    let _daemon = spawn(
+        Command::new(env!("CARGO_BIN_EXE_vnfhost")).args([
+            "daemon",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]),
+        &d.join("daemon.log"),
+    );
+    wait_socket(&api, &d.join("daemon.log"));
+    std::fs::write(
+        d.join("t.yaml"),
+        "switch: { cores: [1] }\nnetworks:\n\
+         \x20 - { name: net-a, tenant: t1, cidrs: [10.0.0.0/24], vlan: 10, gateway: [10.0.0.254] }\n\
+         \x20 - { name: net-x, tenant: t2, cidrs: [10.0.0.0/24], vlan: 30, gateway: [10.0.0.254] }\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+        .args([
+            "up",
+            d.join("t.yaml").to_str().unwrap(),
+            "--api",
+            api.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+
+    // containerd with a private root, state, socket and CNI set-up: vnfhost-cni for the
+    // pod network, namespace `blue` on tenant t2's network.
+    let bin = d.join("cni-bin");
+    let conf = d.join("cni-conf");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    for e in std::fs::read_dir("/usr/lib/cni").unwrap().flatten() {
+        std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+    }
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vnfhost-cni"), bin.join("vnfhost-cni")).unwrap();
+    std::fs::write(
+        conf.join("10-vnfhost.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"vnfhost","plugins":[{{"type":"vnfhost-cni","network":"net-a","namespaces":{{"blue":"net-x"}},"api":"{}"}}]}}"#,
+            api.display()
+        ),
+    )
+    .unwrap();
+    let sock = d.join("c.sock");
+    let ds = d.display();
+    std::fs::write(
+        d.join("containerd.toml"),
+        format!(
+            r#"version = 2
+root = "{ds}/root"
+state = "{ds}/state"
+[grpc]
+  address = "{ds}/c.sock"
+[ttrpc]
+  address = "{ds}/c.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{ds}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{}"
+    conf_dir = "{}"
+    max_conf_num = 1
+"#,
+            bin.display(),
+            conf.display()
+        ),
+    )
+    .unwrap();
+    let containerd = spawn(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("containerd.toml")),
+        &d.join("containerd.log"),
+    );
+    wait_socket(&sock, &d.join("containerd.log"));
+    let s = sock.to_str().unwrap();
+    let img = d.join("busybox.tar");
+    tool(&["image", img.to_str().unwrap(), IMAGE]);
+    let o = Command::new("ctr")
+        .args(["-a", s, "-n", "k8s.io", "images", "import"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ctr import: {o:?}");
+
+    // Three pods: two in `default` (net-a), one in `blue` (net-x).
+    let mut pods = Vec::new();
+    let mut times = Vec::new();
+    for (name, ns) in [("pod1", "default"), ("pod2", "default"), ("pod3", "blue")] {
+        let r = tool(&["run", s, name, ns]);
+        times.push(r["seconds"].as_f64().unwrap());
+        let id = r["id"].as_str().unwrap().to_string();
+        let st = tool(&["status", s, &id]);
+        assert_eq!(st["state"], "SANDBOX_READY", "{st}");
+        let c = tool(&["start", s, &id, name, ns, IMAGE]);
+        pods.push((
+            id,
+            st["ip"].as_str().unwrap().to_string(),
+            c["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    println!("RunPodSandbox with vnfhost-cni: {times:.3?} s");
+    assert_eq!(pods[0].1, "10.0.0.1");
+    assert_eq!(pods[1].1, "10.0.0.2");
+    assert_eq!(pods[2].1, "10.0.0.1", "tenant t2 has its own pool");
+
+    let ping = |from: &str, ip: &str| tool(&["exec", s, from, "ping", "-c", "1", "-W", "2", ip]);
+    let ok = (0..3).any(|_| ping(&pods[0].2, &pods[1].1)["exit"] == 0);
+    assert!(
+        ok,
+        "pod1 could not ping pod2: {}",
+        ping(&pods[0].2, &pods[1].1)
+    );
+    let r = ping(&pods[2].2, &pods[1].1);
+    assert_ne!(r["exit"], 0, "a pod of tenant t2 reached tenant t1: {r}");
+    let r = ping(&pods[2].2, "10.0.0.254");
+    assert_ne!(r["exit"], 0, "t2 reached a gateway it does not have: {r}");
+
+    // Each pod is a port on the switch; stopping and removing pod2 removes its port.
+    let list = |api: &Path| -> Vec<Value> {
+        let (st, body) =
+            control::http::call(api, "GET", "/v1/attachments", None, Duration::from_secs(5))
+                .unwrap();
+        assert_eq!(st, 200);
+        serde_json::from_slice(&body).unwrap()
+    };
+    assert_eq!(list(&api).len(), 3);
+    tool(&["stop", s, &pods[1].0]);
+    tool(&["rm", s, &pods[1].0]);
+    let left = list(&api);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|a| a["container"] != pods[1].0.as_str()));
+    assert_ne!(
+        ping(&pods[0].2, &pods[1].1)["exit"],
+        0,
+        "pod2 answers after removal"
+    );
+
+    for (id, _, _) in [&pods[0], &pods[2]] {
+        tool(&["stop", s, id]);
+        tool(&["rm", s, id]);
+    }
+    assert!(list(&api).is_empty());
+    drop(containerd);
+    // containerd leaves its netns mounts under the state dir when stopped.
+    if let Ok(entries) = std::fs::read_dir(d.join("state/io.containerd.grpc.v1.cri/netns")) {
+        for e in entries.flatten() {
+            let _ = Command::new("umount").arg(e.path()).output();
+        }
+    }
+    let _ = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+        .args(["down", "--api", api.to_str().unwrap()])
+        .output();
+}

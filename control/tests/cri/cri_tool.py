@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""A small CRI v1 client for vnfhost's containerd tests, and the builder of the BusyBox
+OCI image they run (no registry is reachable here).
+
+Each subcommand prints one JSON object on stdout:
+
+  image OUT.tar NAME                  build an OCI archive of /bin/busybox named NAME
+  run SOCK NAME NAMESPACE [HANDLER]   RunPodSandbox; {"id", "seconds"}
+  status SOCK ID                      PodSandboxStatus; {"state", "ip", "netns"}
+  start SOCK SANDBOX POD NAMESPACE IMAGE    CreateContainer + StartContainer; {"id"}
+  exec SOCK CONTAINER CMD...          ExecSync; {"exit", "stdout", "stderr"}
+  stop SOCK ID / rm SOCK ID           StopPodSandbox / RemovePodSandbox; {}
+  list SOCK                           ListPodSandbox; {"ids": [...]}
+
+The CRI stubs come from the PyPI package container-runtime-interface-api.
+"""
+import hashlib
+import io
+import json
+import sys
+import tarfile
+import time
+
+APPLETS = ["sh", "sleep", "ping", "ip", "cat", "echo", "ls", "hostname", "true", "ifconfig"]
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def image(out, name):
+    layer_buf = io.BytesIO()
+    with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"]:
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            t.addfile(info)
+        with open("/bin/busybox", "rb") as f:
+            data = f.read()
+        info = tarfile.TarInfo("bin/busybox")
+        info.size = len(data)
+        info.mode = 0o755
+        t.addfile(info, io.BytesIO(data))
+        for a in APPLETS:
+            info = tarfile.TarInfo("bin/" + a)
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            t.addfile(info)
+    layer = layer_buf.getvalue()
+    config = json.dumps({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(layer)]},
+    }).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": "sha256:" + sha(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": "sha256:" + sha(layer), "size": len(layer)}],
+    }).encode()
+    index = json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": "sha256:" + sha(manifest), "size": len(manifest),
+                       "annotations": {"io.containerd.image.name": name,
+                                       "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]}}],
+    }).encode()
+    with tarfile.open(out, mode="w") as t:
+        def add(path, data):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            t.addfile(info, io.BytesIO(data))
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", index)
+        for blob in (layer, config, manifest):
+            add("blobs/sha256/" + sha(blob), blob)
+    return {"image": name}
+
+
+def client(sock):
+    import grpc
+    from cri_api.v1 import api_pb2_grpc as rpc
+    ch = grpc.insecure_channel("unix://" + sock)
+    return rpc.RuntimeServiceStub(ch)
+
+
+def sandbox_config(name, namespace):
+    from cri_api.v1 import api_pb2 as pb
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace=namespace, attempt=0),
+        hostname=name,
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.POD))),
+    )
+
+
+def main(argv):
+    cmd = argv[0]
+    if cmd == "image":
+        return image(argv[1], argv[2])
+    from cri_api.v1 import api_pb2 as pb
+    rt = client(argv[1])
+    if cmd == "run":
+        t = time.monotonic()
+        r = rt.RunPodSandbox(pb.RunPodSandboxRequest(
+            config=sandbox_config(argv[2], argv[3]),
+            runtime_handler=argv[4] if len(argv) > 4 else ""), timeout=120)
+        return {"id": r.pod_sandbox_id, "seconds": time.monotonic() - t}
+    if cmd == "status":
+        r = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=argv[2], verbose=True), timeout=30)
+        netns = ""
+        info = json.loads(r.info.get("info", "{}") or "{}")
+        for ns in info.get("runtimeSpec", {}).get("linux", {}).get("namespaces", []):
+            if ns.get("type") == "network":
+                netns = ns.get("path", "")
+        return {"state": pb.PodSandboxState.Name(r.status.state), "ip": r.status.network.ip, "netns": netns}
+    if cmd == "start":
+        sandbox, pod, namespace, img = argv[2:6]
+        c = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=sandbox,
+            config=pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name="main"),
+                image=pb.ImageSpec(image=img),
+                command=["/bin/sleep", "3600"]),
+            sandbox_config=sandbox_config(pod, namespace)), timeout=60)
+        rt.StartContainer(pb.StartContainerRequest(container_id=c.container_id), timeout=60)
+        return {"id": c.container_id}
+    if cmd == "exec":
+        r = rt.ExecSync(pb.ExecSyncRequest(container_id=argv[2], cmd=argv[3:], timeout=20), timeout=30)
+        return {"exit": r.exit_code, "stdout": r.stdout.decode(errors="replace"),
+                "stderr": r.stderr.decode(errors="replace")}
+    if cmd == "stop":
+        rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=argv[2]), timeout=60)
+        return {}
+    if cmd == "rm":
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=argv[2]), timeout=60)
+        return {}
+    if cmd == "list":
+        r = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30)
+        return {"ids": [s.id for s in r.items]}
+    raise SystemExit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(main(sys.argv[1:])))
+    except Exception as e:  # the caller reads the message
+        print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
+        sys.exit(1)
