@@ -48,7 +48,7 @@ use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind};
 use crate::http::{self, Request, Response};
 use crate::plan::{self, GuestImage, Plan, PodPlan};
 use crate::switchctl::{self, CoreCounters, SwitchCounters, SwitchDesired};
-use crate::topology::{Host, RestartPolicy, Topology};
+use crate::topology::{Host, Network, RestartPolicy, Topology};
 
 /// The API version this daemon serves (the path prefix).
 pub const API_VERSION: &str = "v1";
@@ -719,6 +719,51 @@ impl Daemon {
         self.st.source = saved.source.clone();
         self.persist();
         errors
+    }
+
+    /// `PUT /v1/networks/NAME`: adds or replaces one network of the desired topology
+    /// (creating a topology with the default switch when none is applied) and applies.
+    fn put_network(&mut self, name: &str, n: Network) -> Result<ApplyReply, Refusal> {
+        if n.name != name {
+            return Err(Refusal {
+                error: format!("the body names network {:?}, the path {name:?}", n.name),
+                problems: vec![],
+            });
+        }
+        let mut t = self.st.desired.clone().unwrap_or_default();
+        match t.networks.iter_mut().find(|x| x.name == name) {
+            Some(x) if *x == n => {
+                return Ok(ApplyReply {
+                    generation: self.st.generation,
+                    changes: vec![],
+                })
+            }
+            Some(x) => *x = n,
+            None => t.networks.push(n),
+        }
+        let source = self.st.source.clone().or_else(|| Some("API".into()));
+        self.apply(t, source)
+    }
+
+    /// `DELETE /v1/networks/NAME`: removes it (refused while routers, pods or CNI
+    /// attachments use it); removing one that does not exist changes nothing.
+    fn delete_network(&mut self, name: &str) -> Result<ApplyReply, Refusal> {
+        let Some(mut t) = self.st.desired.clone() else {
+            return Ok(ApplyReply {
+                generation: self.st.generation,
+                changes: vec![],
+            });
+        };
+        let before = t.networks.len();
+        t.networks.retain(|x| x.name != name);
+        if t.networks.len() == before {
+            return Ok(ApplyReply {
+                generation: self.st.generation,
+                changes: vec![],
+            });
+        }
+        let source = self.st.source.clone();
+        self.apply(t, source)
     }
 
     /// Pushes the configuration with the current attachments to the switch.
@@ -1493,6 +1538,45 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             "DELETE" => switchctl::json(&d.down()),
             _ => not_allowed(),
         },
+        "/v1/networks" if req.method == "GET" => switchctl::json(
+            &d.st
+                .desired
+                .as_ref()
+                .map(|t| t.networks.clone())
+                .unwrap_or_default(),
+        ),
+        p if p.starts_with("/v1/networks/") => {
+            let name = &p["/v1/networks/".len()..];
+            match req.method.as_str() {
+                "GET" => match d
+                    .st
+                    .desired
+                    .as_ref()
+                    .and_then(|t| t.networks.iter().find(|n| n.name == name))
+                {
+                    Some(n) => switchctl::json(n),
+                    None => Response::json(404, http::error_body(&format!("no network {name:?}"))),
+                },
+                "PUT" => match serde_json::from_slice::<Network>(&req.body) {
+                    Err(e) => refusal(
+                        400,
+                        &Refusal {
+                            error: format!("network: {e}"),
+                            problems: vec![],
+                        },
+                    ),
+                    Ok(n) => match d.put_network(name, n) {
+                        Ok(r) => switchctl::json(&r),
+                        Err(r) => refusal(422, &r),
+                    },
+                },
+                "DELETE" => match d.delete_network(name) {
+                    Ok(r) => switchctl::json(&r),
+                    Err(r) => refusal(422, &r),
+                },
+                _ => not_allowed(),
+            }
+        }
         "/v1/attachments" if req.method == "GET" => {
             switchctl::json(&d.st.attachments.values().collect::<Vec<_>>())
         }

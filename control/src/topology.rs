@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::portspec::parse_mac;
 
 /// The whole deployment.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// The switch.

@@ -1,0 +1,367 @@
+//! vnfhost's Kubernetes controller: the cluster-scoped `Network` custom resource
+//! (`vnfhost.io/v1alpha1`), reconciled into the node's daemon.
+//!
+//! For each `Network` the controller:
+//!
+//! 1. adds the finalizer `vnfhost.io/network`, so a deletion waits for the node;
+//! 2. `PUT`s the network to the daemon (`/v1/networks/NAME`), which checks it against
+//!    the rest of the node's topology and applies it;
+//! 3. sets the `Ready` condition: `True` (`Applied`) when the daemon took it, `False`
+//!    with reason `Rejected` and the daemon's message when it refused it, or `False` with
+//!    `DaemonUnavailable` when the daemon cannot be reached (retried with back-off);
+//! 4. on deletion, removes the network from the daemon (refused while pods use it:
+//!    condition `InUse`, retried) and then the finalizer.
+//!
+//! The CRD's OpenAPI schema (`deploy/crd-network.yaml`) rejects malformed objects at the
+//! API server; the daemon's checks catch what a schema cannot say (overlaps, references).
+//! A watch that loses the API server is retried with back-off by kube-runtime, and each
+//! failure is logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event};
+use kube::{Api, Client, CustomResource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The finalizer that makes a deletion wait for the node.
+pub const FINALIZER: &str = "vnfhost.io/network";
+
+/// A tenant network, as `kubectl` sees it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vnfhost.io",
+    version = "v1alpha1",
+    kind = "Network",
+    status = "NetworkStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// The tenant: networks of one tenant may be routed together, never across tenants.
+    pub tenant: String,
+    /// IPv4 and/or IPv6 prefixes.
+    pub cidrs: Vec<String>,
+    /// VLAN id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// VXLAN network identifier (refused by the node until VXLAN exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// Gateway addresses (at most one per family).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway: Vec<String>,
+}
+
+/// What the controller reports.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    /// The generation the conditions describe.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// `Ready`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition (the `metav1.Condition` shape).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// Why, in one word.
+    pub reason: String,
+    /// Why, in words.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation it describes.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+}
+
+/// What the controller needs.
+pub struct Ctx {
+    /// The API server.
+    pub client: Client,
+    /// The daemon's socket.
+    pub api: PathBuf,
+}
+
+/// Reconcile failures (they are retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon could not be reached.
+    #[error("vnfhost daemon: {0}")]
+    Daemon(String),
+    /// The daemon refused a deletion (pods still use the network).
+    #[error("the node refused to remove the network: {0}")]
+    InUse(String),
+    /// The API server.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer machinery.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// The daemon's network for `n`, or why `n` cannot be one.
+pub fn to_daemon(n: &Network) -> Result<serde_json::Value, String> {
+    let name = n.name_any();
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(format!(
+            "name {name:?}: a vnfhost network name is 1-24 of [a-z0-9-] (no dots)"
+        ));
+    }
+    let s = &n.spec;
+    let mut v = json!({
+        "name": name,
+        "tenant": s.tenant,
+        "cidrs": s.cidrs,
+        "gateway": s.gateway,
+    });
+    if let Some(vlan) = s.vlan {
+        v["vlan"] = json!(vlan);
+    }
+    if let Some(vni) = s.vni {
+        v["vni"] = json!(vni);
+    }
+    Ok(v)
+}
+
+/// One call to the daemon, off the async runtime's threads.
+async fn daemon(
+    api: PathBuf,
+    method: &'static str,
+    path: String,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, String), Error> {
+    tokio::task::spawn_blocking(move || {
+        control::http::call(
+            &api,
+            method,
+            &path,
+            body.as_deref(),
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .map_err(|e| Error::Daemon(e.to_string()))?
+    .map(|(st, b)| (st, String::from_utf8_lossy(&b).into_owned()))
+    .map_err(|e| Error::Daemon(e.to_string()))
+}
+
+/// The `error` (and problems) of a daemon reply.
+fn reason_of(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => {
+            let mut s = v["error"].as_str().unwrap_or(body).to_string();
+            if let Some(p) = v["problems"].as_array() {
+                for x in p.iter().filter_map(|x| x.as_str()) {
+                    s.push_str("; ");
+                    s.push_str(x);
+                }
+            }
+            s
+        }
+        Err(_) => body.to_string(),
+    }
+}
+
+fn now() -> String {
+    // RFC 3339 in UTC from the system clock, without a date crate.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Sets the `Ready` condition (keeping its transition time when the status is the same).
+async fn set_ready(
+    api: &Api<Network>,
+    n: &Network,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let status = if ready { "True" } else { "False" };
+    let old = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let unchanged = old.is_some_and(|c| {
+        c.status == status
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == n.metadata.generation
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let since = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now(),
+    };
+    let st = NetworkStatus {
+        observed_generation: n.metadata.generation,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: since,
+            observed_generation: n.metadata.generation,
+        }],
+    };
+    api.patch_status(
+        &n.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": st })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    let name = n.name_any();
+    let body = match to_daemon(&n) {
+        Ok(v) => v.to_string().into_bytes(),
+        Err(e) => {
+            set_ready(&api, &n, false, "Invalid", &e).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    match daemon(
+        ctx.api.clone(),
+        "PUT",
+        format!("/v1/networks/{name}"),
+        Some(body),
+    )
+    .await
+    {
+        Ok((200, _)) => {
+            set_ready(
+                &api,
+                &n,
+                true,
+                "Applied",
+                "the node's switch carries this network",
+            )
+            .await?;
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Ok((_, body)) => {
+            let why = reason_of(&body);
+            tracing::warn!("network {name}: the node refused it: {why}");
+            set_ready(&api, &n, false, "Rejected", &why).await?;
+            // Nothing changes until the object (or the node's topology) does.
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Err(e) => {
+            set_ready(&api, &n, false, "DaemonUnavailable", &e.to_string()).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn cleanup(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
+    let name = n.name_any();
+    match daemon(
+        ctx.api.clone(),
+        "DELETE",
+        format!("/v1/networks/{name}"),
+        None,
+    )
+    .await?
+    {
+        (200, _) => {
+            tracing::info!("network {name}: removed from the node");
+            Ok(Action::await_change())
+        }
+        (_, body) => {
+            let why = reason_of(&body);
+            let api: Api<Network> = Api::all(ctx.client.clone());
+            set_ready(&api, &n, false, "InUse", &why).await?;
+            Err(Error::InUse(why))
+        }
+    }
+}
+
+/// Reconciles one `Network`.
+pub async fn reconcile(n: Arc<Network>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, n, |event| async {
+        match event {
+            Event::Apply(n) => apply(n, &ctx).await,
+            Event::Cleanup(n) => cleanup(n, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+/// Retry policy: 5 s after a failure (the daemon down, a network in use).
+pub fn error_policy(n: Arc<Network>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("network {}: {e}; retrying in 5 s", n.name_any());
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_map_to_the_daemon_and_bad_names_do_not() {
+        let mut n = Network::new(
+            "net-a",
+            NetworkSpec {
+                tenant: "blue".into(),
+                cidrs: vec!["10.0.0.0/24".into()],
+                vlan: Some(10),
+                vni: None,
+                gateway: vec!["10.0.0.254".into()],
+            },
+        );
+        let v = to_daemon(&n).unwrap();
+        assert_eq!(v["name"], "net-a");
+        assert_eq!(v["vlan"], 10);
+        assert!(v.get("vni").is_none());
+        n.metadata.name = Some("net.a".into());
+        assert!(to_daemon(&n).is_err());
+        assert_eq!(now().len(), 20);
+        assert!(now().starts_with("20"));
+    }
+}

@@ -1,0 +1,72 @@
+//! `vnfhost-k8s controller [--api SOCK]`: the `Network` controller of one node. It talks
+//! to the API server from `KUBECONFIG` (or the in-cluster service account) and to the
+//! node's daemon on its socket (default `/run/vnfhost/api.sock`).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use vnfhost_k8s::{error_policy, reconcile, Ctx, Network};
+
+const USAGE: &str = "usage: vnfhost-k8s controller [--api SOCK]";
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VNFHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut api = control::daemon::default_api_socket();
+    let mut p = lexopt::Parser::from_env();
+    let mut cmd = None;
+    loop {
+        match p.next() {
+            Ok(None) => break,
+            Ok(Some(lexopt::Arg::Long("api"))) => match p.value() {
+                Ok(v) => api = v.into(),
+                Err(e) => fail(&e.to_string()),
+            },
+            Ok(Some(lexopt::Arg::Value(v))) if cmd.is_none() => cmd = v.into_string().ok(),
+            Ok(Some(other)) => fail(&other.unexpected().to_string()),
+            Err(e) => fail(&e.to_string()),
+        }
+    }
+    if cmd.as_deref() != Some("controller") {
+        fail("give a command");
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(&format!("tokio: {e}")),
+    };
+    rt.block_on(async move {
+        let client = match Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => fail(&format!("kubernetes client (KUBECONFIG?): {e}")),
+        };
+        tracing::info!("controller: Networks into the daemon at {}", api.display());
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            api,
+        });
+        Controller::new(Api::<Network>::all(client), watcher::Config::default())
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                match r {
+                    Ok((obj, _)) => tracing::debug!("reconciled network {}", obj.name),
+                    Err(e) => tracing::warn!("controller: {e}"),
+                }
+            })
+            .await;
+    });
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("vnfhost-k8s: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
