@@ -393,7 +393,12 @@ fn networks_are_reconciled_into_the_daemon() {
         )
         .unwrap();
         // --validate=false: the API server's schema is what refuses, not kubectl.
-        let o = kubectl(&["apply", "--validate=false", "-f", d.join("bad.yaml").to_str().unwrap()]);
+        let o = kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            d.join("bad.yaml").to_str().unwrap(),
+        ]);
         let text = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && text.contains(field), "{bad}: {text}");
     }
