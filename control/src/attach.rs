@@ -47,6 +47,14 @@ pub struct AttachRequest {
     /// `K8S_POD_NAMESPACE/K8S_POD_NAME`, for status.
     #[serde(default)]
     pub pod: Option<String>,
+    /// Whether the interface gets the default route via the network's gateway (the
+    /// primary interface does, extra ones do not).
+    #[serde(default = "yes")]
+    pub default_route: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An attachment as the daemon keeps it.
@@ -287,7 +295,11 @@ pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
         ifname: &a.ifname,
         mac,
         address: (ip, len),
-        gateway: a.gateway.as_deref().and_then(|g| g.parse().ok()),
+        gateway: a
+            .gateway
+            .as_deref()
+            .filter(|_| a.request.default_route)
+            .and_then(|g| g.parse().ok()),
     };
     crate::netlink::configure_in(&p, Path::new(netns)).map_err(fail)
 }
@@ -313,6 +325,7 @@ pods:
             netns: None,
             kind: Kind::Tap,
             pod: None,
+            default_route: true,
         };
         let run = Path::new("/run/vnfhost");
         let mut have: Vec<Attachment> = Vec::new();

@@ -161,33 +161,69 @@ fn unreachable(e: String) -> CniError {
     CniError::new(11, format!("vnfhost daemon: {e}"))
 }
 
-/// The ADD result for `a` in `version`'s format.
-fn result(a: &Attachment, version: &str, netns: Option<&str>) -> Value {
-    let mut iface = json!({ "name": a.ifname, "mac": a.mac });
-    match (&a.socket, netns) {
-        (Some(s), _) => iface["socketPath"] = json!(s),
-        (None, Some(ns)) => iface["sandbox"] = json!(ns),
-        (None, None) => {}
+/// The ADD result for `attached` (the primary interface first) in `version`'s format.
+fn result(attached: &[Attachment], version: &str, netns: Option<&str>) -> Value {
+    let mut interfaces = Vec::new();
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for (k, a) in attached.iter().enumerate() {
+        let mut iface = json!({ "name": a.ifname, "mac": a.mac });
+        match (&a.socket, netns) {
+            (Some(s), _) => iface["socketPath"] = json!(s),
+            (None, Some(ns)) => iface["sandbox"] = json!(ns),
+            (None, None) => {}
+        }
+        interfaces.push(iface);
+        let mut ip = json!({ "address": a.address, "interface": k });
+        if let Some(gw) = &a.gateway {
+            ip["gateway"] = json!(gw);
+            if a.request.default_route {
+                routes.push(json!({ "dst": "0.0.0.0/0", "gw": gw }));
+            }
+        }
+        if version == "0.4.0" {
+            ip["version"] = json!("4");
+        }
+        ips.push(ip);
     }
-    let mut ip = json!({ "address": a.address, "interface": 0 });
-    if let Some(gw) = &a.gateway {
-        ip["gateway"] = json!(gw);
-    }
-    if version == "0.4.0" {
-        ip["version"] = json!("4");
-    }
-    let routes: Vec<Value> = a
-        .gateway
-        .iter()
-        .map(|gw| json!({ "dst": "0.0.0.0/0", "gw": gw }))
-        .collect();
     json!({
         "cniVersion": version,
-        "interfaces": [iface],
-        "ips": [ip],
+        "interfaces": interfaces,
+        "ips": ips,
         "routes": routes,
         "dns": {},
     })
+}
+
+/// Removes every attachment of container `c` (best effort: used to undo a failed ADD).
+fn detach_all(api: &dyn Api, c: &str) -> Result<(), String> {
+    let (st, body) = api.call("GET", "/v1/attachments", None)?;
+    if st != 200 {
+        return Err(format!("listing attachments: {st}"));
+    }
+    let all: Vec<Attachment> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    for a in all.iter().filter(|a| a.container == c) {
+        api.call("DELETE", &format!("/v1/attachments/{c}/{}", a.ifname), None)?;
+    }
+    Ok(())
+}
+
+/// The extra networks the pod asked for (recorded by the controller from its
+/// `k8s.v1.cni.cncf.io/networks` annotation); none when it is not a Kubernetes pod.
+fn extra_networks(
+    api: &dyn Api,
+    args: &HashMap<String, String>,
+) -> Result<Vec<crate::daemon::PodNetwork>, CniError> {
+    let (Some(ns), Some(name)) = (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")) else {
+        return Ok(Vec::new());
+    };
+    let (st, body) = api
+        .call("GET", &format!("/v1/pod-networks/{ns}/{name}"), None)
+        .map_err(unreachable)?;
+    if st != 200 {
+        return Err(daemon_error(st, &body));
+    }
+    serde_json::from_slice(&body).map_err(|e| CniError::new(11, format!("daemon reply: {e}")))
 }
 
 /// Runs one CNI command; returns what goes to stdout on success.
@@ -244,23 +280,51 @@ pub fn run(
                 (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
                 _ => None,
             };
-            let req = AttachRequest {
-                network,
-                netns: Some(netns.clone()),
-                kind,
-                pod,
-            };
-            let body =
-                serde_json::to_vec(&req).map_err(|x| fail(CniError::new(7, x.to_string())))?;
-            let (st, reply) = api
-                .call("PUT", &format!("/v1/attachments/{c}/{i}"), Some(&body))
-                .map_err(|x| fail(unreachable(x)))?;
-            if st != 200 {
-                return Err(fail(daemon_error(st, &reply)));
+            let extras = extra_networks(api.as_ref(), &args).map_err(fail)?;
+            let mut wanted = vec![(i.clone(), network, true)];
+            for (k, x) in extras.iter().enumerate() {
+                let ifname = x
+                    .interface
+                    .clone()
+                    .unwrap_or_else(|| format!("net{}", k + 1));
+                // Extra interfaces get no default route: the primary one has it.
+                wanted.push((ifname, x.network.clone(), false));
             }
-            let a: Attachment = serde_json::from_slice(&reply)
-                .map_err(|x| fail(CniError::new(11, format!("daemon reply: {x}"))))?;
-            Ok(result(&a, &v, Some(&netns)).to_string())
+            let mut attached = Vec::new();
+            for (ifname, network, default_route) in wanted {
+                let req = AttachRequest {
+                    network,
+                    netns: Some(netns.clone()),
+                    kind,
+                    pod: pod.clone(),
+                    default_route,
+                };
+                let r = serde_json::to_vec(&req)
+                    .map_err(|x| CniError::new(7, x.to_string()))
+                    .and_then(|body| {
+                        api.call("PUT", &format!("/v1/attachments/{c}/{ifname}"), Some(&body))
+                            .map_err(unreachable)
+                    })
+                    .and_then(|(st, reply)| {
+                        if st != 200 {
+                            return Err(daemon_error(st, &reply));
+                        }
+                        serde_json::from_slice::<Attachment>(&reply)
+                            .map_err(|x| CniError::new(11, format!("daemon reply: {x}")))
+                    });
+                match r {
+                    Ok(a) => attached.push(a),
+                    Err(err) => {
+                        // Nothing half-made stays: the interfaces made so far go.
+                        let _ = detach_all(api.as_ref(), &c);
+                        return Err(fail(CniError::new(
+                            err.code,
+                            format!("{ifname}: {}", err.msg),
+                        )));
+                    }
+                }
+            }
+            Ok(result(&attached, &v, Some(&netns)).to_string())
         }
         "DEL" => {
             let (c, i) = key(e).map_err(fail)?;
@@ -270,6 +334,8 @@ pub fn run(
             if st != 200 {
                 return Err(fail(daemon_error(st, &reply)));
             }
+            // The extra interfaces of the pod (annotation networks) go with it.
+            detach_all(api.as_ref(), &c).map_err(|x| fail(unreachable(x)))?;
             Ok(String::new())
         }
         "CHECK" => {
@@ -378,6 +444,13 @@ mod tests {
     impl Api for &'static Fake {
         fn call(&self, m: &str, p: &str, _b: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
             self.calls.borrow_mut().push(format!("{m} {p}"));
+            if p.starts_with("/v1/pod-networks/") {
+                // One extra network from the pod's annotation.
+                return Ok((200, br#"[{"network":"net-b"}]"#.to_vec()));
+            }
+            if p == "/v1/attachments" {
+                return Ok((200, b"[]".to_vec()));
+            }
             Ok(self.reply.clone())
         }
     }
@@ -456,6 +529,7 @@ mod tests {
                 netns: Some("/ns".into()),
                 kind: Kind::Tap,
                 pod: None,
+                default_route: true,
             },
             port: "cni-1".into(),
             mac: "02:76:6e:00:00:01".into(),
@@ -485,7 +559,16 @@ mod tests {
         assert_eq!(out["ips"][0]["address"], "10.0.0.2/24");
         assert_eq!(out["interfaces"][0]["sandbox"], "/ns");
         assert_eq!(out["routes"][0]["gw"], "10.0.0.254");
-        assert_eq!(fake.calls.borrow()[0], "PUT /v1/attachments/abc/eth0");
+        assert_eq!(
+            *fake.calls.borrow(),
+            [
+                "GET /v1/pod-networks/d/p",
+                "PUT /v1/attachments/abc/eth0",
+                "PUT /v1/attachments/abc/net1"
+            ]
+        );
+        assert_eq!(out["interfaces"].as_array().unwrap().len(), 2);
+        assert_eq!(out["ips"][1]["interface"], 1);
 
         let err = AttachError::new(100, "no free address");
         let full: &'static Fake = Box::leak(Box::new(Fake {

@@ -267,6 +267,21 @@ struct Persisted {
     /// CNI attachments by `CONTAINER/IFNAME`.
     #[serde(default)]
     attachments: BTreeMap<String, Attachment>,
+    /// Extra networks of Kubernetes pods by `NAMESPACE/NAME` (their
+    /// `k8s.v1.cni.cncf.io/networks` annotation, recorded by the controller).
+    #[serde(default)]
+    pod_networks: BTreeMap<String, Vec<PodNetwork>>,
+}
+
+/// One extra network of a pod (`PUT /v1/pod-networks/NAMESPACE/NAME` takes a list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodNetwork {
+    /// The network.
+    pub network: String,
+    /// The interface name in the pod (default `net1`, `net2`, … in order).
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 /// One undoable step of an apply.
@@ -1574,6 +1589,39 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                     Ok(r) => switchctl::json(&r),
                     Err(r) => refusal(422, &r),
                 },
+                _ => not_allowed(),
+            }
+        }
+        p if p.starts_with("/v1/pod-networks/") => {
+            let key = &p["/v1/pod-networks/".len()..];
+            if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
+                return Response::json(
+                    404,
+                    http::error_body("expected /v1/pod-networks/NAMESPACE/NAME"),
+                );
+            }
+            match req.method.as_str() {
+                "GET" => switchctl::json(&d.st.pod_networks.get(key).cloned().unwrap_or_default()),
+                "PUT" => match serde_json::from_slice::<Vec<PodNetwork>>(&req.body) {
+                    Err(e) => Response::json(400, http::error_body(&format!("pod networks: {e}"))),
+                    Ok(v) if v.len() > 7 => Response::json(
+                        422,
+                        http::error_body("at most 7 extra networks (8 interfaces) per pod"),
+                    ),
+                    Ok(v) => {
+                        if d.st.pod_networks.get(key) != Some(&v) {
+                            d.st.pod_networks.insert(key.to_string(), v);
+                            d.persist();
+                        }
+                        switchctl::json(&serde_json::json!({}))
+                    }
+                },
+                "DELETE" => {
+                    if d.st.pod_networks.remove(key).is_some() {
+                        d.persist();
+                    }
+                    switchctl::json(&serde_json::json!({}))
+                }
                 _ => not_allowed(),
             }
         }

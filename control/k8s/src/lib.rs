@@ -339,9 +339,121 @@ pub fn error_policy(n: Arc<Network>, e: &Error, _ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The Multus-style annotation through which a pod asks for extra networks.
+pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// Parses [`NETWORKS_ANNOTATION`]: `net-b, net-c@net5, other-ns/net-d`, or the JSON form
+/// `[{"name": "net-b", "interface": "net1", "namespace": "x"}]`. Networks are
+/// cluster-scoped here, so a namespace is accepted and ignored.
+pub fn parse_networks_annotation(v: &str) -> Result<Vec<control::daemon::PodNetwork>, String> {
+    use control::daemon::PodNetwork;
+    let v = v.trim();
+    if v.starts_with('[') {
+        #[derive(Deserialize)]
+        struct Sel {
+            name: String,
+            #[serde(default)]
+            interface: Option<String>,
+            #[serde(default, rename = "namespace")]
+            _namespace: Option<String>,
+        }
+        let sels: Vec<Sel> =
+            serde_json::from_str(v).map_err(|e| format!("{NETWORKS_ANNOTATION}: {e}"))?;
+        return Ok(sels
+            .into_iter()
+            .map(|s| PodNetwork {
+                network: s.name,
+                interface: s.interface,
+            })
+            .collect());
+    }
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (net, ifname) = match part.split_once('@') {
+            Some((n, i)) => (n, Some(i.to_string())),
+            None => (part, None),
+        };
+        let net = net.rsplit('/').next().unwrap_or(net);
+        if net.is_empty() || ifname.as_deref() == Some("") {
+            return Err(format!(
+                "{NETWORKS_ANNOTATION}: {part:?} is not NETWORK[@INTERFACE]"
+            ));
+        }
+        out.push(PodNetwork {
+            network: net.to_string(),
+            interface: ifname,
+        });
+    }
+    Ok(out)
+}
+
+/// Watches pods (of `node`, when given) and records their extra networks in the daemon,
+/// where `vnfhost-cni` finds them at ADD time. Runs until the stream ends; errors are
+/// logged and the watch is retried with back-off.
+pub async fn watch_pods(client: Client, api: PathBuf, node: Option<String>) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let pods: Api<Pod> = Api::all(client);
+    let mut cfg = watcher::Config::default();
+    if let Some(n) = &node {
+        cfg = cfg.fields(&format!("spec.nodeName={n}"));
+    }
+    let mut known = std::collections::HashSet::new();
+    let stream = watcher(pods, cfg).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        let (pod, deleted) = match ev {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => (p, false),
+            Ok(watcher::Event::Delete(p)) => (p, true),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("pod watch: {e}; retrying");
+                continue;
+            }
+        };
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let annotation = pod.annotations().get(NETWORKS_ANNOTATION).cloned();
+        let path = format!("/v1/pod-networks/{key}");
+        let r = match (annotation, deleted) {
+            (Some(a), false) => match parse_networks_annotation(&a) {
+                Ok(list) => {
+                    known.insert(key.clone());
+                    let body = serde_json::to_vec(&list).unwrap_or_default();
+                    daemon(api.clone(), "PUT", path, Some(body)).await
+                }
+                Err(e) => {
+                    tracing::warn!("pod {key}: {e}");
+                    continue;
+                }
+            },
+            _ if known.remove(&key) => daemon(api.clone(), "DELETE", path, None).await,
+            _ => continue,
+        };
+        match r {
+            Ok((200, _)) => tracing::info!("pod {key}: extra networks recorded"),
+            Ok((st, body)) => tracing::warn!("pod {key}: the daemon answered {st}: {body}"),
+            Err(e) => tracing::warn!("pod {key}: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_networks_annotation_in_both_forms() {
+        let l = parse_networks_annotation("net-b, other/net-c@net5").unwrap();
+        assert_eq!(l[0].network, "net-b");
+        assert_eq!(l[0].interface, None);
+        assert_eq!(l[1].network, "net-c");
+        assert_eq!(l[1].interface.as_deref(), Some("net5"));
+        let j = parse_networks_annotation(r#"[{"name":"net-b","interface":"dp0"}]"#).unwrap();
+        assert_eq!(j[0].interface.as_deref(), Some("dp0"));
+        assert!(parse_networks_annotation("net-b@").is_err());
+        assert!(parse_networks_annotation("[{\"nom\":1}]").is_err());
+    }
 
     #[test]
     fn networks_map_to_the_daemon_and_bad_names_do_not() {

@@ -9,7 +9,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use vnfhost_k8s::{error_policy, reconcile, Ctx, Network};
 
-const USAGE: &str = "usage: vnfhost-k8s controller [--api SOCK]";
+const USAGE: &str = "usage: vnfhost-k8s controller [--api SOCK] [--node NAME]";
 
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VNFHOST_LOG")
@@ -21,11 +21,16 @@ fn main() {
     let mut api = control::daemon::default_api_socket();
     let mut p = lexopt::Parser::from_env();
     let mut cmd = None;
+    let mut node = std::env::var("NODE_NAME").ok();
     loop {
         match p.next() {
             Ok(None) => break,
             Ok(Some(lexopt::Arg::Long("api"))) => match p.value() {
                 Ok(v) => api = v.into(),
+                Err(e) => fail(&e.to_string()),
+            },
+            Ok(Some(lexopt::Arg::Long("node"))) => match p.value() {
+                Ok(v) => node = v.into_string().ok(),
                 Err(e) => fail(&e.to_string()),
             },
             Ok(Some(lexopt::Arg::Value(v))) if cmd.is_none() => cmd = v.into_string().ok(),
@@ -49,11 +54,12 @@ fn main() {
             Err(e) => fail(&format!("kubernetes client (KUBECONFIG?): {e}")),
         };
         tracing::info!("controller: Networks into the daemon at {}", api.display());
+        let pods = vnfhost_k8s::watch_pods(client.clone(), api.clone(), node);
         let ctx = Arc::new(Ctx {
             client: client.clone(),
             api,
         });
-        Controller::new(Api::<Network>::all(client), watcher::Config::default())
+        let networks = Controller::new(Api::<Network>::all(client), watcher::Config::default())
             .shutdown_on_signal()
             .run(reconcile, error_policy, ctx)
             .for_each(|r| async move {
@@ -61,8 +67,12 @@ fn main() {
                     Ok((obj, _)) => tracing::debug!("reconciled network {}", obj.name),
                     Err(e) => tracing::warn!("controller: {e}"),
                 }
-            })
-            .await;
+            });
+        // The Network controller ends on SIGTERM; the pod watch with it.
+        tokio::select! {
+            _ = networks => {}
+            _ = pods => {}
+        }
     });
 }
 

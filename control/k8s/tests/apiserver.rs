@@ -403,6 +403,91 @@ fn networks_are_reconciled_into_the_daemon() {
         assert!(!o.status.success() && text.contains(field), "{bad}: {text}");
     }
 
+    // A pod asks for an extra network with the Multus-style annotation; the controller
+    // records it in the daemon, and the CNI ADD for that pod gives it eth0 on the
+    // configured network and net1 on the annotated one; DEL removes both.
+    std::fs::write(
+        d.join("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  annotations:\n    k8s.v1.cni.cncf.io/networks: blue-db\nspec:\n  automountServiceAccountToken: false\n  containers:\n  - {name: c, image: busybox}\n",
+    )
+    .unwrap();
+    // No controller-manager here makes the default service account; the test does.
+    ok(&kubectl(&[
+        "create",
+        "serviceaccount",
+        "default",
+        "-n",
+        "default",
+    ]));
+    ok(&kubectl(&[
+        "apply",
+        "-f",
+        d.join("pod.yaml").to_str().unwrap(),
+    ]));
+    wait(
+        "the pod's networks recorded",
+        Duration::from_secs(30),
+        || {
+            daemon_get(&api, "/v1/pod-networks/default/web")
+                .to_string()
+                .contains("blue-db")
+        },
+        clog,
+    );
+    let ns = format!("vnfhk8s{}", std::process::id());
+    let _ = run(Command::new("ip").args(["netns", "del", &ns]));
+    ok(&run(Command::new("ip").args(["netns", "add", &ns])));
+    let cni = |cmd: &str| -> Output {
+        use std::io::Write;
+        let mut c = Command::new(repo.join("target/debug/vnfhost-cni"))
+            .env_clear()
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", "websandbox")
+            .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"vnfhost","type":"vnfhost-cni","network":"default","api":"{}"}}"#,
+            api.display()
+        );
+        c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let add = ok(&cni("ADD"));
+    let v: serde_json::Value = serde_json::from_str(add.trim()).unwrap();
+    assert_eq!(v["interfaces"][0]["name"], "eth0", "{v}");
+    assert_eq!(v["interfaces"][1]["name"], "net1", "{v}");
+    assert_eq!(v["ips"][0]["address"], "10.10.0.1/24", "{v}");
+    assert_eq!(v["ips"][1]["address"], "10.10.1.1/24", "{v}");
+    assert_eq!(
+        v["routes"].as_array().map(Vec::len),
+        Some(1),
+        "one default route: {v}"
+    );
+    let addrs = ok(&run(Command::new("ip").args(["-n", &ns, "-br", "addr"])));
+    assert!(
+        addrs.contains("10.10.0.1/24") && addrs.contains("10.10.1.1/24"),
+        "{addrs}"
+    );
+    ok(&cni("DEL"));
+    let addrs = ok(&run(Command::new("ip").args(["-n", &ns, "-br", "link"])));
+    assert!(
+        !addrs.contains("eth0") && !addrs.contains("net1"),
+        "{addrs}"
+    );
+    let _ = run(Command::new("ip").args(["netns", "del", &ns]));
+    ok(&kubectl(&["delete", "pod", "web", "--wait=false"]));
+    wait(
+        "the pod's record gone with the pod",
+        Duration::from_secs(30),
+        || daemon_get(&api, "/v1/pod-networks/default/web") == serde_json::json!([]),
+        clog,
+    );
+
     // Delete: gone from the node first, then the object (finalizer).
     ok(&kubectl(&["delete", "network", "blue-db", "--wait=false"]));
     wait(
