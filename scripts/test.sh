@@ -12,10 +12,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
-# --nocapture so that a test lacking a resource can say "SKIPPED: why"; those are
+# --no-fail-fast: every test binary runs even when one fails, so the counts below are
+# whole. --nocapture so that a test lacking a resource can say "SKIPPED: why"; those are
 # counted as skipped below, not as passed.
 set +e
-cargo test --workspace -- --test-threads=2 --nocapture 2>&1 | tee target/test-output.txt
+cargo test --workspace --no-fail-fast -- --test-threads=2 --nocapture 2>&1 | tee target/test-output.txt
 rc=${PIPESTATUS[0]}
 set -e
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' target/test-output.txt)

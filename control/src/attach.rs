@@ -266,10 +266,10 @@ pub fn allocate(
 pub fn port_spec(a: &Attachment, vlan: u16) -> String {
     let ip = a.address.split('/').next().unwrap_or("");
     let driver = match (&a.tap, &a.socket) {
-        (Some(t), _) => format!(
-            "tap={t},netns={}",
-            a.request.netns.as_deref().unwrap_or_default()
-        ),
+        (Some(t), _) => match a.request.netns.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("tap={t},netns={ns}"),
+            None => format!("tap={t}"),
+        },
         (None, Some(s)) => format!("vhost-user={s}"),
         (None, None) => String::new(),
     };

@@ -107,68 +107,82 @@ fn spawn(cmd: &mut Command, log: &Path) -> Proc {
     Proc(cmd.spawn().unwrap())
 }
 
-#[test]
-fn containerd_pods_on_vnfhost_networks() {
-    skip!(unavailable());
-    let _serial = common::serial();
-    let dir = common::TestDir::new("cri").unwrap();
-    let d = dir.path();
-    let run = d.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let api = run.join("api.sock");
+/// A node: the vnfhost daemon with a topology of two tenants that use the same prefix,
+/// and containerd configured with vnfhost-cni and the `vnfhost` VM runtime handler.
+struct Node {
+    dir: common::TestDir,
+    api: PathBuf,
+    sock: String,
+    containerd: Option<Proc>,
+    _daemon: Proc,
+}
 
-    // The daemon and a topology with two tenants that use the same prefix.
-    let _daemon = spawn(
-        Command::new(env!("CARGO_BIN_EXE_vnfhost")).args([
-            "daemon",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ]),
-        &d.join("daemon.log"),
-    );
-    wait_socket(&api, &d.join("daemon.log"));
-    std::fs::write(
-        d.join("t.yaml"),
-        "switch: { cores: [1] }\nnetworks:\n\
-         \x20 - { name: net-a, tenant: t1, cidrs: [10.0.0.0/24], vlan: 10, gateway: [10.0.0.254] }\n\
-         \x20 - { name: net-x, tenant: t2, cidrs: [10.0.0.0/24], vlan: 30, gateway: [10.0.0.254] }\n",
-    )
-    .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
-        .args([
-            "up",
-            d.join("t.yaml").to_str().unwrap(),
-            "--api",
-            api.to_str().unwrap(),
-        ])
-        .output()
+impl Node {
+    fn start(tag: &str) -> Node {
+        let dir = common::TestDir::new(tag).unwrap();
+        let d = dir.path().to_path_buf();
+        let run = d.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let api = run.join("api.sock");
+        let daemon = spawn(
+            Command::new(env!("CARGO_BIN_EXE_vnfhost")).args([
+                "daemon",
+                "--run-dir",
+                run.to_str().unwrap(),
+            ]),
+            &d.join("daemon.log"),
+        );
+        wait_socket(&api, &d.join("daemon.log"));
+        std::fs::write(
+            d.join("t.yaml"),
+            "switch: { cores: [1] }\nnetworks:\n\
+             \x20 - { name: net-a, tenant: t1, cidrs: [10.0.0.0/24], vlan: 10, gateway: [10.0.0.254] }\n\
+             \x20 - { name: net-x, tenant: t2, cidrs: [10.0.0.0/24], vlan: 30, gateway: [10.0.0.254] }\n",
+        )
         .unwrap();
-    assert!(o.status.success(), "{o:?}");
+        let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+            .args([
+                "up",
+                d.join("t.yaml").to_str().unwrap(),
+                "--api",
+                api.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
 
-    // containerd with a private root, state, socket and CNI set-up: vnfhost-cni for the
-    // pod network, namespace `blue` on tenant t2's network.
-    let bin = d.join("cni-bin");
-    let conf = d.join("cni-conf");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&conf).unwrap();
-    for e in std::fs::read_dir("/usr/lib/cni").unwrap().flatten() {
-        std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
-    }
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vnfhost-cni"), bin.join("vnfhost-cni")).unwrap();
-    std::fs::write(
-        conf.join("10-vnfhost.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"vnfhost","plugins":[{{"type":"vnfhost-cni","network":"net-a","namespaces":{{"blue":"net-x"}},"api":"{}"}}]}}"#,
-            api.display()
-        ),
-    )
-    .unwrap();
-    let sock = d.join("c.sock");
-    let ds = d.display();
-    std::fs::write(
-        d.join("containerd.toml"),
-        format!(
-            r#"version = 2
+        // containerd with a private root, state, socket and CNI set-up: vnfhost-cni for
+        // the pod network, namespace `blue` on tenant t2's network; the `vnfhost`
+        // runtime handler's shim is found on containerd's PATH.
+        let bin = d.join("cni-bin");
+        let conf = d.join("cni-conf");
+        let shims = d.join("shim-bin");
+        for x in [&bin, &conf, &shims] {
+            std::fs::create_dir_all(x).unwrap();
+        }
+        for e in std::fs::read_dir("/usr/lib/cni").unwrap().flatten() {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+        }
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vnfhost-cni"), bin.join("vnfhost-cni"))
+            .unwrap();
+        let shim = shim_binary();
+        if shim.exists() {
+            std::os::unix::fs::symlink(&shim, shims.join("containerd-shim-vnfhost-v2")).unwrap();
+        }
+        std::fs::write(
+            conf.join("10-vnfhost.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"vnfhost","plugins":[{{"type":"vnfhost-cni","network":"net-a","namespaces":{{"blue":"net-x"}},"api":"{}"}}]}}"#,
+                api.display()
+            ),
+        )
+        .unwrap();
+        let sock = d.join("c.sock");
+        let ds = d.display();
+        std::fs::write(
+            d.join("containerd.toml"),
+            format!(
+                r#"version = 2
 root = "{ds}/root"
 state = "{ds}/state"
 [grpc]
@@ -185,28 +199,108 @@ state = "{ds}/state"
     bin_dir = "{}"
     conf_dir = "{}"
     max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vnfhost]
+    runtime_type = "io.containerd.vnfhost.v2"
 "#,
-            bin.display(),
-            conf.display()
-        ),
-    )
-    .unwrap();
-    let containerd = spawn(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("containerd.toml")),
-        &d.join("containerd.log"),
-    );
-    wait_socket(&sock, &d.join("containerd.log"));
-    let s = sock.to_str().unwrap();
-    let img = d.join("busybox.tar");
-    tool(&["image", img.to_str().unwrap(), IMAGE]);
-    let o = Command::new("ctr")
-        .args(["-a", s, "-n", "k8s.io", "images", "import"])
-        .arg(&img)
-        .output()
+                bin.display(),
+                conf.display()
+            ),
+        )
         .unwrap();
-    assert!(o.status.success(), "ctr import: {o:?}");
+        let path = format!(
+            "{}:{}",
+            shims.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let containerd = spawn(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(d.join("containerd.toml"))
+                .env("PATH", path)
+                .env("VNFHOST_API", &api),
+            &d.join("containerd.log"),
+        );
+        wait_socket(&sock, &d.join("containerd.log"));
+        let s = sock.to_str().unwrap().to_string();
+        let img = d.join("busybox.tar");
+        tool(&["image", img.to_str().unwrap(), IMAGE]);
+        let o = Command::new("ctr")
+            .args(["-a", &s, "-n", "k8s.io", "images", "import"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ctr import: {o:?}");
+        Node {
+            dir,
+            api,
+            sock: s,
+            containerd: Some(containerd),
+            _daemon: daemon,
+        }
+    }
+
+    /// The daemon's attachments.
+    fn attachments(&self) -> Vec<Value> {
+        let (st, body) = control::http::call(
+            &self.api,
+            "GET",
+            "/v1/attachments",
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Sandboxes a failed test left: stopped and removed while containerd runs, so
+        // their mounts go with them.
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cri/cri_tool.py");
+        let quiet = |args: &[&str]| {
+            Command::new(python())
+                .arg(script)
+                .args(args)
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        };
+        if let Some(list) = quiet(&["list", &self.sock]) {
+            for id in list["ids"].as_array().into_iter().flatten() {
+                let id = id.as_str().unwrap_or_default();
+                quiet(&["stop", &self.sock, id]);
+                quiet(&["rm", &self.sock, id]);
+            }
+        }
+        drop(self.containerd.take());
+        // containerd leaves its netns mounts under the state dir when stopped.
+        let netns = self.dir.join("state/io.containerd.grpc.v1.cri/netns");
+        if let Ok(entries) = std::fs::read_dir(netns) {
+            for e in entries.flatten() {
+                let _ = Command::new("umount").arg(e.path()).output();
+            }
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+            .args(["down", "--api", self.api.to_str().unwrap()])
+            .output();
+    }
+}
+
+/// The VM runtime's shim, built by the workspace (`containerd-shim-vnfhost` package).
+fn shim_binary() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_vnfhost")).with_file_name("containerd-shim-vnfhost-v2")
+}
+
+#[test]
+fn containerd_pods_on_vnfhost_networks() {
+    skip!(unavailable());
+    let _serial = common::serial();
+    let node = Node::start("cri");
+    let s = node.sock.as_str();
 
     // Three pods: two in `default` (net-a), one in `blue` (net-x).
     let mut pods = Vec::new();
@@ -242,17 +336,10 @@ state = "{ds}/state"
     assert_ne!(r["exit"], 0, "t2 reached a gateway it does not have: {r}");
 
     // Each pod is a port on the switch; stopping and removing pod2 removes its port.
-    let list = |api: &Path| -> Vec<Value> {
-        let (st, body) =
-            control::http::call(api, "GET", "/v1/attachments", None, Duration::from_secs(5))
-                .unwrap();
-        assert_eq!(st, 200);
-        serde_json::from_slice(&body).unwrap()
-    };
-    assert_eq!(list(&api).len(), 3);
+    assert_eq!(node.attachments().len(), 3);
     tool(&["stop", s, &pods[1].0]);
     tool(&["rm", s, &pods[1].0]);
-    let left = list(&api);
+    let left = node.attachments();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().all(|a| a["container"] != pods[1].0.as_str()));
     assert_ne!(
@@ -265,15 +352,74 @@ state = "{ds}/state"
         tool(&["stop", s, id]);
         tool(&["rm", s, id]);
     }
-    assert!(list(&api).is_empty());
-    drop(containerd);
-    // containerd leaves its netns mounts under the state dir when stopped.
-    if let Ok(entries) = std::fs::read_dir(d.join("state/io.containerd.grpc.v1.cri/netns")) {
-        for e in entries.flatten() {
-            let _ = Command::new("umount").arg(e.path()).output();
-        }
+    assert!(node.attachments().is_empty());
+}
+
+#[test]
+fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
+    skip!(unavailable());
+    skip!(common::qemu::qemu_unavailable());
+    if !shim_binary().exists() {
+        println!(
+            "SKIPPED: {} not built (cargo build -p containerd-shim-vnfhost)",
+            shim_binary().display()
+        );
+        return;
     }
-    let _ = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
-        .args(["down", "--api", api.to_str().unwrap()])
-        .output();
+    let (kernel, initrd) = common::qemu::guest_image().expect("guest image");
+    std::env::set_var("VNFHOST_GUEST_KERNEL", &kernel);
+    std::env::set_var("VNFHOST_GUEST_INITRD", &initrd);
+    let _serial = common::serial();
+    let node = Node::start("crivm");
+    let s = node.sock.as_str();
+    let logs = node.dir.join("logs/vmpod");
+    std::fs::create_dir_all(&logs).unwrap();
+    let r = tool(&[
+        "run",
+        s,
+        "vmpod",
+        "default",
+        "vnfhost",
+        logs.to_str().unwrap(),
+    ]);
+    let sandbox = r["id"].as_str().unwrap().to_string();
+    let c = tool(&[
+        "start",
+        s,
+        &sandbox,
+        "vmpod",
+        "default",
+        IMAGE,
+        logs.to_str().unwrap(),
+        "sh",
+        "-c",
+        "echo hello from a vnfhost pod VM; ip addr show eth0",
+    ]);
+    let cid = c["id"].as_str().unwrap().to_string();
+    // The VM boots (QEMU with TCG here: tens of seconds), runs the command, powers off.
+    let t = Instant::now();
+    let status = loop {
+        let st = tool(&["cstatus", s, &cid]);
+        if st["state"] == "CONTAINER_EXITED" {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "the container did not exit: {st}\n{}",
+            std::fs::read_to_string(node.dir.join("containerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("pod VM container ran in {:?}", t.elapsed());
+    assert_eq!(status["exit_code"], 0, "{status}");
+    let log = std::fs::read_to_string(logs.join("main.log")).unwrap_or_default();
+    assert!(
+        log.contains(" stdout F hello from a vnfhost pod VM"),
+        "the container's line is not in its CRI log:\n{log}"
+    );
+    // The VM's NIC is on the switch, on the pod's network, with an address of it.
+    assert!(log.contains("eth0") && log.contains("10.0.0."), "{log}");
+    tool(&["stop", s, &sandbox]);
+    tool(&["rm", s, &sandbox]);
+    assert!(node.attachments().is_empty(), "{:?}", node.attachments());
 }

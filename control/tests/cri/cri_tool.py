@@ -5,9 +5,12 @@ OCI image they run (no registry is reachable here).
 Each subcommand prints one JSON object on stdout:
 
   image OUT.tar NAME                  build an OCI archive of /bin/busybox named NAME
-  run SOCK NAME NAMESPACE [HANDLER]   RunPodSandbox; {"id", "seconds"}
+  run SOCK NAME NAMESPACE [HANDLER [LOGDIR]]   RunPodSandbox; {"id", "seconds"}
   status SOCK ID                      PodSandboxStatus; {"state", "ip", "netns"}
-  start SOCK SANDBOX POD NAMESPACE IMAGE    CreateContainer + StartContainer; {"id"}
+  start SOCK SANDBOX POD NAMESPACE IMAGE [LOGDIR [CMD...]]
+                                      CreateContainer + StartContainer; {"id"}
+                                      (default command: sleep 3600; log LOGDIR/main.log)
+  cstatus SOCK CONTAINER              ContainerStatus; {"state", "exit_code"}
   exec SOCK CONTAINER CMD...          ExecSync; {"exit", "stdout", "stderr"}
   stop SOCK ID / rm SOCK ID           StopPodSandbox / RemovePodSandbox; {}
   list SOCK                           ListPodSandbox; {"ids": [...]}
@@ -89,11 +92,12 @@ def client(sock):
     return rpc.RuntimeServiceStub(ch)
 
 
-def sandbox_config(name, namespace):
+def sandbox_config(name, namespace, log_dir=""):
     from cri_api.v1 import api_pb2 as pb
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace=namespace, attempt=0),
         hostname=name,
+        log_directory=log_dir,
         linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(
                 namespace_options=pb.NamespaceOption(network=pb.POD))),
@@ -108,8 +112,9 @@ def main(argv):
     rt = client(argv[1])
     if cmd == "run":
         t = time.monotonic()
+        log_dir = argv[5] if len(argv) > 5 else ""
         r = rt.RunPodSandbox(pb.RunPodSandboxRequest(
-            config=sandbox_config(argv[2], argv[3]),
+            config=sandbox_config(argv[2], argv[3], log_dir),
             runtime_handler=argv[4] if len(argv) > 4 else ""), timeout=120)
         return {"id": r.pod_sandbox_id, "seconds": time.monotonic() - t}
     if cmd == "status":
@@ -122,15 +127,21 @@ def main(argv):
         return {"state": pb.PodSandboxState.Name(r.status.state), "ip": r.status.network.ip, "netns": netns}
     if cmd == "start":
         sandbox, pod, namespace, img = argv[2:6]
+        log_dir = argv[6] if len(argv) > 6 else ""
+        command = argv[7:] or ["/bin/sleep", "3600"]
         c = rt.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=sandbox,
             config=pb.ContainerConfig(
                 metadata=pb.ContainerMetadata(name="main"),
                 image=pb.ImageSpec(image=img),
-                command=["/bin/sleep", "3600"]),
-            sandbox_config=sandbox_config(pod, namespace)), timeout=60)
+                command=command,
+                log_path="main.log" if log_dir else ""),
+            sandbox_config=sandbox_config(pod, namespace, log_dir)), timeout=60)
         rt.StartContainer(pb.StartContainerRequest(container_id=c.container_id), timeout=60)
         return {"id": c.container_id}
+    if cmd == "cstatus":
+        r = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=argv[2]), timeout=30)
+        return {"state": pb.ContainerState.Name(r.status.state), "exit_code": r.status.exit_code}
     if cmd == "exec":
         r = rt.ExecSync(pb.ExecSyncRequest(container_id=argv[2], cmd=argv[3:], timeout=20), timeout=30)
         return {"exit": r.exit_code, "stdout": r.stdout.decode(errors="replace"),
