@@ -3,25 +3,27 @@
 //! `runtime_type = "io.containerd.vnfhost.v2"`.
 //!
 //! One shim serves one pod sandbox (containers are grouped by the sandbox id CRI puts
-//! in their annotations):
+//! in their annotations), and the sandbox is one pod VM:
 //!
-//! - the **sandbox** task is a placeholder held by the shim: the pod's network namespace
-//!   and CNI set-up are made by containerd before it, as for any pod;
-//! - a **container** task, when started, boots a pod VM (`vnfhost vm run`, QEMU microvm on
-//!   a host without vmx/svm, vnfhost's KVM monitor otherwise) whose in-guest init runs
-//!   the container's command line (`vnf.run=`) and powers off with its exit status. The
-//!   VM's NIC is a vhost-user port on the switch on the pod's network: the shim asks the
-//!   daemon for an attachment `SANDBOX/vmJ` on the network of the pod's CNI attachment.
-//! - what the command prints on the VM's console is the container's stdout, so it lands
-//!   in the container's CRI log; its exit status is the task's (`TaskExit` event).
+//! - **starting the sandbox** boots the VM (`vnfhost vm run`: QEMU microvm on a host
+//!   without vmx/svm, vnfhost's KVM monitor otherwise). Its NIC is a vhost-user port on
+//!   the switch on the pod's network: the shim asks the daemon for an attachment
+//!   `SANDBOX/vm0` on the network of the pod's CNI attachment (containerd made the netns
+//!   and ran CNI before, as for any pod). The sandbox task's pid is the VM's.
+//! - **starting a container** waits for the guest to be ready, then has the guest's
+//!   console shell (vnfhost-init's) run the container's command line in the background;
+//!   every line it prints comes back on the console tagged with the container, and goes
+//!   to the container's stdout, so it lands in the container's CRI log. The command's
+//!   exit status is the task's (`TaskExit` event). Killing the container signals the
+//!   command inside the guest; stopping the sandbox stops the VM.
 //!
-//! Limits: one command per container (no `exec`), no image filesystem in the guest (the
-//! command runs in the guest image's BusyBox userland), no TTY, no stdin.
+//! Limits: the command runs in the guest image's BusyBox userland, not in the container
+//! image's filesystem; no exec, no TTY, no stdin; stdout and stderr are merged.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -46,17 +48,40 @@ struct Task {
     bundle: String,
     stdout: String,
     sandbox: bool,
-    sandbox_id: String,
     args: Vec<String>,
     phase: Phase,
     pid: u32,
     exit_status: u32,
     exited_at: Option<SystemTime>,
+    /// The command's pid inside the guest, once it reported it.
+    guest_pid: Option<u32>,
+    /// Where its output goes.
+    out: Option<std::fs::File>,
+}
+
+/// The sandbox's VM.
+struct Vm {
+    pid: u32,
+    console: ChildStdin,
+    ready: bool,
+    /// Why it cannot run containers (it failed to boot, or it ended).
+    dead: Option<String>,
 }
 
 #[derive(Default)]
 struct State {
     tasks: HashMap<String, Task>,
+    vm: Option<Vm>,
+}
+
+/// The tag of a container's lines on the console.
+fn tag(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `a` quoted for the guest's shell.
+fn quote(a: &str) -> String {
+    format!("'{}'", a.replace('\'', "'\\''"))
 }
 
 #[derive(Clone)]
@@ -173,29 +198,8 @@ impl Service {
         self.publish_exit(id, pid, status, at);
     }
 
-    /// Boots the VM that runs container `id`'s command; returns its pid.
-    fn boot(&self, id: &str) -> Result<u32, String> {
-        let (args, stdout, sandbox) = {
-            let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-            let t = st.tasks.get(id).ok_or("no such task")?;
-            (t.args.clone(), t.stdout.clone(), t.sandbox_id.clone())
-        };
-        let command = args
-            .iter()
-            .map(|a| {
-                if a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,".contains(c))
-                {
-                    a.clone()
-                } else {
-                    format!("'{}'", a.replace('\'', "'\\''"))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        if command.contains('"') || command.contains('\n') {
-            return Err("the command may not contain double quotes or newlines".into());
-        }
+    /// Boots the sandbox's VM; returns its pid.
+    fn boot(&self, sandbox: &str) -> Result<u32, String> {
         let image = control::plan::GuestImage::from_env();
         let mut append = Vec::new();
         let mut cmd = Command::new(vnfhost_bin());
@@ -204,8 +208,8 @@ impl Service {
             .arg(&image.kernel)
             .arg("--initrd")
             .arg(&image.initrd);
-        let ifname = format!("vm{}", id.get(..6).unwrap_or(id));
-        if let Some((sock, mac, addr, gw)) = vm_port(&sandbox, &ifname) {
+        let port = vm_port(sandbox, "vm0");
+        if let Some((sock, mac, addr, gw)) = &port {
             cmd.arg("--net")
                 .arg(format!("vhost-user={sock},client,mac={mac}"));
             append.push(format!("vnf.ip={addr}"));
@@ -213,47 +217,147 @@ impl Service {
                 append.push(format!("vnf.gw={gw}"));
             }
         }
-        append.push(format!("\"vnf.run={command}\""));
-        cmd.arg("--append").arg(append.join(" "));
-        let mut child: Child = cmd
-            .stdin(Stdio::null())
+        if !append.is_empty() {
+            cmd.arg("--append").arg(append.join(" "));
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("{}: {e}", vnfhost_bin().display()))?;
         let pid = child.id();
-        let console = child.stdout.take().ok_or("no console pipe")?;
+        let console_out = child.stdout.take().ok_or("no console pipe")?;
+        let console_in = child.stdin.take().ok_or("no console pipe")?;
+        {
+            let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+            st.vm = Some(Vm {
+                pid,
+                console: console_in,
+                ready: false,
+                dead: None,
+            });
+        }
         let me = self.clone();
-        let id = id.to_string();
+        let sandbox = sandbox.to_string();
         std::thread::spawn(move || {
-            // The console until the guest is ready is the kernel's and init's; after it,
-            // the workload's, until init reports its exit status.
-            let mut out = std::fs::OpenOptions::new().write(true).open(&stdout).ok();
-            let mut ready = false;
-            let mut status = None;
-            for line in BufReader::new(console).lines().map_while(Result::ok) {
-                let line = line.trim_end_matches('\r');
-                if let Some(s) = line.split("VNFHOST-WORKLOAD-EXIT status=").nth(1) {
-                    status = s.trim().parse::<u32>().ok();
-                    ready = false;
-                } else if line.contains("VNFHOST-GUEST-READY") {
-                    ready = true;
-                } else if ready {
-                    if let Some(o) = out.as_mut() {
-                        let _ = writeln!(o, "{line}");
-                    }
-                }
+            for line in BufReader::new(console_out).lines().map_while(Result::ok) {
+                me.console_line(line.trim_end_matches('\r'));
             }
-            let vm = child.wait().map(|s| s.code().unwrap_or(255)).unwrap_or(255);
-            let code = status.unwrap_or(if vm == 0 { 0 } else { 255 });
-            let _ = daemon(
-                "DELETE",
-                &format!("/v1/attachments/{sandbox}/{ifname}"),
-                None,
-            );
-            me.finish(&id, code);
+            let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
+            if port.is_some() {
+                let _ = daemon("DELETE", &format!("/v1/attachments/{sandbox}/vm0"), None);
+            }
+            me.vm_ended(code);
         });
         Ok(pid)
+    }
+
+    /// One line from the VM's console.
+    fn console_line(&self, line: &str) {
+        let (lock, cv) = &*self.state;
+        if line.contains("VNFHOST-GUEST-READY") || line.contains("VNFHOST-GUEST-FAILED") {
+            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = st.vm.as_mut() {
+                if line.contains("READY") {
+                    vm.ready = true;
+                } else {
+                    vm.dead = Some(line.to_string());
+                }
+            }
+            drop(st);
+            cv.notify_all();
+            return;
+        }
+        // `VNFHOST-OUT TAG payload`: a container's output, pid or exit status.
+        let Some(rest) = line.split("VNFHOST-OUT ").nth(1) else {
+            return;
+        };
+        let (t, payload) = rest.split_once(' ').unwrap_or((rest, ""));
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((id, task)) = st.tasks.iter_mut().find(|(id, _)| tag(id) == t) else {
+            return;
+        };
+        let id = id.clone();
+        if let Some(p) = payload.strip_prefix("VNFHOST-PID ") {
+            task.guest_pid = p.trim().parse().ok();
+        } else if let Some(code) = payload.strip_prefix("VNFHOST-CEXIT ") {
+            let code = code.trim().parse().unwrap_or(255);
+            drop(st);
+            self.finish(&id, code);
+        } else if let Some(out) = task.out.as_mut() {
+            let _ = writeln!(out, "{payload}");
+        }
+    }
+
+    /// The VM is gone: every task still running ends with it.
+    fn vm_ended(&self, code: i32) {
+        let ids: Vec<(String, bool)> = {
+            let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(vm) = st.vm.as_mut() {
+                vm.dead = Some(format!("the pod VM exited with status {code}"));
+            }
+            st.tasks
+                .iter()
+                .filter(|(_, t)| t.phase != Phase::Stopped)
+                .map(|(id, t)| (id.clone(), t.sandbox))
+                .collect()
+        };
+        self.state.1.notify_all();
+        for (id, sandbox) in ids {
+            let status = if sandbox && code == 0 { 0 } else { 137 };
+            self.finish(&id, status);
+        }
+    }
+
+    /// Runs container `id`'s command in the guest; returns the VM's pid.
+    fn run_in_guest(&self, id: &str) -> Result<u32, String> {
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            match st.vm.as_ref() {
+                None => return Err("the sandbox's VM is not started".into()),
+                Some(vm) if vm.dead.is_some() => {
+                    return Err(vm.dead.clone().unwrap_or_default());
+                }
+                Some(vm) if vm.ready => break,
+                Some(_) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err("the pod VM did not become ready within 180 s".into());
+                    }
+                    st = cv
+                        .wait_timeout(st, left)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            }
+        }
+        let task = st.tasks.get_mut(id).ok_or("no such task")?;
+        if task.args.is_empty() || task.args.iter().any(|a| a.contains(['\n', '\r', '\0'])) {
+            return Err("the command is empty or has a line break in an argument".into());
+        }
+        task.out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&task.stdout)
+            .ok();
+        let args: Vec<String> = task.args.iter().map(|a| quote(a)).collect();
+        // The command reports its pid (for kill), runs, and reports its status; every
+        // line is tagged with the container on its way to the console. The tag's marker
+        // is split in the command line ("VNFHOST-""OUT") so that an echo of the line
+        // itself can never pass for output.
+        let line = format!(
+            "( sh -c 'echo VNFHOST-PID $$; exec \"$@\"' sh {} ; echo \"VNFHOST-CEXIT $?\" ) </dev/null 2>&1 | sed \"s/^/VNFHOST-\"\"OUT {} /\" &\n",
+            args.join(" "),
+            tag(id)
+        );
+        let vm = st.vm.as_mut().ok_or("no VM")?;
+        vm.console
+            .write_all(line.as_bytes())
+            .and_then(|()| vm.console.flush())
+            .map_err(|e| format!("the pod VM's console: {e}"))?;
+        Ok(vm.pid)
     }
 }
 
@@ -330,15 +434,13 @@ impl shim::Task for Service {
             bundle: req.bundle.clone(),
             stdout: req.stdout.clone(),
             sandbox,
-            sandbox_id: ann["io.kubernetes.cri.sandbox-id"]
-                .as_str()
-                .unwrap_or(&req.id)
-                .to_string(),
             args,
             phase: Phase::Created,
             pid,
             exit_status: 0,
             exited_at: None,
+            guest_pid: None,
+            out: None,
         };
         let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
         st.tasks.insert(req.id.clone(), t);
@@ -361,9 +463,9 @@ impl shim::Task for Service {
                 .ok_or_else(|| err(format!("no task {}", req.id)))?
         };
         let pid = if sandbox {
-            std::process::id()
-        } else {
             self.boot(&req.id).map_err(err)?
+        } else {
+            self.run_in_guest(&req.id).map_err(err)?
         };
         let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = st.tasks.get_mut(&req.id) {
@@ -424,21 +526,30 @@ impl shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let (sandbox, pid, phase) = {
-            let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-            let t = st
-                .tasks
-                .get(&req.id)
-                .ok_or_else(|| err(format!("no task {}", req.id)))?;
-            (t.sandbox, t.pid, t.phase)
-        };
-        match (sandbox, phase) {
-            (_, Phase::Stopped) => {}
-            (true, _) | (false, Phase::Created) => self.finish(&req.id, 128 + req.signal),
-            (false, Phase::Running) => {
-                // SAFETY: kill(2) on the VM process this shim started; the reader thread
-                // reaps it and reports the exit.
-                unsafe { libc::kill(pid as i32, req.signal as i32) };
+        let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = st
+            .tasks
+            .get(&req.id)
+            .ok_or_else(|| err(format!("no task {}", req.id)))?;
+        let (sandbox, phase, guest_pid) = (t.sandbox, t.phase, t.guest_pid);
+        match (sandbox, phase, guest_pid) {
+            (_, Phase::Stopped, _) => {}
+            (true, Phase::Running, _) => {
+                if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
+                    // SAFETY: kill(2) on the VM process this shim started; its reader
+                    // thread reaps it and reports the exits.
+                    unsafe { libc::kill(vm.pid as i32, libc::SIGTERM) };
+                }
+            }
+            (false, Phase::Running, Some(p)) => {
+                if let Some(vm) = st.vm.as_mut() {
+                    let _ = writeln!(vm.console, "kill -{} {p}", req.signal);
+                    let _ = vm.console.flush();
+                }
+            }
+            _ => {
+                drop(st);
+                self.finish(&req.id, 128 + req.signal);
             }
         }
         Ok(api::Empty::default())
@@ -493,6 +604,10 @@ impl shim::Task for Service {
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
         if st.tasks.is_empty() {
+            if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
+                // SAFETY: kill(2) on the VM process this shim started.
+                unsafe { libc::kill(vm.pid as i32, libc::SIGTERM) };
+            }
             self.exit.signal();
         }
         Ok(api::Empty::default())

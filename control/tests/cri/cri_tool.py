@@ -19,6 +19,7 @@ The CRI stubs come from the PyPI package container-runtime-interface-api.
 """
 import hashlib
 import io
+import os
 import json
 import sys
 import tarfile
@@ -132,7 +133,7 @@ def main(argv):
         c = rt.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=sandbox,
             config=pb.ContainerConfig(
-                metadata=pb.ContainerMetadata(name="main"),
+                metadata=pb.ContainerMetadata(name=os.path.basename(log_dir.rstrip("/")) or "main"),
                 image=pb.ImageSpec(image=img),
                 command=command,
                 log_path="main.log" if log_dir else ""),
