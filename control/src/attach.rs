@@ -119,15 +119,18 @@ fn hash(container: &str, ifname: &str) -> u64 {
 /// Whether a container id or interface name is acceptable (they end up in paths and
 /// interface names).
 pub fn valid_key(container: &str, ifname: &str) -> Result<(), AttachError> {
-    let ok_id = !container.is_empty()
-        && container.len() <= 128
+    let ok_id = container.len() <= 128
+        && container.starts_with(|c: char| c.is_ascii_alphanumeric())
         && container
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !ok_id {
         return Err(AttachError::new(
             4,
-            format!("container id {container:?}: 1-128 of [A-Za-z0-9._-]"),
+            format!(
+                "container id {container:?}: 1-128 of [A-Za-z0-9._-], starting with a letter \
+                 or digit"
+            ),
         ));
     }
     let ok_if = !ifname.is_empty()
@@ -201,7 +204,9 @@ pub fn allocate(
         }
     }
     let size = 1u64 << (32 - u32::from(cidr.len));
-    let start = u32::from(base);
+    // The network's first address, whatever host bits the prefix was written with.
+    let mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
+    let start = u32::from(base) & mask;
     let address = (1..size.saturating_sub(1))
         .map(|i| Ipv4Addr::from(start.wrapping_add(i as u32)))
         .find(|a| !used.contains(a))
@@ -236,9 +241,11 @@ pub fn allocate(
         // Created in the pod's namespace under its final name.
         Kind::Tap => (Some(ifname.to_string()), None),
         Kind::VhostUser => {
+            // One directory per pod, named by a hash of the full id: ids never collide
+            // by a shared prefix, and the path stays short (a socket path has 108 bytes).
             let dir = run
                 .join("cni")
-                .join(container.get(..12).unwrap_or(container));
+                .join(format!("{:016x}", hash(container, "")));
             (
                 None,
                 Some(dir.join(format!("{ifname}.sock")).display().to_string()),

@@ -385,7 +385,10 @@ pub fn run(
                 .iter()
                 .map(|a| json!({ "container": a.container, "ifname": a.ifname }))
                 .collect();
-            let body = json!({ "network": conf.network, "valid": valid }).to_string();
+            // The networks this configuration can put pods on, and only those.
+            let mut networks: Vec<String> = conf.namespaces.values().cloned().collect();
+            networks.extend(conf.network.clone());
+            let body = json!({ "networks": networks, "valid": valid }).to_string();
             let (st, reply) = api
                 .call("POST", "/v1/attachments/gc", Some(body.as_bytes()))
                 .map_err(|x| fail(unreachable(x)))?;

@@ -305,6 +305,8 @@ struct Daemon {
     /// The last two counter samples, for rates.
     samples: VecDeque<(Instant, SwitchCounters)>,
     events: VecDeque<String>,
+    /// Pods an apply in progress removed (their directories go when it succeeds).
+    removed_pods: Vec<String>,
 }
 
 /// The body of an `up` refused before anything changed.
@@ -335,6 +337,9 @@ pub struct GcRequest {
     /// Only attachments of this network.
     #[serde(default)]
     pub network: Option<String>,
+    /// Only attachments of these networks (when not empty).
+    #[serde(default)]
+    pub networks: Vec<String>,
     /// The attachments that stay.
     pub valid: Vec<AttachmentKey>,
 }
@@ -551,6 +556,9 @@ impl Daemon {
                 self.st.desired = Some(t);
                 self.st.source = source;
                 self.plan = Some(new);
+                for name in std::mem::take(&mut self.removed_pods) {
+                    let _ = std::fs::remove_dir_all(self.run.join("pods").join(&name));
+                }
                 self.persist();
                 for c in &changes {
                     self.event(format!("up: {c}"));
@@ -596,8 +604,9 @@ impl Daemon {
         if !alive || old_args.as_deref() != Some(new.switch_args.as_slice()) {
             if alive {
                 self.stop_switch();
-                undo.push(Undo::StartSwitch(old_args.unwrap_or_default()));
+                // Undone in reverse: the old switch starts again, then gets its config.
                 undo.push(Undo::Config(config_now.clone()));
+                undo.push(Undo::StartSwitch(old_args.unwrap_or_default()));
                 changes.push("switch restarted with new options".into());
             } else {
                 changes.push("switch started".into());
@@ -611,6 +620,7 @@ impl Daemon {
             new.pods.iter().map(|p| (p.name.as_str(), p)).collect();
         let names: Vec<String> = self.st.pods.keys().cloned().collect();
         let mut stopped_ports = Vec::new();
+        let mut removed = Vec::new();
         for name in names {
             let rec = self.st.pods[&name].clone();
             let keep = wanted
@@ -625,8 +635,8 @@ impl Daemon {
             changes.push(if wanted.contains_key(name.as_str()) {
                 format!("pod {name} changed: stopped")
             } else {
-                // Its console log goes with it (undo starts it again in the same place).
-                let _ = std::fs::remove_dir_all(self.run.join("pods").join(&name));
+                // Its directory goes once the whole apply succeeded (undo needs it).
+                removed.push(name.clone());
                 format!("pod {name} removed")
             });
             stopped_ports.push(format!("{name}.eth"));
@@ -643,9 +653,14 @@ impl Daemon {
                 config_now = mid;
             }
         }
+        let restarted = config_now == SwitchDesired::default();
         if config_now != *full {
             self.set_switch_config(full)?;
             undo.push(Undo::Config(config_now));
+            if restarted {
+                // A new switch made new taps in the CNI pods' namespaces.
+                self.reconfigure_taps();
+            }
             changes.push(format!(
                 "switch configured: {} ports, {} routers, {} security groups",
                 new.switch.ports.len(),
@@ -653,6 +668,7 @@ impl Daemon {
                 new.switch.security_groups.len()
             ));
         }
+        self.removed_pods = removed;
         // 4. New and changed pods: started.
         for p in &new.pods {
             if self.st.pods.contains_key(&p.name) {
@@ -728,12 +744,60 @@ impl Daemon {
                 }
             }
         }
+        self.removed_pods.clear();
         // The records of what runs are now as before (with new pids where restarted).
         self.st.generation = saved.generation;
         self.st.desired = saved.desired.clone();
         self.st.source = saved.source.clone();
         self.persist();
         errors
+    }
+
+    /// Drops tap attachments whose network namespace is gone (the pod went without a
+    /// DEL); returns whether any was dropped. Their ports would make every switch
+    /// configuration fail.
+    fn prune_attachments(&mut self) -> bool {
+        let gone: Vec<String> = self
+            .st
+            .attachments
+            .iter()
+            .filter(|(_, a)| a.request.kind == Kind::Tap)
+            .filter(|(_, a)| {
+                !a.request
+                    .netns
+                    .as_deref()
+                    .is_some_and(|n| Path::new(n).exists())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.st.attachments.remove(k);
+            self.event(format!(
+                "attachment {k}: its network namespace is gone; dropped"
+            ));
+        }
+        !gone.is_empty()
+    }
+
+    /// After the switch started anew: its taps are new devices in the pods' namespaces,
+    /// without MAC, address or route; give them theirs again.
+    fn reconfigure_taps(&mut self) {
+        let taps: Vec<Attachment> = self
+            .st
+            .attachments
+            .values()
+            .filter(|a| a.request.kind == Kind::Tap)
+            .cloned()
+            .collect();
+        for a in taps {
+            let ns = a.request.netns.clone().unwrap_or_default();
+            if let Err(e) = attach::configure_tap(&a, &ns) {
+                self.event(format!(
+                    "attachment {}/{}: {}",
+                    a.container, a.ifname, e.error
+                ));
+            }
+        }
     }
 
     /// `PUT /v1/networks/NAME`: adds or replaces one network of the desired topology
@@ -818,6 +882,9 @@ impl Daemon {
                 "a tap attachment needs the netns (CNI_NETNS)",
             ));
         }
+        if let (Kind::Tap, Some(ns)) = (req.kind, req.netns.as_deref()) {
+            check_netns(ns)?;
+        }
         if let Some(ns) = req.netns.as_deref().filter(|n| n.contains([',', '='])) {
             return Err(AttachError::new(
                 4,
@@ -898,11 +965,10 @@ impl Daemon {
             .attachments
             .values()
             .filter(|a| req.network.as_ref().is_none_or(|n| *n == a.request.network))
-            .filter(|a| {
-                !req.valid
-                    .iter()
-                    .any(|v| v.container == a.container && v.ifname == a.ifname)
-            })
+            .filter(|a| req.networks.is_empty() || req.networks.contains(&a.request.network))
+            // The runtime lists (container, primary interface); every interface of a
+            // listed container stays (extra networks, the VM runtime's port).
+            .filter(|a| !req.valid.iter().any(|v| v.container == a.container))
             .map(|a| (a.container.clone(), a.ifname.clone()))
             .collect();
         let mut removed = Vec::new();
@@ -956,8 +1022,8 @@ impl Daemon {
         let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
             return;
         };
+        let mut dirty = self.prune_attachments();
         let full = self.full_switch(&t, &plan);
-        let mut dirty = false;
         if !self.switch_alive() {
             let how = self
                 .st
@@ -971,8 +1037,10 @@ impl Daemon {
             let r = self
                 .start_switch(&plan.switch_args)
                 .and_then(|()| self.set_switch_config(&full));
-            if let Err(e) = r {
-                self.event(format!("switch restart failed: {e}"));
+            match r {
+                // Its taps in the CNI pods' namespaces are new devices: configure them.
+                Ok(()) => self.reconfigure_taps(),
+                Err(e) => self.event(format!("switch restart failed: {e}")),
             }
             dirty = true;
         } else if let Ok(cfg) = self.switch_config() {
@@ -1514,6 +1582,49 @@ fn group_id(name: &str) -> Option<u32> {
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
+/// A tap attachment's namespace must be a network namespace (an nsfs file, as
+/// `/var/run/netns/NAME`, containerd's, or `/proc/PID/ns/net`), and not the daemon's own:
+/// an API client may not put interfaces and routes into the host's namespace.
+fn check_netns(path: &str) -> Result<(), AttachError> {
+    use std::os::unix::fs::MetadataExt;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let bad = |why: String| AttachError::new(4, format!("netns {path:?}: {why}"));
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let c = std::ffi::CString::new(path).map_err(|e| bad(e.to_string()))?;
+    // SAFETY: a zeroed statfs is a valid out-buffer; c is a NUL-terminated path.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statfs writes only into sfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
+        return Err(bad(std::io::Error::last_os_error().to_string()));
+    }
+    if sfs.f_type as i64 != NSFS_MAGIC {
+        return Err(bad("not a namespace file".into()));
+    }
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        if own.dev() == md.dev() && own.ino() == md.ino() {
+            return Err(bad("is the host's own network namespace".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The interface names extra networks get must be valid, distinct, and leave `eth0`
+/// (the primary interface) alone.
+fn pod_network_names(v: &[PodNetwork]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (k, n) in v.iter().enumerate() {
+        let name = n
+            .interface
+            .clone()
+            .unwrap_or_else(|| format!("net{}", k + 1));
+        attach::valid_key("pod", &name).map_err(|e| e.error)?;
+        if name == "eth0" || !seen.insert(name.clone()) {
+            return Err(format!("interface {name:?} is eth0 or used twice"));
+        }
+    }
+    Ok(())
+}
+
 fn attach_error(status: u16, e: AttachError) -> Response {
     Response::json(status, serde_json::to_vec(&e).unwrap_or_default())
 }
@@ -1608,6 +1719,9 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                         422,
                         http::error_body("at most 7 extra networks (8 interfaces) per pod"),
                     ),
+                    Ok(v) if pod_network_names(&v).is_err() => {
+                        Response::json(422, http::error_body(&pod_network_names(&v).unwrap_err()))
+                    }
                     Ok(v) => {
                         if d.st.pod_networks.get(key) != Some(&v) {
                             d.st.pod_networks.insert(key.to_string(), v);
@@ -1712,6 +1826,7 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
         not_before: HashMap::new(),
         samples: VecDeque::new(),
         events: VecDeque::new(),
+        removed_pods: Vec::new(),
     }));
     {
         let mut g = d.lock().map_err(|_| "state lock poisoned")?;
@@ -1744,20 +1859,35 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
         std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
+                // A thread per scrape (a slow client holds only its own), each bounded by
+                // read and write timeouts; at most 16 at once.
+                let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for s in l.incoming().flatten() {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let resp = match http::read_request(&s) {
-                        Ok(r) if r.method == "GET" && r.path == "/metrics" => {
-                            let mut g = match dd.lock() {
-                                Ok(g) => g,
-                                Err(p) => p.into_inner(),
+                    use std::sync::atomic::Ordering;
+                    if busy.fetch_add(1, Ordering::AcqRel) >= 16 {
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let (dd, busy) = (dd.clone(), busy.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-conn".into())
+                        .spawn(move || {
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                            let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+                            let resp = match http::read_request(&s) {
+                                Ok(r) if r.method == "GET" && r.path == "/metrics" => {
+                                    let mut g = match dd.lock() {
+                                        Ok(g) => g,
+                                        Err(p) => p.into_inner(),
+                                    };
+                                    Response::text(200, metrics(&g.status()))
+                                }
+                                Ok(_) => Response::text(404, "only GET /metrics here\n"),
+                                Err(e) => Response::text(400, format!("bad request: {e}\n")),
                             };
-                            Response::text(200, metrics(&g.status()))
-                        }
-                        Ok(_) => Response::text(404, "only GET /metrics here\n"),
-                        Err(e) => Response::text(400, format!("bad request: {e}\n")),
-                    };
-                    let _ = http::write_response(&s, &resp);
+                            let _ = http::write_response(&s, &resp);
+                            busy.fetch_sub(1, Ordering::AcqRel);
+                        });
                 }
             })
             .map_err(|e| e.to_string())?;

@@ -230,7 +230,7 @@ impl Managed {
 
     /// Applies `d` whole, or returns why not with the previous configuration running.
     pub fn apply(&mut self, d: SwitchDesired) -> Result<(), String> {
-        if d == self.desired && self.generation > 0 {
+        if d == self.desired && self.generation > 0 && self.switch.is_some() {
             return Ok(());
         }
         let parsed = parse(&d)?;

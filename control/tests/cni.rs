@@ -243,6 +243,37 @@ fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
         "{neigh}"
     );
 
+    // The switch dies: the daemon starts it again, and the pods' new taps get their
+    // MACs, addresses and routes again, so the pods reach each other as before.
+    let status = || -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+            .args(["status", "--json", "--api", &api])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let old = status()["switch"]["pid"].as_i64().unwrap();
+    // SAFETY: kill(2) on the switch this test's daemon started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    while status()["switch"]["pid"].as_i64() == Some(old)
+        || !status()["switch"]["running"].as_bool().unwrap_or(false)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the switch was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ping_ok(&ns[0], &addrs[1]),
+        "net-a to net-a after a switch restart"
+    );
+    assert!(
+        ping_ok(&ns[0], &addrs[2]),
+        "across the router after a switch restart"
+    );
+
     // A vhost-user attachment for a userspace (DPDK, virtio-user) pod on net-a: the
     // result names the socket; a virtio-user frontend on it asks for pod c0's MAC by ARP,
     // from the attachment's MAC and address (port security), and c0's kernel answers.

@@ -28,8 +28,17 @@ use kube::{Api, Client, CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// The finalizer that makes a deletion wait for the node.
+/// The finalizer that makes a deletion wait for the node; with a node name each node
+/// has its own (`vnfhost.io/network-NODE`), so a deletion waits for every node.
 pub const FINALIZER: &str = "vnfhost.io/network";
+
+/// The finalizer of `node`.
+pub fn finalizer_of(node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("{FINALIZER}-{n}"),
+        None => FINALIZER.to_string(),
+    }
+}
 
 /// A tenant network, as `kubectl` sees it.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -95,6 +104,8 @@ pub struct Ctx {
     pub client: Client,
     /// The daemon's socket.
     pub api: PathBuf,
+    /// This node's finalizer ([`finalizer_of`]).
+    pub finalizer: String,
 }
 
 /// Reconcile failures (they are retried with back-off).
@@ -323,7 +334,7 @@ async fn cleanup(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
 /// Reconciles one `Network`.
 pub async fn reconcile(n: Arc<Network>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<Network> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, n, |event| async {
+    finalizer(&api, &ctx.finalizer, n, |event| async {
         match event {
             Event::Apply(n) => apply(n, &ctx).await,
             Event::Cleanup(n) => cleanup(n, &ctx).await,

@@ -54,11 +54,12 @@ fn main() {
             Err(e) => fail(&format!("kubernetes client (KUBECONFIG?): {e}")),
         };
         tracing::info!("controller: Networks into the daemon at {}", api.display());
-        let pods = vnfhost_k8s::watch_pods(client.clone(), api.clone(), node);
         let ctx = Arc::new(Ctx {
             client: client.clone(),
-            api,
+            api: api.clone(),
+            finalizer: vnfhost_k8s::finalizer_of(node.as_deref()),
         });
+        let pods = vnfhost_k8s::watch_pods(client.clone(), api, node);
         let networks = Controller::new(Api::<Network>::all(client), watcher::Config::default())
             .shutdown_on_signal()
             .run(reconcile, error_policy, ctx)

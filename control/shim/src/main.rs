@@ -128,32 +128,47 @@ fn daemon(method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, serde_j
     ))
 }
 
+/// The VM's port.
+type VmPort = (String, String, String, Option<String>);
+
 /// A vhost-user port for the VM on the network of the sandbox's CNI attachment:
-/// `(socket, mac, address, gateway)`.
-fn vm_port(sandbox: &str, ifname: &str) -> Option<(String, String, String, Option<String>)> {
-    let (_, list) = daemon("GET", "/v1/attachments", None)?;
-    let network = list
-        .as_array()?
-        .iter()
-        .find(|a| a["container"] == sandbox && a["request"]["kind"] == "tap")?["request"]
-        ["network"]
-        .as_str()?
-        .to_string();
+/// `(socket, mac, address, gateway)`; `None` when the pod has no vnfhost network (a
+/// host-network pod, or another CNI plugin); an error when the daemon cannot make it.
+fn vm_port(sandbox: &str, ifname: &str) -> Result<Option<VmPort>, String> {
+    let (st, list) =
+        daemon("GET", "/v1/attachments", None).ok_or("the vnfhost daemon cannot be reached")?;
+    if st != 200 {
+        return Err(format!("the vnfhost daemon answered {st}"));
+    }
+    let Some(network) = list.as_array().and_then(|l| {
+        l.iter()
+            .find(|a| a["container"] == sandbox && a["request"]["kind"] == "tap")
+            .and_then(|a| a["request"]["network"].as_str())
+            .map(String::from)
+    }) else {
+        return Ok(None);
+    };
     let body = serde_json::json!({ "network": network, "kind": "vhost-user" }).to_string();
     let (st, a) = daemon(
         "PUT",
         &format!("/v1/attachments/{sandbox}/{ifname}"),
         Some(body.as_bytes()),
-    )?;
+    )
+    .ok_or("the vnfhost daemon cannot be reached")?;
     if st != 200 {
-        return None;
+        return Err(format!("a port for the pod VM: {}", a["error"]));
     }
-    Some((
-        a["socket"].as_str()?.to_string(),
-        a["mac"].as_str()?.to_string(),
-        a["address"].as_str()?.to_string(),
+    let field = |k: &str| {
+        a[k].as_str()
+            .map(String::from)
+            .ok_or(format!("reply without {k}"))
+    };
+    Ok(Some((
+        field("socket")?,
+        field("mac")?,
+        field("address")?,
         a["gateway"].as_str().map(String::from),
-    ))
+    )))
 }
 
 impl Service {
@@ -208,7 +223,10 @@ impl Service {
             .arg(&image.kernel)
             .arg("--initrd")
             .arg(&image.initrd);
-        let port = vm_port(sandbox, "vm0");
+        let port = vm_port(sandbox, "vm0")?;
+        if port.is_none() {
+            eprintln!("vnfhost shim: sandbox {sandbox} has no vnfhost network; its VM has no NIC");
+        }
         if let Some((sock, mac, addr, gw)) = &port {
             cmd.arg("--net")
                 .arg(format!("vhost-user={sock},client,mac={mac}"));
@@ -245,10 +263,11 @@ impl Service {
                 me.console_line(line.trim_end_matches('\r'));
             }
             let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
+            // Marked ended before anything slow: its pid is reaped and may be reused.
+            me.vm_ended(code);
             if port.is_some() {
                 let _ = daemon("DELETE", &format!("/v1/attachments/{sandbox}/vm0"), None);
             }
-            me.vm_ended(code);
         });
         Ok(pid)
     }
@@ -565,6 +584,16 @@ impl shim::Task for Service {
             .tasks
             .remove(&req.id)
             .ok_or_else(|| err(format!("no task {}", req.id)))?;
+        if t.sandbox {
+            if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
+                // SAFETY: kill(2) on the VM this shim started and has not seen end
+                // (`dead` is set as soon as it is reaped).
+                unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+            }
+        }
+        drop(st);
+        // A Wait on the deleted task must not hang.
+        self.state.1.notify_all();
         Ok(api::DeleteResponse {
             pid: t.pid,
             exit_status: t.exit_status,
