@@ -94,7 +94,7 @@ pub struct ProcRec {
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut f = rest.split(' ');
     let state = f.next()?;
     if state == "Z" || state == "X" {
