@@ -247,6 +247,17 @@ fn networks_are_reconciled_into_the_daemon() {
         Command::new(&vnfhost).args(["daemon", "--run-dir", run_dir.to_str().unwrap()]),
         &d.join("daemon.log"),
     );
+    // Whatever happens below, the switch the daemon starts (a polling process of its
+    // own) is brought down before the daemon goes: a failed test leaves nothing running.
+    struct Down(PathBuf, PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0)
+                .args(["down", "--api", self.1.to_str().unwrap_or_default()])
+                .output();
+        }
+    }
+    let _down = Down(vnfhost.clone(), api.clone());
     wait(
         "daemon socket",
         Duration::from_secs(10),
@@ -515,7 +526,7 @@ fn networks_are_reconciled_into_the_daemon() {
         log.contains("WARN") || log.contains("ERROR"),
         "no word about the lost API server:\n{log}"
     );
-    let _ = run(Command::new(&vnfhost).args(["down", "--api", api.to_str().unwrap()]));
+    drop(_down);
     drop(_daemon);
     let _ = std::fs::remove_dir_all(&d);
 }
