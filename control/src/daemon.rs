@@ -544,6 +544,8 @@ impl Daemon {
                 problems: vec![],
             });
         }
+        // A stale port (its pod's namespace gone) would make the switch refuse it all.
+        self.prune_attachments();
         let saved = self.st.clone();
         let mut undo = Vec::new();
         let mut changes = Vec::new();
