@@ -134,7 +134,8 @@ pub struct SwitchArgs {
     pub control: Option<std::path::PathBuf>,
 }
 
-fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+/// The value of option `flag`, as UTF-8.
+pub(crate) fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
     p.value()
         .map_err(|e| format!("{flag}: {e}"))?
         .into_string()

@@ -5,15 +5,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cli::value;
 use crate::daemon::{self, ApplyReply, ApplyRequest, DaemonArgs, Refusal, Status};
 use crate::http;
-
-fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
-    p.value()
-        .map_err(|e| format!("{flag}: {e}"))?
-        .into_string()
-        .map_err(|v| format!("{flag}: {v:?} is not UTF-8"))
-}
 
 /// Parses `vnfhost daemon` options.
 pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
