@@ -9,8 +9,10 @@
 //! - [`virtio_user`]: the virtio-user frontend port (the VM side, for tests and the
 //!   traffic generator);
 //! - [`tap`]: a kernel tap interface as a port;
-//! - [`sched`]: polling threads pinned to cores, with idle back-off.
+//! - [`sched`]: polling threads pinned to cores, with idle back-off;
+//! - [`hint`]: cache prefetch hints for the fast path.
 pub mod frame;
+pub mod hint;
 pub mod mem;
 pub mod pool;
 pub mod port;

@@ -84,9 +84,39 @@ impl RxBatch {
         let n = (len as usize).min(HEAD_SNAPSHOT);
         // SAFETY: the caller guarantees len readable bytes at ptr; n <= len and
         // n <= HEAD_SNAPSHOT, the size of the destination.
-        unsafe { std::ptr::copy_nonoverlapping(ptr, self.heads[self.len].as_mut_ptr(), n) };
+        unsafe { copy_head(ptr, self.heads[self.len].as_mut_ptr(), n) };
         self.frames[self.len] = (ptr, len);
         self.len += 1;
+    }
+
+    /// Appends a frame without copying its head yet, so that a port can walk a whole
+    /// burst of descriptors first (prefetching each frame's first lines) and copy the
+    /// heads afterwards, when the lines have arrived. [`snapshot_heads`](Self::snapshot_heads)
+    /// must run before the batch is read: until then [`head`](Self::head) of this frame
+    /// returns stale bytes (never anything out of bounds).
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    #[inline]
+    pub unsafe fn push_deferred(&mut self, ptr: *const u8, len: u32) {
+        debug_assert!(self.len < BURST);
+        crate::hint::prefetch(ptr);
+        crate::hint::prefetch(ptr.wrapping_add(HEAD_SNAPSHOT - 1));
+        self.frames[self.len] = (ptr, len);
+        self.len += 1;
+    }
+
+    /// Copies aside the heads of frames `from..len()` pushed with
+    /// [`push_deferred`](Self::push_deferred).
+    #[inline]
+    pub fn snapshot_heads(&mut self, from: usize) {
+        for i in from..self.len {
+            let (p, l) = self.frames[i];
+            let n = (l as usize).min(HEAD_SNAPSHOT);
+            // SAFETY: `push_deferred`'s contract keeps `l` bytes at `p` readable until
+            // `clear`; n <= l and n <= HEAD_SNAPSHOT, the size of the destination.
+            unsafe { copy_head(p, self.heads[i].as_mut_ptr(), n) };
+        }
     }
 
     /// Length of frame `i`.
@@ -136,6 +166,41 @@ impl RxBatch {
     #[inline]
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+/// Copies `n <= HEAD_SNAPSHOT` bytes without a call into libc for the common sizes:
+/// two overlapping 32-, 16- or 8-byte moves, which is what `memcpy` would do after a
+/// call and a dispatch on the size.
+///
+/// # Safety
+/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 64`.
+#[inline(always)]
+pub(crate) unsafe fn copy_head(src: *const u8, dst: *mut u8, n: usize) {
+    debug_assert!(n <= HEAD_SNAPSHOT);
+    // SAFETY: every read and write below stays within the first `n` bytes of `src`
+    // and `dst` (the second move of each pair starts at `n - 32`, `n - 16` or `n - 8`,
+    // which the arm's guard keeps non-negative), which the caller guarantees; unaligned
+    // reads and writes of byte arrays are valid at any address.
+    unsafe {
+        if n >= 32 {
+            let a = src.cast::<[u8; 32]>().read_unaligned();
+            let b = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
+            dst.cast::<[u8; 32]>().write_unaligned(a);
+            dst.add(n - 32).cast::<[u8; 32]>().write_unaligned(b);
+        } else if n >= 16 {
+            let a = src.cast::<[u8; 16]>().read_unaligned();
+            let b = src.add(n - 16).cast::<[u8; 16]>().read_unaligned();
+            dst.cast::<[u8; 16]>().write_unaligned(a);
+            dst.add(n - 16).cast::<[u8; 16]>().write_unaligned(b);
+        } else if n >= 8 {
+            let a = src.cast::<[u8; 8]>().read_unaligned();
+            let b = src.add(n - 8).cast::<[u8; 8]>().read_unaligned();
+            dst.cast::<[u8; 8]>().write_unaligned(a);
+            dst.add(n - 8).cast::<[u8; 8]>().write_unaligned(b);
+        } else {
+            std::ptr::copy_nonoverlapping(src, dst, n);
+        }
     }
 }
 
@@ -429,6 +494,42 @@ mod tests {
         let cut = frame.len().min(HEAD_SNAPSHOT);
         let (p, n) = edited_pieces(&frame[..cut], &frame[cut..], e, &mut tag);
         p[..n].concat()
+    }
+
+    #[test]
+    fn copy_head_copies_exactly_n_bytes_for_every_length() {
+        let src: Vec<u8> = (1..=80).collect();
+        for n in 0..=HEAD_SNAPSHOT {
+            let mut dst = [0u8; 80];
+            // SAFETY: both buffers hold 80 >= n bytes and do not overlap.
+            unsafe { copy_head(src.as_ptr(), dst.as_mut_ptr(), n) };
+            assert_eq!(&dst[..n], &src[..n], "n = {n}");
+            assert!(
+                dst[n..].iter().all(|&b| b == 0),
+                "n = {n}: wrote past the end"
+            );
+        }
+    }
+
+    #[test]
+    fn deferred_heads_match_eager_ones() {
+        let frames: Vec<Vec<u8>> = [14usize, 60, 64, 65, 1514]
+            .iter()
+            .map(|&l| (0..l).map(|x| (x * 7) as u8).collect())
+            .collect();
+        let (mut eager, mut late) = (RxBatch::default(), RxBatch::default());
+        for f in &frames {
+            // SAFETY: `frames` outlives both batches' use below.
+            unsafe {
+                eager.push(f.as_ptr(), f.len() as u32);
+                late.push_deferred(f.as_ptr(), f.len() as u32);
+            }
+        }
+        late.snapshot_heads(0);
+        for i in 0..frames.len() {
+            assert_eq!(late.head(i), eager.head(i));
+            assert_eq!(late.parts(i), eager.parts(i));
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ use std::time::Duration;
 use crate::mem::{GuestMemory, GuestRegion};
 use crate::pool::{BufPool, MAX_FRAME};
 use crate::port::{
-    edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+    copy_head, edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel,
+    BURST, HEAD_SNAPSHOT,
 };
 use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
@@ -899,6 +900,116 @@ fn gather(chain: &Chain, skip: usize, out: &mut [u8]) -> usize {
     n
 }
 
+impl VhostUserPort {
+    /// Transmits one frame (`pieces`: virtio-net header, then the frame as edited)
+    /// into as many receive chains as it needs, walking each. Returns the used
+    /// elements written and whether the frame was sent; a frame that finds no buffer,
+    /// or too small ones, is counted as dropped and gives its chains back.
+    fn tx_general(
+        &self,
+        ring: &mut DeviceRing,
+        chain: &mut Chain,
+        pieces: &[&[u8]],
+        mrg: bool,
+        ctr: &QueueCounters,
+    ) -> (u16, bool) {
+        let np = pieces.len();
+        let hdr_len = pieces.first().map_or(0, |h| h.len());
+        let mut pi = 0usize;
+        let mut poff = 0usize;
+        let mut nbufs: u16 = 0;
+        let mut first: Option<(*mut u8, u32)> = None;
+        let mut fheads = [0u16; 64];
+        while pi < np {
+            let head = match ring.pop(true, chain) {
+                None => {
+                    // Out of guest buffers: give back what this frame took.
+                    ring.unpop(nbufs);
+                    ring.unpush_used(nbufs);
+                    ctr.drop_n(PortDrop::NoRxBuffer, 1);
+                    return (0, false);
+                }
+                Some(Ok(h)) => h,
+                Some(Err((h, e))) => {
+                    // Return the bad chain, and the ones this frame already filled, with
+                    // length 0: the guest drops them as errors.
+                    ring.unpush_used(nbufs);
+                    for &fh in &fheads[..usize::from(nbufs)] {
+                        ring.push_used(fh, 0);
+                    }
+                    let mut pushed = nbufs;
+                    if h < ring.size() {
+                        ring.push_used(h, 0);
+                        pushed += 1;
+                    }
+                    ctr.drop_n(e.into(), 1);
+                    if let Some(sup) = self.shared.log.check() {
+                        tracing::warn!(
+                            "port {}: bad receive chain {h}: {} ({sup} suppressed)",
+                            self.shared.name,
+                            e.as_str()
+                        );
+                    }
+                    return (pushed, false);
+                }
+            };
+            if first.is_none() {
+                match chain.segs().first().copied() {
+                    Some((p, l)) if l as usize >= hdr_len => first = Some((p, l)),
+                    _ => {
+                        ring.unpop(1 + nbufs);
+                        ring.unpush_used(nbufs);
+                        ctr.drop_n(PortDrop::FrameTooBig, 1);
+                        return (0, false);
+                    }
+                }
+            }
+            let mut written = 0u32;
+            for &(p, l) in chain.segs() {
+                let mut soff = 0usize;
+                while soff < l as usize && pi < np {
+                    let piece = pieces[pi];
+                    let n = (l as usize - soff).min(piece.len() - poff);
+                    // SAFETY: the segment is a checked, device-writable guest buffer of
+                    // `l` bytes; `soff + n <= l` and `poff + n <= piece.len()`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(piece.as_ptr().add(poff), p.add(soff), n)
+                    };
+                    soff += n;
+                    poff += n;
+                    written += n as u32;
+                    if poff == piece.len() {
+                        pi += 1;
+                        poff = 0;
+                    }
+                }
+                if pi == np {
+                    break;
+                }
+            }
+            ring.push_used(head, written);
+            fheads[usize::from(nbufs)] = head;
+            nbufs += 1;
+            if pi < np && (!mrg || nbufs == 64) {
+                ring.unpop(nbufs);
+                ring.unpush_used(nbufs);
+                ctr.drop_n(PortDrop::FrameTooBig, 1);
+                return (0, false);
+            }
+        }
+        if nbufs > 1 {
+            if let Some((p, _)) = first {
+                // SAFETY: the first buffer holds at least the 12-byte header (checked
+                // above); num_buffers sits at bytes 10..12, only with MRG_RXBUF.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(nbufs.to_le_bytes().as_ptr(), p.add(10), 2)
+                };
+            }
+        }
+        (nbufs, true)
+    }
+}
+
 impl Port for VhostUserPort {
     fn name(&self) -> &str {
         &self.shared.name
@@ -932,6 +1043,9 @@ impl Port for VhostUserPort {
         let mut nheads = 0usize;
         let mut bytes = 0u64;
         batch.clear();
+        ring.prefetch_heads(BURST as u16);
+        let ready = ring.pending().min(BURST as u16);
+        ring.prefetch_used(ready);
         // At most 2 × BURST chains per call, so bad chains cannot keep us here.
         let mut pops = 0;
         while !batch.is_full() && pops < heads.len() {
@@ -972,23 +1086,25 @@ impl Port for VhostUserPort {
             if u64::from(l0) >= total {
                 // SAFETY: p0..p0+l0 is a checked guest buffer that stays mapped while we
                 // hold the queue (the batch is cleared before we give the queue back).
-                unsafe { batch.push(p0.add(hdr), len as u32) };
+                unsafe { batch.push_deferred(p0.add(hdr), len as u32) };
             } else if l0 as usize == hdr && segs.len() == 2 {
                 let (p1, l1) = segs[1];
                 // SAFETY: as above, for the second buffer of the chain.
-                unsafe { batch.push(p1, l1) };
+                unsafe { batch.push_deferred(p1, l1) };
             } else {
                 let slot = batch.len() as u32;
                 let buf = pool.buf(slot);
                 let n = gather(&vq.chain, hdr, &mut buf[..len as usize]);
                 // SAFETY: the gather buffer `slot` is ours and is not reused before the
                 // batch is cleared (each batch index owns gather buffer of its index).
-                unsafe { batch.push(pool.buf_ptr(slot), n as u32) };
+                unsafe { batch.push_deferred(pool.buf_ptr(slot), n as u32) };
             }
             bytes += len;
         }
         let n = batch.len();
         if n > 0 {
+            // The frames' first lines were requested during the walk; copy the heads now.
+            batch.snapshot_heads(0);
             f(batch);
         }
         batch.clear();
@@ -1006,160 +1122,118 @@ impl Port for VhostUserPort {
         let qi = usize::from(q % self.shared.queue_pairs);
         let ctr = &self.shared.tx_ctr[qi];
         let mut g = self.shared.tx[qi].lock();
-        let vq = &mut *g;
-        let Some(ring) = vq.ring.as_mut() else {
+        let Vq {
+            ring,
+            hdr_len,
+            mrg_rxbuf,
+            chain,
+            ..
+        } = &mut *g;
+        let Some(ring) = ring.as_mut() else {
             ctr.drop_n(PortDrop::NotReady, sel.len() as u64);
             return 0;
         };
-        let hdr_len = vq.hdr_len;
-        let mrg = vq.mrg_rxbuf;
+        let (hdr_len, mrg) = (*hdr_len, *mrg_rxbuf);
         let mut sent = 0usize;
         let mut bytes = 0u64;
         let mut pushed = 0u16;
-        'frames: for s in sel {
-            // The switch decided on the head copy; transmit that copy, then the rest.
-            let (head, tail) = src.parts(usize::from(s.idx));
-            let flen = edited_len(head.len() + tail.len(), s.edit);
-            let mut hdr = [0u8; 12];
-            virtio::write_net_hdr(&mut hdr, 1);
-            // The pieces to copy: the virtio-net header, then the frame as edited.
-            let mut tag = [0u8; 4];
-            let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
-            let pieces: [&[u8]; 5] = [&hdr[..hdr_len], fp[0], fp[1], fp[2], fp[3]];
-            let np = 1 + fnp;
-            // Fast path: the next chain's first buffer holds header and frame (what
-            // Linux and DPDK post). Otherwise the chain goes back and the general walk
-            // below takes it again.
-            match ring.pop(true, &mut vq.chain) {
-                None => {
-                    ctr.drop_n(PortDrop::NoRxBuffer, 1);
-                    continue 'frames;
-                }
-                Some(Ok(head)) => {
-                    if let Some(&(p, l)) = vq.chain.segs().first() {
-                        if l as usize >= hdr_len + flen {
-                            let mut off = 0usize;
-                            for piece in &pieces[..np] {
-                                // SAFETY: p..p+l is a checked device-writable guest
-                                // buffer and the pieces add up to hdr_len + flen <= l.
-                                unsafe {
-                                    std::ptr::copy_nonoverlapping(
-                                        piece.as_ptr(),
-                                        p.add(off),
-                                        piece.len(),
-                                    )
-                                };
-                                off += piece.len();
-                            }
-                            ring.push_used(head, off as u32);
-                            pushed += 1;
-                            sent += 1;
-                            bytes += flen as u64;
-                            continue 'frames;
+        // Descriptors first, then the buffers they point to, taken for writing: the
+        // copies below then find their lines owned instead of each waiting in the store
+        // buffer for the guest's core to give its line up.
+        let want = sel.len().min(usize::from(u16::MAX)) as u16;
+        ring.prefetch_heads(want);
+        ring.prefetch_bufs(want, 2, true);
+        let ready = want.min(ring.pending());
+        ring.prefetch_used(ready);
+        let mut hdr = [0u8; 12];
+        virtio::write_net_hdr(&mut hdr, 1);
+        let hdr = &hdr[..hdr_len];
+        // In three passes over runs of frames that each fit the first buffer of their
+        // chain (what Linux and DPDK post): take the chains, copy the frames, write the
+        // used elements. The guest-memory stores then go out back to back and never
+        // hold up the descriptor walks behind them in the store buffer.
+        let mut taken = [(0u16, std::ptr::null_mut::<u8>()); BURST];
+        let mut i = 0;
+        while i < sel.len() {
+            let mut n = 0;
+            while n < BURST && i + n < sel.len() {
+                let s = sel[i + n];
+                let flen = edited_len(src.frame_len(usize::from(s.idx)), s.edit);
+                match ring.pop(true, chain) {
+                    None => break,
+                    Some(Ok(head)) => match chain.segs().first() {
+                        Some(&(p, l)) if l as usize >= hdr_len + flen => {
+                            taken[n] = (head, p);
+                            n += 1;
                         }
-                    }
-                    ring.unpop(1);
-                }
-                Some(Err(_)) => ring.unpop(1),
-            }
-            let mut pi = 0usize;
-            let mut poff = 0usize;
-            let mut nbufs: u16 = 0;
-            let mut first: Option<(*mut u8, u32)> = None;
-            let mut fheads = [0u16; 64];
-            while pi < np {
-                let head = match ring.pop(true, &mut vq.chain) {
-                    None => {
-                        // Out of guest buffers: give back what this frame took.
-                        ring.unpop(nbufs);
-                        ring.unpush_used(nbufs);
-                        ctr.drop_n(PortDrop::NoRxBuffer, 1);
-                        continue 'frames;
-                    }
-                    Some(Ok(h)) => h,
-                    Some(Err((h, e))) => {
-                        // Return the bad chain, and the ones this frame already
-                        // filled, with length 0: the guest drops them as errors.
-                        ring.unpush_used(nbufs);
-                        for &fh in &fheads[..usize::from(nbufs)] {
-                            ring.push_used(fh, 0);
-                        }
-                        if h < ring.size() {
-                            ring.push_used(h, 0);
-                            pushed += 1;
-                        }
-                        pushed += nbufs;
-                        ctr.drop_n(e.into(), 1);
-                        if let Some(sup) = self.shared.log.check() {
-                            tracing::warn!(
-                                "port {}: bad receive chain {h}: {} ({sup} suppressed)",
-                                self.shared.name,
-                                e.as_str()
-                            );
-                        }
-                        continue 'frames;
-                    }
-                };
-                if first.is_none() {
-                    let s0 = vq.chain.segs().first().copied();
-                    match s0 {
-                        Some((p, l)) if l as usize >= hdr_len => first = Some((p, l)),
                         _ => {
-                            ring.unpop(1 + nbufs);
-                            ring.unpush_used(nbufs);
-                            ctr.drop_n(PortDrop::FrameTooBig, 1);
-                            continue 'frames;
+                            ring.unpop(1);
+                            break;
                         }
-                    }
-                }
-                let mut written = 0u32;
-                for &(p, l) in vq.chain.segs() {
-                    let mut soff = 0usize;
-                    while soff < l as usize && pi < np {
-                        let piece = pieces[pi];
-                        let n = (l as usize - soff).min(piece.len() - poff);
-                        // SAFETY: the segment is a checked, device-writable guest buffer
-                        // of `l` bytes; `soff + n <= l` and `poff + n <= piece.len()`.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(piece.as_ptr().add(poff), p.add(soff), n)
-                        };
-                        soff += n;
-                        poff += n;
-                        written += n as u32;
-                        if poff == piece.len() {
-                            pi += 1;
-                            poff = 0;
-                        }
-                    }
-                    if pi == np {
+                    },
+                    Some(Err(_)) => {
+                        ring.unpop(1);
                         break;
                     }
                 }
-                ring.push_used(head, written);
-                fheads[usize::from(nbufs)] = head;
-                nbufs += 1;
-                if pi < np && (!mrg || nbufs == 64) {
-                    ring.unpop(nbufs);
-                    ring.unpush_used(nbufs);
-                    ctr.drop_n(PortDrop::FrameTooBig, 1);
-                    continue 'frames;
-                }
             }
-            if nbufs > 1 {
-                if let Some((p, _)) = first {
-                    // SAFETY: the first buffer holds at least the 12-byte header (checked
-                    // above); num_buffers sits at bytes 10..12, only with MRG_RXBUF.
+            let mut lens = [0u32; BURST];
+            for (k, (&(_, p), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
+                let s = sel[i + k];
+                // The switch decided on the head copy; transmit that copy, then the rest.
+                let (head, tail) = src.parts(usize::from(s.idx));
+                let mut tag = [0u8; 4];
+                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
+                let mut off = 0usize;
+                for piece in std::iter::once(hdr).chain(fp[..fnp].iter().copied()) {
+                    // SAFETY: p is the start of a checked device-writable guest buffer
+                    // of at least hdr_len + flen bytes (pass one), and the pieces add
+                    // up to hdr_len + flen. The virtio header and the head are private
+                    // copies; short pieces go through `copy_head`, which reads before
+                    // it writes.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(nbufs.to_le_bytes().as_ptr(), p.add(10), 2)
-                    };
+                        if piece.len() <= HEAD_SNAPSHOT {
+                            copy_head(piece.as_ptr(), p.add(off), piece.len());
+                        } else {
+                            std::ptr::copy_nonoverlapping(piece.as_ptr(), p.add(off), piece.len());
+                        }
+                    }
+                    off += piece.len();
                 }
+                *len = off as u32;
+                bytes += (off - hdr_len) as u64;
             }
-            pushed += nbufs;
-            sent += 1;
-            bytes += flen as u64;
+            for (&(head, _), &len) in taken[..n].iter().zip(lens.iter()) {
+                ring.push_used(head, len);
+            }
+            pushed += n as u16;
+            sent += n;
+            i += n;
+            if i < sel.len() {
+                // This frame needs the general walk (a chain of several buffers, merged
+                // buffers, a bad chain) or finds no buffer at all.
+                let s = sel[i];
+                let (head, tail) = src.parts(usize::from(s.idx));
+                let mut tag = [0u8; 4];
+                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
+                let pieces: [&[u8]; 5] = [hdr, fp[0], fp[1], fp[2], fp[3]];
+                let flen = edited_len(head.len() + tail.len(), s.edit);
+                let (p, ok) = self.tx_general(ring, chain, &pieces[..1 + fnp], mrg, ctr);
+                pushed += p;
+                if ok {
+                    sent += 1;
+                    bytes += flen as u64;
+                }
+                i += 1;
+            }
         }
-        if pushed > 0 && ring.publish() {
-            vq.signal();
+        let signal = pushed > 0 && ring.publish();
+        // Ask now for the buffers of the next burst: their lines then move over while
+        // the core polls and forwards, instead of while it copies.
+        ring.prefetch_heads(BURST as u16);
+        ring.prefetch_bufs(BURST as u16, 2, true);
+        if signal {
+            g.signal();
         }
         ctr.add(sent as u64, bytes);
         sent

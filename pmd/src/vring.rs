@@ -134,6 +134,8 @@ pub struct DeviceRing {
     used: *mut u8,
     last_avail: u16,
     avail_cache: u16,
+    /// Avail index up to which [`prefetch_bufs`](Self::prefetch_bufs) asked for buffers.
+    bufs_ahead: u16,
     used_idx: u16,
     signalled_used: u16,
     signalled_valid: bool,
@@ -224,6 +226,7 @@ impl DeviceRing {
             used,
             last_avail: base,
             avail_cache: base,
+            bufs_ahead: base,
             used_idx,
             signalled_used: used_idx,
             signalled_valid: false,
@@ -284,6 +287,76 @@ impl DeviceRing {
             return 0;
         }
         n
+    }
+
+    /// Asks the cache for the head descriptors of the next `n` available chains (at most
+    /// as many as are pending), so that the walks of a burst do not wait for them one
+    /// by one. Reads the avail entries (one or two cache lines per burst) and nothing
+    /// else; a head out of range is left for [`pop`](Self::pop) to refuse.
+    #[inline]
+    pub fn prefetch_heads(&mut self, n: u16) {
+        let n = n.min(self.pending());
+        for k in 0..n {
+            let slot = self.last_avail.wrapping_add(k) & (self.size - 1);
+            // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
+            let head = u16::from_le(unsafe {
+                std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>())
+            });
+            if head < self.size {
+                crate::hint::prefetch(self.desc.wrapping_add(16 * usize::from(head)));
+            }
+        }
+    }
+
+    /// Asks for the first `lines` cache lines of the first buffer of each of the next
+    /// `n` available chains, for writing when `write` (a receive ring, where the device
+    /// is about to copy frames in). Chains already asked for by an earlier call are
+    /// skipped, so a port can ask a burst ahead and again just before it uses them.
+    /// Reads avail entries and head descriptors, which
+    /// [`prefetch_heads`](Self::prefetch_heads) should have requested first; indirect
+    /// and untranslatable descriptors are skipped, and nothing is checked or changed:
+    /// [`pop`](Self::pop) still does all of that.
+    #[inline]
+    pub fn prefetch_bufs(&mut self, n: u16, lines: usize, write: bool) {
+        let cnt = n.min(self.pending());
+        let ahead = self.bufs_ahead.wrapping_sub(self.last_avail);
+        let start = if ahead > self.size {
+            // Stale (the ring was reset or the driver moved back): start afresh.
+            self.last_avail
+        } else if ahead >= cnt {
+            return;
+        } else {
+            self.bufs_ahead
+        };
+        let end = self.last_avail.wrapping_add(cnt);
+        let mut i = start;
+        while i != end {
+            let slot = i & (self.size - 1);
+            i = i.wrapping_add(1);
+            // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
+            let head = u16::from_le(unsafe {
+                std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>())
+            });
+            if head >= self.size {
+                continue;
+            }
+            let d = read_desc(self.desc, u32::from(head));
+            if d.flags & DESC_F_INDIRECT != 0 || d.len == 0 {
+                continue;
+            }
+            let span = (lines * 64).min(d.len as usize);
+            let Some(p) = self.mem.gpa_to_host(d.addr, span as u64) else {
+                continue;
+            };
+            for off in (0..span).step_by(64) {
+                if write {
+                    crate::hint::prefetch_write(p.wrapping_add(off));
+                } else {
+                    crate::hint::prefetch(p.wrapping_add(off));
+                }
+            }
+        }
+        self.bufs_ahead = end;
     }
 
     /// Takes the next available chain into `chain`. `None` when the ring is empty;
@@ -389,6 +462,24 @@ impl DeviceRing {
             std::ptr::write_volatile(e.add(1), len.to_le());
         }
         self.used_idx = self.used_idx.wrapping_add(1);
+    }
+
+    /// Takes the cache lines of the next `n` used elements for writing (the driver
+    /// read them last), so that [`push_used`](Self::push_used) stores do not stall.
+    #[inline]
+    pub fn prefetch_used(&self, n: u16) {
+        let n = n.min(self.size);
+        let mut k = 0u16;
+        while k < n {
+            let slot = usize::from(self.used_idx.wrapping_add(k) & (self.size - 1));
+            crate::hint::prefetch_write(self.used.wrapping_add(4 + 8 * slot));
+            // Eight elements per line (the first line also holds flags and idx).
+            k += 8;
+        }
+        if n > 0 {
+            let last = usize::from(self.used_idx.wrapping_add(n - 1) & (self.size - 1));
+            crate::hint::prefetch_write(self.used.wrapping_add(4 + 8 * last));
+        }
     }
 
     /// Withdraws the last `n` unpublished used elements.

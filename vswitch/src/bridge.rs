@@ -1175,6 +1175,10 @@ impl Bridge {
     /// decides on a private copy of the headers, and the port writes that same copy
     /// when it transmits, so a guest that rewrites its buffer after the decision (for
     /// instance a VLAN tag) cannot change what was decided.
+    // Always inlined into the polling loop: returned out of line, the verdict went
+    // through the stack with a partially overlapping reload, a store-forwarding stall
+    // that waited for every earlier store (guest ring writes included) to drain.
+    #[inline(always)]
     pub fn forward_head(
         &mut self,
         in_port: PortId,
@@ -1195,6 +1199,7 @@ impl Bridge {
         verdict
     }
 
+    #[inline(always)]
     fn decide(
         &mut self,
         in_port: PortId,
