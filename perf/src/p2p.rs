@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dut::{missing, DutConfig, DutKind, RunningDut};
-use hdrhistogram::Histogram;
+use latency_tests::NDR_FRACTIONS;
 
 use crate::gen::{GenConfig, Generator, Trial};
 use crate::ndr::{search, NdrConfig};
@@ -45,22 +45,7 @@ pub struct P2pConfig {
     pub rate: Option<f64>,
 }
 
-/// Latency percentiles of one fixed-rate trial, in microseconds.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Latency {
-    /// Offered rate as a fraction of NDR.
-    pub fraction: f64,
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Largest.
-    pub max: f64,
-    /// (fraction of frames, latency in µs) points of the CDF.
-    pub cdf: Vec<(f64, f64)>,
-}
+pub use latency_tests::Latency;
 
 /// NDR/PDR and latency of one sample.
 #[derive(Clone, Debug, Default)]
@@ -105,8 +90,8 @@ fn throughput_json(t: &Throughput) -> String {
         .iter()
         .map(|l| {
             format!(
-                "{{\"fraction\":{},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2}}}",
-                l.fraction, l.p50, l.p99, l.p999, l.max
+                "{{\"fraction\":{},\"samples\":{},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2}}}",
+                l.fraction, l.samples, l.p50, l.p99, l.p999, l.max
             )
         })
         .collect();
@@ -308,35 +293,9 @@ fn measure_throughput(
     };
     let ndr = search(g, max_rate, 0.0, n, &mut log);
     let pdr = search(g, max_rate, n.pdr_loss, n, &mut log);
-    let mut latency = Vec::new();
-    for fraction in [0.1, 0.5, 0.9] {
-        let Ok(mut h) = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3) else {
-            continue;
-        };
-        g.run_at(n.trial, Some((ndr * fraction).max(1000.0)), Some(&mut h));
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        let cdf = (0..=40)
-            .map(|k| {
-                // Denser towards the tail: 0, 0.25, ..., 0.9, 0.99, 0.999, 1.
-                let q = match k {
-                    0..=36 => k as f64 / 40.0,
-                    37 => 0.95,
-                    38 => 0.99,
-                    39 => 0.999,
-                    _ => 1.0,
-                };
-                (q, us(q))
-            })
-            .collect();
-        latency.push(Latency {
-            fraction,
-            p50: us(0.5),
-            p99: us(0.99),
-            p999: us(0.999),
-            max: h.max() as f64 / 1000.0,
-            cdf,
-        });
-    }
+    let latency = latency_tests::at_fractions_of_ndr(ndr, &NDR_FRACTIONS, |rate, h| {
+        g.run_at(n.trial, Some(rate), Some(h));
+    });
     progress(&format!(
         "      NDR {:.3} Mpps, PDR {:.3} Mpps",
         ndr / 1e6,
