@@ -869,6 +869,40 @@ struct Memo {
     learned: Option<(u16, EthernetAddress, u16, u64)>,
     /// (vid, destination, now) and the port the FDB answered.
     looked_up: Option<(u16, EthernetAddress, u64, Option<u16>)>,
+    /// The last unicast decision, for the frames of the burst that repeat it.
+    flow: Option<Flow>,
+}
+
+/// One remembered unicast decision: a frame from `in_port` at `now` whose first 14
+/// bytes (18 when it carries a tag) equal `key` is forwarded exactly like the frame
+/// that filled the entry, since everything the decision read is in those bytes or in
+/// bridge state that has not changed (any change forgets the memo). Kept only for
+/// ports without port security and while no port has a security group, whose checks
+/// read further into the frame.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    in_port: u16,
+    now: u64,
+    /// Bytes 0..8 and 6..14 (destination, source, EtherType), and 14..18 when tagged.
+    key: (u64, u64, Option<u32>),
+    vid: u16,
+    src: EthernetAddress,
+    out: PortId,
+    edit: VlanEdit,
+}
+
+/// [`Flow::key`] of a frame, or `None` when it is too short to have one.
+#[inline(always)]
+fn flow_key(frame: &[u8]) -> Option<(u64, u64, Option<u32>)> {
+    let a = u64::from_ne_bytes(frame.get(0..8)?.try_into().ok()?);
+    let b = u64::from_ne_bytes(frame.get(6..14)?.try_into().ok()?);
+    let tagged = matches!(frame.get(12..14), Some([0x81, 0x00] | [0x88, 0xa8]));
+    let c = if tagged {
+        Some(u32::from_ne_bytes(frame.get(14..18)?.try_into().ok()?))
+    } else {
+        None
+    };
+    Some((a, b, c))
 }
 
 impl Bridge {
@@ -1020,6 +1054,7 @@ impl Bridge {
     /// usual and also come back as [`Forwarded::Routed`] (IPv6 neighbour solicitations).
     pub fn set_router_groups(&mut self, groups: Vec<(Vid, EthernetAddress)>) {
         self.router_groups = groups.into_iter().map(|(v, m)| (v.get(), m)).collect();
+        self.memo = Memo::default();
     }
 
     /// Sends a frame the router rewrote, or generated, on VLAN `vid`: to the port its
@@ -1086,6 +1121,7 @@ impl Bridge {
         filter: Option<IngressFilter>,
     ) -> Result<(), BridgeError> {
         self.port_mut(port)?.filter = filter;
+        self.memo = Memo::default();
         self.filtered_ports = self
             .ports
             .iter()
@@ -1135,6 +1171,8 @@ impl Bridge {
 
     /// Rewrites bit `port` of every VLAN row from the port's current state.
     fn refresh_membership(&mut self, port: PortId) {
+        // Remembered decisions read membership and egress tagging.
+        self.memo = Memo::default();
         let p = usize::from(port.0);
         let (w, bit) = (p / 64, 1u64 << (p % 64));
         let state = self.ports.get(p).and_then(Option::as_ref);
@@ -1218,6 +1256,27 @@ impl Bridge {
         }
         port.counters.rx_frames += 1;
         port.counters.rx_bytes += len as u64;
+        let key = flow_key(frame);
+        if let Some(f) = self.memo.flow {
+            if f.in_port == in_port.0 && f.now == now && key == Some(f.key) {
+                // Learning stays exact: a learn that changes the table forgets the flow,
+                // and the frame then takes the full path below.
+                self.learn_memo(f.vid, f.src, in_port.0, now);
+                if self.memo.flow.is_some() {
+                    if !self.emit(f.out, f.edit, len, out) {
+                        return Err(DropReason::SecurityGroup);
+                    }
+                    return Ok(Forwarded::Unicast(f.out));
+                }
+            }
+        }
+        let Some(port) = self
+            .ports
+            .get(usize::from(in_port.0))
+            .and_then(Option::as_ref)
+        else {
+            return Err(DropReason::UnknownPort);
+        };
 
         let ingress = parse(frame)?;
         if ingress.src.is_multicast() || ingress.src.is_zero() {
@@ -1228,6 +1287,7 @@ impl Bridge {
         }
         let vid = classify(&port.mode, ingress.tag)?;
         let tagged = ingress.tag.is_some();
+        let secured = port.security.is_some();
         if let Some(sec) = &port.security {
             // Before learning: a spoofed source must not move anyone's FDB entry.
             sec.check(ingress.src, frame, if tagged { 18 } else { 14 })?;
@@ -1264,6 +1324,17 @@ impl Bridge {
                     let edit = edit_for(tagged, untagged, vid);
                     if !self.emit(PortId(p), edit, len, out) {
                         return Err(DropReason::SecurityGroup);
+                    }
+                    if let Some(key) = key.filter(|_| !secured && self.filtered_ports == 0) {
+                        self.memo.flow = Some(Flow {
+                            in_port: in_port.0,
+                            now,
+                            key,
+                            vid: vid.get(),
+                            src: ingress.src,
+                            out: PortId(p),
+                            edit,
+                        });
                     }
                     return Ok(Forwarded::Unicast(PortId(p)));
                 }
@@ -1328,6 +1399,7 @@ impl Bridge {
 
     /// Sends one copy, unless the port's security group refuses it (counted); returns
     /// whether it was sent.
+    #[inline(always)]
     fn emit(
         &mut self,
         port: PortId,

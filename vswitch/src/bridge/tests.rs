@@ -1001,3 +1001,83 @@ fn security_groups_filter_what_a_port_is_sent() {
             .is_ok()
     );
 }
+
+#[test]
+fn remembered_unicast_never_skips_port_security() {
+    let mut b = bridge_with(&[(0, access(10)), (1, access(10))]);
+    let (me, peer) = (mac(1), mac(2));
+    b.set_port_security(
+        PortId(0),
+        Some(PortSecurity {
+            mac: me,
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        }),
+    )
+    .unwrap();
+    let _ = send(&mut b, 1, &untagged(BCAST, peer), 0);
+    let mut good = ipv4_from(me, [10, 0, 0, 1]);
+    good[..6].copy_from_slice(peer.as_bytes());
+    for _ in 0..3 {
+        assert_eq!(
+            send(&mut b, 0, &good, 7).0,
+            Ok(Forwarded::Unicast(PortId(1)))
+        );
+    }
+    // Same MACs, same burst, another source address: the IP check still runs.
+    let mut spoofed = good.clone();
+    spoofed[14 + 15] = 2;
+    assert_eq!(
+        send(&mut b, 0, &spoofed, 7),
+        (Err(DropReason::SpoofedIp), vec![])
+    );
+}
+
+#[test]
+fn remembered_unicast_follows_tags_and_configuration_within_a_burst() {
+    let mut b = bridge_with(&[
+        (0, trunk(&[10, 20], None)),
+        (1, access(10)),
+        (2, access(20)),
+    ]);
+    // mac(5) lives on port 1 in VLAN 10 and on port 2 in VLAN 20.
+    let _ = send(&mut b, 1, &untagged(BCAST, mac(5)), 0);
+    let _ = send(&mut b, 2, &untagged(BCAST, mac(5)), 0);
+    let to10 = tagged(mac(5), mac(1), Tci::new(0, false, 10));
+    let to20 = tagged(mac(5), mac(1), Tci::new(0, false, 20));
+    for _ in 0..2 {
+        assert_eq!(
+            send(&mut b, 0, &to10, 1),
+            (Ok(Forwarded::Unicast(PortId(1))), vec![(1, VlanEdit::Pop)])
+        );
+    }
+    // The same MACs under another tag is another decision.
+    assert_eq!(
+        send(&mut b, 0, &to20, 1),
+        (Ok(Forwarded::Unicast(PortId(2))), vec![(2, VlanEdit::Pop)])
+    );
+    // A frame from another port with the same bytes is decided afresh (and hairpins).
+    assert_eq!(
+        send(&mut b, 2, &untagged(mac(5), mac(1)), 1).0,
+        Err(DropReason::SamePort)
+    );
+    // Moving port 1 to VLAN 20 within the same burst: VLAN 10 frames no longer reach it.
+    assert_eq!(
+        send(&mut b, 0, &to10, 1).0,
+        Ok(Forwarded::Unicast(PortId(1)))
+    );
+    b.set_vlan_mode(PortId(1), access(20)).unwrap();
+    assert_eq!(
+        send(&mut b, 0, &to10, 1),
+        (Err(DropReason::NoEgress), vec![])
+    );
+    // Taking port 2 down within the same burst: its frames stop too.
+    assert_eq!(
+        send(&mut b, 0, &to20, 1).0,
+        Ok(Forwarded::Unicast(PortId(2)))
+    );
+    b.set_link(PortId(2), false).unwrap();
+    let (_, sent) = send(&mut b, 0, &to20, 1);
+    assert!(sent.iter().all(|s| s.0 != 2), "{sent:?}");
+    // Every frame was counted, remembered or not.
+    assert_eq!(b.port(PortId(0)).unwrap().counters().rx_frames, 7);
+}
