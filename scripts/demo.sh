@@ -56,7 +56,9 @@ echo "--- vnfhost status"
 $vnfhost status --api "$api"
 if [ $ok = 1 ]; then
     echo "demo: ok, pod-b reached pod-a across the router"
-    [ $keep = 1 ] && echo "demo: still running; vnfhost status --watch, then vnfhost down"
+    if [ $keep = 1 ]; then
+        echo "demo: still running; vnfhost status --watch, then vnfhost down"
+    fi
 else
     echo "demo: FAILED, see $run (daemon.log, pods/*/console.log, switch.log)"
     exit 1
