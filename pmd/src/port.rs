@@ -106,11 +106,12 @@ impl RxBatch {
         self.len += 1;
     }
 
-    /// Copies aside the heads of frames `from..len()` pushed with
-    /// [`push_deferred`](Self::push_deferred).
+    /// Copies aside the heads of the frames pushed with
+    /// [`push_deferred`](Self::push_deferred) (and again those pushed with `push`,
+    /// which is harmless).
     #[inline]
-    pub fn snapshot_heads(&mut self, from: usize) {
-        for i in from..self.len {
+    pub fn snapshot_heads(&mut self) {
+        for i in 0..self.len {
             let (p, l) = self.frames[i];
             let n = (l as usize).min(HEAD_SNAPSHOT);
             // SAFETY: `push_deferred`'s contract keeps `l` bytes at `p` readable until
@@ -525,7 +526,7 @@ mod tests {
                 late.push_deferred(f.as_ptr(), f.len() as u32);
             }
         }
-        late.snapshot_heads(0);
+        late.snapshot_heads();
         for i in 0..frames.len() {
             assert_eq!(late.head(i), eager.head(i));
             assert_eq!(late.parts(i), eager.parts(i));

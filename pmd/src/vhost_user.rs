@@ -41,7 +41,7 @@ use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
 use crate::vhost_proto as proto;
 use crate::virtio::{self, net_hdr_len};
-use crate::vring::{Chain, DeviceRing, RingAddrs};
+use crate::vring::{Chain, ChainError, DeviceRing, RingAddrs};
 
 /// Who creates the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -901,6 +901,18 @@ fn gather(chain: &Chain, skip: usize, out: &mut [u8]) -> usize {
 }
 
 impl VhostUserPort {
+    /// Logs a chain the guest got wrong, rate-limited (the guest is not trusted, and a
+    /// log line per bad chain would let it flood the journal).
+    fn warn_bad_chain(&self, ring: &str, head: u16, e: ChainError) {
+        if let Some(sup) = self.shared.log.check() {
+            tracing::warn!(
+                "port {}: bad {ring} chain {head}: {} ({sup} suppressed)",
+                self.shared.name,
+                e.as_str()
+            );
+        }
+    }
+
     /// Transmits one frame (`pieces`: virtio-net header, then the frame as edited)
     /// into as many receive chains as it needs, walking each. Returns the used
     /// elements written and whether the frame was sent; a frame that finds no buffer,
@@ -943,13 +955,7 @@ impl VhostUserPort {
                         pushed += 1;
                     }
                     ctr.drop_n(e.into(), 1);
-                    if let Some(sup) = self.shared.log.check() {
-                        tracing::warn!(
-                            "port {}: bad receive chain {h}: {} ({sup} suppressed)",
-                            self.shared.name,
-                            e.as_str()
-                        );
-                    }
+                    self.warn_bad_chain("receive", h, e);
                     return (pushed, false);
                 }
             };
@@ -1059,13 +1065,7 @@ impl Port for VhostUserPort {
                         nheads += 1;
                     }
                     ctr.drop_n(e.into(), 1);
-                    if let Some(s) = self.shared.log.check() {
-                        tracing::warn!(
-                            "port {}: bad descriptor chain: {} ({s} suppressed)",
-                            self.shared.name,
-                            e.as_str()
-                        );
-                    }
+                    self.warn_bad_chain("transmit", h, e);
                     continue;
                 }
             };
@@ -1104,7 +1104,7 @@ impl Port for VhostUserPort {
         let n = batch.len();
         if n > 0 {
             // The frames' first lines were requested during the walk; copy the heads now.
-            batch.snapshot_heads(0);
+            batch.snapshot_heads();
             f(batch);
         }
         batch.clear();

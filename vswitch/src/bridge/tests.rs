@@ -839,6 +839,18 @@ fn arp_from(src: EthernetAddress, sha: EthernetAddress, spa: [u8; 4]) -> Vec<u8>
     f
 }
 
+/// Port security on `port`: only `mac` and `ip` may send.
+fn police(b: &mut Bridge, port: u16, mac: EthernetAddress, ip: &str) {
+    b.set_port_security(
+        PortId(port),
+        Some(PortSecurity {
+            mac,
+            ips: vec![ip.parse().unwrap()],
+        }),
+    )
+    .unwrap();
+}
+
 #[test]
 fn port_security_drops_spoofed_sources_before_learning() {
     let mut b = bridge_with(&[(0, access(10)), (1, access(10))]);
@@ -918,14 +930,7 @@ fn port_security_drops_spoofed_sources_before_learning() {
 fn port_security_reads_past_a_vlan_tag() {
     let mut b = bridge_with(&[(0, trunk(&[10], None)), (1, access(10))]);
     let me = mac(1);
-    b.set_port_security(
-        PortId(0),
-        Some(PortSecurity {
-            mac: me,
-            ips: vec!["10.0.0.1".parse().unwrap()],
-        }),
-    )
-    .unwrap();
+    police(&mut b, 0, me, "10.0.0.1");
     let mut f = frame(BCAST, me, &[(T, Tci::new(0, false, 10))], 46);
     f[18] = 0x45;
     f[18 + 12..18 + 16].copy_from_slice(&[10, 0, 0, 1]);
@@ -1006,14 +1011,7 @@ fn security_groups_filter_what_a_port_is_sent() {
 fn remembered_unicast_never_skips_port_security() {
     let mut b = bridge_with(&[(0, access(10)), (1, access(10))]);
     let (me, peer) = (mac(1), mac(2));
-    b.set_port_security(
-        PortId(0),
-        Some(PortSecurity {
-            mac: me,
-            ips: vec!["10.0.0.1".parse().unwrap()],
-        }),
-    )
-    .unwrap();
+    police(&mut b, 0, me, "10.0.0.1");
     let _ = send(&mut b, 1, &untagged(BCAST, peer), 0);
     let mut good = ipv4_from(me, [10, 0, 0, 1]);
     good[..6].copy_from_slice(peer.as_bytes());
