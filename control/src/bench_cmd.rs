@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use perf::dut::DutKind;
-use perf::p2p::{self, P2pConfig};
+use perf::p2p::{self, GenKind, P2pConfig};
 
 /// Parses `vnfhost bench p2p [options]`.
 pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
@@ -18,10 +18,12 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
     let mut cfg = P2pConfig {
+        generators: vec![GenKind::Dpdk, GenKind::Vnfhost],
+        packed: false,
         duts: DutKind::L2.to_vec(),
         frame_sizes: vec![64, 1518],
-        trials: 3,
-        duration: Duration::from_secs(5),
+        trials: 15,
+        duration: Duration::from_secs(2),
         warmup: Duration::from_secs(1),
         dut_core: 1,
         gen_core: 0,
@@ -61,6 +63,16 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
                     })
                     .collect::<Result<_, _>>()?
             }
+            "generators" => {
+                cfg.generators = val("--generators")?
+                    .split(',')
+                    .map(|g| {
+                        GenKind::parse(g)
+                            .ok_or(format!("--generators: unknown generator {g:?} (dpdk, vnfhost)"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "packed" => cfg.packed = true,
             "frame-sizes" => {
                 cfg.frame_sizes = val("--frame-sizes")?
                     .split(',')
@@ -163,14 +175,19 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
     let md = report.markdown(cfg);
     std::fs::write(out.join("results.json"), report.json()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("rates.svg"), perf::plot::rates_svg(&report, cfg))
+    for &g in &cfg.generators {
+        std::fs::write(
+            out.join(format!("rates-{}.svg", g.name())),
+            perf::plot::rates_svg(&report, cfg, g),
+        )
         .map_err(|e| e.to_string())?;
+    }
     if let Some(svg) = perf::plot::latency_svg(&report, cfg) {
         std::fs::write(out.join("latency-cdf.svg"), svg).map_err(|e| e.to_string())?;
     }
     println!("{md}");
     eprintln!(
-        "bench p2p: wrote {}/results.{{json,md}}, rates.svg and (with --ndr) latency-cdf.svg",
+        "bench p2p: wrote {}/results.{{json,md}}, rates-GENERATOR.svg and (with --ndr) latency-cdf.svg",
         out.display()
     );
     Ok(())

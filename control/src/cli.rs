@@ -42,11 +42,17 @@ commands:
                                     (default: those), and the L3 ones: vnfhost-l3,
                                     vnfhost-l3-100k (100 000 routes), ovs-l3 (OpenFlow
                                     mod_dl_src/dst, dec_ttl)
+             --generators LIST      dpdk (testpmd flowgen on net_virtio_user ports),
+                                    vnfhost (our virtio-user generator: latency, NDR,
+                                    IMIX, L3); every DUT is measured with each
+                                    (default dpdk,vnfhost)
+             --packed               the dpdk generator offers packed virtqueues
              --frame-sizes LIST     wire sizes 64..=1518, or imix (7x64, 4x570, 1x1518)
                                     (default 64,1518)
-             --flows N              distinct source MACs the generator cycles (default 1)
-             --trials N             rounds per DUT and size (default 3)
-             --duration S           measured seconds per trial (default 5)
+             --flows N              flows the generator cycles: source MACs (vnfhost),
+                                    IP addresses (dpdk) (default 1)
+             --trials N             rounds per DUT and size (default 15)
+             --duration S           measured seconds per trial (default 2)
              --warmup S             warm-up seconds per trial (default 1)
              --dut-core N           DUT forwarding core (default 1)
              --gen-core N           generator core (default 0)

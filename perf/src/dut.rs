@@ -172,7 +172,8 @@ pub fn route_list(n: u32) -> String {
     s
 }
 
-fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
+/// Mounts a private hugetlbfs at `dir/huge`.
+pub(crate) fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
     let m = dir.join("huge");
     std::fs::create_dir_all(&m).ok()?;
     let ok = Command::new("mount")

@@ -9,12 +9,57 @@ use std::time::Duration;
 use crate::dut::{missing, DutConfig, DutKind, RunningDut};
 use latency_tests::NDR_FRACTIONS;
 
+use crate::dpdkgen::{DpdkGen, DpdkGenConfig};
 use crate::gen::{GenConfig, Generator, Trial};
 use crate::ndr::{search, NdrConfig};
+
+/// Which traffic generator drives the DUTs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenKind {
+    /// vnfhost's own generator on pmd's virtio-user port: sequence numbers, latency,
+    /// NDR search, IMIX.
+    Vnfhost,
+    /// DPDK testpmd `flowgen` on two `net_virtio_user` ports: the frontend telco VNFs
+    /// run, written outside this project.
+    Dpdk,
+}
+
+impl GenKind {
+    /// Name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GenKind::Vnfhost => "vnfhost",
+            GenKind::Dpdk => "dpdk",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<GenKind> {
+        [GenKind::Vnfhost, GenKind::Dpdk]
+            .into_iter()
+            .find(|g| g.name() == s)
+    }
+
+    /// Why this generator cannot drive `dut` at `frame`, if it cannot.
+    pub fn unsupported(self, dut: DutKind, frame: usize) -> Option<&'static str> {
+        match self {
+            GenKind::Vnfhost => None,
+            GenKind::Dpdk if dut.is_l3() => {
+                Some("testpmd flowgen cannot address a router (fixed 198.18.0.0/15 addresses)")
+            }
+            GenKind::Dpdk if frame == crate::gen::IMIX => Some("testpmd flowgen has no IMIX"),
+            GenKind::Dpdk => None,
+        }
+    }
+}
 
 /// Benchmark set-up.
 #[derive(Clone, Debug)]
 pub struct P2pConfig {
+    /// Generators; every DUT is measured with each, in the same rounds.
+    pub generators: Vec<GenKind>,
+    /// The DPDK generator uses packed virtqueues (`packed_vq=1`).
+    pub packed: bool,
     /// DUTs, in the order they run within a round.
     pub duts: Vec<DutKind>,
     /// Frame sizes on the wire (with FCS), e.g. 64 and 1518.
@@ -61,6 +106,8 @@ pub struct Throughput {
 /// One measured trial.
 #[derive(Clone, Debug)]
 pub struct Sample {
+    /// Generator.
+    pub gen: GenKind,
     /// DUT.
     pub dut: DutKind,
     /// Frame size on the wire.
@@ -78,10 +125,14 @@ pub struct Sample {
 /// All samples, plus DUTs that could not run.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// TSC frequency of this machine, Hz.
+    pub tsc_hz: f64,
     /// Measured trials.
     pub samples: Vec<Sample>,
     /// DUTs that could not run, with the reason.
     pub missing: Vec<(DutKind, String)>,
+    /// Generator, DUT and frame combinations left out, with the reason.
+    pub skipped: Vec<String>,
 }
 
 fn throughput_json(t: &Throughput) -> String {
@@ -134,70 +185,105 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[0], med, s[n - 1])
 }
 
+/// A trial counts as DUT-bound when the DUT's forwarding core was busy at least this
+/// share of the time: then the DUT, not the generator or the machine, set the rate.
+pub const DUT_BOUND_BUSY: f64 = 0.9;
+
+impl Sample {
+    /// The share of its forwarding core the DUT spent forwarding: its own cycles per
+    /// frame (counted over busy polls) times the rate, over the TSC frequency.
+    pub fn dut_busy(&self, tsc_hz: f64) -> Option<f64> {
+        let c = self.cycles?;
+        (tsc_hz > 0.0).then(|| c * self.trial.rx_pps() / tsc_hz)
+    }
+}
+
 impl Report {
-    fn rates(&self, dut: DutKind, frame: usize) -> Vec<f64> {
+    fn of(&self, gen: GenKind, dut: DutKind, frame: usize) -> impl Iterator<Item = &Sample> {
         self.samples
             .iter()
-            .filter(|s| s.dut == dut && s.frame == frame)
+            .filter(move |s| s.gen == gen && s.dut == dut && s.frame == frame)
+    }
+
+    fn rates(&self, gen: GenKind, dut: DutKind, frame: usize) -> Vec<f64> {
+        self.of(gen, dut, frame)
             .map(|s| s.trial.rx_pps() / 1e6)
             .collect()
     }
 
     /// Median receive rate in Mpps.
-    pub fn median(&self, dut: DutKind, frame: usize) -> f64 {
-        stats(&self.rates(dut, frame)).1
+    pub fn median(&self, gen: GenKind, dut: DutKind, frame: usize) -> f64 {
+        stats(&self.rates(gen, dut, frame)).1
     }
 
-    /// The results as a markdown table (Mpps min/median/max, loss, ratio to vnfhost).
+    /// The results as a markdown table per generator (Mpps min/median/max, cycles per
+    /// frame over all trials and over DUT-bound ones, how many trials were DUT-bound,
+    /// loss, ratio of medians to vnfhost).
     pub fn markdown(&self, cfg: &P2pConfig) -> String {
         let mut o = String::new();
-        o.push_str("| frame | DUT | Mpps min | Mpps median | Mpps max | cycles/pkt median | lost % | reordered | vnfhost ÷ DUT (medians) |\n");
-        o.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        for &f in &cfg.frame_sizes {
-            for &d in &cfg.duts {
-                let r = self.rates(d, f);
-                if r.is_empty() {
-                    continue;
-                }
-                let (mn, med, mx) = stats(&r);
-                let (sent, recv, reord) = self
-                    .samples
-                    .iter()
-                    .filter(|s| s.dut == d && s.frame == f)
-                    .fold((0u64, 0u64, 0u64), |a, s| {
+        o.push_str(&format!(
+            "DUT-bound: the DUT's core was busy ≥ {:.0} % of the trial (its cycles/frame × rate ÷ {:.0} MHz TSC).\n\n",
+            DUT_BOUND_BUSY * 100.0,
+            self.tsc_hz / 1e6
+        ));
+        o.push_str("| generator | frame | DUT | Mpps min | Mpps median | Mpps max | cycles/frame median | cycles/frame, DUT-bound trials | trials DUT-bound / other | lost % | reordered | vnfhost ÷ DUT (medians) |\n");
+        o.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for &g in &cfg.generators {
+            for &f in &cfg.frame_sizes {
+                for &d in &cfg.duts {
+                    let r = self.rates(g, d, f);
+                    if r.is_empty() {
+                        continue;
+                    }
+                    let (mn, med, mx) = stats(&r);
+                    let (sent, recv, reord) = self.of(g, d, f).fold((0u64, 0u64, 0u64), |a, s| {
                         (
                             a.0 + s.trial.offered(),
                             a.1 + s.trial.received,
                             a.2 + s.trial.reordered,
                         )
                     });
-                let lost = if sent > 0 {
-                    100.0 * (sent.saturating_sub(recv)) as f64 / sent as f64
-                } else {
-                    0.0
-                };
-                let cyc: Vec<f64> = self
-                    .samples
-                    .iter()
-                    .filter(|s| s.dut == d && s.frame == f)
-                    .filter_map(|s| s.cycles)
-                    .collect();
-                let cyc = if cyc.is_empty() {
-                    "?".to_string()
-                } else {
-                    format!("{:.0}", stats(&cyc).1)
-                };
-                let v = self.median(d.reference(), f);
-                let ratio = if d != d.reference() && med > 0.0 && v > 0.0 {
-                    format!("{:.2}", v / med)
-                } else {
-                    "—".into()
-                };
-                o.push_str(&format!(
-                    "| {} | {} | {mn:.2} | {med:.2} | {mx:.2} | {cyc} | {lost:.2} | {reord} | {ratio} |\n",
-                    label(f),
-                    d.name()
-                ));
+                    let lost = if sent > 0 {
+                        100.0 * (sent.saturating_sub(recv)) as f64 / sent as f64
+                    } else {
+                        0.0
+                    };
+                    let med_of = |v: Vec<f64>| {
+                        if v.is_empty() {
+                            "?".to_string()
+                        } else {
+                            format!("{:.0}", stats(&v).1)
+                        }
+                    };
+                    let cyc = med_of(self.of(g, d, f).filter_map(|s| s.cycles).collect());
+                    let bound =
+                        |s: &&Sample| s.dut_busy(self.tsc_hz).is_some_and(|b| b >= DUT_BOUND_BUSY);
+                    let cyc_bound = med_of(
+                        self.of(g, d, f)
+                            .filter(bound)
+                            .filter_map(|s| s.cycles)
+                            .collect(),
+                    );
+                    let nb = self.of(g, d, f).filter(bound).count();
+                    let v = self.median(g, d.reference(), f);
+                    let ratio = if d != d.reference() && med > 0.0 && v > 0.0 {
+                        format!("{:.2}", v / med)
+                    } else {
+                        "—".into()
+                    };
+                    let reord = if g == GenKind::Dpdk {
+                        "—".to_string()
+                    } else {
+                        reord.to_string()
+                    };
+                    o.push_str(&format!(
+                        "| {} | {} | {} | {mn:.2} | {med:.2} | {mx:.2} | {cyc} | {cyc_bound} | {nb} / {} | {lost:.2} | {reord} | {ratio} |\n",
+                        g.name(),
+                        label(f),
+                        d.name(),
+                        r.len() - nb
+                    ));
+                }
             }
         }
         if self.samples.iter().any(|s| s.throughput.is_some()) {
@@ -239,6 +325,9 @@ impl Report {
         for (d, why) in &self.missing {
             o.push_str(&format!("\nDUT {} missing: {why}\n", d.name()));
         }
+        for why in &self.skipped {
+            o.push_str(&format!("\nnot measured: {why}\n"));
+        }
         o
     }
 
@@ -249,7 +338,8 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"dut\":\"{}\",\"frame\":\"{}\",\"round\":{},\"sent\":{},\"refused\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
+                    "{{\"generator\":\"{}\",\"dut\":\"{}\",\"frame\":\"{}\",\"round\":{},\"sent\":{},\"refused\":{},\"received\":{},\"reordered\":{},\"seconds\":{:.4},\"rx_pps\":{:.0},\"cycles_per_packet\":{},\"throughput\":{}}}",
+                    s.gen.name(),
                     s.dut.name(),
                     label(s.frame),
                     s.round,
@@ -312,7 +402,10 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
             cfg.gen_core
         ));
     }
-    let mut report = Report::default();
+    let mut report = Report {
+        tsc_hz: crate::gen::tsc_hz(),
+        ..Report::default()
+    };
     let duts: Vec<DutKind> = cfg
         .duts
         .iter()
@@ -325,73 +418,139 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
             None => true,
         })
         .collect();
-    let total = cfg.frame_sizes.len() * cfg.trials as usize * duts.len();
+    let mut gens = cfg.generators.clone();
+    if gens.contains(&GenKind::Dpdk) && !crate::dut::in_path("dpdk-testpmd") {
+        report.skipped.push(
+            "dpdk generator: dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-virtio23)"
+                .into(),
+        );
+        gens.retain(|g| *g != GenKind::Dpdk);
+    }
+    let mut runs = Vec::new();
+    for &frame in &cfg.frame_sizes {
+        for &g in &gens {
+            for &dut in &duts {
+                match g.unsupported(dut, frame) {
+                    Some(why) => report.skipped.push(format!(
+                        "{} generator, {}, {} B: {why}",
+                        g.name(),
+                        dut.name(),
+                        label(frame)
+                    )),
+                    None => runs.push((frame, g, dut)),
+                }
+            }
+        }
+    }
+    let total = runs.len() * cfg.trials as usize;
     let mut k = 0;
+    // Rounds outermost within a frame size: every (generator, DUT) pair draws one trial
+    // per round, so the machine's drift hits each alike.
     for &frame in &cfg.frame_sizes {
         for round in 0..cfg.trials {
-            for &dut in &duts {
+            for &(_, gen, dut) in runs.iter().filter(|r| r.0 == frame) {
                 k += 1;
-                let dir = cfg.dir.join(format!("{}-{frame}-{round}", dut.name()));
+                let dir = cfg
+                    .dir
+                    .join(format!("{}-{}-{frame}-{round}", gen.name(), dut.name()));
                 let dcfg = DutConfig {
                     kind: dut,
                     core: cfg.dut_core,
                     main_core: cfg.gen_core,
-                    dir,
+                    dir: dir.clone(),
                     vnfhost: cfg.vnfhost.clone(),
                     hugepages: cfg.hugepages,
                 };
                 let d = RunningDut::start(&dcfg)?;
-                let gcfg = GenConfig {
-                    tx: d.port0.clone(),
-                    rx: d.port1.clone(),
-                    frame_len: if frame == crate::gen::IMIX {
-                        frame
-                    } else {
-                        frame.saturating_sub(4)
-                    },
-                    flows: cfg.flows,
-                    ring_size: cfg.ring_size,
-                    hugepages: cfg.hugepages,
-                    server: dut.generator_listens(),
-                    l3: dut.is_l3(),
+                let (trial, throughput) = match gen {
+                    GenKind::Vnfhost => {
+                        let gcfg = GenConfig {
+                            tx: d.port0.clone(),
+                            rx: d.port1.clone(),
+                            frame_len: if frame == crate::gen::IMIX {
+                                frame
+                            } else {
+                                frame.saturating_sub(4)
+                            },
+                            flows: cfg.flows,
+                            ring_size: cfg.ring_size,
+                            hugepages: cfg.hugepages,
+                            server: dut.generator_listens(),
+                            l3: dut.is_l3(),
+                        };
+                        let mut g = Generator::connect(&gcfg)
+                            .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;
+                        std::thread::sleep(Duration::from_millis(500));
+                        g.teach();
+                        let warm = g.run(cfg.warmup);
+                        let trial = g.run_at(cfg.duration, cfg.rate, None);
+                        // NDR is searched below the DUT's maximum rate, which the warm-up
+                        // measured when the main trial ran at a fixed --rate.
+                        let upper = if cfg.rate.is_some() {
+                            warm.rx_pps()
+                        } else {
+                            trial.rx_pps()
+                        };
+                        let throughput = cfg
+                            .ndr
+                            .map(|n| measure_throughput(&mut g, upper, &n, progress));
+                        (trial, throughput)
+                    }
+                    GenKind::Dpdk => {
+                        let huge = if cfg.hugepages {
+                            crate::dut::mount_hugetlbfs(&dir.join("gen"))
+                        } else {
+                            None
+                        };
+                        let gcfg = DpdkGenConfig {
+                            sockets: [d.port0.clone(), d.port1.clone()],
+                            frame_len: frame.saturating_sub(4),
+                            flows: cfg.flows,
+                            server: dut.generator_listens(),
+                            core: cfg.gen_core,
+                            ring_size: cfg.ring_size,
+                            packed: cfg.packed,
+                            huge_dir: huge.clone(),
+                            dir: dir.join("gen"),
+                        };
+                        let res = DpdkGen::start(&gcfg).and_then(|mut g| {
+                            // The DUT learns both MACs in the warm-up.
+                            g.run(cfg.warmup, cfg.duration)
+                        });
+                        if let Some(m) = &huge {
+                            let _ = std::process::Command::new("umount").arg(m).status();
+                        }
+                        let trial =
+                            res.map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;
+                        (trial, None)
+                    }
                 };
-                let mut g = Generator::connect(&gcfg)
-                    .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;
-                std::thread::sleep(Duration::from_millis(500));
-                g.teach();
-                let warm = g.run(cfg.warmup);
-                let trial = g.run_at(cfg.duration, cfg.rate, None);
-                // NDR is searched below the DUT's maximum rate, which the warm-up
-                // measured when the main trial ran at a fixed --rate.
-                let upper = if cfg.rate.is_some() {
-                    warm.rx_pps()
-                } else {
-                    trial.rx_pps()
-                };
-                let throughput = cfg
-                    .ndr
-                    .map(|n| measure_throughput(&mut g, upper, &n, progress));
-                drop(g);
                 let cycles = d.stop_with_cycles();
-                progress(&format!(
-                    "[{}] {k:>3}/{total} {:<12} {:>5} B round {round}: {:.3} Mpps, {} cycles/packet (sent {}, received {}, reordered {})",
-                    bar(k, total),
-                    dut.name(),
-                    label(frame),
-                    trial.rx_pps() / 1e6,
-                    cycles.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
-                    trial.sent,
-                    trial.received,
-                    trial.reordered
-                ));
-                report.samples.push(Sample {
+                let sample = Sample {
+                    gen,
                     dut,
                     frame,
                     round,
                     trial,
                     cycles,
                     throughput,
-                });
+                };
+                progress(&format!(
+                    "[{}] {k:>3}/{total} {:<7} gen, {:<12} {:>5} B round {round}: {:.3} Mpps, {} cycles/frame, core {} busy (sent {}, received {})",
+                    bar(k, total),
+                    gen.name(),
+                    dut.name(),
+                    label(frame),
+                    trial.rx_pps() / 1e6,
+                    cycles.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
+                    sample
+                        .dut_busy(report.tsc_hz)
+                        .map(|b| format!("{:.0} %", b * 100.0))
+                        .unwrap_or_else(|| "?".into()),
+                    trial.sent,
+                    trial.received,
+                ));
+                report.samples.push(sample);
             }
         }
     }

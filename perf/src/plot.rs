@@ -2,7 +2,7 @@
 //! frame size per DUT (median bar, min–max whisker), and latency CDFs per DUT.
 
 use crate::dut::DutKind;
-use crate::p2p::{label, stats, P2pConfig, Report};
+use crate::p2p::{label, stats, GenKind, P2pConfig, Report};
 
 const W: f64 = 760.0;
 const H: f64 = 420.0;
@@ -66,18 +66,23 @@ fn legend(o: &mut String, duts: &[DutKind]) {
     }
 }
 
-/// Receive rate (Mpps) per frame size and DUT: median bars with min–max whiskers.
-pub fn rates_svg(r: &Report, cfg: &P2pConfig) -> String {
+/// Receive rate (Mpps) per frame size and DUT with generator `gen`: median bars with
+/// min–max whiskers.
+pub fn rates_svg(r: &Report, cfg: &P2pConfig, gen: GenKind) -> String {
     let duts: Vec<DutKind> = cfg
         .duts
         .iter()
         .copied()
-        .filter(|d| r.samples.iter().any(|s| s.dut == *d))
+        .filter(|d| r.samples.iter().any(|s| s.dut == *d && s.gen == gen))
         .collect();
-    let mut o = header("p2p maximum receive rate (median, min–max)");
+    let mut o = header(&format!(
+        "p2p maximum receive rate, {} generator (median, min–max)",
+        gen.name()
+    ));
     let ymax = r
         .samples
         .iter()
+        .filter(|s| s.gen == gen)
         .map(|s| s.trial.rx_pps() / 1e6)
         .fold(1.0f64, f64::max)
         * 1.1;
@@ -98,7 +103,7 @@ pub fn rates_svg(r: &Report, cfg: &P2pConfig) -> String {
             let v: Vec<f64> = r
                 .samples
                 .iter()
-                .filter(|s| s.dut == d && s.frame == f)
+                .filter(|s| s.dut == d && s.frame == f && s.gen == gen)
                 .map(|s| s.trial.rx_pps() / 1e6)
                 .collect();
             if v.is_empty() {
@@ -135,7 +140,7 @@ pub fn latency_svg(r: &Report, cfg: &P2pConfig) -> Option<String> {
         .filter_map(|d| {
             r.samples
                 .iter()
-                .find(|s| s.dut == *d && s.frame == f)
+                .find(|s| s.dut == *d && s.frame == f && s.throughput.is_some())
                 .and_then(|s| s.throughput.as_ref())
                 .and_then(|t| t.latency.get(1))
                 .map(|l| (*d, &l.cdf))

@@ -25,6 +25,11 @@ pub const RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_F_RING_PACKED`.
+pub const F_RING_PACKED: u64 = 1 << 34;
+/// `VIRTIO_F_IN_ORDER`: the device uses buffers in the order they were made available,
+/// so a driver can recycle descriptors by position instead of by id.
+pub const F_IN_ORDER: u64 = 1 << 35;
 
 /// Descriptor continues via `next`.
 pub const DESC_F_NEXT: u16 = 1;
