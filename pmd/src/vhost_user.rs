@@ -545,7 +545,10 @@ impl Device {
             if let (Some(mem), Some(addrs)) = (&self.mem, v.addrs) {
                 let event_idx = features & virtio::RING_F_EVENT_IDX != 0;
                 match DeviceRing::new(mem.clone(), v.size, addrs, v.base, v.used, event_idx) {
-                    Ok(r) => ring = Some(r),
+                    Ok(mut r) => {
+                        r.set_in_order(features & virtio::F_IN_ORDER != 0);
+                        ring = Some(r)
+                    }
                     Err(e) => {
                         shared.proto_errors.fetch_add(1, Ordering::Relaxed);
                         if let Some(s) = shared.log.check() {
@@ -1058,7 +1061,7 @@ impl Port for VhostUserPort {
         batch.clear();
         ring.prefetch_heads(BURST as u16);
         let ready = ring.pending().min(BURST as u16);
-        ring.prefetch_used(ready);
+        ring.prefetch_used_read(ready);
         // At most 2 × BURST chains per call, so bad chains cannot keep us here.
         let mut pops = 0;
         while !batch.is_full() && pops < heads.len() {
@@ -1115,9 +1118,7 @@ impl Port for VhostUserPort {
             f(batch);
         }
         batch.clear();
-        for &h in &heads[..nheads] {
-            ring.push_used(h, 0);
-        }
+        ring.push_used_read(&heads[..nheads]);
         if nheads > 0 && ring.publish() {
             vq.signal();
         }

@@ -12,7 +12,7 @@
 //! guest memory region, and a chain may not mix directions. A bad chain is returned to
 //! the guest with length 0 and its [`ChainError`] counted.
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use crate::mem::GuestMemory;
@@ -140,6 +140,7 @@ pub struct DeviceRing {
     signalled_used: u16,
     signalled_valid: bool,
     event_idx: bool,
+    in_order: bool,
     mem: Arc<GuestMemory>,
 }
 
@@ -231,6 +232,7 @@ impl DeviceRing {
             signalled_used: used_idx,
             signalled_valid: false,
             event_idx,
+            in_order: false,
             mem,
         };
         // `base` is where the device resumes: after a backend restart the frontend sets
@@ -239,6 +241,13 @@ impl DeviceRing {
             r.suppress_kicks();
         }
         Ok(r)
+    }
+
+    /// Whether `VIRTIO_F_IN_ORDER` was negotiated: then a burst of chains the device
+    /// only read is returned with one used element, that of the burst's last chain
+    /// ([`push_used_read`](Self::push_used_read)), as the spec allows (2.7.9).
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on;
     }
 
     /// The queue size.
@@ -464,6 +473,38 @@ impl DeviceRing {
         self.used_idx = self.used_idx.wrapping_add(1);
     }
 
+    /// Returns chains the device only read (a transmit ring's), in the order it took
+    /// them, each with length 0. With `VIRTIO_F_IN_ORDER` one used element stands for
+    /// the whole batch: the id of its last chain, the used index moved past all of them.
+    #[inline]
+    pub fn push_used_read(&mut self, heads: &[u16]) {
+        let Some(&last) = heads.last() else {
+            return;
+        };
+        if self.in_order {
+            self.used_idx = self.used_idx.wrapping_add(heads.len() as u16 - 1);
+            self.push_used(last, 0);
+        } else {
+            for &h in heads {
+                self.push_used(h, 0);
+            }
+        }
+    }
+
+    /// Takes for writing the used-ring lines that [`push_used_read`](Self::push_used_read)
+    /// will write for a batch of `n` chains.
+    #[inline]
+    pub fn prefetch_used_read(&self, n: u16) {
+        if self.in_order {
+            if n > 0 {
+                let last = usize::from(self.used_idx.wrapping_add(n - 1) & (self.size - 1));
+                crate::hint::prefetch_write(self.used.wrapping_add(4 + 8 * last));
+            }
+        } else {
+            self.prefetch_used(n);
+        }
+    }
+
     /// Takes the cache lines of the next `n` used elements for writing (the driver
     /// read them last), so that [`push_used`](Self::push_used) stores do not stall.
     #[inline]
@@ -492,11 +533,12 @@ impl DeviceRing {
     #[inline]
     pub fn publish(&mut self) -> bool {
         let new = self.used_idx;
-        self.used_idx_ref().store(new, Ordering::Release);
+        // The store must be visible before we read used_event (or the avail flags), or
+        // we could miss a driver that just re-enabled interrupts (the virtio memory
+        // barrier). A sequentially consistent exchange is that store and that barrier in
+        // one locked instruction, cheaper than a store followed by `mfence`.
+        self.used_idx_ref().swap(new, Ordering::SeqCst);
         if self.event_idx {
-            // The store above must be visible before we read used_event, or we could
-            // miss a driver that just re-enabled interrupts (the virtio memory barrier).
-            fence(Ordering::SeqCst);
             let old = self.signalled_used;
             let valid = self.signalled_valid;
             self.signalled_used = new;
@@ -511,7 +553,6 @@ impl DeviceRing {
                 u16::from_le(unsafe { std::ptr::read_volatile(self.avail.add(off).cast::<u16>()) });
             !valid || virtio::need_event(event, new, old)
         } else {
-            fence(Ordering::SeqCst);
             // SAFETY: avail flags, checked at set-up.
             let flags = u16::from_le(unsafe { std::ptr::read_volatile(self.avail.cast::<u16>()) });
             flags & virtio::AVAIL_F_NO_INTERRUPT == 0
