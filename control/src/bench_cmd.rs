@@ -171,7 +171,9 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
         cfg.dut_core, cfg.gen_core, cfg.trials, cfg.duration, cfg.warmup
     );
     let report = p2p::run(cfg, &mut |l| eprintln!("{l}"))?;
-    let _ = std::fs::remove_dir_all(&cfg.dir);
+    if std::env::var_os("VNFHOST_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&cfg.dir);
+    }
     let md = report.markdown(cfg);
     std::fs::write(out.join("results.json"), report.json()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
@@ -228,7 +230,9 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
     }
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let report = perf::vmstart::run(&cfg, &mut |l| eprintln!("bench vm: {l}"));
-    let _ = std::fs::remove_dir_all(&cfg.dir);
+    if std::env::var_os("VNFHOST_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&cfg.dir);
+    }
     let md = report?.markdown(&cfg);
     std::fs::write(out.join("vm.md"), &md).map_err(|e| e.to_string())?;
     println!("{md}");

@@ -42,7 +42,8 @@ commands:
                                     (default: those), and the L3 ones: vnfhost-l3,
                                     vnfhost-l3-100k (100 000 routes), ovs-l3 (OpenFlow
                                     mod_dl_src/dst, dec_ttl)
-             --generators LIST      dpdk (testpmd flowgen on net_virtio_user ports),
+             --generators LIST      dpdk (testpmd io loopback on net_virtio_user ports,
+                                    primed with start tx_first 16),
                                     vnfhost (our virtio-user generator: latency, NDR,
                                     IMIX, L3); every DUT is measured with each
                                     (default dpdk,vnfhost)

@@ -1,5 +1,5 @@
-//! DPDK's own virtio-user as the traffic generator: `dpdk-testpmd` in `flowgen` mode on
-//! two `net_virtio_user` ports, its forwarding lcore pinned to the generator core.
+//! DPDK's own virtio-user as the traffic generator: `dpdk-testpmd` on two
+//! `net_virtio_user` ports, its forwarding lcore pinned to the generator core.
 //!
 //! Telco VNFs are DPDK applications, so the frontend that feeds a vnfhost port is usually
 //! DPDK's virtio PMD; a DUT judged only by our own generator could be judged by a
@@ -8,15 +8,21 @@
 //! frame), refill pattern, notification flags and negotiated features (`in_order`,
 //! `mrg_rxbuf`, `packed_vq`) are DPDK's.
 //!
-//! `flowgen` on one lcore serves both ports: each poll it receives a burst on one port
-//! and frees it, then sends a burst of UDP frames on the other, varying the IP addresses
-//! over `--flowgen-flows` flows. Port `i` sends from its own MAC to the other port's MAC
-//! (`--eth-peer`), so a learning bridge learns both after the first frames. Traffic is
-//! bidirectional, and the receive rate is the sum over both ports, as testpmd measures it
-//! (`show port stats`, timed by its own TSC).
+//! The method is DPDK's own vhost/virtio loopback test: testpmd forwards in `io` mode
+//! and `start tx_first N` puts N bursts of UDP frames on each port first (`txonly`'s
+//! frames: from the port's own MAC to the other port's, set with `--eth-peer`). From
+//! then on every frame the DUT delivers to one port is sent back out of the other, so a
+//! fixed population of frames circulates and the rate is set by the slower of the DUT
+//! and the generator. `io` touches no header, which keeps the generator cheap, and each
+//! frame keeps its MACs on every pass, so a learning bridge learns each MAC on one port
+//! and never floods after the first frames. (testpmd's `flowgen` is no use here: it
+//! sends the same fixed source and destination MACs on both ports, which makes a
+//! learning bridge flood and move that MAC on every burst.)
 //!
-//! testpmd is driven over its interactive command line on a pipe: `start`, a warm-up,
-//! `show port stats all` (the base), the measured interval, `show port stats all` again.
+//! The receive rate is the sum over both ports, as testpmd measures it
+//! (`show port stats`, timed by its own TSC). testpmd is driven over its interactive
+//! command line on a pipe: `start tx_first N`, a warm-up, `show port stats all` (the
+//! base), the measured interval, `show port stats all` again.
 
 use std::fs::File;
 use std::io::Write;
@@ -38,8 +44,11 @@ pub struct DpdkGenConfig {
     pub sockets: [PathBuf; 2],
     /// Frame length without FCS (60..=1514).
     pub frame_len: usize,
-    /// Flows (`--flowgen-flows`).
+    /// More than one flow: `--txonly-multi-flow` (the source IP address varies).
     pub flows: u32,
+    /// Bursts of 32 frames put on each port at the start (the circulating
+    /// population); at most half the ring size in frames.
+    pub bursts: u16,
     /// The generator listens (`server=1`): the DUT connects to sockets we create.
     pub server: bool,
     /// The CPU of both of testpmd's lcores (main and forwarding).
@@ -60,6 +69,8 @@ pub struct DpdkGen {
     stdin: Option<ChildStdin>,
     log: PathBuf,
     prefix: String,
+    ring_size: u16,
+    bursts: u16,
 }
 
 /// Counters of one port in one `show port stats` block.
@@ -164,9 +175,11 @@ impl DpdkGen {
             }
             c.arg("--vdev").arg(vdev);
         }
-        c.args(["--", "-i", "--nb-cores=1", "--forward-mode=flowgen"]);
+        c.args(["--", "-i", "--nb-cores=1", "--forward-mode=io"]);
         c.arg(format!("--txpkts={}", cfg.frame_len));
-        c.arg(format!("--flowgen-flows={}", cfg.flows.max(1)));
+        if cfg.flows > 1 {
+            c.arg("--txonly-multi-flow");
+        }
         c.arg(format!("--rxd={}", cfg.ring_size));
         c.arg(format!("--txd={}", cfg.ring_size));
         c.args(["--total-num-mbufs=16384", "--burst=32"]);
@@ -182,6 +195,8 @@ impl DpdkGen {
             stdin,
             log,
             prefix,
+            ring_size: cfg.ring_size,
+            bursts: cfg.bursts,
         };
         // Ready when testpmd prints its prompt; the virtio-user ports have then
         // negotiated with the DUT (server mode waits for the DUT to connect first).
@@ -238,7 +253,8 @@ impl DpdkGen {
     /// Starts forwarding, warms up, and measures one interval: frames sent and received
     /// summed over both ports, and the receive rate testpmd timed.
     pub fn run(&mut self, warmup: Duration, duration: Duration) -> Result<Trial, String> {
-        self.send("start")?;
+        let max = (self.ring_size / 2 / 32).max(1);
+        self.send(&format!("start tx_first {}", self.bursts.clamp(1, max)))?;
         std::thread::sleep(warmup);
         let before = std::fs::read_to_string(&self.log)
             .map(|s| parse_port_stats(&s).len())

@@ -19,8 +19,8 @@ pub enum GenKind {
     /// vnfhost's own generator on pmd's virtio-user port: sequence numbers, latency,
     /// NDR search, IMIX.
     Vnfhost,
-    /// DPDK testpmd `flowgen` on two `net_virtio_user` ports: the frontend telco VNFs
-    /// run, written outside this project.
+    /// DPDK testpmd on two `net_virtio_user` ports, `io` loopback primed with
+    /// `start tx_first`: the frontend telco VNFs run, written outside this project.
     Dpdk,
 }
 
@@ -44,10 +44,12 @@ impl GenKind {
     pub fn unsupported(self, dut: DutKind, frame: usize) -> Option<&'static str> {
         match self {
             GenKind::Vnfhost => None,
-            GenKind::Dpdk if dut.is_l3() => {
-                Some("testpmd flowgen cannot address a router (fixed 198.18.0.0/15 addresses)")
+            GenKind::Dpdk if dut.is_l3() => Some(
+                "testpmd's io loopback returns routed frames with the router's MAC as source, so they are not routed back",
+            ),
+            GenKind::Dpdk if frame == crate::gen::IMIX => {
+                Some("testpmd's tx_first frames are of one size")
             }
-            GenKind::Dpdk if frame == crate::gen::IMIX => Some("testpmd flowgen has no IMIX"),
             GenKind::Dpdk => None,
         }
     }
@@ -506,6 +508,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                             sockets: [d.port0.clone(), d.port1.clone()],
                             frame_len: frame.saturating_sub(4),
                             flows: cfg.flows,
+                            bursts: 16,
                             server: dut.generator_listens(),
                             core: cfg.gen_core,
                             ring_size: cfg.ring_size,

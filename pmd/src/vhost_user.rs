@@ -1149,8 +1149,7 @@ impl Port for VhostUserPort {
         // copies below then find their lines owned instead of each waiting in the store
         // buffer for the guest's core to give its line up.
         let want = sel.len().min(usize::from(u16::MAX)) as u16;
-        ring.prefetch_heads(want);
-        ring.prefetch_bufs(want, 2, true);
+        ring.walk_ahead(want, true, 2);
         let ready = want.min(ring.pending());
         ring.prefetch_used(ready);
         let mut hdr = [0u8; 12];
@@ -1236,10 +1235,9 @@ impl Port for VhostUserPort {
             }
         }
         let signal = pushed > 0 && ring.publish();
-        // Ask now for the buffers of the next burst: their lines then move over while
-        // the core polls and forwards, instead of while it copies.
-        ring.prefetch_heads(BURST as u16);
-        ring.prefetch_bufs(BURST as u16, 2, true);
+        // Walk the next burst's chains now and ask for their buffers: the lines then
+        // move over while the core polls and forwards, instead of while it copies.
+        ring.walk_ahead(BURST as u16, true, 2);
         if signal {
             g.signal();
         }

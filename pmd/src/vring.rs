@@ -22,6 +22,8 @@ use crate::virtio::{self, Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 pub const MAX_SEGS: usize = 64;
 /// The largest indirect table we walk (entries).
 pub const MAX_INDIRECT: u32 = 1024;
+/// The most chains [`DeviceRing::walk_ahead`] holds walked ahead of use.
+pub const AHEAD: usize = 64;
 
 /// Why a descriptor chain was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +138,13 @@ pub struct DeviceRing {
     avail_cache: u16,
     /// Avail index up to which [`prefetch_bufs`](Self::prefetch_bufs) asked for buffers.
     bufs_ahead: u16,
+    /// One-buffer chains walked by [`walk_ahead`](Self::walk_ahead) for the avail
+    /// positions `last_avail..last_avail + ahead_n`, each at `ahead[position % AHEAD]`:
+    /// (head, host address, length).
+    ahead: [(u16, *mut u8, u32); AHEAD],
+    ahead_n: u16,
+    /// The direction the chains in `ahead` were checked for.
+    ahead_writable: bool,
     used_idx: u16,
     signalled_used: u16,
     signalled_valid: bool,
@@ -228,6 +237,9 @@ impl DeviceRing {
             last_avail: base,
             avail_cache: base,
             bufs_ahead: base,
+            ahead: [(0, std::ptr::null_mut(), 0); AHEAD],
+            ahead_n: 0,
+            ahead_writable: false,
             used_idx,
             signalled_used: used_idx,
             signalled_valid: false,
@@ -380,6 +392,15 @@ impl DeviceRing {
         if self.pending() == 0 {
             return None;
         }
+        if self.ahead_n > 0 && self.ahead_writable == writable {
+            let (head, p, len) = self.ahead[usize::from(self.last_avail) % AHEAD];
+            chain.segs[0] = (p, len);
+            chain.n = 1;
+            chain.total = u64::from(len);
+            self.last_avail = self.last_avail.wrapping_add(1);
+            self.ahead_n -= 1;
+            return Some(Ok(head));
+        }
         let slot = self.last_avail & (self.size - 1);
         // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
         let head =
@@ -457,6 +478,71 @@ impl DeviceRing {
     /// Gives back the last `n` chains taken by [`pop`](Self::pop) without using them.
     pub fn unpop(&mut self, n: u16) {
         self.last_avail = self.last_avail.wrapping_sub(n);
+        // Rare (a frame that did not fit, a ring out of buffers): walk afresh.
+        self.ahead_n = 0;
+    }
+
+    /// Walks up to `n` (at most [`AHEAD`]) of the next available chains before they are
+    /// used, so that [`pop`](Self::pop) later takes them without reading the ring again,
+    /// and asks for the first `lines` cache lines of each buffer — for writing when
+    /// `writable` (a receive ring, whose buffers the device is about to fill). Chains
+    /// walked by an earlier call are not walked again, so a port can walk the next
+    /// burst's chains at the end of a burst and top them up at the start of the next.
+    ///
+    /// Only one-buffer chains in the given direction are walked ahead (what DPDK and
+    /// Linux post); the walk stops at the first other chain, which `pop` then walks and
+    /// checks in full. Nothing is taken: the chains stay available (`last_avail` and
+    /// what `GET_VRING_BASE` reports do not move) until `pop` takes them.
+    #[inline]
+    pub fn walk_ahead(&mut self, n: u16, writable: bool, lines: usize) {
+        let want = n.min(self.pending()).min(AHEAD as u16);
+        let mut done = self.ahead_n;
+        if self.ahead_writable != writable {
+            done = 0;
+            self.ahead_writable = writable;
+        }
+        let dir = if writable { DESC_F_WRITE } else { 0 };
+        // First ask for all the head descriptors, so that the walk below does not wait
+        // for them one by one.
+        for k in done..want {
+            let slot = self.last_avail.wrapping_add(k) & (self.size - 1);
+            // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
+            let head = u16::from_le(unsafe {
+                std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>())
+            });
+            if head < self.size {
+                crate::hint::prefetch(self.desc.wrapping_add(16 * usize::from(head)));
+            }
+        }
+        while done < want {
+            let pos = self.last_avail.wrapping_add(done);
+            let slot = pos & (self.size - 1);
+            // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
+            let head = u16::from_le(unsafe {
+                std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>())
+            });
+            if head >= self.size {
+                break;
+            }
+            let d = read_desc(self.desc, u32::from(head));
+            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != dir || d.len == 0 {
+                break;
+            }
+            let Some(p) = self.mem.gpa_to_host(d.addr, u64::from(d.len)) else {
+                break;
+            };
+            let span = (lines * 64).min(d.len as usize);
+            for off in (0..span).step_by(64) {
+                if writable {
+                    crate::hint::prefetch_write(p.wrapping_add(off));
+                } else {
+                    crate::hint::prefetch(p.wrapping_add(off));
+                }
+            }
+            self.ahead[usize::from(pos) % AHEAD] = (head, p, d.len);
+            done += 1;
+        }
+        self.ahead_n = done;
     }
 
     /// Writes a used element; it becomes visible at [`publish`](Self::publish).
