@@ -73,6 +73,8 @@ proptest! {
         indirect in proptest::collection::vec(desc(), 0..40),
         heads in proptest::collection::vec(prop_oneof![0u16..QSIZE, any::<u16>()], 0..QSIZE as usize),
         writable in any::<bool>(),
+        aheads in proptest::collection::vec(0u16..80, 1..64),
+        ahead_writable in any::<bool>(),
     ) {
         let region = SharedRegion::new("fuzz", MEM, false).expect("memfd");
         let base = region.as_ptr();
@@ -99,7 +101,31 @@ proptest! {
         ring.prefetch_heads(QSIZE * 2);
         ring.prefetch_bufs(QSIZE * 2, 4, writable);
         ring.prefetch_used(QSIZE * 2);
-        while let Some(r) = ring.pop(writable, &mut chain) {
+        // A second ring over the same memory walks every chain plainly; the first walks
+        // chains ahead (sometimes for the wrong direction) before it takes them. Both
+        // must take the same chains with the same verdicts.
+        let mut plain = DeviceRing::new(mem.clone(), u32::from(QSIZE), addrs, 0, 0, true).expect("ring");
+        let mut plain_chain = Chain::default();
+        let mut k = 0usize;
+        loop {
+            let n = aheads[k % aheads.len()];
+            k += 1;
+            ring.walk_ahead(n, if k % 5 == 0 { ahead_writable } else { writable }, 2);
+            if k % 7 == 0 && popped > 0 {
+                // A frame that did not fit gives its chain back.
+                ring.unpop(1);
+                plain.unpop(1);
+                popped -= 1;
+            }
+            let Some(r) = ring.pop(writable, &mut chain) else {
+                prop_assert!(plain.pop(writable, &mut plain_chain).is_none());
+                break;
+            };
+            let p = plain.pop(writable, &mut plain_chain).expect("plain ring has the chain too");
+            prop_assert_eq!(r, p);
+            if r.is_ok() {
+                prop_assert_eq!(chain.segs(), plain_chain.segs());
+            }
             popped += 1;
             match r {
                 Ok(head) => {
