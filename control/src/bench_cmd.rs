@@ -25,7 +25,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         trials: 15,
         duration: Duration::from_secs(2),
         warmup: Duration::from_secs(1),
-        dut_core: 1,
+        dut_cores: vec![1],
         gen_core: 0,
         dir: std::env::temp_dir().join(format!("vnfhost-bench-{}", std::process::id())),
         vnfhost: exe,
@@ -88,7 +88,11 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
                 cfg.duration = Duration::from_secs(num(val("--duration")?, "--duration")?.max(1))
             }
             "warmup" => cfg.warmup = Duration::from_secs(num(val("--warmup")?, "--warmup")?),
-            "dut-core" => cfg.dut_core = num(val("--dut-core")?, "--dut-core")? as usize,
+            "dut-core" | "dut-cores" => {
+                let v = val("--dut-cores")?;
+                cfg.dut_cores = pmd::sched::parse_cpu_list(&v)
+                    .map_err(|e| format!("--dut-cores: {e}"))?
+            }
             "gen-core" => cfg.gen_core = num(val("--gen-core")?, "--gen-core")? as usize,
             "out" => out = PathBuf::from(val("--out")?),
             "no-hugepages" => cfg.hugepages = false,
@@ -110,15 +114,18 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         }
     }
     let online = pmd::sched::online_cpus();
-    for c in [cfg.dut_core, cfg.gen_core] {
+    for &c in cfg.dut_cores.iter().chain([&cfg.gen_core]) {
         if c >= online {
             return Err(format!(
                 "bench: CPU {c} does not exist (this machine has {online})"
             ));
         }
     }
-    if cfg.dut_core == cfg.gen_core {
-        return Err("bench: --dut-core and --gen-core must differ".into());
+    if cfg.dut_cores.is_empty() || cfg.dut_cores.len() > 64 {
+        return Err("bench: --dut-cores takes 1 to 64 CPUs".into());
+    }
+    if cfg.dut_cores.contains(&cfg.gen_core) {
+        return Err("bench: --gen-core must not be one of --dut-cores".into());
     }
     if install {
         install_peers(&cfg)?;
@@ -168,7 +175,7 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!(
         "bench p2p: DUT on core {}, generator on core {}; {} trial(s) of {:?} (+{:?} warm-up) per DUT and size",
-        cfg.dut_core, cfg.gen_core, cfg.trials, cfg.duration, cfg.warmup
+        perf::dut::cpu_list(&cfg.dut_cores), cfg.gen_core, cfg.trials, cfg.duration, cfg.warmup
     );
     let report = p2p::run(cfg, &mut |l| eprintln!("{l}"))?;
     if std::env::var_os("VNFHOST_BENCH_KEEP").is_none() {

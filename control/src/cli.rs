@@ -55,7 +55,8 @@ commands:
              --trials N             rounds per DUT and size (default 15)
              --duration S           measured seconds per trial (default 2)
              --warmup S             warm-up seconds per trial (default 1)
-             --dut-core N           DUT forwarding core (default 1)
+             --dut-cores LIST       DUT forwarding cores, e.g. 1 or 2,3 (default 1);
+                                    every DUT gets the same set
              --gen-core N           generator core (default 0)
              --out DIR              where results.json and results.md go (default bench-results)
              --no-hugepages         DUTs and generator on normal pages

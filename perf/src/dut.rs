@@ -102,8 +102,8 @@ impl DutKind {
 pub struct DutConfig {
     /// Which DUT.
     pub kind: DutKind,
-    /// The core its forwarding loop is pinned to.
-    pub core: usize,
+    /// The cores its forwarding loops are pinned to (one or more).
+    pub cores: Vec<usize>,
     /// A core for testpmd's (mostly idle) main thread.
     pub main_core: usize,
     /// A fresh directory for sockets and logs.
@@ -172,6 +172,15 @@ pub fn route_list(n: u32) -> String {
     s
 }
 
+/// `cores` as a CPU list for `-l` and `--core` (`2,3`).
+pub fn cpu_list(cores: &[usize]) -> String {
+    cores
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Mounts a private hugetlbfs at `dir/huge`.
 pub(crate) fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
     let m = dir.join("huge");
@@ -200,7 +209,7 @@ impl RunningDut {
                 c.args([
                     "switch",
                     "--core",
-                    &cfg.core.to_string(),
+                    &cpu_list(&cfg.cores),
                     "--idle-max-us",
                     "0",
                 ]);
@@ -260,7 +269,7 @@ impl RunningDut {
                 let mut c = Command::new("dpdk-testpmd");
                 c.args([
                     "-l",
-                    &format!("{},{}", cfg.main_core, cfg.core),
+                    &format!("{},{}", cfg.main_core, cpu_list(&cfg.cores)),
                     "--main-lcore",
                     &cfg.main_core.to_string(),
                 ]);
@@ -295,7 +304,7 @@ impl RunningDut {
                 };
                 c.args([
                     "--",
-                    "--nb-cores=1",
+                    &format!("--nb-cores={}", cfg.cores.len()),
                     "--auto-start",
                     "--stats-period=1",
                     "--total-num-mbufs=16384",

@@ -114,7 +114,10 @@ pub fn start(
             "other_config:dpdk-init=true",
             &format!("other_config:dpdk-extra=\"{extra}\""),
             &format!("other_config:dpdk-lcore-mask={:#x}", 1u64 << cfg.main_core),
-            &format!("other_config:pmd-cpu-mask={:#x}", 1u64 << cfg.core),
+            &format!(
+                "other_config:pmd-cpu-mask={:#x}",
+                cfg.cores.iter().fold(0u64, |m, &c| m | 1u64 << (c % 64))
+            ),
         ],
     )?;
     kids.push(spawn(

@@ -73,7 +73,7 @@ pub struct P2pConfig {
     /// Warm-up before each trial.
     pub warmup: Duration,
     /// The DUT's forwarding core.
-    pub dut_core: usize,
+    pub dut_cores: Vec<usize>,
     /// The generator's core (also testpmd's idle main thread).
     pub gen_core: usize,
     /// Work directory.
@@ -129,6 +129,8 @@ pub struct Sample {
 pub struct Report {
     /// TSC frequency of this machine, Hz.
     pub tsc_hz: f64,
+    /// How many forwarding cores each DUT had.
+    pub dut_cores: usize,
     /// Measured trials.
     pub samples: Vec<Sample>,
     /// DUTs that could not run, with the reason.
@@ -192,11 +194,13 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
 pub const DUT_BOUND_BUSY: f64 = 0.9;
 
 impl Sample {
-    /// The share of its forwarding core the DUT spent forwarding: its own cycles per
-    /// frame (counted over busy polls) times the rate, over the TSC frequency.
-    pub fn dut_busy(&self, tsc_hz: f64) -> Option<f64> {
+    /// The share of its forwarding cores the DUT spent forwarding: its own cycles per
+    /// frame (counted over busy polls) times the rate, over the cycles `cores` cores
+    /// have at `tsc_hz`.
+    pub fn dut_busy(&self, tsc_hz: f64, cores: usize) -> Option<f64> {
         let c = self.cycles?;
-        (tsc_hz > 0.0).then(|| c * self.trial.rx_pps() / tsc_hz)
+        let hz = tsc_hz * cores.max(1) as f64;
+        (hz > 0.0).then(|| c * self.trial.rx_pps() / hz)
     }
 }
 
@@ -224,7 +228,8 @@ impl Report {
     pub fn markdown(&self, cfg: &P2pConfig) -> String {
         let mut o = String::new();
         o.push_str(&format!(
-            "DUT-bound: the DUT's core was busy ≥ {:.0} % of the trial (its cycles/frame × rate ÷ {:.0} MHz TSC).\n\n",
+            "DUT-bound: the DUT's {} core(s) were busy ≥ {:.0} % of the trial (its cycles/frame × rate ÷ {:.0} MHz TSC per core).\n\n",
+            self.dut_cores,
             DUT_BOUND_BUSY * 100.0,
             self.tsc_hz / 1e6
         ));
@@ -258,8 +263,10 @@ impl Report {
                         }
                     };
                     let cyc = med_of(self.of(g, d, f).filter_map(|s| s.cycles).collect());
-                    let bound =
-                        |s: &&Sample| s.dut_busy(self.tsc_hz).is_some_and(|b| b >= DUT_BOUND_BUSY);
+                    let bound = |s: &&Sample| {
+                        s.dut_busy(self.tsc_hz, self.dut_cores)
+                            .is_some_and(|b| b >= DUT_BOUND_BUSY)
+                    };
                     let cyc_bound = med_of(
                         self.of(g, d, f)
                             .filter(bound)
@@ -406,6 +413,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
     }
     let mut report = Report {
         tsc_hz: crate::gen::tsc_hz(),
+        dut_cores: cfg.dut_cores.len(),
         ..Report::default()
     };
     let duts: Vec<DutKind> = cfg
@@ -457,7 +465,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     .join(format!("{}-{}-{frame}-{round}", gen.name(), dut.name()));
                 let dcfg = DutConfig {
                     kind: dut,
-                    core: cfg.dut_core,
+                    cores: cfg.dut_cores.clone(),
                     main_core: cfg.gen_core,
                     dir: dir.clone(),
                     vnfhost: cfg.vnfhost.clone(),
@@ -547,7 +555,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     trial.rx_pps() / 1e6,
                     cycles.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
                     sample
-                        .dut_busy(report.tsc_hz)
+                        .dut_busy(report.tsc_hz, report.dut_cores)
                         .map(|b| format!("{:.0} %", b * 100.0))
                         .unwrap_or_else(|| "?".into()),
                     trial.sent,

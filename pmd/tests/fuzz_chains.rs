@@ -110,8 +110,8 @@ proptest! {
         loop {
             let n = aheads[k % aheads.len()];
             k += 1;
-            ring.walk_ahead(n, if k % 5 == 0 { ahead_writable } else { writable }, 2);
-            if k % 7 == 0 && popped > 0 {
+            ring.walk_ahead(n, if k.is_multiple_of(5) { ahead_writable } else { writable }, 2);
+            if k.is_multiple_of(7) && popped > 0 {
                 // A frame that did not fit gives its chain back.
                 ring.unpop(1);
                 plain.unpop(1);

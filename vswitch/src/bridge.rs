@@ -79,6 +79,7 @@
 
 use core::fmt;
 
+use pmd::port::{RxBatch, TxSel, BURST};
 use pmd::VlanEdit;
 
 use crate::fdb::{Fdb, FdbError};
@@ -476,6 +477,21 @@ pub enum Forwarded {
         /// never forward it.
         flooded: bool,
     },
+}
+
+/// A frame of a burst that the L2 stage hands to the router (see
+/// [`Bridge::forward_burst`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToRouter {
+    /// Its index in the burst.
+    pub idx: u16,
+    /// Its VLAN.
+    pub vid: Vid,
+    /// Offset of its L3 header (14, or 18 behind a tag).
+    pub l3: u8,
+    /// It was flooded on its VLAN as well: the router must read a copy and never
+    /// forward it.
+    pub flooded: bool,
 }
 
 /// Errors of the control-plane methods.
@@ -1235,6 +1251,114 @@ impl Bridge {
             Err(reason) => self.counters.drops.bump(reason),
         }
         verdict
+    }
+
+    /// The L2 stage over a whole received burst: every frame of `batch` from
+    /// `in_port` is decided as [`forward_head`](Self::forward_head) would decide it,
+    /// its copies appended to `staging[out_port]`, and the frames for the router (with
+    /// their VLAN and L3 offset) appended to `to_router`, for the stages that follow.
+    ///
+    /// First the keys of all frames (the bytes a unicast decision reads) are taken;
+    /// then a frame is decided in full only where its key differs from the frame before
+    /// or the bridge cannot reuse decisions (port security, security groups, a
+    /// destination it had to flood). The frames of a run of equal keys go where the
+    /// first went, with their counters added once for the run: the same outcome, and
+    /// the same FDB refresh, as deciding each, at the cost of a key comparison.
+    pub fn forward_burst(
+        &mut self,
+        in_port: PortId,
+        batch: &RxBatch,
+        now: u64,
+        staging: &mut [Vec<TxSel>],
+        to_router: &mut Vec<ToRouter>,
+    ) {
+        let n = batch.len();
+        let mut keys = [None; BURST];
+        for (i, k) in keys.iter_mut().enumerate().take(n) {
+            *k = flow_key(batch.head(i));
+        }
+        let mut i = 0;
+        while i < n {
+            let verdict = self.forward_head(
+                in_port,
+                batch.head(i),
+                batch.frame_len(i),
+                now,
+                &mut |out: PortId, edit| {
+                    if let Some(s) = staging.get_mut(usize::from(out.0)) {
+                        s.push(TxSel {
+                            idx: i as u16,
+                            edit,
+                        });
+                    }
+                },
+            );
+            match verdict {
+                Ok(Forwarded::Unicast(out)) => {
+                    // The memo holds this decision only when every later frame with
+                    // the same key must take it too (see `Flow`).
+                    let reusable = self.memo.flow.is_some_and(|f| {
+                        f.in_port == in_port.0 && f.now == now && Some(f.key) == keys[i]
+                    });
+                    if reusable {
+                        i = self.repeat_run(in_port, out, batch, &keys[..n], i, staging);
+                        continue;
+                    }
+                }
+                Ok(Forwarded::Routed { vid, l3, flooded }) => to_router.push(ToRouter {
+                    idx: i as u16,
+                    vid,
+                    l3,
+                    flooded,
+                }),
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    /// Sends the frames after `first` whose key equals its key where `first` went (to
+    /// `out`), counting them once; returns the index of the first frame not sent.
+    fn repeat_run(
+        &mut self,
+        in_port: PortId,
+        out: PortId,
+        batch: &RxBatch,
+        keys: &[Option<(u64, u64, Option<u32>)>],
+        first: usize,
+        staging: &mut [Vec<TxSel>],
+    ) -> usize {
+        let Some(edit) = self.memo.flow.map(|f| f.edit) else {
+            return first + 1;
+        };
+        let Some(s) = staging.get_mut(usize::from(out.0)) else {
+            return first + 1;
+        };
+        let mut j = first + 1;
+        let (mut bytes, mut bytes_out) = (0u64, 0u64);
+        while j < keys.len() && keys[j] == keys[first] {
+            s.push(TxSel {
+                idx: j as u16,
+                edit,
+            });
+            let len = batch.frame_len(j);
+            bytes += len as u64;
+            bytes_out += edit.edited_len(len) as u64;
+            j += 1;
+        }
+        let frames = (j - first - 1) as u64;
+        if frames > 0 {
+            if let Some(Some(p)) = self.ports.get_mut(usize::from(in_port.0)) {
+                p.counters.rx_frames += frames;
+                p.counters.rx_bytes += bytes;
+            }
+            if let Some(Some(p)) = self.ports.get_mut(usize::from(out.0)) {
+                p.counters.tx_frames += frames;
+                p.counters.tx_bytes += bytes_out;
+            }
+            self.counters.unicast += frames;
+        }
+        j
     }
 
     #[inline(always)]

@@ -24,7 +24,7 @@ use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
 use crate::bridge::{
-    Bridge, BridgeConfig, DropReason, Forwarded, IngressFilter, PortId, PortSecurity, Vid, VlanMode,
+    Bridge, BridgeConfig, DropReason, IngressFilter, PortId, PortSecurity, ToRouter, Vid, VlanMode,
 };
 use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
 use pmd::port::LocalFrames;
@@ -165,6 +165,8 @@ struct CoreTask {
     /// Index into `routers` by VLAN; `NO_ROUTER` where no router has an interface.
     router_of: Box<[u8; 4096]>,
     generated: Generated,
+    /// Frames the L2 stage hands to the router, per burst (capacity one burst).
+    to_router: Vec<ToRouter>,
     start: Instant,
     polls: u32,
     link: Vec<bool>,
@@ -249,6 +251,7 @@ impl PollTask for CoreTask {
             router_of,
             generated,
             start,
+            to_router,
             ..
         } = self;
         let mut total = 0;
@@ -257,7 +260,17 @@ impl PollTask for CoreTask {
             let txq = *txq;
             total += ports[pi].poll_rx(q, batch, &mut |b: &mut RxBatch| {
                 let now = start.elapsed().as_nanos() as u64;
-                for i in 0..b.len() {
+                // Stage L2 over the whole burst; then L3 over the frames it handed on.
+                to_router.clear();
+                bridge.forward_burst(inp, b, now, staging, to_router);
+                for &ToRouter {
+                    idx,
+                    vid,
+                    l3,
+                    flooded,
+                } in to_router.iter()
+                {
+                    let i = usize::from(idx);
                     let len = b.frame_len(i);
                     let mut stage = |out: PortId, edit| {
                         if let Some(s) = staging.get_mut(usize::from(out.0)) {
@@ -266,10 +279,6 @@ impl PollTask for CoreTask {
                                 edit,
                             });
                         }
-                    };
-                    let verdict = bridge.forward_head(inp, b.head(i), len, now, &mut stage);
-                    let Ok(Forwarded::Routed { vid, l3, flooded }) = verdict else {
-                        continue;
                     };
                     let Some(r) = router_of
                         .get(usize::from(vid.get()))
@@ -470,6 +479,7 @@ impl Switch {
                 routers: cfg.routers.clone(),
                 router_of: router_of.clone(),
                 generated: Generated::new(),
+                to_router: Vec::with_capacity(pmd::port::BURST),
                 staging: (0..drivers.len())
                     .map(|_| Vec::with_capacity(pmd::port::BURST))
                     .collect(),
