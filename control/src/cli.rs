@@ -84,9 +84,10 @@ commands:
              --prealloc             allocate all guest RAM before the guest starts
              --pit                  emulate the legacy 8254 timer (kvm; off: Linux uses the
                                     LAPIC timer and kvm-clock)
-             --net SPEC             repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]:
-                                    the VM listens on PATH (pair with the switch's
-                                    `,client` port), or with `client` connects to it
+             --net SPEC             repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]
+                                    [,packed]: the VM listens on PATH (pair with the
+                                    switch's `,client` port), or with `client` connects
+                                    to it; `packed` offers packed virtqueues (qemu only)
              --console FILE         write the console to FILE (kvm only)
            exits 0 when the guest powers off or resets, 1 when it dies
   vm payload NAME --out FILE

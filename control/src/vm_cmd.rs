@@ -44,20 +44,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Parses `vhost-user=PATH[,client|,server][,mac=MAC]`.
+/// Parses `vhost-user=PATH[,client|,server][,mac=MAC][,packed]`.
 pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut path = None;
     let mut server = true;
     let mut mac = None;
+    let mut packed = false;
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("vhost-user", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
             Some(("mac", m)) => mac = Some(parse_mac(m)?),
             None if part == "client" => server = false,
             None if part == "server" => server = true,
+            None if part == "packed" => packed = true,
             _ => {
                 return Err(format!(
-                "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC])"
+                "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC][,packed])"
             ))
             }
         }
@@ -70,7 +72,12 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
             path.as_os_str().len()
         ));
     }
-    Ok(NetConfig { path, server, mac })
+    Ok(NetConfig {
+        path,
+        server,
+        mac,
+        packed,
+    })
 }
 
 fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {

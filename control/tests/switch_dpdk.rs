@@ -90,6 +90,12 @@ fn sock_args(specs: &[(&str, &PathBuf, &str)]) -> Vec<String> {
 /// g0 (VLAN 10) → switch → t0 (testpmd, VLAN 10) → testpmd io → t1 (VLAN 20) → switch →
 /// g1 (VLAN 20): every frame crosses DPDK's virtio-user twice.
 fn through_testpmd(tag: &str, queues: u16, cores: &str) {
+    through_testpmd_rings(tag, queues, cores, false)
+}
+
+/// As [`through_testpmd`], testpmd's virtio-user ports on packed virtqueues when
+/// `packed` (the switch's side of t0 and t1 then walks packed rings).
+fn through_testpmd_rings(tag: &str, queues: u16, cores: &str, packed: bool) {
     let _g = serial();
     skip!(testpmd_unavailable());
     let dir = TestDir::new(tag).expect("test dir");
@@ -111,12 +117,15 @@ fn through_testpmd(tag: &str, queues: u16, cores: &str) {
         "--hugepages".to_string(),
     ]);
     let sw = SwitchProc::spawn(&args, &dir.join("switch.log"), &s).expect("switch starts");
-    let tp = Testpmd::spawn(&TestpmdOpts::virtio_user(
-        tag,
-        vec![s[1].clone(), s[2].clone()],
-        queues,
-        dir.join("testpmd.log"),
-    ))
+    let tp = Testpmd::spawn(&TestpmdOpts {
+        packed,
+        ..TestpmdOpts::virtio_user(
+            tag,
+            vec![s[1].clone(), s[2].clone()],
+            queues,
+            dir.join("testpmd.log"),
+        )
+    })
     .expect("testpmd starts");
     let (mut g0, mut g1) = (vu(&s[0], queues), vu(&s[3], queues));
     // testpmd's ports come up a moment after it connects; the switch follows link state
@@ -139,6 +148,16 @@ fn through_testpmd(tag: &str, queues: u16, cores: &str) {
     drop(tp);
     let st = sw.stop(libc::SIGTERM).expect("switch stops");
     assert!(st.success());
+}
+
+#[test]
+fn testpmd_virtio_user_vms_on_packed_rings() {
+    through_testpmd_rings("dpdk-packed", 1, "0", true);
+}
+
+#[test]
+fn testpmd_virtio_user_vms_on_packed_rings_two_queue_pairs() {
+    through_testpmd_rings("dpdk-packed2", 2, "0,1", true);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //!  ─────────────────────────────               ─────────────
 //!  accept/connect ─ vhost-user messages        poll_rx(q): guest TX ring 2q+1
 //!  (vhost crate parses, `Device` applies)      tx_burst(q): guest RX ring 2q
-//!        │ builds a DeviceRing, installs it           ▲
+//!        │ builds a vring::Ring, installs it          ▲
 //!        └──── under the queue's QueueCell ───────────┘  (one CAS per burst)
 //! ```
 //!
@@ -41,7 +41,8 @@ use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
 use crate::vhost_proto as proto;
 use crate::virtio::{self, net_hdr_len};
-use crate::vring::{Chain, ChainError, DeviceRing, RingAddrs};
+use crate::vring::Ring;
+use crate::vring::{Chain, ChainError, DeviceRing, PackedRing, RingAddrs};
 
 /// Who creates the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +122,9 @@ pub enum VhostUserError {
 
 /// Features we offer to the frontend.
 ///
+/// `VIRTIO_F_RING_PACKED`: either ring format ([`crate::vring::Ring`]); split stays
+/// what a frontend gets unless it asks for packed.
+///
 /// `VIRTIO_F_IN_ORDER`: both directions use chains strictly in the order the driver made
 /// them available (receive walks and returns them in avail order, bad chains included;
 /// transmit fills them in avail order and gives back the tail it cannot use), so we may
@@ -128,6 +132,7 @@ pub enum VhostUserError {
 /// markedly cheaper path than its free-list one.
 const OFFERED_FEATURES: u64 = virtio::F_VERSION_1
     | virtio::F_IN_ORDER
+    | virtio::F_RING_PACKED
     | virtio::NET_F_MRG_RXBUF
     | virtio::RING_F_EVENT_IDX
     | virtio::RING_F_INDIRECT_DESC
@@ -141,7 +146,7 @@ const OFFERED_PROTOCOL: u64 = proto::pf::MQ | proto::pf::REPLY_ACK | proto::pf::
 
 /// A started (or stopped) virtqueue as the data path sees it.
 struct Vq {
-    ring: Option<DeviceRing>,
+    ring: Option<Ring>,
     call: Option<File>,
     hdr_len: usize,
     mrg_rxbuf: bool,
@@ -544,11 +549,19 @@ impl Device {
         if v.started && v.enabled {
             if let (Some(mem), Some(addrs)) = (&self.mem, v.addrs) {
                 let event_idx = features & virtio::RING_F_EVENT_IDX != 0;
-                match DeviceRing::new(mem.clone(), v.size, addrs, v.base, v.used, event_idx) {
-                    Ok(mut r) => {
-                        r.set_in_order(features & virtio::F_IN_ORDER != 0);
-                        ring = Some(r)
-                    }
+                let built = if features & virtio::F_RING_PACKED != 0 {
+                    PackedRing::new(mem.clone(), v.size, addrs, v.base, v.used, event_idx)
+                        .map(Ring::Packed)
+                } else {
+                    DeviceRing::new(mem.clone(), v.size, addrs, v.base, v.used, event_idx).map(
+                        |mut r| {
+                            r.set_in_order(features & virtio::F_IN_ORDER != 0);
+                            Ring::Split(r)
+                        },
+                    )
+                };
+                match built {
+                    Ok(r) => ring = Some(r),
                     Err(e) => {
                         shared.proto_errors.fetch_add(1, Ordering::Relaxed);
                         if let Some(s) = shared.log.check() {
@@ -765,7 +778,12 @@ impl Device {
             }
             SET_VRING_NUM => {
                 let (i, num) = self.vring_state(m)?;
-                if num == 0 || num > u32::from(virtio::MAX_QUEUE_SIZE) || !num.is_power_of_two() {
+                // Split rings need a power of two; packed ones any size up to 32768.
+                let packed = self.features & virtio::F_RING_PACKED != 0;
+                if num == 0
+                    || num > u32::from(virtio::MAX_QUEUE_SIZE)
+                    || !(packed || num.is_power_of_two())
+                {
                     return refuse(format!(
                         "queue size {num} is not a power of two in 1..=32768"
                     ));
@@ -792,9 +810,19 @@ impl Device {
                 Ok(None)
             }
             SET_VRING_BASE => {
-                let (i, base) = self.vring_state(m)?;
-                let Ok(base) = u16::try_from(base) else {
-                    return refuse(format!("vring base {base} above 65535"));
+                let (i, num) = self.vring_state(m)?;
+                // Split rings: the avail index. Packed rings: bits 0..15 the avail
+                // position and wrap counter; QEMU also sends the used one in bits 16..31,
+                // DPDK only the first (the two are equal on a stopped ring).
+                let packed = self.features & virtio::F_RING_PACKED != 0;
+                let (base, used) = match (packed, u16::try_from(num)) {
+                    (false, Ok(b)) => (b, b),
+                    (false, Err(_)) => return refuse(format!("vring base {num} above 65535")),
+                    (true, _) => {
+                        let avail = num as u16;
+                        let used = (num >> 16) as u16;
+                        (avail, if used == 0 { avail } else { used })
+                    }
                 };
                 // Only valid on a stopped ring; a running one is stopped first so the
                 // new base is not overwritten by its position.
@@ -803,7 +831,7 @@ impl Device {
                 self.install(i);
                 self.vrings[i].started = was;
                 self.vrings[i].base = base;
-                self.vrings[i].used = base;
+                self.vrings[i].used = used;
                 self.install(i);
                 Ok(None)
             }
@@ -814,8 +842,13 @@ impl Device {
                 let base = self.stop_ring(i);
                 let any = self.vrings.iter().any(|v| v.running);
                 self.shared.up.store(any, Ordering::Relaxed);
+                let mut num = u32::from(base);
+                if self.features & virtio::F_RING_PACKED != 0 {
+                    // The used position too, as QEMU reads it (bits 16..31).
+                    num |= u32::from(self.vrings[i].used) << 16;
+                }
                 let mut body = (i as u32).to_le_bytes().to_vec();
-                body.extend_from_slice(&u32::from(base).to_le_bytes());
+                body.extend_from_slice(&num.to_le_bytes());
                 Ok(Some(body))
             }
             SET_VRING_KICK => {
@@ -929,7 +962,7 @@ impl VhostUserPort {
     /// or too small ones, is counted as dropped and gives its chains back.
     fn tx_general(
         &self,
-        ring: &mut DeviceRing,
+        ring: &mut Ring,
         chain: &mut Chain,
         pieces: &[&[u8]],
         mrg: bool,

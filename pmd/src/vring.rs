@@ -18,6 +18,112 @@ use std::sync::Arc;
 use crate::mem::GuestMemory;
 use crate::virtio::{self, Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
+mod packed;
+pub use packed::PackedRing;
+
+/// A started virtqueue of either format (`VIRTIO_F_RING_PACKED` decides), with the
+/// same operations; a port matches on it once per call, never per byte.
+pub enum Ring {
+    /// A split ring (descriptor table, avail ring, used ring).
+    Split(DeviceRing),
+    /// A packed ring (one descriptor ring, two event suppression areas).
+    Packed(PackedRing),
+}
+
+macro_rules! either {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Ring::Split($r) => $e,
+            Ring::Packed($r) => $e,
+        }
+    };
+}
+
+impl Ring {
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        either!(self, r => r.size())
+    }
+
+    /// Where the device resumes reading (`GET_VRING_BASE`).
+    pub fn last_avail(&self) -> u16 {
+        either!(self, r => r.last_avail())
+    }
+
+    /// Where the device writes next.
+    pub fn used_idx(&self) -> u16 {
+        either!(self, r => r.used_idx())
+    }
+
+    /// Chains available (a packed ring says only 0 or 1).
+    #[inline]
+    pub fn pending(&mut self) -> u16 {
+        either!(self, r => r.pending())
+    }
+
+    /// See [`DeviceRing::prefetch_heads`].
+    #[inline]
+    pub fn prefetch_heads(&mut self, n: u16) {
+        either!(self, r => r.prefetch_heads(n))
+    }
+
+    /// See [`DeviceRing::walk_ahead`].
+    #[inline]
+    pub fn walk_ahead(&mut self, n: u16, writable: bool, lines: usize) {
+        either!(self, r => r.walk_ahead(n, writable, lines))
+    }
+
+    /// See [`DeviceRing::pop`].
+    #[inline]
+    pub fn pop(
+        &mut self,
+        writable: bool,
+        chain: &mut Chain,
+    ) -> Option<Result<u16, (u16, ChainError)>> {
+        either!(self, r => r.pop(writable, chain))
+    }
+
+    /// See [`DeviceRing::unpop`].
+    pub fn unpop(&mut self, n: u16) {
+        either!(self, r => r.unpop(n))
+    }
+
+    /// See [`DeviceRing::push_used`].
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        either!(self, r => r.push_used(head, len))
+    }
+
+    /// See [`DeviceRing::unpush_used`].
+    pub fn unpush_used(&mut self, n: u16) {
+        either!(self, r => r.unpush_used(n))
+    }
+
+    /// See [`DeviceRing::push_used_read`].
+    #[inline]
+    pub fn push_used_read(&mut self, heads: &[u16]) {
+        either!(self, r => r.push_used_read(heads))
+    }
+
+    /// See [`DeviceRing::prefetch_used`].
+    #[inline]
+    pub fn prefetch_used(&self, n: u16) {
+        either!(self, r => r.prefetch_used(n))
+    }
+
+    /// See [`DeviceRing::prefetch_used_read`].
+    #[inline]
+    pub fn prefetch_used_read(&self, n: u16) {
+        either!(self, r => r.prefetch_used_read(n))
+    }
+
+    /// See [`DeviceRing::publish`].
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        either!(self, r => r.publish())
+    }
+}
+
 /// The most buffers one chain may have (Linux sends at most MAX_SKB_FRAGS + 2).
 pub const MAX_SEGS: usize = 64;
 /// The largest indirect table we walk (entries).

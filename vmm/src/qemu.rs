@@ -46,16 +46,21 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
         .args(["-accel", if kvm { "kvm" } else { "tcg" }])
         .args(["-cpu", if kvm { "host" } else { "max" }])
         .args(["-m", &format!("{mib}M"), "-smp", &cfg.vcpus.to_string()])
-        .args(["-object", &backend])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-no-reboot")
-        .args(["-kernel", &path_arg(&cfg.kernel)?]);
+        .args(["-object", &backend]);
+    if cfg.nets.iter().any(|n| n.packed) {
+        // microvm's virtio-mmio is legacy (virtio 0.9) by default, and packed rings are
+        // a virtio 1.x feature.
+        cmd.args(["-global", "virtio-mmio.force-legacy=false"]);
+    }
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-no-reboot")
+    .args(["-kernel", &path_arg(&cfg.kernel)?]);
     if let Some(i) = &cfg.initrd {
         cmd.args(["-initrd", &path_arg(i)?]);
     }
@@ -76,7 +81,11 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
             .args(["-netdev", &format!("vhost-user,id=n{i},chardev=c{i}")])
             .args([
                 "-device",
-                &format!("virtio-net-device,netdev=n{i},mac={}", fmt_mac(mac)),
+                &format!(
+                    "virtio-net-device,netdev=n{i},mac={}{}",
+                    fmt_mac(mac),
+                    if n.packed { ",packed=on" } else { "" }
+                ),
             ]);
     }
     if !cfg.cpus.is_empty() {

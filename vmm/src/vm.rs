@@ -203,6 +203,13 @@ impl Vm {
     pub fn new(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmError> {
         let started = Instant::now();
         validate(cfg)?;
+        if cfg.nets.iter().any(|n| n.packed) {
+            // Its virtio-net resumes a ring after a backend restart from the used index
+            // in guest memory, which a packed ring does not have.
+            return Err(VmError::Config(
+                "packed virtqueues (--net ...,packed) are not supported by the kvm backend yet; use --hypervisor qemu".into(),
+            ));
+        }
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
         let ram = Arc::new(GuestRam::new(cfg.mem, cfg.hugepages, cfg.prealloc)?);

@@ -14,6 +14,12 @@ pub const IP2: &str = "10.0.0.2";
 
 /// Starts vm1 on `sock0` (10.0.0.1) and vm2 on `sock1` (10.0.0.2) in `dir`.
 pub fn spawn_pair(dir: &TestDir, mode: VhostMode) -> (QemuGuest, QemuGuest) {
+    spawn_pair_rings(dir, mode, false)
+}
+
+/// As [`spawn_pair`], the NICs on packed virtqueues when `packed`.
+#[allow(dead_code)]
+pub fn spawn_pair_rings(dir: &TestDir, mode: VhostMode, packed: bool) -> (QemuGuest, QemuGuest) {
     let image = guest_image().expect("guest image");
     let opts = |n: u8, ip: &str| {
         let mut o = GuestOpts::new(
@@ -25,6 +31,7 @@ pub fn spawn_pair(dir: &TestDir, mode: VhostMode) -> (QemuGuest, QemuGuest) {
         .ip(&format!("{ip}/24"))
         .mode(mode);
         o.image = Some(image.clone());
+        o.packed = packed;
         o
     };
     let g1 = QemuGuest::spawn(&opts(1, IP1)).expect("spawn vm1");

@@ -118,6 +118,8 @@ pub struct GuestOpts {
     pub extra_append: Vec<String>,
     /// Kernel and initrd; `None` uses [`guest_image`].
     pub image: Option<(PathBuf, PathBuf)>,
+    /// The NIC offers packed virtqueues (QEMU `packed=on`).
+    pub packed: bool,
 }
 
 impl GuestOpts {
@@ -134,6 +136,7 @@ impl GuestOpts {
             log: log.into(),
             extra_append: Vec::new(),
             image: None,
+            packed: false,
         }
     }
 
@@ -228,10 +231,13 @@ impl QemuGuest {
             .socket
             .to_str()
             .ok_or_else(|| format!("{name}: socket path {} is not UTF-8", opts.socket.display()))?;
-        let net = match opts.mode {
+        let mut net = match opts.mode {
             VhostMode::Client => format!("vhost-user={sock},client,mac={}", opts.mac),
             VhostMode::Server => format!("vhost-user={sock},mac={}", opts.mac),
         };
+        if opts.packed {
+            net.push_str(",packed");
+        }
         // The pod is started the way a user starts one: `vnfhost vm run`, which execs QEMU
         // (so the child's pid is QEMU's).
         let args: Vec<String> = vec![

@@ -60,6 +60,8 @@ pub struct TestpmdOpts {
     pub lcores: String,
     /// Forward mode (`io` makes a wire of two ports).
     pub forward_mode: String,
+    /// `net_virtio_user` ports ask for packed virtqueues (`packed_vq=1`).
+    pub packed: bool,
     /// File that receives testpmd's stdout and stderr.
     pub log: PathBuf,
 }
@@ -76,6 +78,7 @@ impl TestpmdOpts {
             file_prefix: format!("vnfhost-{tag}-{}", std::process::id()),
             lcores: "0,1".to_string(),
             forward_mode: "io".to_string(),
+            packed: false,
             log: log.into(),
         }
     }
@@ -131,7 +134,11 @@ impl Testpmd {
                     format!("net_vhost{i},iface={},queues={q}{c}", sock.display())
                 }
                 Role::VirtioUser => {
-                    format!("net_virtio_user{i},path={},queues={q}", sock.display())
+                    let packed = if opts.packed { ",packed_vq=1" } else { "" };
+                    format!(
+                        "net_virtio_user{i},path={},queues={q}{packed}",
+                        sock.display()
+                    )
                 }
             };
             args.push("--vdev".into());

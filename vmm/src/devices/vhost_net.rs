@@ -53,6 +53,9 @@ pub struct NetConfig {
     pub server: bool,
     /// The guest's MAC; derived from the socket path when absent.
     pub mac: Option<[u8; 6]>,
+    /// Offer the guest packed virtqueues (`VIRTIO_F_RING_PACKED`). Only the QEMU backend
+    /// does so far; the `kvm` backend refuses it.
+    pub packed: bool,
 }
 
 /// Errors while attaching a backend.
