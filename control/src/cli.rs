@@ -47,7 +47,7 @@ commands:
                                     vnfhost (our virtio-user generator: latency, NDR,
                                     IMIX, L3); every DUT is measured with each
                                     (default dpdk,vnfhost)
-             --packed               the dpdk generator offers packed virtqueues
+             --packed               both generators ask for packed virtqueues
              --frame-sizes LIST     wire sizes 64..=1518, or imix (7x64, 4x570, 1x1518)
                                     (default 64,1518)
              --flows N              flows the generator cycles: source MACs (vnfhost),

@@ -40,6 +40,8 @@ pub struct GenConfig {
     /// Routed traffic: IPv4 from [`L3_SRC_IP`] to [`L3_DST_IP`], sent to [`ROUTER_MAC`]
     /// (sequence number and stamp after the IPv4 header).
     pub l3: bool,
+    /// Packed virtqueues instead of split ones.
+    pub packed: bool,
 }
 
 /// The router's MAC in L3 mode (vnfhost's default router MAC).
@@ -140,6 +142,7 @@ impl Generator {
             c.ring_size = cfg.ring_size;
             c.hugepages = cfg.hugepages;
             c.server = cfg.server;
+            c.packed = cfg.packed;
             c.timeout = Duration::from_secs(30);
             VirtioUser::new(&c)
         };

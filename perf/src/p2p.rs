@@ -60,7 +60,7 @@ impl GenKind {
 pub struct P2pConfig {
     /// Generators; every DUT is measured with each, in the same rounds.
     pub generators: Vec<GenKind>,
-    /// The DPDK generator uses packed virtqueues (`packed_vq=1`).
+    /// Both generators use packed virtqueues (DPDK: `packed_vq=1`).
     pub packed: bool,
     /// DUTs, in the order they run within a round.
     pub duts: Vec<DutKind>,
@@ -487,6 +487,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                             hugepages: cfg.hugepages,
                             server: dut.generator_listens(),
                             l3: dut.is_l3(),
+                            packed: cfg.packed,
                         };
                         let mut g = Generator::connect(&gcfg)
                             .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;

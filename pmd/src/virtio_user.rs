@@ -81,6 +81,9 @@ pub struct VirtioUserConfig {
     pub mrg_rxbuf: bool,
     /// Negotiate VIRTIO_RING_F_EVENT_IDX when offered.
     pub event_idx: bool,
+    /// Ask for packed virtqueues (`VIRTIO_F_RING_PACKED`); fails when the backend does
+    /// not offer them.
+    pub packed: bool,
     /// Put rings and buffers on hugepages when available.
     pub hugepages: bool,
     /// How long to wait for the backend (connect retries or accept).
@@ -97,15 +100,25 @@ impl VirtioUserConfig {
             ring_size: 256,
             mrg_rxbuf: true,
             event_idx: true,
+            packed: false,
             hugepages: false,
             timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Driver state of one ring living in our shared region.
+/// Driver state of one ring living in our shared region. Split: `avail` and `used`
+/// are the avail and used rings, and descriptor `id` is fixed to buffer `id`. Packed:
+/// `avail` is the driver event area, `used` the device event area, and slots are
+/// filled in ring order (`avail_idx`/`last_used` are then slot positions with their
+/// wrap counters) with one buffer each, whose id names it.
 struct DriverRing {
     size: u16,
+    packed: bool,
+    /// Packed: the driver's wrap counter for `avail_idx`, and the one it expects at
+    /// `last_used`.
+    avail_wrap: bool,
+    used_wrap: bool,
     desc: *mut u8,
     avail: *mut u8,
     used: *mut u8,
@@ -119,7 +132,83 @@ struct DriverRing {
     event_idx: bool,
 }
 
+/// Packed descriptor flags: available and used bits.
+const PACKED_AVAIL: u16 = 1 << 7;
+const PACKED_USED: u16 = 1 << 15;
+
 impl DriverRing {
+    /// The next used buffer the device returned, (id, len), moving past it; `None`
+    /// when there is none yet.
+    fn next_used(&mut self) -> Option<(u16, u32)> {
+        if !self.packed {
+            if self.last_used == self.used_idx() {
+                return None;
+            }
+            let e = self.used_elem(self.last_used);
+            self.last_used = self.last_used.wrapping_add(1);
+            return Some(e);
+        }
+        let slot = usize::from(self.last_used);
+        // SAFETY: last_used < size; the descriptor ring holds size 16-byte entries, the
+        // flags at offset 14 (2-byte aligned).
+        let flags = u16::from_le(unsafe {
+            (*self.desc.add(16 * slot + 14).cast::<AtomicU16>()).load(Ordering::Acquire)
+        });
+        let w = self.used_wrap;
+        if (flags & PACKED_AVAIL != 0) != w || (flags & PACKED_USED != 0) != w {
+            return None;
+        }
+        // SAFETY: as above; len at offset 8, id at 12.
+        let (len, id) = unsafe {
+            (
+                u32::from_le(std::ptr::read_volatile(
+                    self.desc.add(16 * slot + 8).cast::<u32>(),
+                )),
+                u16::from_le(std::ptr::read_volatile(
+                    self.desc.add(16 * slot + 12).cast::<u16>(),
+                )),
+            )
+        };
+        // Every chain we post is one slot, so the next used descriptor is one on.
+        self.last_used += 1;
+        if self.last_used == self.size {
+            self.last_used = 0;
+            self.used_wrap = !self.used_wrap;
+        }
+        Some((id, len))
+    }
+
+    /// Makes buffer `id` available with `len` bytes, device-writable when `writable`.
+    fn post(&mut self, id: u16, len: u32, writable: bool) {
+        let flags = if writable { virtio::DESC_F_WRITE } else { 0 };
+        if !self.packed {
+            self.write_desc(id, len, flags);
+            self.add_avail(id);
+            return;
+        }
+        let gpa = self.bufs_gpa + u64::from(id) * BUF_SIZE as u64;
+        let slot = usize::from(self.avail_idx);
+        let bits = if self.avail_wrap {
+            PACKED_AVAIL
+        } else {
+            PACKED_USED
+        };
+        // SAFETY: avail_idx < size; the descriptor ring holds size 16-byte entries. The
+        // flags go last, with release: they hand the descriptor to the device.
+        unsafe {
+            let d = self.desc.add(16 * slot);
+            std::ptr::write_volatile(d.cast::<u64>(), gpa.to_le());
+            std::ptr::write_volatile(d.add(8).cast::<u32>(), len.to_le());
+            std::ptr::write_volatile(d.add(12).cast::<u16>(), id.to_le());
+            (*d.add(14).cast::<AtomicU16>()).store((flags | bits).to_le(), Ordering::Release);
+        }
+        self.avail_idx += 1;
+        if self.avail_idx == self.size {
+            self.avail_idx = 0;
+            self.avail_wrap = !self.avail_wrap;
+        }
+    }
+
     fn used_idx(&self) -> u16 {
         // SAFETY: the used ring lives in our region, 4-byte aligned; idx at offset 2.
         unsafe { (*self.used.add(2).cast::<AtomicU16>()).load(Ordering::Acquire) }
@@ -164,6 +253,18 @@ impl DriverRing {
 
     /// Publishes new avail entries and kicks the backend if it asked for it.
     fn publish(&mut self, old: u16) {
+        if self.packed {
+            // The descriptors were handed over one by one; kick unless the device said
+            // it polls (event flags DISABLE).
+            fence(Ordering::SeqCst);
+            // SAFETY: the device event area is 4 bytes of our region; flags at 2.
+            let fl =
+                u16::from_le(unsafe { std::ptr::read_volatile(self.used.add(2).cast::<u16>()) });
+            if fl & 3 != 1 {
+                let _ = self.kick.write(1);
+            }
+            return;
+        }
         // SAFETY: avail idx in our region, 2-byte aligned.
         unsafe {
             (*self.avail.add(2).cast::<AtomicU16>()).store(self.avail_idx, Ordering::Release)
@@ -258,7 +359,17 @@ impl VirtioUser {
         if cfg.queue_pairs > 1 {
             want |= virtio::NET_F_MQ;
         }
+        if cfg.packed {
+            want |= virtio::F_RING_PACKED;
+        }
         let features = offered & want;
+        if cfg.packed && features & virtio::F_RING_PACKED == 0 {
+            return Err(VirtioUserError::Missing {
+                path,
+                what: "VIRTIO_F_RING_PACKED",
+            });
+        }
+        let packed = cfg.packed;
         if cfg.queue_pairs > 1 && features & virtio::NET_F_MQ == 0 {
             return Err(VirtioUserError::Missing {
                 path,
@@ -319,6 +430,9 @@ impl VirtioUser {
             let call = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioUserError::EventFd)?;
             let mut r = DriverRing {
                 size,
+                packed,
+                avail_wrap: true,
+                used_wrap: true,
                 desc: at(desc_off),
                 avail: at(avail_off),
                 used: at(used_off),
@@ -334,19 +448,25 @@ impl VirtioUser {
             if i % 2 == 0 {
                 // Receive ring: every buffer posted, device-writable.
                 for id in 0..size {
-                    r.write_desc(id, BUF_SIZE as u32, virtio::DESC_F_WRITE);
-                    r.add_avail(id);
+                    r.post(id, BUF_SIZE as u32, true);
                 }
                 r.free.clear();
-                // SAFETY: avail idx in our region.
-                unsafe {
-                    (*r.avail.add(2).cast::<AtomicU16>()).store(r.avail_idx, Ordering::Release)
-                };
+                if !packed {
+                    // SAFETY: avail idx in our region.
+                    unsafe {
+                        (*r.avail.add(2).cast::<AtomicU16>()).store(r.avail_idx, Ordering::Release)
+                    };
+                }
             }
-            // We poll the used rings: ask for no interrupts.
-            // SAFETY: avail flags at offset 0 of our avail ring.
+            // We poll the used rings: ask for no interrupts (split: the avail flags;
+            // packed: the driver event area's flags, DISABLE).
+            // SAFETY: offset 0 of our avail ring, or offset 2 of the driver event area.
             unsafe {
-                std::ptr::write_volatile(r.avail.cast::<u16>(), virtio::AVAIL_F_NO_INTERRUPT)
+                if packed {
+                    std::ptr::write_volatile(r.avail.add(2).cast::<u16>(), 1u16.to_le())
+                } else {
+                    std::ptr::write_volatile(r.avail.cast::<u16>(), virtio::AVAIL_F_NO_INTERRUPT)
+                }
             };
             let cfgd = VringConfigData {
                 queue_max_size: size,
@@ -360,8 +480,9 @@ impl VirtioUser {
             frontend
                 .set_vring_num(i, size)
                 .map_err(|e| proto("SET_VRING_NUM", e))?;
+            // Packed: index 0 with the avail wrap counter set (bit 15).
             frontend
-                .set_vring_base(i, 0)
+                .set_vring_base(i, if packed { 0x8000 } else { 0 })
                 .map_err(|e| proto("SET_VRING_BASE", e))?;
             frontend
                 .set_vring_addr(i, &cfgd)
@@ -460,10 +581,7 @@ impl VirtioUser {
 
     fn reclaim_tx(&mut self, q: u16) {
         let r = &mut self.rings[usize::from(q) * 2 + 1];
-        let used = r.used_idx();
-        while r.last_used != used {
-            let (id, _) = r.used_elem(r.last_used);
-            r.last_used = r.last_used.wrapping_add(1);
+        while let Some((id, _)) = r.next_used() {
             if id < r.size && r.free.len() < usize::from(r.size) {
                 r.free.push(id);
             }
@@ -512,8 +630,7 @@ impl VirtioUser {
             let buf = unsafe { std::slice::from_raw_parts_mut(r.buf(id), BUF_SIZE) };
             buf[..hdr_len].fill(0);
             let len = fill(n, &mut buf[hdr_len..]).min(BUF_SIZE - hdr_len);
-            r.write_desc(id, (hdr_len + len) as u32, 0);
-            r.add_avail(id);
+            r.post(id, (hdr_len + len) as u32, false);
             n += 1;
         }
         if n > 0 {
@@ -530,12 +647,12 @@ impl VirtioUser {
         }
         let hdr_len = self.hdr_len;
         let r = &mut self.rings[usize::from(q) * 2];
-        let used = r.used_idx();
         let old = r.avail_idx;
-        let mut n = 0;
-        while r.last_used != used && n < max {
-            let (id, len) = r.used_elem(r.last_used);
-            r.last_used = r.last_used.wrapping_add(1);
+        let (mut n, mut posted) = (0, 0);
+        while n < max {
+            let Some((id, len)) = r.next_used() else {
+                break;
+            };
             if id >= r.size {
                 continue;
             }
@@ -547,10 +664,10 @@ impl VirtioUser {
                 f(frame);
                 n += 1;
             }
-            r.write_desc(id, BUF_SIZE as u32, virtio::DESC_F_WRITE);
-            r.add_avail(id);
+            r.post(id, BUF_SIZE as u32, true);
+            posted += 1;
         }
-        if r.avail_idx != old {
+        if posted > 0 {
             r.publish(old);
         }
         n
@@ -639,8 +756,10 @@ impl VirtioUser {
     /// then publishes the avail index. For tests of hostile drivers; the port's own
     /// bookkeeping is not updated, so use a fresh port for normal traffic afterwards
     /// or only the other ring.
+    ///
+    /// Split rings only: on a packed port nothing is written.
     pub fn raw_ring(&mut self, ring: usize, f: impl FnOnce(&mut RawRing<'_>)) {
-        let Some(r) = self.rings.get_mut(ring) else {
+        let Some(r) = self.rings.get_mut(ring).filter(|r| !r.packed) else {
             return;
         };
         let old = r.avail_idx;
@@ -679,11 +798,9 @@ impl VirtioUser {
         let Some(r) = self.rings.get_mut(ring) else {
             return Vec::new();
         };
-        let used = r.used_idx();
         let mut out = Vec::new();
-        while r.last_used != used {
-            out.push(r.used_elem(r.last_used));
-            r.last_used = r.last_used.wrapping_add(1);
+        while let Some(e) = r.next_used() {
+            out.push(e);
         }
         out
     }

@@ -301,6 +301,7 @@ impl PackedRing {
 
     /// Adds one ring descriptor's buffer (or, for an indirect one, its table's) to the
     /// chain.
+    #[inline]
     fn add_buffer(
         &self,
         addr: u64,
@@ -520,6 +521,7 @@ impl PackedRing {
 }
 
 /// Adds one plain buffer to `chain`, checking direction, address and count.
+#[inline(always)]
 fn add_seg(
     mem: &GuestMemory,
     addr: u64,
