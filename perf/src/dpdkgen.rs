@@ -26,7 +26,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -289,11 +289,6 @@ impl DpdkGen {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// The log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 }
 

@@ -53,8 +53,10 @@ pub const L3_DST_IP: [u8; 4] = [10, 0, 1, 1];
 
 /// Writes the IPv4 header of an L3-mode frame of `len` bytes (without FCS) at `b[14..34]`.
 fn write_ipv4(b: &mut [u8], len: usize, src: [u8; 4], dst: [u8; 4]) {
-    let h = &mut b[14..34];
-    h.fill(0);
+    // Built and summed in a local array, then copied once: summing it back out of the
+    // guest buffer would read bytes still waiting in the store buffer for a line the
+    // DUT's core holds (a store-forwarding stall of hundreds of cycles per frame).
+    let mut h = [0u8; 20];
     h[0] = 0x45;
     h[2..4].copy_from_slice(&((len - 14) as u16).to_be_bytes());
     h[8] = 64;
@@ -69,6 +71,7 @@ fn write_ipv4(b: &mut [u8], len: usize, src: [u8; 4], dst: [u8; 4]) {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    b[14..34].copy_from_slice(&h);
 }
 
 /// `frame_len` value that selects simple IMIX: 7 × 64, 4 × 570, 1 × 1518 bytes on the

@@ -784,9 +784,11 @@ impl Device {
                     || num > u32::from(virtio::MAX_QUEUE_SIZE)
                     || !(packed || num.is_power_of_two())
                 {
-                    return refuse(format!(
-                        "queue size {num} is not a power of two in 1..=32768"
-                    ));
+                    return refuse(if packed {
+                        format!("queue size {num} is outside 1..=32768")
+                    } else {
+                        format!("queue size {num} is not a power of two in 1..=32768")
+                    });
                 }
                 self.vrings[i].size = num;
                 Ok(None)

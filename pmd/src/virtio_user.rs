@@ -126,6 +126,9 @@ struct DriverRing {
     bufs_gpa: u64,
     avail_idx: u16,
     last_used: u16,
+    /// Split: the device's used index as [`refresh_used`](Self::refresh_used) last
+    /// read it: a burst of used elements costs one read of that contended line.
+    used_seen: u16,
     free: Vec<u16>,
     kick: EventFd,
     _call: EventFd,
@@ -137,11 +140,22 @@ const PACKED_AVAIL: u16 = 1 << 7;
 const PACKED_USED: u16 = 1 << 15;
 
 impl DriverRing {
+    /// Reads the device's used index once (split rings), before a run of
+    /// [`next_used`](Self::next_used) calls.
+    fn refresh_used(&mut self) {
+        if !self.packed {
+            self.used_seen = self.used_idx();
+        }
+    }
+
     /// The next used buffer the device returned, (id, len), moving past it; `None`
-    /// when there is none yet.
+    /// when there is none (split: none up to the index [`refresh_used`] read).
+    ///
+    /// [`refresh_used`]: Self::refresh_used
+    #[inline]
     fn next_used(&mut self) -> Option<(u16, u32)> {
         if !self.packed {
-            if self.last_used == self.used_idx() {
+            if self.last_used == self.used_seen {
                 return None;
             }
             let e = self.used_elem(self.last_used);
@@ -179,6 +193,7 @@ impl DriverRing {
     }
 
     /// Makes buffer `id` available with `len` bytes, device-writable when `writable`.
+    #[inline]
     fn post(&mut self, id: u16, len: u32, writable: bool) {
         let flags = if writable { virtio::DESC_F_WRITE } else { 0 };
         if !self.packed {
@@ -440,6 +455,7 @@ impl VirtioUser {
                 bufs_gpa: GPA_BASE + bufs_off,
                 avail_idx: 0,
                 last_used: 0,
+                used_seen: 0,
                 free: (0..size).rev().collect(),
                 kick,
                 _call: call,
@@ -581,6 +597,7 @@ impl VirtioUser {
 
     fn reclaim_tx(&mut self, q: u16) {
         let r = &mut self.rings[usize::from(q) * 2 + 1];
+        r.refresh_used();
         while let Some((id, _)) = r.next_used() {
             if id < r.size && r.free.len() < usize::from(r.size) {
                 r.free.push(id);
@@ -647,25 +664,43 @@ impl VirtioUser {
         }
         let hdr_len = self.hdr_len;
         let r = &mut self.rings[usize::from(q) * 2];
+        r.refresh_used();
         let old = r.avail_idx;
         let (mut n, mut posted) = (0, 0);
+        // In batches: take the used entries first and ask for each frame's first line,
+        // then hand the frames over, so their cache misses overlap instead of each
+        // waiting in turn.
+        const BATCH: usize = 32;
+        let mut got = [(0u16, 0usize); BATCH];
         while n < max {
-            let Some((id, len)) = r.next_used() else {
+            let mut k = 0;
+            while k < BATCH && n + k < max {
+                let Some((id, len)) = r.next_used() else {
+                    break;
+                };
+                if id >= r.size {
+                    continue;
+                }
+                let len = (len as usize).min(BUF_SIZE);
+                crate::hint::prefetch(r.buf(id).wrapping_add(hdr_len));
+                got[k] = (id, len);
+                k += 1;
+            }
+            if k == 0 {
                 break;
-            };
-            if id >= r.size {
-                continue;
             }
-            let len = (len as usize).min(BUF_SIZE);
-            if len > hdr_len {
-                // SAFETY: the buffer of `id` holds BUF_SIZE bytes; len <= BUF_SIZE.
-                let frame =
-                    unsafe { std::slice::from_raw_parts(r.buf(id).add(hdr_len), len - hdr_len) };
-                f(frame);
-                n += 1;
+            for &(id, len) in &got[..k] {
+                if len > hdr_len {
+                    // SAFETY: the buffer of `id` holds BUF_SIZE bytes; len <= BUF_SIZE.
+                    let frame = unsafe {
+                        std::slice::from_raw_parts(r.buf(id).add(hdr_len), len - hdr_len)
+                    };
+                    f(frame);
+                    n += 1;
+                }
+                r.post(id, BUF_SIZE as u32, true);
+                posted += 1;
             }
-            r.post(id, BUF_SIZE as u32, true);
-            posted += 1;
         }
         if posted > 0 {
             r.publish(old);
@@ -799,6 +834,7 @@ impl VirtioUser {
             return Vec::new();
         };
         let mut out = Vec::new();
+        r.refresh_used();
         while let Some(e) = r.next_used() {
             out.push(e);
         }

@@ -242,8 +242,6 @@ pub struct DeviceRing {
     used: *mut u8,
     last_avail: u16,
     avail_cache: u16,
-    /// Avail index up to which [`prefetch_bufs`](Self::prefetch_bufs) asked for buffers.
-    bufs_ahead: u16,
     /// One-buffer chains walked by [`walk_ahead`](Self::walk_ahead) for the avail
     /// positions `last_avail..last_avail + ahead_n`, each at `ahead[position % AHEAD]`:
     /// (head, host address, length).
@@ -342,7 +340,6 @@ impl DeviceRing {
             used,
             last_avail: base,
             avail_cache: base,
-            bufs_ahead: base,
             ahead: [(0, std::ptr::null_mut(), 0); AHEAD],
             ahead_n: 0,
             ahead_writable: false,
@@ -433,57 +430,6 @@ impl DeviceRing {
                 crate::hint::prefetch(self.desc.wrapping_add(16 * usize::from(head)));
             }
         }
-    }
-
-    /// Asks for the first `lines` cache lines of the first buffer of each of the next
-    /// `n` available chains, for writing when `write` (a receive ring, where the device
-    /// is about to copy frames in). Chains already asked for by an earlier call are
-    /// skipped, so a port can ask a burst ahead and again just before it uses them.
-    /// Reads avail entries and head descriptors, which
-    /// [`prefetch_heads`](Self::prefetch_heads) should have requested first; indirect
-    /// and untranslatable descriptors are skipped, and nothing is checked or changed:
-    /// [`pop`](Self::pop) still does all of that.
-    #[inline]
-    pub fn prefetch_bufs(&mut self, n: u16, lines: usize, write: bool) {
-        let cnt = n.min(self.pending());
-        let ahead = self.bufs_ahead.wrapping_sub(self.last_avail);
-        let start = if ahead > self.size {
-            // Stale (the ring was reset or the driver moved back): start afresh.
-            self.last_avail
-        } else if ahead >= cnt {
-            return;
-        } else {
-            self.bufs_ahead
-        };
-        let end = self.last_avail.wrapping_add(cnt);
-        let mut i = start;
-        while i != end {
-            let slot = i & (self.size - 1);
-            i = i.wrapping_add(1);
-            // SAFETY: slot < size; the avail ring holds `size` u16 entries after 4 bytes.
-            let head = u16::from_le(unsafe {
-                std::ptr::read_volatile(self.avail.add(4 + 2 * slot as usize).cast::<u16>())
-            });
-            if head >= self.size {
-                continue;
-            }
-            let d = read_desc(self.desc, u32::from(head));
-            if d.flags & DESC_F_INDIRECT != 0 || d.len == 0 {
-                continue;
-            }
-            let span = (lines * 64).min(d.len as usize);
-            let Some(p) = self.mem.gpa_to_host(d.addr, span as u64) else {
-                continue;
-            };
-            for off in (0..span).step_by(64) {
-                if write {
-                    crate::hint::prefetch_write(p.wrapping_add(off));
-                } else {
-                    crate::hint::prefetch(p.wrapping_add(off));
-                }
-            }
-        }
-        self.bufs_ahead = end;
     }
 
     /// Takes the next available chain into `chain`. `None` when the ring is empty;

@@ -99,7 +99,6 @@ proptest! {
         // The fast path's hints read the same hostile entries first: they must neither
         // fault nor change what the walk then finds.
         ring.prefetch_heads(QSIZE * 2);
-        ring.prefetch_bufs(QSIZE * 2, 4, writable);
         ring.prefetch_used(QSIZE * 2);
         // A second ring over the same memory walks every chain plainly; the first walks
         // chains ahead (sometimes for the wrong direction) before it takes them. Both
