@@ -150,16 +150,7 @@ impl DpdkGen {
         c.arg("--lcores")
             .arg(format!("0@{core},1@{core}", core = cfg.core))
             .args(["--main-lcore", "0", "--no-pci", "--file-prefix", &prefix]);
-        match &cfg.huge_dir {
-            Some(m) => {
-                c.arg("--huge-dir")
-                    .arg(m)
-                    .args(["-m", "256", "--single-file-segments"]);
-            }
-            None => {
-                c.args(["--no-huge", "-m", "512"]);
-            }
-        }
+        crate::dut::dpdk_memory_args(&mut c, cfg.huge_dir.as_deref());
         for (i, sock) in cfg.sockets.iter().enumerate() {
             let mut vdev = format!(
                 "net_virtio_user{i},path={},queues=1,queue_size={},mac={}",

@@ -181,6 +181,21 @@ pub fn cpu_list(cores: &[usize]) -> String {
         .join(",")
 }
 
+/// EAL memory options of a DPDK process: 256 MiB from the private hugetlbfs `huge`, or
+/// 512 MiB of normal pages.
+pub(crate) fn dpdk_memory_args(c: &mut Command, huge: Option<&Path>) {
+    match huge {
+        Some(m) => {
+            c.arg("--huge-dir")
+                .arg(m)
+                .args(["-m", "256", "--single-file-segments"]);
+        }
+        None => {
+            c.args(["--no-huge", "-m", "512"]);
+        }
+    }
+}
+
 /// Mounts a private hugetlbfs at `dir/huge`.
 pub(crate) fn mount_hugetlbfs(dir: &Path) -> Option<PathBuf> {
     let m = dir.join("huge");
@@ -283,16 +298,7 @@ impl RunningDut {
                 } else {
                     None
                 };
-                match &huge_mount {
-                    Some(m) => {
-                        c.arg("--huge-dir")
-                            .arg(m)
-                            .args(["-m", "256", "--single-file-segments"]);
-                    }
-                    None => {
-                        c.args(["--no-huge", "-m", "512"]);
-                    }
-                }
+                dpdk_memory_args(&mut c, huge_mount.as_deref());
                 c.arg("--vdev")
                     .arg(format!("net_vhost0,iface={},queues=1", p0.display()));
                 c.arg("--vdev")

@@ -261,6 +261,20 @@ pub struct DeviceRing {
 // by one thread at a time (it lives in a `QueueCell`).
 unsafe impl Send for DeviceRing {}
 
+/// Asks for the first `lines` cache lines of the `len`-byte buffer at `p`, for writing
+/// when `writable` (a buffer the device is about to fill).
+#[inline]
+fn prefetch_buf(p: *mut u8, len: u32, lines: usize, writable: bool) {
+    let span = (lines * 64).min(len as usize);
+    for off in (0..span).step_by(64) {
+        if writable {
+            crate::hint::prefetch_write(p.wrapping_add(off));
+        } else {
+            crate::hint::prefetch(p.wrapping_add(off));
+        }
+    }
+}
+
 #[inline]
 fn read_desc(table: *const u8, idx: u32) -> Desc {
     // SAFETY: callers bound idx by the table length they translated.
@@ -583,14 +597,7 @@ impl DeviceRing {
             let Some(p) = self.mem.gpa_to_host(d.addr, u64::from(d.len)) else {
                 break;
             };
-            let span = (lines * 64).min(d.len as usize);
-            for off in (0..span).step_by(64) {
-                if writable {
-                    crate::hint::prefetch_write(p.wrapping_add(off));
-                } else {
-                    crate::hint::prefetch(p.wrapping_add(off));
-                }
-            }
+            prefetch_buf(p, d.len, lines, writable);
             self.ahead[usize::from(pos) % AHEAD] = (head, p, d.len);
             done += 1;
         }

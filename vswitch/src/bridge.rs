@@ -479,6 +479,19 @@ pub enum Forwarded {
     },
 }
 
+/// The `out` callback of the forwarding methods for frame `idx` of a burst: appends each
+/// copy to `staging[port]` (a port beyond `staging` gets nothing).
+pub fn stage_into(staging: &mut [Vec<TxSel>], idx: usize) -> impl FnMut(PortId, VlanEdit) + '_ {
+    move |out: PortId, edit| {
+        if let Some(s) = staging.get_mut(usize::from(out.0)) {
+            s.push(TxSel {
+                idx: idx as u16,
+                edit,
+            });
+        }
+    }
+}
+
 /// A frame of a burst that the L2 stage hands to the router (see
 /// [`Bridge::forward_burst`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1284,14 +1297,7 @@ impl Bridge {
                 batch.head(i),
                 batch.frame_len(i),
                 now,
-                &mut |out: PortId, edit| {
-                    if let Some(s) = staging.get_mut(usize::from(out.0)) {
-                        s.push(TxSel {
-                            idx: i as u16,
-                            edit,
-                        });
-                    }
-                },
+                &mut stage_into(staging, i),
             );
             match verdict {
                 Ok(Forwarded::Unicast(out)) => {

@@ -24,7 +24,8 @@ use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
 use crate::bridge::{
-    Bridge, BridgeConfig, DropReason, IngressFilter, PortId, PortSecurity, ToRouter, Vid, VlanMode,
+    stage_into, Bridge, BridgeConfig, DropReason, IngressFilter, PortId, PortSecurity, ToRouter,
+    Vid, VlanMode,
 };
 use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
 use pmd::port::LocalFrames;
@@ -272,14 +273,6 @@ impl PollTask for CoreTask {
                 {
                     let i = usize::from(idx);
                     let len = b.frame_len(i);
-                    let mut stage = |out: PortId, edit| {
-                        if let Some(s) = staging.get_mut(usize::from(out.0)) {
-                            s.push(TxSel {
-                                idx: i as u16,
-                                edit,
-                            });
-                        }
-                    };
                     let Some(r) = router_of
                         .get(usize::from(vid.get()))
                         .and_then(|&k| routers.get_mut(usize::from(k)))
@@ -323,7 +316,13 @@ impl PollTask for CoreTask {
                     };
                     match verdict {
                         Verdict::Forward { vid } => {
-                            let _ = bridge.forward_routed(vid, b.head(i), len, now, &mut stage);
+                            let _ = bridge.forward_routed(
+                                vid,
+                                b.head(i),
+                                len,
+                                now,
+                                &mut stage_into(staging, i),
+                            );
                         }
                         Verdict::Reply { vid, len } => {
                             if generated.frames.push(&buf[..len.min(GEN_MAX)]) {
@@ -353,14 +352,7 @@ impl PollTask for CoreTask {
                         gb.head(k),
                         gb.frame_len(k),
                         now,
-                        &mut |out: PortId, edit| {
-                            if let Some(s) = staging.get_mut(usize::from(out.0)) {
-                                s.push(TxSel {
-                                    idx: k as u16,
-                                    edit,
-                                });
-                            }
-                        },
+                        &mut stage_into(staging, k),
                     );
                 }
                 for (o, sel) in staging.iter_mut().enumerate() {

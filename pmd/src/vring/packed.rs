@@ -21,7 +21,9 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
-use super::{read_desc, Chain, ChainError, RingAddrs, RingSetupError, AHEAD, MAX_INDIRECT};
+use super::{
+    prefetch_buf, read_desc, Chain, ChainError, RingAddrs, RingSetupError, AHEAD, MAX_INDIRECT,
+};
 use super::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_SEGS};
 use crate::mem::GuestMemory;
 use crate::virtio;
@@ -433,14 +435,7 @@ impl PackedRing {
             let Some(p) = self.mem.gpa_to_host(d.addr, u64::from(d.len)) else {
                 break;
             };
-            let span = (lines * 64).min(d.len as usize);
-            for off in (0..span).step_by(64) {
-                if writable {
-                    crate::hint::prefetch_write(p.wrapping_add(off));
-                } else {
-                    crate::hint::prefetch(p.wrapping_add(off));
-                }
-            }
+            prefetch_buf(p, d.len, lines, writable);
             let slot = (self.ahead_first + usize::from(self.ahead_n)) % AHEAD;
             self.ahead[slot] = (id, p, d.len);
             self.ahead_n += 1;
