@@ -370,6 +370,33 @@ fn a_ring_without_end_or_with_bad_ids_stops_instead_of_looping() {
     assert!(ring.pop(false, &mut chain).is_none());
 }
 
+#[test]
+fn slots_made_available_again_before_they_were_returned_are_not_taken() {
+    let mut d = Driver::new(4);
+    let mut ring = d.ring(false);
+    let mut chain = Chain::default();
+    for id in 0..4u16 {
+        d.post(&[(GPA + DATA_OFF, 64)], id, 0);
+    }
+    for id in 0..4u16 {
+        assert_eq!(ring.pop(false, &mut chain), Some(Ok(id)));
+    }
+    // The driver marks all four slots available for the next lap although the device
+    // has not returned them: nothing more is taken until the device publishes.
+    for id in 0..4u16 {
+        d.post(&[(GPA + DATA_OFF, 64)], id, 0);
+    }
+    assert_eq!(ring.pop(false, &mut chain), None);
+    // The four it did take are returned, in order, as the driver reads them.
+    for id in 0..4u16 {
+        ring.push_used(id, 0);
+    }
+    ring.publish();
+    for id in 0..4u16 {
+        assert_eq!(d.take_used(1), Some((id, 0)));
+    }
+}
+
 #[derive(Clone, Debug)]
 struct RawDesc {
     addr: u64,

@@ -239,7 +239,13 @@ impl PackedRing {
         writable: bool,
         chain: &mut Chain,
     ) -> Option<Result<u16, (u16, ChainError)>> {
-        if self.broken || !self.is_avail(self.next_avail, self.avail_wrap) {
+        // A ring has no more slots than chains in flight: a driver that makes slots
+        // available again before we returned them gets nothing more until the next
+        // publish (and `popped` never outgrows what it was given at set-up).
+        if self.broken
+            || self.popped.len() >= usize::from(self.size)
+            || !self.is_avail(self.next_avail, self.avail_wrap)
+        {
             return None;
         }
         if self.ahead_n > 0 && self.ahead_writable == writable {
