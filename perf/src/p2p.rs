@@ -45,7 +45,7 @@ impl GenKind {
         match self {
             GenKind::Vnfhost => None,
             GenKind::Dpdk if dut.is_l3() => Some(
-                "testpmd's io loopback returns routed frames with the router's MAC as source, so they are not routed back",
+                "testpmd's tx_first frames go to the peer port's MAC from fixed 198.18.0.0/15 addresses, not to a router",
             ),
             GenKind::Dpdk if frame == crate::gen::IMIX => {
                 Some("testpmd's tx_first frames are of one size")
@@ -72,7 +72,7 @@ pub struct P2pConfig {
     pub duration: Duration,
     /// Warm-up before each trial.
     pub warmup: Duration,
-    /// The DUT's forwarding core.
+    /// The DUT's forwarding cores (every DUT gets the same set).
     pub dut_cores: Vec<usize>,
     /// The generator's core (also testpmd's idle main thread).
     pub gen_core: usize,
