@@ -31,6 +31,20 @@ fn frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
     f
 }
 
+/// `--port NAME,vhost-user=SOCK` for each name and socket.
+fn port_args(names: &[&str], socks: &[PathBuf]) -> Vec<String> {
+    names
+        .iter()
+        .zip(socks)
+        .flat_map(|(n, s)| {
+            [
+                "--port".to_string(),
+                format!("{n},vhost-user={}", s.display()),
+            ]
+        })
+        .collect()
+}
+
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
@@ -59,17 +73,7 @@ fn frames_cross_the_switch_unchanged_in_order_and_learning_stops_floods() {
         .iter()
         .map(|n| d.join(format!("{n}.sock")))
         .collect();
-    let args: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .zip(&socks)
-        .flat_map(|(n, s)| {
-            [
-                "--port".to_string(),
-                format!("{n},vhost-user={}", s.display()),
-            ]
-        })
-        .collect();
-    let mut args = args;
+    let mut args = port_args(&["a", "b", "c"], &socks);
     args.push("--stats".into());
     let sw = SwitchProc::spawn(&args, &d.join("switch.log"), &socks).expect("switch starts");
     for s in &socks {
@@ -529,16 +533,7 @@ fn packed_and_split_ports_exchange_frames_unchanged_in_order() {
         .iter()
         .map(|n| d.join(format!("{n}.sock")))
         .collect();
-    let args: Vec<String> = ["p", "s"]
-        .iter()
-        .zip(&socks)
-        .flat_map(|(n, s)| {
-            [
-                "--port".to_string(),
-                format!("{n},vhost-user={}", s.display()),
-            ]
-        })
-        .collect();
+    let args = port_args(&["p", "s"], &socks);
     let sw = SwitchProc::spawn(&args, &d.join("switch.log"), &socks).expect("switch starts");
     let mut pc = VirtioUserConfig::new(&socks[0]);
     pc.packed = true;

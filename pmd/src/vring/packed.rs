@@ -222,11 +222,23 @@ impl PackedRing {
     /// Asks the cache for the next `n` descriptor slots.
     #[inline]
     pub fn prefetch_heads(&self, n: u16) {
+        self.prefetch_slots(self.next_avail, n, false);
+    }
+
+    /// Asks for the descriptor lines of the `n` slots from `from` (four a line), for
+    /// writing when `write`.
+    #[inline]
+    fn prefetch_slots(&self, from: u16, n: u16, write: bool) {
         let n = n.min(self.size);
         let mut k = 0;
         while k < n {
-            let pos = (u32::from(self.next_avail) + u32::from(k)) % u32::from(self.size);
-            crate::hint::prefetch(self.desc.wrapping_add(16 * pos as usize));
+            let pos = (u32::from(from) + u32::from(k)) % u32::from(self.size);
+            let p = self.desc.wrapping_add(16 * pos as usize);
+            if write {
+                crate::hint::prefetch_write(p);
+            } else {
+                crate::hint::prefetch(p);
+            }
             k += 4;
         }
     }
@@ -393,13 +405,7 @@ impl PackedRing {
     /// Takes for writing the descriptor lines the next `n` used entries go to.
     #[inline]
     pub fn prefetch_used(&self, n: u16) {
-        let n = n.min(self.size);
-        let mut k = 0;
-        while k < n {
-            let pos = (u32::from(self.next_used) + u32::from(k)) % u32::from(self.size);
-            crate::hint::prefetch_write(self.desc.wrapping_add(16 * pos as usize));
-            k += 4;
-        }
+        self.prefetch_slots(self.next_used, n, true);
     }
 
     /// As [`prefetch_used`](Self::prefetch_used).
