@@ -1,0 +1,320 @@
+//! The switch's typed spec, and what the switch reports back.
+//!
+//! The daemon sends a whole [`SwitchSpec`] (`PUT /v1/config` on the switch's control
+//! socket); `vnfhost switch --port … --router-if …` builds the same spec from its options.
+//! The switch applies the difference to what runs: a port, router or group that did not
+//! change is not touched. A port whose driver cannot open is reported in
+//! [`SwitchCounters::ports`] with its reason and retried; everything else is applied.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::{Mac, Prefix, VlanId, VlanMode};
+
+/// The whole configuration of a switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSpec {
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Routers, each its own routing domain (a tenant's VRF).
+    #[serde(default)]
+    pub routers: Vec<RouterSpec>,
+    /// Security groups, referenced by ports.
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroupSpec>,
+}
+
+/// One port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Name: 1–32 of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// The driver and its settings.
+    pub driver: Driver,
+    /// The MAC of the peer's interface: told to vhost-user frontends, and the only source
+    /// MAC the port may send from. Default: derived from the name.
+    #[serde(default)]
+    pub mac: Option<Mac>,
+    /// VLAN membership. Default: access port in VLAN 1.
+    #[serde(default)]
+    pub vlan: VlanMode,
+    /// The addresses the port may send from. Empty: any address (MAC checks still apply
+    /// while `anti_spoofing` is on).
+    #[serde(default)]
+    pub allowed_addresses: Vec<IpAddr>,
+    /// Port security: the port may send only from `mac` (and, when `allowed_addresses` is
+    /// not empty, only from those). On by default; turning it off lets the port send from
+    /// any MAC and address, as a router or bridge VNF behind it needs.
+    #[serde(default = "yes")]
+    pub anti_spoofing: bool,
+    /// Security groups applied to what the port is sent; a packet passes when any group
+    /// allows it (their union, as in Neutron).
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Whether the switch listens on a vhost-user socket or connects to one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VhostMode {
+    /// The switch listens; the frontend (QEMU, DPDK) connects and may reconnect.
+    #[default]
+    Server,
+    /// The switch connects to a socket the frontend listens on.
+    Client,
+}
+
+/// A port's driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Driver {
+    /// A vhost-user socket.
+    VhostUser {
+        /// Socket path (any bytes a path may hold).
+        path: PathBuf,
+        /// Who listens.
+        #[serde(default)]
+        mode: VhostMode,
+        /// Queue pairs, 1..=64.
+        #[serde(default = "one")]
+        queues: u16,
+    },
+    /// A tap interface the switch creates.
+    Tap {
+        /// Interface name (at most 15 bytes).
+        name: String,
+        /// Network namespace to create it in (a path such as `/var/run/netns/X`).
+        #[serde(default)]
+        netns: Option<PathBuf>,
+    },
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// One router: a routing domain with an interface on each of its VLANs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSpec {
+    /// Its name (for messages and status).
+    pub name: String,
+    /// Interfaces, one per VLAN.
+    pub interfaces: Vec<RouterInterfaceSpec>,
+    /// Static routes.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A router interface on one VLAN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterInterfaceSpec {
+    /// The VLAN.
+    pub vlan: VlanId,
+    /// Its MAC. Default: the switch's router MAC.
+    #[serde(default)]
+    pub mac: Option<Mac>,
+    /// IPv4 address with prefix length 1..=30 (the network's gateway).
+    pub ipv4: Prefix,
+    /// IPv6 address with prefix length 1..=127.
+    #[serde(default)]
+    pub ipv6: Option<Prefix>,
+}
+
+/// A static route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Destination prefix.
+    pub to: Prefix,
+    /// Next hop, on one of the router's networks, of the same family.
+    pub via: IpAddr,
+}
+
+/// A security group: what a port may be sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupSpec {
+    /// Its name.
+    pub name: String,
+    /// Drop what no rule allows. Without it the group allows everything.
+    #[serde(default)]
+    pub default_deny: bool,
+    /// Allow rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One allow rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Destination ports `[first, last]` (TCP and UDP only).
+    #[serde(default)]
+    pub ports: Option<(u16, u16)>,
+    /// Source prefix. Default: anywhere.
+    #[serde(default)]
+    pub source: Option<Prefix>,
+}
+
+/// A rule's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Any IP protocol.
+    Any,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+/// A port's state in the switch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortState {
+    /// Open, and the peer connected and ready.
+    Up,
+    /// Open, waiting for the peer.
+    #[default]
+    Down,
+    /// The driver could not open; see the error. Retried with back-off.
+    Failed,
+}
+
+/// Counters and state of one port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortCounters {
+    /// Port name.
+    pub name: String,
+    /// Its state.
+    pub state: PortState,
+    /// Why it failed to open (`Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The peer is connected and its driver ready (`state == Up`).
+    pub up: bool,
+    /// Frames from the peer.
+    pub rx_packets: u64,
+    /// Bytes from the peer.
+    pub rx_bytes: u64,
+    /// Frames to the peer.
+    pub tx_packets: u64,
+    /// Bytes to the peer.
+    pub tx_bytes: u64,
+    /// Drops by reason (non-zero ones).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Load of one polling core.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoreCounters {
+    /// The CPU it is pinned to.
+    pub cpu: Option<usize>,
+    /// Polls that found work.
+    pub busy_polls: u64,
+    /// Polls that found none.
+    pub idle_polls: u64,
+    /// Frames handled.
+    pub packets: u64,
+    /// TSC cycles per frame on busy polls.
+    pub cycles_per_packet: Option<f64>,
+    /// Configuration changes this core has taken in.
+    pub generation: u64,
+}
+
+/// `GET /v1/stats` of the switch. Bridge and router counters count from the switch
+/// process's start; port counters from the port's creation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwitchCounters {
+    /// Configurations applied so far.
+    pub generation: u64,
+    /// How long the last change took until every core ran it, in microseconds. The
+    /// cores do not stop meanwhile: each takes the change in between two bursts.
+    pub last_change_us: u64,
+    /// Per port in the spec, failed ones included.
+    pub ports: Vec<PortCounters>,
+    /// Bridge drops by reason (non-zero ones).
+    pub bridge_drops: BTreeMap<String, u64>,
+    /// Floods.
+    pub floods: u64,
+    /// Addresses one core learnt and told the others.
+    pub shared_learns: u64,
+    /// Packets routed.
+    pub routed: u64,
+    /// Frames the routers generated (ARP, ND, ICMP).
+    pub router_generated: u64,
+    /// Router drops by reason (non-zero ones).
+    pub router_drops: BTreeMap<String, u64>,
+    /// Per polling core.
+    pub cores: Vec<CoreCounters>,
+}
+
+/// The reply to `PUT /v1/config`: the spec was taken; these ports failed to open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplyReply {
+    /// The generation now running.
+    pub generation: u64,
+    /// Ports that could not open, with their reasons (retried with back-off).
+    pub failed: Vec<PortFailure>,
+}
+
+/// A port that could not open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFailure {
+    /// Port name.
+    pub name: String,
+    /// Why, in the spec's words.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let ok = r#"{"ports":[{"name":"p0","driver":{"vhost_user":{"path":"/run/a,b=c.sock"}},
+            "vlan":{"access":{"vlan":10}},"allowed_addresses":["10.0.0.1"]}]}"#;
+        let s: SwitchSpec = serde_json::from_str(ok).unwrap();
+        let p = &s.ports[0];
+        assert!(p.anti_spoofing, "anti-spoofing is on by default");
+        assert_eq!(
+            p.driver,
+            Driver::VhostUser {
+                path: "/run/a,b=c.sock".into(),
+                mode: VhostMode::Server,
+                queues: 1
+            }
+        );
+        for (bad, field) in [
+            (r#"{"prts":[]}"#, "prts"),
+            (
+                r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t","nets":"/x"}}}]}"#,
+                "nets",
+            ),
+            (
+                r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t"}},"sg":["a"]}]}"#,
+                "sg",
+            ),
+        ] {
+            let e = serde_json::from_str::<SwitchSpec>(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+    }
+}
