@@ -882,7 +882,26 @@ pub struct Bridge {
     filtered_ports: u16,
     /// The frame being forwarded, as filters see it (only when some port filters).
     cur: L4,
+    /// What this replica learnt that changed its table (new or moved keys), for the
+    /// switch to tell the other cores' replicas; `None` when nobody listens. Bounded:
+    /// once full, further keys are not logged (the other cores then learn them from
+    /// frames, as before).
+    learnt: Option<Vec<Learnt>>,
 }
+
+/// A key one replica learnt: (VLAN, MAC) now on `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learnt {
+    /// VLAN.
+    pub vid: u16,
+    /// MAC.
+    pub mac: EthernetAddress,
+    /// Port.
+    pub port: PortId,
+}
+
+/// Most keys logged between two [`Bridge::take_learnt`] calls (a few bursts' worth).
+pub const LEARNT_LOG: usize = 256;
 
 /// The last FDB answers, reused while nothing can have changed them.
 ///
@@ -942,7 +961,17 @@ impl Bridge {
         // A refusal is counted by the FDB; the frame is forwarded all the same.
         match self.fdb.learn(vid, src, port, now) {
             crate::fdb::Learn::Refreshed => self.memo.learned = Some((vid, src, port, now)),
-            _ => self.memo = Memo::default(),
+            crate::fdb::Learn::Refused => self.memo = Memo::default(),
+            crate::fdb::Learn::New | crate::fdb::Learn::Moved { .. } => {
+                self.memo = Memo::default();
+                if let Some(log) = self.learnt.as_mut().filter(|l| l.len() < LEARNT_LOG) {
+                    log.push(Learnt {
+                        vid,
+                        mac: src,
+                        port: PortId(port),
+                    });
+                }
+            }
         }
     }
 
@@ -993,7 +1022,39 @@ impl Bridge {
             router_groups: Vec::new(),
             filtered_ports: 0,
             cur: L4::Other,
+            learnt: None,
         })
+    }
+
+    /// Starts (or stops) logging what this replica learns, for
+    /// [`take_learnt`](Self::take_learnt). Allocates the log once.
+    pub fn log_learnt(&mut self, on: bool) {
+        self.learnt = on.then(|| Vec::with_capacity(LEARNT_LOG));
+    }
+
+    /// Hands the keys learnt since the last call to `f`, and empties the log.
+    pub fn take_learnt(&mut self, mut f: impl FnMut(Learnt)) {
+        if let Some(log) = self.learnt.as_mut() {
+            for l in log.drain(..) {
+                f(l);
+            }
+        }
+    }
+
+    /// Learns a key another replica learnt: as if a frame from `mac` had come in on
+    /// `port` in `vid`, but only if `port` is up and a member of `vid` here (a port
+    /// removed or changed meanwhile is not pointed at). Not logged again.
+    pub fn learn_shared(&mut self, l: Learnt, now: u64) -> bool {
+        let member = self.is_member_up(l.port, l.vid);
+        if member && l.mac.is_unicast() {
+            self.memo = Memo::default();
+            !matches!(
+                self.fdb.learn(l.vid, l.mac, l.port.0, now),
+                crate::fdb::Learn::Refused
+            )
+        } else {
+            false
+        }
     }
 
     /// Port ids range over `0..max_ports()`.
@@ -1220,6 +1281,19 @@ impl Bridge {
 
     fn row(&self, vid: Vid) -> usize {
         usize::from(vid.get()) * self.words
+    }
+
+    /// Whether `port` exists, is up and is a member of VLAN `vid`.
+    fn is_member_up(&self, port: PortId, vid: u16) -> bool {
+        let p = usize::from(port.0);
+        let Some(vid) = Vid::new(vid) else {
+            return false;
+        };
+        p < self.ports.len()
+            && self
+                .members
+                .get(self.row(vid) + p / 64)
+                .is_some_and(|w| w & (1u64 << (p % 64)) != 0)
     }
 
     /// Forwards one frame received on `in_port` at time `now`: calls `out` for every

@@ -331,6 +331,8 @@ pub const SOLICIT_PER_SEC: u64 = 100;
 #[derive(Clone, Debug)]
 pub struct Router {
     ifs: Vec<RouterIf>,
+    /// The static routes it was built with (for [`same_config`](Self::same_config)).
+    routes: (Vec<StaticRoute>, Vec<StaticRoute6>),
     lpm: Lpm4<Hop>,
     neigh: Box<[Neighbour]>,
     lpm6: Lpm6<Hop6>,
@@ -338,7 +340,26 @@ pub struct Router {
     /// Per interface: (tokens, last refill in ns) for solicitations.
     budget: Vec<(u64, u64)>,
     counters: RouterCounters,
+    /// Neighbours this replica resolved, for the switch to tell the other cores'
+    /// replicas; `None` when nobody listens. Bounded like [`Bridge`]'s learn log.
+    ///
+    /// [`Bridge`]: crate::bridge::Bridge
+    learnt: Option<Vec<NeighbourNote>>,
 }
+
+/// A neighbour one replica resolved: `ip` is at `mac` on the interface on VLAN `vid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighbourNote {
+    /// The interface's VLAN.
+    pub vid: Vid,
+    /// The neighbour's address.
+    pub ip: std::net::IpAddr,
+    /// Its MAC.
+    pub mac: EthernetAddress,
+}
+
+/// Most neighbours logged between two [`Router::take_learnt`] calls.
+pub const NEIGHBOUR_LOG: usize = 64;
 
 /// Errors in a router's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -451,12 +472,14 @@ impl Router {
         let n_ifs = ifs.len();
         Ok(Router {
             ifs,
+            routes: (routes.to_vec(), routes6.to_vec()),
             lpm,
             neigh: vec![Neighbour::default(); NEIGHBOURS].into_boxed_slice(),
             lpm6,
             neigh6: vec![Neighbour6::default(); NEIGHBOURS].into_boxed_slice(),
             budget: vec![(SOLICIT_BURST, 0); n_ifs],
             counters: RouterCounters::default(),
+            learnt: None,
         })
     }
 
@@ -519,6 +542,85 @@ impl Router {
             known: true,
             used: true,
         };
+        self.note(ifidx, Ipv4Addr::from(ip).into(), mac);
+    }
+
+    fn note(&mut self, ifidx: u16, ip: std::net::IpAddr, mac: EthernetAddress) {
+        let Some(vid) = self.ifs.get(usize::from(ifidx)).map(|i| i.vid) else {
+            return;
+        };
+        if let Some(log) = self.learnt.as_mut().filter(|l| l.len() < NEIGHBOUR_LOG) {
+            log.push(NeighbourNote { vid, ip, mac });
+        }
+    }
+
+    /// Whether `other` has the same interfaces and routes (its state aside).
+    pub fn same_config(&self, other: &Router) -> bool {
+        self.ifs == other.ifs && self.routes == other.routes
+    }
+
+    /// Starts (or stops) logging resolved neighbours for [`take_learnt`](Self::take_learnt).
+    pub fn log_learnt(&mut self, on: bool) {
+        self.learnt = on.then(|| Vec::with_capacity(NEIGHBOUR_LOG));
+    }
+
+    /// Hands the neighbours resolved since the last call to `f`, and empties the log.
+    pub fn take_learnt(&mut self, mut f: impl FnMut(NeighbourNote)) {
+        if let Some(log) = self.learnt.as_mut() {
+            for n in log.drain(..) {
+                f(n);
+            }
+        }
+    }
+
+    /// Takes in a neighbour another replica resolved (not logged again). Ignored when
+    /// no interface is on its VLAN here, or the address is not on that interface's link.
+    pub fn learn_shared(&mut self, n: NeighbourNote) {
+        let Some(ifidx) = self.ifs.iter().position(|i| i.vid == n.vid) else {
+            return;
+        };
+        let log = self.learnt.take();
+        match n.ip {
+            std::net::IpAddr::V4(a) => {
+                let i = &self.ifs[ifidx];
+                if crate::router::PrefixAddr::masked(a, i.prefix)
+                    == crate::router::PrefixAddr::masked(i.ip, i.prefix)
+                {
+                    self.learn(ifidx as u16, a, n.mac);
+                }
+            }
+            std::net::IpAddr::V6(a) => {
+                if self.on_link6(ifidx as u16, a) {
+                    self.learn6(ifidx as u16, a, n.mac);
+                }
+            }
+        }
+        self.learnt = log;
+    }
+
+    /// Takes over `old`'s resolved neighbours on the VLANs both routers have an
+    /// interface on (a router whose routes or interfaces changed keeps what it knew).
+    pub fn adopt_neighbours(&mut self, old: &Router) {
+        let log = self.learnt.take();
+        for n in old.neigh.iter().filter(|n| n.used && n.known) {
+            if let Some(vid) = old.ifs.get(usize::from(n.ifidx)).map(|i| i.vid) {
+                self.learn_shared(NeighbourNote {
+                    vid,
+                    ip: Ipv4Addr::from(n.ip).into(),
+                    mac: n.mac,
+                });
+            }
+        }
+        for n in old.neigh6.iter().filter(|n| n.used && n.known) {
+            if let Some(vid) = old.ifs.get(usize::from(n.ifidx)).map(|i| i.vid) {
+                self.learn_shared(NeighbourNote {
+                    vid,
+                    ip: Ipv6Addr::from(n.ip).into(),
+                    mac: n.mac,
+                });
+            }
+        }
+        self.learnt = log;
     }
 
     /// Handles one frame that [`wants`](Self::wants) said is for the router. `frame` is
@@ -754,6 +856,7 @@ impl Router {
             known: true,
             used: true,
         };
+        self.note(ifidx, Ipv6Addr::from(ip).into(), mac);
     }
 
     fn on_link6(&self, ifidx: u16, a: Ipv6Addr) -> bool {

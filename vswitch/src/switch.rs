@@ -1,33 +1,60 @@
-//! The switch service: ports bound to polling cores, each core running the bridge.
+//! The switch runtime: ports bound to polling cores, each core running the bridge and
+//! the routers, changed live.
 //!
 //! ```text
-//!   core k:  for each (port, queue) it owns:
-//!              port.poll_rx(queue) ─► bridge.forward_head(head copy) ─► staging[out port]
+//!   core k:  take changes and shared learns (between bursts)
+//!            for each (port, queue) it owns:
+//!              port.poll_rx(queue) ─► bridge.forward_burst ─► routers ─► staging[out port]
 //!              for each out port with frames: out.tx_burst(txq(k), batch, staging)
+//!            tell the other cores what it learnt
 //! ```
 //!
-//! Every (port, queue) pair is owned by exactly one core (round-robin over the
-//! configured cores). Core `k` transmits on queue `k % queue_pairs` of each output port;
-//! when two cores share a transmit queue, the queue's cell serialises them per burst.
+//! Every (port, queue) pair is owned by exactly one core, from the port's creation to its
+//! removal (a queue never moves between cores, so no two cores ever poll one ring). Core
+//! `k` transmits on queue `k % queue_pairs` of each output port; when two cores share a
+//! transmit queue, the queue's cell serialises them per burst.
 //!
-//! Each core owns its own [`Bridge`] replica: its FDB learns from the frames that core
-//! receives. With one core (the default) that is the whole switch; with several, a core
-//! floods a destination until it has learned it itself (correct, but extra copies). A
-//! shared FDB is future work and is named in the crate README.
+//! # Live changes
+//!
+//! [`Switch::apply`] changes ports and routers while the cores run. The control thread
+//! checks the whole change first, then posts each core its own copy of the change (its
+//! router replicas included) on a channel and raises a shared generation counter. A core
+//! reads that counter once per poll; when it moved, the core takes its changes in
+//! between two bursts and acknowledges the generation. So only what changed changes:
+//! a port added or removed is added to or removed from each core's [`Bridge`] (its FDB
+//! entries flushed, nobody else's); a router whose configuration did not change keeps
+//! its replica with its neighbour table, and one that did takes over the neighbours its
+//! predecessor had resolved. A port removed is closed by the control thread only after
+//! every core has acknowledged the change, so no core ever polls a closed port. Nothing
+//! is locked per packet.
+//!
+//! # Many cores, one view
+//!
+//! Each core owns a replica of the bridge and of every router. With more than one core,
+//! what a replica learns that changes its table (a new or moved MAC, a resolved
+//! neighbour) is pushed onto every other core's inbox, a bounded lock-free queue, and
+//! each core takes its inbox in at the start of its next poll: an address learnt on one
+//! core is known to the others a poll later. A full inbox loses the note, and the core
+//! then learns the address from frames as before (flooding meanwhile), so the sharing
+//! is an optimisation that never affects correctness.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_queue::ArrayQueue;
 use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
 use crate::bridge::{
-    stage_into, Bridge, BridgeConfig, DropReason, IngressFilter, PortId, PortSecurity, ToRouter,
-    Vid, VlanMode,
+    stage_into, Bridge, BridgeConfig, DropReason, IngressFilter, Learnt, PortId, PortSecurity,
+    ToRouter, Vid, VlanMode,
 };
-use crate::router::{RouteDrop, Router, Verdict, GEN_MAX};
+use crate::router::{NeighbourNote, RouteDrop, Router, Verdict, GEN_MAX};
+use crate::wire::EthernetAddress;
 use pmd::port::LocalFrames;
 
 /// `router_of` entry of a VLAN without a router interface.
@@ -35,6 +62,15 @@ const NO_ROUTER: u8 = u8::MAX;
 
 /// The most ports one switch serves.
 pub const MAX_SWITCH_PORTS: usize = 256;
+
+/// Notes one core's inbox holds (learnt MACs and neighbours from the other cores).
+const INBOX: usize = 1024;
+
+/// Changes posted to a core that it has not taken yet, at most.
+const PENDING_CHANGES: usize = 16;
+
+/// How long [`Switch::apply`] waits for every core to take a change.
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One port of the switch.
 pub struct SwitchPort {
@@ -48,7 +84,15 @@ pub struct SwitchPort {
     pub filter: Option<IngressFilter>,
 }
 
-/// Configuration of the switch service.
+/// What the bridge knows of a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortConf {
+    vlan: VlanMode,
+    security: Option<PortSecurity>,
+    filter: Option<IngressFilter>,
+}
+
+/// Configuration of the switch runtime.
 #[derive(Clone, Debug)]
 pub struct SwitchConfig {
     /// Polling cores (CPU numbers); `None` entries run unpinned.
@@ -79,7 +123,7 @@ impl Default for SwitchConfig {
     }
 }
 
-/// Errors starting the switch.
+/// Errors starting or changing the switch.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
     /// No polling core configured.
@@ -88,9 +132,15 @@ pub enum SwitchError {
     /// Too many ports.
     #[error("{0} ports; the switch takes at most {max}", max = MAX_SWITCH_PORTS)]
     TooManyPorts(usize),
-    /// The bridge refused its configuration.
+    /// A port id outside the table.
+    #[error("port id {0} is outside 0..{max}", max = MAX_SWITCH_PORTS)]
+    PortId(u16),
+    /// The bridge or a router refused its configuration.
     #[error("bridge: {0}")]
     Bridge(String),
+    /// A polling core has not taken the changes posted to it.
+    #[error("polling core {0} is not taking changes (stuck?)")]
+    Stuck(usize),
     /// A polling thread could not start.
     #[error("polling thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -105,6 +155,8 @@ pub struct SwitchStats {
     pub drops: Vec<(&'static str, u64)>,
     /// Floods.
     pub floods: u64,
+    /// Addresses and neighbours taken in from other cores.
+    pub shared_learns: u64,
     /// Packets the router forwarded.
     pub routed: u64,
     /// Frames the router generated (ARP, ICMP).
@@ -126,6 +178,8 @@ pub struct CoreStats {
     pub packets: u64,
     /// TSC cycles per frame over busy polls.
     pub cycles_per_packet: Option<f64>,
+    /// The last configuration generation the core took in.
+    pub generation: u64,
 }
 
 /// Counters a core publishes for the control plane (relaxed stores, one writer).
@@ -133,6 +187,7 @@ pub struct CoreStats {
 struct CoreCounters {
     drops: [AtomicU64; DropReason::COUNT],
     floods: AtomicU64,
+    shared: AtomicU64,
     routed: AtomicU64,
     generated: AtomicU64,
     route_drops: [AtomicU64; 5],
@@ -155,9 +210,53 @@ impl Generated {
     }
 }
 
+/// What one core learnt, for the others.
+#[derive(Clone, Copy, Debug)]
+enum Shared {
+    Mac(Learnt),
+    Neighbour(NeighbourNote),
+}
+
+/// One port change, in the order a core applies them.
+#[derive(Clone, Debug)]
+enum PortOp {
+    Add(PortId, PortConf),
+    Set(PortId, PortConf),
+    Remove(PortId),
+}
+
+/// A core's replica of one router in the new router set.
+struct RouterOp {
+    /// A fresh replica with the new configuration.
+    fresh: Router,
+    /// The current replica it continues: kept as is when `same`, else its neighbours
+    /// are taken over by `fresh`.
+    from: Option<usize>,
+    /// The configuration did not change.
+    same: bool,
+}
+
+/// The routers as a core runs them.
+struct RouterSet {
+    ops: Vec<RouterOp>,
+    router_of: Box<[u8; 4096]>,
+    macs: Vec<(Vid, EthernetAddress)>,
+    groups: Vec<(Vid, EthernetAddress)>,
+}
+
+/// One change, as posted to one core.
+struct CoreChange {
+    generation: u64,
+    ports: Vec<Option<Arc<dyn Port>>>,
+    ops: Arc<[PortOp]>,
+    rxqs: Vec<(usize, u16)>,
+    routers: Option<RouterSet>,
+}
+
 struct CoreTask {
     rxqs: Vec<(usize, u16)>,
-    ports: Arc<[Arc<dyn Port>]>,
+    /// Drivers by port id (`None`: no port).
+    ports: Vec<Option<Arc<dyn Port>>>,
     txq: u16,
     bridge: Bridge,
     batch: RxBatch,
@@ -172,12 +271,24 @@ struct CoreTask {
     polls: u32,
     link: Vec<bool>,
     counters: Arc<CoreCounters>,
+    /// The generation this core runs, the one posted, and where it acknowledges.
+    generation: u64,
+    posted: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    changes: Receiver<CoreChange>,
+    /// Notes from the other cores, and theirs.
+    inbox: Arc<ArrayQueue<Shared>>,
+    peers: Vec<Arc<ArrayQueue<Shared>>>,
+    shared: u64,
+    /// Counters of router replicas replaced or removed: (forwarded, generated, drops).
+    retired: (u64, u64, [u64; 5]),
 }
 
 impl CoreTask {
     /// Every 64 polls: follow port link changes (one relaxed load per port).
     fn follow_links(&mut self) {
         for (i, p) in self.ports.iter().enumerate() {
+            let Some(p) = p else { continue };
             let up = p.is_up();
             if up != self.link[i] {
                 self.link[i] = up;
@@ -199,7 +310,8 @@ impl CoreTask {
             self.counters.drops[r.index()].store(c.drops.get(r), Ordering::Relaxed);
         }
         self.counters.floods.store(c.floods, Ordering::Relaxed);
-        let (mut fwd, mut gen, mut drops) = (0, 0, [0u64; 5]);
+        self.counters.shared.store(self.shared, Ordering::Relaxed);
+        let (mut fwd, mut gen, mut drops) = self.retired;
         for r in &self.routers {
             let rc = r.counters();
             fwd += rc.forwarded;
@@ -212,6 +324,141 @@ impl CoreTask {
         self.counters.generated.store(gen, Ordering::Relaxed);
         for (a, v) in self.counters.route_drops.iter().zip(drops) {
             a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every change posted, in order, then acknowledges the last.
+    fn take_changes(&mut self) {
+        while let Ok(c) = self.changes.try_recv() {
+            self.take_change(c);
+        }
+        self.acked.store(self.generation, Ordering::Release);
+    }
+
+    fn take_change(&mut self, c: CoreChange) {
+        for op in c.ops.iter() {
+            // The control thread checked the change against the same port table, so
+            // none of these fails; a refusal would leave that one port as it was.
+            let _ = match op {
+                PortOp::Remove(id) => self.bridge.remove_port(*id).map(drop),
+                PortOp::Add(id, conf) => self
+                    .bridge
+                    .add_port(*id, conf.vlan.clone())
+                    .and_then(|()| self.bridge.set_link(*id, false))
+                    .and_then(|()| self.conf_port(*id, conf)),
+                PortOp::Set(id, conf) => self.conf_port(*id, conf),
+            };
+            let id = match op {
+                PortOp::Remove(id) | PortOp::Add(id, _) | PortOp::Set(id, _) => *id,
+            };
+            if let (PortOp::Remove(_) | PortOp::Add(..), Some(l)) =
+                (op, self.link.get_mut(usize::from(id.0)))
+            {
+                *l = false;
+            }
+        }
+        let n = c.ports.len();
+        self.ports = c.ports;
+        self.link.resize(n, false);
+        self.staging
+            .resize_with(n, || Vec::with_capacity(pmd::port::BURST));
+        self.rxqs = c.rxqs;
+        if let Some(set) = c.routers {
+            let mut old: Vec<Option<Router>> = std::mem::take(&mut self.routers)
+                .into_iter()
+                .map(Some)
+                .collect();
+            let share = !self.peers.is_empty();
+            let mut retire = |r: &Router| {
+                let c = r.counters();
+                self.retired.0 += c.forwarded;
+                self.retired.1 += c.generated;
+                for (d, v) in self.retired.2.iter_mut().zip(c.drops) {
+                    *d += v;
+                }
+            };
+            let routers: Vec<Router> = set
+                .ops
+                .into_iter()
+                .map(|op| {
+                    let prev = op.from.and_then(|i| old.get_mut(i)).and_then(Option::take);
+                    match prev {
+                        Some(r) if op.same => r,
+                        prev => {
+                            let mut r = op.fresh;
+                            if let Some(p) = prev {
+                                r.adopt_neighbours(&p);
+                                retire(&p);
+                            }
+                            r.log_learnt(share);
+                            r
+                        }
+                    }
+                })
+                .collect();
+            for r in old.iter().flatten() {
+                retire(r);
+            }
+            self.routers = routers;
+            self.router_of = set.router_of;
+            self.bridge.set_router_macs(set.macs);
+            self.bridge.set_router_groups(set.groups);
+        }
+        self.generation = c.generation;
+    }
+
+    fn conf_port(&mut self, id: PortId, conf: &PortConf) -> Result<(), crate::BridgeError> {
+        let cur = self
+            .bridge
+            .port(id)
+            .map(|p| (p.mode().clone(), p.security().cloned()));
+        if let Some((mode, sec)) = cur {
+            // Each setter flushes the port's FDB entries: only call those that change.
+            if mode != conf.vlan {
+                self.bridge.set_vlan_mode(id, conf.vlan.clone())?;
+            }
+            if sec != conf.security {
+                self.bridge.set_port_security(id, conf.security.clone())?;
+            }
+        }
+        self.bridge.set_ingress_filter(id, conf.filter.clone())
+    }
+
+    /// Takes in what the other cores learnt.
+    fn take_shared(&mut self) {
+        let now = self.start.elapsed().as_nanos() as u64;
+        for _ in 0..INBOX {
+            let Some(n) = self.inbox.pop() else { break };
+            match n {
+                Shared::Mac(l) => {
+                    if self.bridge.learn_shared(l, now) {
+                        self.shared += 1;
+                    }
+                }
+                Shared::Neighbour(nn) => {
+                    let k = self.router_of.get(usize::from(nn.vid.get())).copied();
+                    if let Some(r) = k.and_then(|k| self.routers.get_mut(usize::from(k))) {
+                        r.learn_shared(nn);
+                        self.shared += 1;
+                    }
+                }
+            }
+        }
+        self.counters.shared.store(self.shared, Ordering::Relaxed);
+    }
+
+    /// Tells the other cores what this one learnt during the poll.
+    fn share_learnt(&mut self) {
+        let peers = &self.peers;
+        let tell = |n: Shared| {
+            for p in peers {
+                // A full inbox drops the note: that core learns from frames instead.
+                let _ = p.push(n);
+            }
+        };
+        self.bridge.take_learnt(|l| tell(Shared::Mac(l)));
+        for r in &mut self.routers {
+            r.take_learnt(|n| tell(Shared::Neighbour(n)));
         }
     }
 }
@@ -230,16 +477,23 @@ impl PollTask for CoreTask {
         // as down has come up: a guest's first frames (ARP, DHCP) follow its DRIVER_OK by
         // microseconds and must not be dropped as `port_down`. Ports already up cost one
         // branch each here.
+        if self.posted.load(Ordering::Acquire) != self.generation {
+            self.take_changes();
+        }
         let came_up = self
             .link
             .iter()
             .zip(self.ports.iter())
-            .any(|(&known, p)| !known && p.is_up());
+            .any(|(&known, p)| !known && p.as_ref().is_some_and(|p| p.is_up()));
         if came_up || self.polls.is_multiple_of(64) {
             self.follow_links();
             if self.polls.is_multiple_of(4096) {
                 self.housekeeping();
             }
+        }
+        // After the links: a note may name a port that has just come up.
+        if !self.inbox.is_empty() {
+            self.take_shared();
         }
         let CoreTask {
             rxqs,
@@ -259,7 +513,10 @@ impl PollTask for CoreTask {
         for &(pi, q) in rxqs.iter() {
             let inp = PortId(pi as u16);
             let txq = *txq;
-            total += ports[pi].poll_rx(q, batch, &mut |b: &mut RxBatch| {
+            let Some(port) = ports.get(pi).and_then(Option::as_ref) else {
+                continue;
+            };
+            total += port.poll_rx(q, batch, &mut |b: &mut RxBatch| {
                 let now = start.elapsed().as_nanos() as u64;
                 // Stage L2 over the whole burst; then L3 over the frames it handed on.
                 to_router.clear();
@@ -334,7 +591,9 @@ impl PollTask for CoreTask {
                 }
                 for (o, sel) in staging.iter_mut().enumerate() {
                     if !sel.is_empty() {
-                        ports[o].tx_burst(txq, b, sel);
+                        if let Some(p) = &ports[o] {
+                            p.tx_burst(txq, b, sel);
+                        }
                         sel.clear();
                     }
                 }
@@ -357,132 +616,204 @@ impl PollTask for CoreTask {
                 }
                 for (o, sel) in staging.iter_mut().enumerate() {
                     if !sel.is_empty() {
-                        ports[o].tx_burst(txq, gb, sel);
+                        if let Some(p) = &ports[o] {
+                            p.tx_burst(txq, gb, sel);
+                        }
                         sel.clear();
                     }
                 }
                 generated.frames.clear();
             });
         }
+        if !self.peers.is_empty() {
+            self.share_learnt();
+        }
         total
     }
 }
 
+/// One change to a running switch: ports set or removed by id, and optionally the whole
+/// router set.
+#[derive(Default)]
+pub struct Change {
+    /// Ports to add, reconfigure (same driver) or replace (another driver), by id.
+    pub set: Vec<(PortId, SwitchPort)>,
+    /// Ports to remove.
+    pub remove: Vec<PortId>,
+    /// The new routers, in order, if they change.
+    pub routers: Option<Vec<RouterChange>>,
+}
+
+/// One router of a new router set.
+pub struct RouterChange {
+    /// The router with its new configuration (no neighbours yet).
+    pub router: Router,
+    /// The index of the router it continues in the current set, if any: its replicas
+    /// keep running when `same`, and otherwise hand their resolved neighbours over.
+    pub from: Option<usize>,
+    /// Its configuration equals the current router `from`'s.
+    pub same: bool,
+}
+
+/// A port as the control thread keeps it.
+struct Slot {
+    port: Arc<dyn Port>,
+    conf: PortConf,
+    /// Core of each receive queue.
+    queues: Vec<usize>,
+}
+
+struct CoreHandle {
+    changes: Sender<CoreChange>,
+    acked: Arc<AtomicU64>,
+    load: Arc<CoreLoad>,
+    counters: Arc<CoreCounters>,
+}
+
 /// A running switch; stops its cores when dropped.
 pub struct Switch {
-    ports: Arc<[Arc<dyn Port>]>,
+    cfg: SwitchConfig,
+    slots: Vec<Option<Slot>>,
+    /// The routers' configurations (never polled; each core runs its own replicas).
+    routers: Vec<Router>,
+    cores: Vec<CoreHandle>,
+    posted: Arc<AtomicU64>,
+    generation: u64,
+    /// Ports removed, closed once every core has taken generation `.0`.
+    retired: Vec<(u64, Arc<dyn Port>)>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    loads: Vec<Arc<CoreLoad>>,
-    counters: Vec<Arc<CoreCounters>>,
+}
+
+/// `router_of`, router MACs and solicited-node groups of a router set.
+type RouterTables = (
+    Box<[u8; 4096]>,
+    Vec<(Vid, EthernetAddress)>,
+    Vec<(Vid, EthernetAddress)>,
+);
+
+fn router_tables(routers: &[Router]) -> Result<RouterTables, SwitchError> {
+    if routers.len() >= usize::from(NO_ROUTER) {
+        return Err(SwitchError::Bridge(format!(
+            "{} routers; the switch takes at most {}",
+            routers.len(),
+            NO_ROUTER - 1
+        )));
+    }
+    let mut router_of = Box::new([NO_ROUTER; 4096]);
+    for (k, r) in routers.iter().enumerate() {
+        for i in r.interfaces() {
+            let slot = &mut router_of[usize::from(i.vid.get())];
+            if *slot != NO_ROUTER {
+                return Err(SwitchError::Bridge(format!(
+                    "VLAN {} has an interface in two routers",
+                    i.vid.get()
+                )));
+            }
+            *slot = k as u8;
+        }
+    }
+    let ifs = || routers.iter().flat_map(|r| r.interfaces().iter());
+    let macs = ifs().map(|i| (i.vid, i.mac)).collect();
+    let groups = ifs()
+        .filter_map(|i| i.solicited_node_mac().map(|m| (i.vid, m)))
+        .collect();
+    Ok((router_of, macs, groups))
 }
 
 impl Switch {
-    /// Binds the ports to the cores and starts polling.
+    /// Starts the polling cores with `cfg`'s routers and `ports` (ids 0, 1, …).
     pub fn start(cfg: &SwitchConfig, ports: Vec<SwitchPort>) -> Result<Switch, SwitchError> {
-        if !cfg.routers.is_empty() && cfg.cores.len() > 1 {
-            // Each core would run its own router replica with its own neighbour table,
-            // and a neighbour's answer lands on the core that polls its port.
-            return Err(SwitchError::Bridge(
-                "the router runs on one polling core for now; give one --core".into(),
-            ));
-        }
-        if cfg.cores.is_empty() {
-            return Err(SwitchError::NoCores);
-        }
         if ports.len() > MAX_SWITCH_PORTS {
             return Err(SwitchError::TooManyPorts(ports.len()));
         }
-        let mut router_of = Box::new([NO_ROUTER; 4096]);
-        if cfg.routers.len() >= usize::from(NO_ROUTER) {
-            return Err(SwitchError::Bridge(format!(
-                "{} routers; the switch takes at most {}",
-                cfg.routers.len(),
-                NO_ROUTER - 1
-            )));
+        let mut sw = Switch::new(cfg)?;
+        sw.apply(Change {
+            set: ports
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (PortId(i as u16), p))
+                .collect(),
+            ..Change::default()
+        })?;
+        Ok(sw)
+    }
+
+    /// Starts the polling cores with `cfg`'s routers and no ports.
+    pub fn new(cfg: &SwitchConfig) -> Result<Switch, SwitchError> {
+        if cfg.cores.is_empty() {
+            return Err(SwitchError::NoCores);
         }
-        for (k, r) in cfg.routers.iter().enumerate() {
-            for i in r.interfaces() {
-                let slot = &mut router_of[usize::from(i.vid.get())];
-                if *slot != NO_ROUTER {
-                    return Err(SwitchError::Bridge(format!(
-                        "VLAN {} has an interface in two routers",
-                        i.vid.get()
-                    )));
-                }
-                *slot = k as u8;
-            }
-        }
-        let ncores = cfg.cores.len();
-        let mut rxqs: Vec<Vec<(usize, u16)>> = vec![Vec::new(); ncores];
-        let mut k = 0;
-        for (pi, p) in ports.iter().enumerate() {
-            for q in 0..p.port.queue_pairs() {
-                rxqs[k % ncores].push((pi, q));
-                k += 1;
-            }
-        }
+        let (router_of, macs, groups) = router_tables(&cfg.routers)?;
         let bcfg = BridgeConfig {
             max_ports: MAX_SWITCH_PORTS as u16,
             fdb_capacity: cfg.fdb_capacity,
             fdb_max_age: cfg.fdb_max_age.as_nanos() as u64,
         };
-        let vlans: Vec<(VlanMode, Option<PortSecurity>, Option<IngressFilter>)> = ports
-            .iter()
-            .map(|p| (p.vlan.clone(), p.security.clone(), p.filter.clone()))
+        let ncores = cfg.cores.len();
+        let inboxes: Vec<Arc<ArrayQueue<Shared>>> = (0..ncores)
+            .map(|_| Arc::new(ArrayQueue::new(INBOX)))
             .collect();
-        let drivers: Arc<[Arc<dyn Port>]> = ports.into_iter().map(|p| p.port).collect();
+        let posted = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut sw = Switch {
-            ports: drivers.clone(),
+            cfg: SwitchConfig {
+                routers: Vec::new(),
+                ..cfg.clone()
+            },
+            slots: Vec::new(),
+            routers: cfg.routers.clone(),
+            cores: Vec::new(),
+            posted: posted.clone(),
+            generation: 0,
+            retired: Vec::new(),
             stop: stop.clone(),
             threads: Vec::new(),
-            loads: Vec::new(),
-            counters: Vec::new(),
         };
         for (ci, core) in cfg.cores.iter().enumerate() {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
-            if !cfg.routers.is_empty() {
-                let ifs = || cfg.routers.iter().flat_map(|r| r.interfaces().iter());
-                bridge.set_router_macs(ifs().map(|i| (i.vid, i.mac)).collect());
-                bridge.set_router_groups(
-                    ifs()
-                        .filter_map(|i| i.solicited_node_mac().map(|m| (i.vid, m)))
-                        .collect(),
-                );
+            bridge.set_router_macs(macs.clone());
+            bridge.set_router_groups(groups.clone());
+            bridge.log_learnt(ncores > 1);
+            let mut routers = cfg.routers.clone();
+            for r in &mut routers {
+                r.log_learnt(ncores > 1);
             }
-            for (pi, (v, sec, filter)) in vlans.iter().enumerate() {
-                let id = PortId(pi as u16);
-                let r = bridge
-                    .add_port(id, v.clone())
-                    .and_then(|()| bridge.set_port_security(id, sec.clone()))
-                    .and_then(|()| bridge.set_ingress_filter(id, filter.clone()))
-                    .and_then(|()| bridge.set_link(id, false));
-                r.map_err(|e| SwitchError::Bridge(e.to_string()))?;
-            }
+            let (tx, rx) = crossbeam_channel::bounded(PENDING_CHANGES);
             let counters = Arc::new(CoreCounters::default());
             let load = Arc::new(CoreLoad::default());
+            let acked = Arc::new(AtomicU64::new(0));
             let task = CoreTask {
-                rxqs: std::mem::take(&mut rxqs[ci]),
-                ports: drivers.clone(),
+                rxqs: Vec::new(),
+                ports: Vec::new(),
                 txq: ci as u16,
                 bridge,
                 batch: RxBatch::default(),
-                routers: cfg.routers.clone(),
+                routers,
                 router_of: router_of.clone(),
                 generated: Generated::new(),
                 to_router: Vec::with_capacity(pmd::port::BURST),
-                staging: (0..drivers.len())
-                    .map(|_| Vec::with_capacity(pmd::port::BURST))
-                    .collect(),
+                staging: Vec::new(),
                 start: Instant::now(),
                 polls: 4095,
-                link: vec![false; drivers.len()],
+                link: Vec::new(),
                 counters: counters.clone(),
+                generation: 0,
+                posted: posted.clone(),
+                acked: acked.clone(),
+                changes: rx,
+                inbox: inboxes[ci].clone(),
+                peers: inboxes
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != ci)
+                    .map(|(_, q)| q.clone())
+                    .collect(),
+                shared: 0,
+                retired: (0, 0, [0; 5]),
             };
-            let name = format!("pmd{ci}");
             let h = spawn_poll_thread(
-                name,
+                format!("pmd{ci}"),
                 *core,
                 cfg.backoff,
                 Box::new(task),
@@ -490,27 +821,252 @@ impl Switch {
                 load.clone(),
             )?;
             sw.threads.push(h);
-            sw.loads.push(load);
-            sw.counters.push(counters);
+            sw.cores.push(CoreHandle {
+                changes: tx,
+                acked,
+                load,
+                counters,
+            });
         }
         Ok(sw)
     }
 
-    /// The ports, in the order given.
-    pub fn ports(&self) -> &[Arc<dyn Port>] {
-        &self.ports
+    /// The lowest port id not in use.
+    pub fn free_port_id(&self) -> Option<PortId> {
+        let i = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.slots.len());
+        (i < MAX_SWITCH_PORTS).then_some(PortId(i as u16))
+    }
+
+    /// The driver of port `id`.
+    pub fn port(&self, id: PortId) -> Option<&Arc<dyn Port>> {
+        self.slots
+            .get(usize::from(id.0))
+            .and_then(Option::as_ref)
+            .map(|s| &s.port)
+    }
+
+    /// The configuration generation running (one per [`apply`](Self::apply)).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Applies `change` while the cores run, and waits (up to [`CHANGE_TIMEOUT`]) until
+    /// every core runs it; returns how long that took. The whole change is checked
+    /// first: on an error nothing changed.
+    pub fn apply(&mut self, change: Change) -> Result<Duration, SwitchError> {
+        let t0 = Instant::now();
+        self.close_retired();
+        let ncores = self.cores.len();
+        for (k, c) in self.cores.iter().enumerate() {
+            if c.changes.len() >= PENDING_CHANGES - 1 {
+                return Err(SwitchError::Stuck(k));
+            }
+        }
+        // Check: ids in range, the router set consistent.
+        for id in change
+            .remove
+            .iter()
+            .chain(change.set.iter().map(|(id, _)| id))
+        {
+            if usize::from(id.0) >= MAX_SWITCH_PORTS {
+                return Err(SwitchError::PortId(id.0));
+            }
+        }
+        let tables = match &change.routers {
+            Some(rs) => {
+                let routers: Vec<Router> = rs.iter().map(|r| r.router.clone()).collect();
+                Some((router_tables(&routers)?, routers))
+            }
+            None => None,
+        };
+        // The new port table and the ops that lead there.
+        let mut slots: Vec<Option<Slot>> = std::mem::take(&mut self.slots);
+        let mut ops = Vec::new();
+        let mut closing = Vec::new();
+        for id in &change.remove {
+            if let Some(s) = slots.get_mut(usize::from(id.0)).and_then(Option::take) {
+                ops.push(PortOp::Remove(*id));
+                closing.push(s.port);
+            }
+        }
+        let mut load = vec![0usize; ncores];
+        for s in slots.iter().flatten() {
+            for &c in &s.queues {
+                load[c] += 1;
+            }
+        }
+        for (id, sp) in change.set {
+            let i = usize::from(id.0);
+            if slots.len() <= i {
+                slots.resize_with(i + 1, || None);
+            }
+            let conf = PortConf {
+                vlan: sp.vlan,
+                security: sp.security,
+                filter: sp.filter,
+            };
+            match &mut slots[i] {
+                Some(s) if Arc::ptr_eq(&s.port, &sp.port) => {
+                    if s.conf != conf {
+                        ops.push(PortOp::Set(id, conf.clone()));
+                        s.conf = conf;
+                    }
+                }
+                slot => {
+                    if let Some(old) = slot.take() {
+                        ops.push(PortOp::Remove(id));
+                        for &c in &old.queues {
+                            load[c] -= 1;
+                        }
+                        closing.push(old.port);
+                    }
+                    // Each receive queue to the least loaded core, for the port's life.
+                    let queues = (0..sp.port.queue_pairs())
+                        .map(|_| {
+                            let (c, _) = load
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, n)| **n)
+                                .unwrap_or((0, &0));
+                            load[c] += 1;
+                            c
+                        })
+                        .collect();
+                    ops.push(PortOp::Add(id, conf.clone()));
+                    *slot = Some(Slot {
+                        port: sp.port,
+                        conf,
+                        queues,
+                    });
+                }
+            }
+        }
+        while slots.last().is_some_and(Option::is_none) {
+            slots.pop();
+        }
+        if slots.iter().flatten().count() > MAX_SWITCH_PORTS {
+            let n = slots.iter().flatten().count();
+            self.slots = slots;
+            return Err(SwitchError::TooManyPorts(n));
+        }
+        self.slots = slots;
+        if ops.is_empty() && tables.is_none() {
+            return Ok(t0.elapsed());
+        }
+        // Post each core its copy.
+        self.generation += 1;
+        let generation = self.generation;
+        let ops: Arc<[PortOp]> = ops.into();
+        let drivers: Vec<Option<Arc<dyn Port>>> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.port.clone()))
+            .collect();
+        let share = ncores > 1;
+        for (k, core) in self.cores.iter().enumerate() {
+            let rxqs = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                .flat_map(|(i, s)| {
+                    s.queues
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, c)| **c == k)
+                        .map(move |(q, _)| (i, q as u16))
+                })
+                .collect();
+            let routers = match (&tables, &change.routers) {
+                (Some(((of, macs, groups), _)), Some(rs)) => Some(RouterSet {
+                    ops: rs
+                        .iter()
+                        .map(|r| {
+                            let mut fresh = r.router.clone();
+                            fresh.log_learnt(share);
+                            RouterOp {
+                                fresh,
+                                from: r.from,
+                                same: r.same,
+                            }
+                        })
+                        .collect(),
+                    router_of: of.clone(),
+                    macs: macs.clone(),
+                    groups: groups.clone(),
+                }),
+                _ => None,
+            };
+            let c = CoreChange {
+                generation,
+                ports: drivers.clone(),
+                ops: ops.clone(),
+                rxqs,
+                routers,
+            };
+            match core.changes.try_send(c) {
+                Ok(()) => {}
+                // Checked above: only this thread sends, and every core had room.
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    return Err(SwitchError::Stuck(k))
+                }
+            }
+        }
+        if let Some((_, routers)) = tables {
+            self.routers = routers;
+        }
+        self.retired
+            .extend(closing.into_iter().map(|p| (generation, p)));
+        self.posted.store(generation, Ordering::Release);
+        let deadline = t0 + CHANGE_TIMEOUT;
+        while self.lagging(generation).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        self.close_retired();
+        match self.lagging(generation) {
+            Some(k) => Err(SwitchError::Stuck(k)),
+            None => Ok(t0.elapsed()),
+        }
+    }
+
+    /// The first core that has not taken `generation` yet.
+    fn lagging(&self, generation: u64) -> Option<usize> {
+        self.cores
+            .iter()
+            .position(|c| c.acked.load(Ordering::Acquire) < generation)
+    }
+
+    /// Closes the removed ports every core has let go of.
+    fn close_retired(&mut self) {
+        let done = self
+            .cores
+            .iter()
+            .map(|c| c.acked.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.retired.retain(|(g, _)| *g > done);
+    }
+
+    /// The routers' configurations, in order.
+    pub fn routers(&self) -> &[Router] {
+        &self.routers
     }
 
     /// Counters of ports, bridge and cores.
     pub fn stats(&self) -> SwitchStats {
         let mut drops = [0u64; DropReason::COUNT];
-        let (mut floods, mut routed, mut generated) = (0, 0, 0);
+        let (mut floods, mut shared, mut routed, mut generated) = (0, 0, 0, 0);
         let mut rdrops = [0u64; 5];
-        for c in &self.counters {
+        for c in self.cores.iter().map(|c| &c.counters) {
             for (d, a) in drops.iter_mut().zip(c.drops.iter()) {
                 *d += a.load(Ordering::Relaxed);
             }
             floods += c.floods.load(Ordering::Relaxed);
+            shared += c.shared.load(Ordering::Relaxed);
             routed += c.routed.load(Ordering::Relaxed);
             generated += c.generated.load(Ordering::Relaxed);
             for (d, a) in rdrops.iter_mut().zip(c.route_drops.iter()) {
@@ -519,15 +1075,17 @@ impl Switch {
         }
         SwitchStats {
             ports: self
-                .ports
+                .slots
                 .iter()
-                .map(|p| (p.name().to_string(), p.stats()))
+                .flatten()
+                .map(|s| (s.port.name().to_string(), s.port.stats()))
                 .collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), drops[r.index()]))
                 .collect(),
             floods,
+            shared_learns: shared,
             routed,
             router_generated: generated,
             route_drops: RouteDrop::ALL
@@ -535,16 +1093,25 @@ impl Switch {
                 .map(|r| (r.as_str(), rdrops[r.index()]))
                 .collect(),
             cores: self
-                .loads
+                .cores
                 .iter()
-                .map(|l| CoreStats {
-                    busy_polls: l.busy_polls.load(Ordering::Relaxed),
-                    idle_polls: l.idle_polls.load(Ordering::Relaxed),
-                    packets: l.packets.load(Ordering::Relaxed),
-                    cycles_per_packet: l.cycles_per_packet(),
+                .map(|c| {
+                    let l = &c.load;
+                    CoreStats {
+                        busy_polls: l.busy_polls.load(Ordering::Relaxed),
+                        idle_polls: l.idle_polls.load(Ordering::Relaxed),
+                        packets: l.packets.load(Ordering::Relaxed),
+                        cycles_per_packet: l.cycles_per_packet(),
+                        generation: c.acked.load(Ordering::Relaxed),
+                    }
                 })
                 .collect(),
         }
+    }
+
+    /// The polling cores' CPUs, in order.
+    pub fn cores(&self) -> &[Option<usize>] {
+        &self.cfg.cores
     }
 
     /// Stops the polling cores and waits for them.
@@ -570,4 +1137,27 @@ impl Drop for Switch {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Which of the `new` routers continue which of the `old` ones: a new router continues
+/// the first old router that shares a VLAN with it (it is the same tenant's routing
+/// domain), and is `same` when its interfaces and routes did not change.
+pub fn continuity(old: &[Router], new: Vec<Router>) -> Vec<RouterChange> {
+    let by_vid: HashMap<u16, usize> = old
+        .iter()
+        .enumerate()
+        .flat_map(|(k, r)| r.interfaces().iter().map(move |i| (i.vid.get(), k)))
+        .collect();
+    new.into_iter()
+        .map(|router| {
+            let from = router
+                .interfaces()
+                .iter()
+                .find_map(|i| by_vid.get(&i.vid.get()).copied());
+            let same = from
+                .and_then(|k| old.get(k))
+                .is_some_and(|o| o.same_config(&router));
+            RouterChange { router, from, same }
+        })
+        .collect()
 }

@@ -1,0 +1,176 @@
+//! Live changes and many cores, in-process, with vhost-user ports and our virtio-user
+//! frontends: what a user of the switch notices is frames lost, frames flooded and
+//! addresses forgotten.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pmd::vhost_user::{VhostUserConfig, VhostUserPort};
+use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
+use vswitch::switch::{Change, Switch, SwitchConfig, SwitchPort};
+use vswitch::{PortId, Vid, VlanMode};
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vswitch-live-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn port(name: &str, path: &std::path::Path, vid: u16) -> SwitchPort {
+    SwitchPort {
+        port: Arc::new(VhostUserPort::new(VhostUserConfig::new(name, path)).expect("port")),
+        vlan: VlanMode::Access {
+            vid: Vid::new(vid).expect("vid"),
+        },
+        security: None,
+        filter: None,
+    }
+}
+
+fn frame(dst: u8, src: u8, seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[..12].copy_from_slice(&[2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// Sends one frame each way until both arrive, so that both MACs are learnt.
+fn learn(a: &mut VirtioUser, b: &mut VirtioUser) {
+    let t = Instant::now();
+    let (mut ab, mut ba) = (false, false);
+    while !(ab && ba) {
+        assert!(t.elapsed() < Duration::from_secs(10), "a and b never met");
+        a.send(0, &[frame(0xb, 0xa, 0)]);
+        b.send(0, &[frame(0xa, 0xb, 0)]);
+        ab |= !b.recv_wait(0, 1, Duration::from_millis(20)).is_empty();
+        ba |= !a.recv_wait(0, 1, Duration::from_millis(20)).is_empty();
+    }
+    // Drain what is left.
+    while !b.recv_wait(0, 64, Duration::from_millis(20)).is_empty() {}
+    while !a.recv_wait(0, 64, Duration::from_millis(20)).is_empty() {}
+}
+
+#[test]
+fn ports_come_and_go_while_others_forward_without_loss_or_flooding() {
+    let d = dir("churn");
+    let (pa, pb) = (d.join("a.sock"), d.join("b.sock"));
+    let mut sw = Switch::start(
+        &SwitchConfig::default(),
+        vec![port("a", &pa, 10), port("b", &pb, 10)],
+    )
+    .expect("switch");
+    let mut a = VirtioUser::new(&VirtioUserConfig::new(&pa)).expect("a");
+    let mut b = VirtioUser::new(&VirtioUserConfig::new(&pb)).expect("b");
+    learn(&mut a, &mut b);
+    let floods = sw.stats().floods;
+    let g0 = sw.generation();
+
+    // A stream a → b; every few frames another tenant's port is added or removed.
+    let (mut sent, mut got, mut seq) = (0u64, 0u64, 1u32);
+    let mut next_seq = 1u32;
+    let mut extra: Option<PortId> = None;
+    let mut changes = 0;
+    let mut slowest = Duration::ZERO;
+    let t = Instant::now();
+    while changes < 100 {
+        assert!(t.elapsed() < Duration::from_secs(60), "too slow");
+        let f: Vec<Vec<u8>> = (0..8).map(|k| frame(0xb, 0xa, seq + k)).collect();
+        let n = a.send(0, &f) as u32;
+        sent += u64::from(n);
+        seq += n;
+        b.recv(0, 64, |r| {
+            let s = u32::from_be_bytes([r[14], r[15], r[16], r[17]]);
+            assert_eq!(s, next_seq, "frames out of order or lost");
+            next_seq += 1;
+            got += 1;
+        });
+        let change = match extra.take() {
+            None => {
+                let id = sw.free_port_id().expect("id");
+                extra = Some(id);
+                Change {
+                    set: vec![(id, port("c", &d.join("c.sock"), 20))],
+                    ..Change::default()
+                }
+            }
+            Some(id) => Change {
+                remove: vec![id],
+                ..Change::default()
+            },
+        };
+        slowest = slowest.max(sw.apply(change).expect("change"));
+        changes += 1;
+    }
+    let t = Instant::now();
+    while got < sent && t.elapsed() < Duration::from_secs(5) {
+        b.recv(0, 64, |r| {
+            let s = u32::from_be_bytes([r[14], r[15], r[16], r[17]]);
+            assert_eq!(s, next_seq, "frames out of order or lost");
+            next_seq += 1;
+            got += 1;
+        });
+    }
+    let st = sw.stats();
+    assert_eq!(got, sent, "frames lost across 100 changes: {st:?}");
+    assert!(sent > 0);
+    assert_eq!(
+        st.floods, floods,
+        "a change elsewhere made the switch forget b's MAC: {st:?}"
+    );
+    assert_eq!(sw.generation(), g0 + 100);
+    assert!(st.cores.iter().all(|c| c.generation == g0 + 100), "{st:?}");
+    eprintln!("100 changes; slowest took {slowest:?} until every core ran it");
+}
+
+#[test]
+fn a_removed_port_is_closed_and_its_socket_gone() {
+    let d = dir("rm");
+    let pc = d.join("c.sock");
+    let mut sw = Switch::start(&SwitchConfig::default(), vec![port("c", &pc, 1)]).expect("sw");
+    let weak = Arc::downgrade(sw.port(PortId(0)).expect("port c"));
+    sw.apply(Change {
+        remove: vec![PortId(0)],
+        ..Change::default()
+    })
+    .expect("remove");
+    assert!(sw.port(PortId(0)).is_none());
+    assert!(weak.upgrade().is_none(), "the removed port is still open");
+    assert!(sw.stats().ports.is_empty());
+}
+
+#[test]
+fn two_cores_share_what_they_learn() {
+    let d = dir("cores");
+    let (pa, pb) = (d.join("a.sock"), d.join("b.sock"));
+    let cfg = SwitchConfig {
+        cores: vec![None, None],
+        ..SwitchConfig::default()
+    };
+    let sw = Switch::start(&cfg, vec![port("a", &pa, 1), port("b", &pb, 1)]).expect("switch");
+    let mut a = VirtioUser::new(&VirtioUserConfig::new(&pa)).expect("a");
+    let mut b = VirtioUser::new(&VirtioUserConfig::new(&pb)).expect("b");
+    // Port a's queue is polled by one core and b's by the other.
+    learn(&mut a, &mut b);
+    std::thread::sleep(Duration::from_millis(50));
+    let before = sw.stats();
+    assert!(
+        before.shared_learns >= 2,
+        "each core must have told the other: {before:?}"
+    );
+    let mut got = 0;
+    for k in 0..200u32 {
+        a.send(0, &[frame(0xb, 0xa, k)]);
+        b.send(0, &[frame(0xa, 0xb, k)]);
+        got += b.recv_wait(0, 1, Duration::from_millis(50)).len();
+        a.recv_wait(0, 1, Duration::from_millis(50));
+    }
+    let after = sw.stats();
+    assert_eq!(got, 200);
+    assert_eq!(
+        after.floods, before.floods,
+        "once learnt, two-core p2p must not flood: {after:?}"
+    );
+    let ports: Vec<_> = after.ports.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(ports, ["a", "b"]);
+}
