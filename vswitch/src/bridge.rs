@@ -574,13 +574,14 @@ impl Default for BridgeConfig {
 pub struct PortSecurity {
     /// The port's MAC.
     pub mac: EthernetAddress,
-    /// The port's addresses.
+    /// The port's addresses; empty: any address (the MAC is still checked).
     pub ips: Vec<IpAddr>,
 }
 
 impl PortSecurity {
+    /// With no addresses, only the MAC is checked (any address passes).
     fn allows(&self, ip: IpAddr) -> bool {
-        self.ips.contains(&ip)
+        self.ips.is_empty() || self.ips.contains(&ip)
     }
 
     /// The port's EUI-64 IPv6 link-local address (what Linux configures by default).

@@ -30,6 +30,7 @@
 pub mod bridge;
 pub mod fdb;
 pub mod router;
+pub mod service;
 pub mod switch;
 pub mod wire;
 

@@ -1,0 +1,293 @@
+//! `vnfhost switch` options as a front end to [`SwitchSpec`]: each option value parses
+//! into the spec's types, and the switch then runs exactly as if the daemon had sent
+//! that spec.
+//!
+//! - `--port NAME,vhost-user=PATH[,client][,queues=Q]` or `--port NAME,tap=IFNAME[,netns=PATH]`,
+//!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=off]`.
+//!   A value that must hold a comma (a socket path) cannot be given here; the spec
+//!   (`PUT /v1/config`) carries any path.
+//! - `--router-if vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]` and
+//!   `--route PREFIX/LEN,via=ADDR`: one router.
+//! - `--security-group NAME[,deny],RULE…` with RULE `any`, `icmp`, `tcp[:PORTS]` or
+//!   `udp[:PORTS]`, each optionally `@PREFIX/LEN` (the source).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use api::switch::{
+    Driver, PortSpec, Protocol, RouteSpec, RouterInterfaceSpec, RuleSpec, SecurityGroupSpec,
+    VhostMode,
+};
+use api::values::{Mac, Prefix, VlanId, VlanMode, VlanRange};
+
+fn vlan_id(s: &str, what: &str) -> Result<VlanId, String> {
+    s.parse::<u16>()
+        .ok()
+        .and_then(VlanId::new)
+        .ok_or_else(|| format!("{what}={s:?} is not a VLAN id in 1..=4094"))
+}
+
+fn mac(s: &str, what: &str) -> Result<Mac, String> {
+    s.parse().map_err(|e| format!("{what}={s:?}: {e}"))
+}
+
+fn prefix(s: &str, what: &str) -> Result<Prefix, String> {
+    s.parse().map_err(|e| format!("{what}={s:?}: {e}"))
+}
+
+/// Parses one `--port` value.
+pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let mut it = s.split(',');
+    let name = it.next().unwrap_or("").trim();
+    if name.is_empty() || name.contains('=') {
+        return Err(format!("--port {s:?}: must start with the port name"));
+    }
+    if !super::spec::valid_port_name(name) {
+        return Err(format!(
+            "--port {s:?}: port name must be 1-32 of [A-Za-z0-9._-]"
+        ));
+    }
+    let (mut path, mut tap, mut client, mut queues) = (None, None, false, 1u16);
+    let (mut netns, mut mac_, mut anti_spoofing) = (None, None, true);
+    let (mut access, mut trunk, mut native) = (None, None, None);
+    let (mut ips, mut groups) = (Vec::new(), Vec::new());
+    for opt in it {
+        let (k, v) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let need = |v: Option<&str>| -> Result<String, String> {
+            v.filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or(format!("--port {name}: {k} needs a value"))
+        };
+        match k {
+            "vhost-user" => path = Some(PathBuf::from(need(v)?)),
+            "tap" => tap = Some(need(v)?),
+            "netns" => netns = Some(PathBuf::from(need(v)?)),
+            "client" if v.is_none() => client = true,
+            "server" if v.is_none() => client = false,
+            "queues" => {
+                let q: u16 = need(v)?
+                    .parse()
+                    .map_err(|_| format!("--port {name}: queues={v:?} is not a number"))?;
+                if q == 0 || q > 64 {
+                    return Err(format!("--port {name}: queues={q} is outside 1..=64"));
+                }
+                queues = q;
+            }
+            "mac" => mac_ = Some(mac(&need(v)?, "mac")?),
+            "sg" => groups.push(need(v)?),
+            "ip" => {
+                let a = need(v)?;
+                ips.push(
+                    a.parse::<IpAddr>()
+                        .map_err(|_| format!("--port {name}: ip={a:?} is not an IP address"))?,
+                );
+            }
+            "anti-spoofing" => {
+                anti_spoofing = match need(v)?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    x => return Err(format!("--port {name}: anti-spoofing={x:?}: on or off")),
+                }
+            }
+            "vlan" => access = Some(vlan_id(&need(v)?, "vlan")?),
+            "native" => native = Some(vlan_id(&need(v)?, "native")?),
+            "trunk" => {
+                let list = need(v)?;
+                let ranges = list
+                    .split(':')
+                    .map(|r| {
+                        r.parse::<VlanRange>()
+                            .map_err(|e| format!("--port {name}: trunk range {r:?}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                trunk = Some(ranges);
+            }
+            _ => return Err(format!("--port {name}: unknown option {opt:?}")),
+        }
+    }
+    let driver = match (path, tap) {
+        (Some(_), None) if netns.is_some() => {
+            return Err(format!("--port {name}: netns applies to tap ports only"))
+        }
+        (Some(path), None) => Driver::VhostUser {
+            path,
+            mode: if client {
+                VhostMode::Client
+            } else {
+                VhostMode::Server
+            },
+            queues,
+        },
+        (None, Some(name_)) => {
+            if queues != 1 || client {
+                return Err(format!(
+                    "--port {name}: queues and client apply to vhost-user ports only"
+                ));
+            }
+            Driver::Tap { name: name_, netns }
+        }
+        (None, None) => return Err(format!("--port {name}: give vhost-user=PATH or tap=IFNAME")),
+        (Some(_), Some(_)) => {
+            return Err(format!("--port {name}: vhost-user and tap are exclusive"))
+        }
+    };
+    let vlan = match (access, trunk, native) {
+        (Some(_), Some(_), _) => {
+            return Err(format!("--port {name}: vlan and trunk are exclusive"))
+        }
+        (_, None, Some(_)) => return Err(format!("--port {name}: native applies to trunk ports")),
+        (Some(vlan), None, None) => VlanMode::Access { vlan },
+        (None, Some(allowed), native) => VlanMode::Trunk { allowed, native },
+        (None, None, None) => VlanMode::default(),
+    };
+    Ok(PortSpec {
+        name: name.into(),
+        driver,
+        mac: mac_,
+        vlan,
+        allowed_addresses: ips,
+        anti_spoofing,
+        security_groups: groups,
+    })
+}
+
+/// Parses one `--router-if` value.
+pub fn parse_router_if(s: &str) -> Result<RouterInterfaceSpec, String> {
+    let (mut vlan, mut ipv4, mut ipv6, mut mac_) = (None, None, None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("vlan", v)) => vlan = Some(vlan_id(v, "vlan")?),
+            Some(("mac", v)) => mac_ = Some(mac(v, "mac")?),
+            Some(("ip", v)) => ipv4 = Some(prefix(v, "--router-if ip")?),
+            Some(("ip6", v)) => ipv6 = Some(prefix(v, "--router-if ip6")?),
+            _ => return Err(format!("--router-if {s:?}: unknown part {part:?}")),
+        }
+    }
+    Ok(RouterInterfaceSpec {
+        vlan: vlan.ok_or_else(|| format!("--router-if {s:?}: vlan=VID is missing"))?,
+        mac: mac_,
+        ipv4: ipv4.ok_or_else(|| format!("--router-if {s:?}: ip=ADDR/LEN is missing"))?,
+        ipv6,
+    })
+}
+
+/// Parses one `--route` value: `PREFIX/LEN,via=ADDR`.
+pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
+    let (to, via) = s
+        .split_once(",via=")
+        .ok_or_else(|| format!("--route {s:?}: expected PREFIX/LEN,via=ADDR"))?;
+    Ok(RouteSpec {
+        to: prefix(to, "--route")?,
+        via: via
+            .parse()
+            .map_err(|_| format!("--route {s:?}: via={via:?} is not an IP address"))?,
+    })
+}
+
+/// Parses one `--security-group` value.
+pub fn parse_security_group(s: &str) -> Result<SecurityGroupSpec, String> {
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or("").to_string();
+    if name.is_empty() || name.contains(['@', ':']) {
+        return Err(format!("--security-group {s:?}: must start with its name"));
+    }
+    let mut g = SecurityGroupSpec {
+        name: name.clone(),
+        default_deny: false,
+        rules: Vec::new(),
+    };
+    for part in parts {
+        if part == "deny" {
+            g.default_deny = true;
+            continue;
+        }
+        let (rule, source) = match part.split_once('@') {
+            Some((r, c)) => (r, Some(prefix(c, &format!("--security-group {name}"))?)),
+            None => (part, None),
+        };
+        let (proto, ports) = match rule.split_once(':') {
+            Some((r, p)) => {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) if a >= 1 && a <= b => (r, Some((a, b))),
+                    _ => {
+                        return Err(format!(
+                            "--security-group {name}: ports {p:?} are not PORT or A-B"
+                        ))
+                    }
+                }
+            }
+            None => (rule, None),
+        };
+        let protocol = match proto {
+            "any" if ports.is_none() => Protocol::Any,
+            "icmp" if ports.is_none() => Protocol::Icmp,
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return Err(format!("--security-group {name}: unknown rule {part:?}")),
+        };
+        g.rules.push(RuleSpec {
+            protocol,
+            ports,
+            source,
+        });
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_into_the_spec() {
+        let p = parse_port(
+            "p1,vhost-user=/s,client,queues=2,vlan=10,mac=02:00:00:00:00:01,ip=10.0.0.1,sg=a,sg=b",
+        )
+        .expect("valid");
+        assert_eq!(
+            p.driver,
+            Driver::VhostUser {
+                path: "/s".into(),
+                mode: VhostMode::Client,
+                queues: 2
+            }
+        );
+        assert_eq!(p.security_groups, ["a", "b"]);
+        assert!(p.anti_spoofing);
+        assert_eq!(
+            p.vlan,
+            VlanMode::Access {
+                vlan: VlanId::new(10).unwrap()
+            }
+        );
+        let t = parse_port("t,tap=vt0,trunk=10-12:20,native=10,anti-spoofing=off").unwrap();
+        assert!(!t.anti_spoofing);
+        assert!(matches!(t.vlan, VlanMode::Trunk { ref allowed, .. } if allowed.len() == 2));
+        for (arg, want) in [
+            ("", "port name"),
+            ("p0", "vhost-user=PATH or tap"),
+            ("p0,vhost-user=", "needs a value"),
+            ("p0,vhost-user=/s,queues=0", "outside 1..=64"),
+            ("p0,vhost-user=/s,vlan=4095", "1..=4094"),
+            ("p0,vhost-user=/s,bogus", "unknown option"),
+            ("p0,vhost-user=/s,mac=zz", "six colon"),
+            ("p0,vhost-user=/s,tap=x", "exclusive"),
+        ] {
+            let e = parse_port(arg).expect_err(arg);
+            assert!(e.contains(want), "{arg}: {e}");
+        }
+        let r = parse_router_if("vlan=10,ip=10.0.0.254/24,ip6=fd00::fe/64").unwrap();
+        assert_eq!(r.ipv4.len, 24);
+        assert!(parse_router_if("ip=10.0.0.1/24")
+            .unwrap_err()
+            .contains("vlan"));
+        assert!(parse_route("10.0.0.0/33,via=10.0.0.1").is_err());
+        let g = parse_security_group("web,deny,tcp:80@10.0.0.0/8,icmp").unwrap();
+        assert!(g.default_deny && g.rules.len() == 2);
+        assert!(parse_security_group("web,tcp:80@10.0.0.0/40").is_err());
+    }
+}

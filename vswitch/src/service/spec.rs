@@ -1,0 +1,365 @@
+//! Checking a [`SwitchSpec`] and turning it into what the runtime takes. Every refusal
+//! names the field in the spec's words (`ports[2] (pod-a.eth0).driver.vhost_user.queues`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use api::switch::{Driver, PortSpec, Protocol, RouterSpec, SecurityGroupSpec, SwitchSpec};
+use api::values::{Mac, VlanMode as ApiVlanMode};
+
+use crate::bridge::{FilterRule, IngressFilter, PortSecurity, RuleProto, Vid, VlanMode, VlanSet};
+use crate::router::{Router, RouterIf, StaticRoute, StaticRoute6};
+use crate::wire::EthernetAddress;
+
+/// The MAC of router interfaces that name none (locally administered).
+pub const ROUTER_MAC: Mac = Mac([0x02, 0x76, 0x6e, 0x68, 0x72, 0x01]);
+
+/// A port of a checked spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedPort {
+    /// Name.
+    pub name: String,
+    /// Driver, as given.
+    pub driver: Driver,
+    /// The MAC (given or derived from the name).
+    pub mac: Mac,
+    /// VLAN membership.
+    pub vlan: VlanMode,
+    /// Port security, when on.
+    pub security: Option<PortSecurity>,
+    /// The union of its security groups, if it has any.
+    pub filter: Option<IngressFilter>,
+}
+
+/// A spec that passed every check.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// Ports, in spec order.
+    pub ports: Vec<CheckedPort>,
+    /// Routers, in spec order.
+    pub routers: Vec<Router>,
+}
+
+fn vid(v: api::VlanId) -> Vid {
+    // `VlanId` holds 1..=4094 only, as `Vid` does.
+    Vid::new(v.get()).unwrap_or(Vid::MIN)
+}
+
+/// Whether `name` is a valid port name: 1–32 of `[A-Za-z0-9._-]`.
+pub fn valid_port_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn vlan_mode(m: &ApiVlanMode, at: &str) -> Result<VlanMode, String> {
+    Ok(match m {
+        ApiVlanMode::Access { vlan } => VlanMode::Access { vid: vid(*vlan) },
+        ApiVlanMode::Trunk { allowed, native } => {
+            if allowed.is_empty() && native.is_none() {
+                return Err(format!("{at}.vlan.trunk: allows no VLAN"));
+            }
+            let mut set = VlanSet::new();
+            for r in allowed {
+                for v in r.first.get()..=r.last.get() {
+                    if let Some(v) = Vid::new(v) {
+                        set.insert(v);
+                    }
+                }
+            }
+            VlanMode::Trunk {
+                allowed: set,
+                native: native.map(vid),
+            }
+        }
+    })
+}
+
+fn group_filter(g: &SecurityGroupSpec, at: &str) -> Result<IngressFilter, String> {
+    let mut rules = Vec::new();
+    for (k, r) in g.rules.iter().enumerate() {
+        let at = format!("{at}.rules[{k}]");
+        if let Some((a, b)) = r.ports {
+            if a == 0 || a > b {
+                return Err(format!(
+                    "{at}.ports: [{a}, {b}] is not a range of ports 1..=65535"
+                ));
+            }
+            if !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
+                return Err(format!("{at}.ports: only tcp and udp rules have ports"));
+            }
+        }
+        let proto = match r.protocol {
+            Protocol::Any => RuleProto::Any,
+            Protocol::Icmp => RuleProto::Icmp,
+            Protocol::Tcp => RuleProto::Tcp(r.ports),
+            Protocol::Udp => RuleProto::Udp(r.ports),
+        };
+        rules.push(FilterRule {
+            proto,
+            src: r.source.map(|p| (p.addr, p.len)),
+        });
+    }
+    Ok(IngressFilter {
+        default_deny: g.default_deny,
+        rules,
+    })
+}
+
+/// The union of groups: a packet passes when any group lets it pass. A group without
+/// `default_deny` lets everything pass, so the union denies by default only when all
+/// of them do; the rules are those of all groups.
+fn union(groups: &[&IngressFilter]) -> Option<IngressFilter> {
+    if groups.is_empty() {
+        return None;
+    }
+    Some(IngressFilter {
+        default_deny: groups.iter().all(|g| g.default_deny),
+        rules: groups
+            .iter()
+            .flat_map(|g| g.rules.iter().copied())
+            .collect(),
+    })
+}
+
+fn check_port(
+    p: &PortSpec,
+    at: &str,
+    groups: &HashMap<&str, IngressFilter>,
+) -> Result<CheckedPort, String> {
+    match &p.driver {
+        Driver::VhostUser { path, queues, .. } => {
+            if path.as_os_str().is_empty() {
+                return Err(format!("{at}.driver.vhost_user.path: empty"));
+            }
+            if !(1..=64).contains(queues) {
+                return Err(format!(
+                    "{at}.driver.vhost_user.queues: {queues} is outside 1..=64"
+                ));
+            }
+        }
+        Driver::Tap { name, netns } => {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(format!(
+                    "{at}.driver.tap.name: {name:?} is not an interface name (1-15 bytes, no '/' or space)"
+                ));
+            }
+            if netns.as_ref().is_some_and(|n| n.as_os_str().is_empty()) {
+                return Err(format!("{at}.driver.tap.netns: empty"));
+            }
+        }
+    }
+    let mac = p.mac.unwrap_or_else(|| Mac::derived(&p.name));
+    if !mac.is_unicast() {
+        return Err(format!("{at}.mac: {mac} is not a unicast MAC"));
+    }
+    let vlan = vlan_mode(&p.vlan, at)?;
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for (k, g) in p.security_groups.iter().enumerate() {
+        let f = groups
+            .get(g.as_str())
+            .ok_or_else(|| format!("{at}.security_groups[{k}]: no security group {g:?}"))?;
+        if seen.insert(g.as_str()) {
+            found.push(f);
+        }
+    }
+    if !p.anti_spoofing && !p.allowed_addresses.is_empty() {
+        return Err(format!(
+            "{at}.allowed_addresses: anti_spoofing is off, so they would not be enforced"
+        ));
+    }
+    let security = p.anti_spoofing.then(|| PortSecurity {
+        mac: EthernetAddress(mac.0),
+        ips: p.allowed_addresses.clone(),
+    });
+    Ok(CheckedPort {
+        name: p.name.clone(),
+        driver: p.driver.clone(),
+        mac,
+        vlan,
+        security,
+        filter: union(&found),
+    })
+}
+
+fn check_router(r: &RouterSpec, at: &str) -> Result<Router, String> {
+    if r.interfaces.is_empty() {
+        return Err(format!("{at}.interfaces: a router needs one"));
+    }
+    let mut ifs = Vec::new();
+    for (k, i) in r.interfaces.iter().enumerate() {
+        let at = format!("{at}.interfaces[{k}]");
+        let (ip, prefix) = match i.ipv4.addr {
+            IpAddr::V4(a) if (1..=30).contains(&i.ipv4.len) => (a, i.ipv4.len),
+            _ => {
+                return Err(format!(
+                    "{at}.ipv4: {} is not an IPv4 address with a prefix length 1..=30",
+                    i.ipv4
+                ))
+            }
+        };
+        let ip6 = match i.ipv6 {
+            None => None,
+            Some(p) => match p.addr {
+                IpAddr::V6(a) if (1..=127).contains(&p.len) => Some((a, p.len)),
+                _ => {
+                    return Err(format!(
+                        "{at}.ipv6: {p} is not an IPv6 address with a prefix length 1..=127"
+                    ))
+                }
+            },
+        };
+        let mac = i.mac.unwrap_or(ROUTER_MAC);
+        if !mac.is_unicast() {
+            return Err(format!("{at}.mac: {mac} is not a unicast MAC"));
+        }
+        ifs.push(RouterIf {
+            vid: vid(i.vlan),
+            mac: EthernetAddress(mac.0),
+            ip,
+            prefix,
+            ip6,
+        });
+    }
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (k, rt) in r.routes.iter().enumerate() {
+        match (rt.to.addr, rt.via) {
+            (IpAddr::V4(dst), IpAddr::V4(via)) => v4.push(StaticRoute {
+                dst,
+                len: rt.to.len,
+                via,
+            }),
+            (IpAddr::V6(dst), IpAddr::V6(via)) => v6.push(StaticRoute6 {
+                dst,
+                len: rt.to.len,
+                via,
+            }),
+            _ => {
+                return Err(format!(
+                    "{at}.routes[{k}]: to {} and via {} are of different families",
+                    rt.to, rt.via
+                ))
+            }
+        }
+    }
+    Router::with_routes6(ifs, &v4, &v6).map_err(|e| format!("{at}: {e}"))
+}
+
+/// Checks `spec` whole; the first problem found is the error.
+pub fn check(spec: &SwitchSpec) -> Result<Checked, String> {
+    let mut groups = HashMap::new();
+    for (k, g) in spec.security_groups.iter().enumerate() {
+        let at = format!("security_groups[{k}] ({})", g.name);
+        if g.name.is_empty() {
+            return Err(format!("security_groups[{k}].name: empty"));
+        }
+        let f = group_filter(g, &at)?;
+        if groups.insert(g.name.as_str(), f).is_some() {
+            return Err(format!("{at}.name: defined twice"));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut ports = Vec::new();
+    for (k, p) in spec.ports.iter().enumerate() {
+        if !valid_port_name(&p.name) {
+            return Err(format!(
+                "ports[{k}].name: {:?} is not 1-32 of [A-Za-z0-9._-]",
+                p.name
+            ));
+        }
+        let at = format!("ports[{k}] ({})", p.name);
+        if !names.insert(p.name.as_str()) {
+            return Err(format!("{at}.name: used twice"));
+        }
+        ports.push(check_port(p, &at, &groups)?);
+    }
+    let mut routers = Vec::new();
+    let mut vlans = HashMap::new();
+    for (k, r) in spec.routers.iter().enumerate() {
+        let at = format!("routers[{k}] ({})", r.name);
+        for (j, i) in r.interfaces.iter().enumerate() {
+            if let Some(other) = vlans.insert(i.vlan, r.name.as_str()) {
+                return Err(format!(
+                    "{at}.interfaces[{j}].vlan: VLAN {} already has an interface in router {other}",
+                    i.vlan
+                ));
+            }
+        }
+        routers.push(check_router(r, &at)?);
+    }
+    if ports.len() > crate::switch::MAX_SWITCH_PORTS {
+        return Err(format!(
+            "ports: {} of them; the switch takes at most {}",
+            ports.len(),
+            crate::switch::MAX_SWITCH_PORTS
+        ));
+    }
+    Ok(Checked { ports, routers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> SwitchSpec {
+        serde_json::from_str(json).expect("spec parses")
+    }
+
+    #[test]
+    fn refusals_name_the_field_in_the_specs_words() {
+        for (j, want) in [
+            (
+                r#"{"ports":[{"name":"p","driver":{"vhost_user":{"path":"/s","queues":0}}}]}"#,
+                "ports[0] (p).driver.vhost_user.queues: 0 is outside 1..=64",
+            ),
+            (
+                r#"{"ports":[{"name":"p q","driver":{"tap":{"name":"t"}}}]}"#,
+                "ports[0].name",
+            ),
+            (
+                r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t"}},"security_groups":["web"]}]}"#,
+                "ports[0] (p).security_groups[0]: no security group \"web\"",
+            ),
+            (
+                r#"{"routers":[{"name":"r","interfaces":[{"vlan":10,"ipv4":"10.0.0.1/32"}]}]}"#,
+                "routers[0] (r).interfaces[0].ipv4",
+            ),
+            (
+                r#"{"routers":[{"name":"r","interfaces":[{"vlan":10,"ipv4":"10.0.0.1/24"}],
+                    "routes":[{"to":"fd00::/8","via":"10.0.0.2"}]}]}"#,
+                "routers[0] (r).routes[0]: to fd00::/8 and via 10.0.0.2 are of different families",
+            ),
+            (
+                r#"{"routers":[{"name":"a","interfaces":[{"vlan":10,"ipv4":"10.0.0.1/24"}]},
+                    {"name":"b","interfaces":[{"vlan":10,"ipv4":"10.1.0.1/24"}]}]}"#,
+                "routers[1] (b).interfaces[0].vlan: VLAN 10 already has an interface in router a",
+            ),
+        ] {
+            let e = check(&spec(j)).expect_err(j);
+            assert!(e.contains(want), "{j}\n  got:  {e}\n  want: {want}");
+        }
+    }
+
+    #[test]
+    fn anti_spoofing_is_on_by_default_and_groups_are_a_union() {
+        let c = check(&spec(
+            r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t"}},"security_groups":["a","b"]},
+                         {"name":"q","driver":{"tap":{"name":"u"}},"anti_spoofing":false}],
+                "security_groups":[{"name":"a","default_deny":true,"rules":[{"protocol":"icmp"}]},
+                                   {"name":"b","default_deny":true,"rules":[{"protocol":"tcp","ports":[80,80]}]}]}"#,
+        ))
+        .expect("valid");
+        let p = &c.ports[0];
+        let sec = p
+            .security
+            .as_ref()
+            .expect("MAC anti-spoofing is on by default");
+        assert_eq!(sec.mac.0, Mac::derived("p").0);
+        let f = p.filter.as_ref().expect("filter");
+        assert!(f.default_deny);
+        assert_eq!(f.rules.len(), 2, "both groups' rules apply");
+        assert!(c.ports[1].security.is_none(), "turned off explicitly");
+    }
+}
