@@ -313,7 +313,9 @@ mod tests {
                 "sg",
             ),
         ] {
-            let e = serde_json::from_str::<SwitchSpec>(bad).unwrap_err().to_string();
+            let e = serde_json::from_str::<SwitchSpec>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{bad}: {e}");
         }
     }

@@ -288,7 +288,9 @@ mod tests {
         assert!("20-10".parse::<VlanRange>().is_err());
         assert!("0".parse::<VlanRange>().is_err());
         assert!(serde_json::from_str::<VlanId>("4095").is_err());
-        let e = serde_json::from_str::<Mac>("\"zz\"").unwrap_err().to_string();
+        let e = serde_json::from_str::<Mac>("\"zz\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MAC \"zz\""), "{e}");
     }
 }

@@ -1,5 +1,5 @@
 //! From a checked [`Topology`] to what runs: the switch's command line and configuration
-//! ([`SwitchDesired`]), and one `vnfhost vm run` command line per pod.
+//! ([`SwitchSpec`]), and one `vnfhost vm run` command line per pod.
 //!
 //! Names and places, under the daemon's run directory `RUN` (`/run/vnfhost`):
 //!
@@ -18,7 +18,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::switchctl::{RouterDesired, SwitchDesired};
+use api::switch::{
+    Driver, PortSpec, Protocol as ApiProtocol, RouteSpec, RouterInterfaceSpec, RouterSpec,
+    RuleSpec, SecurityGroupSpec, SwitchSpec, VhostMode,
+};
+use api::values::{Prefix, VlanId, VlanMode};
 use crate::topology::{parse_memory, Cidr, HypervisorSpec, Protocol, RestartPolicy, Topology};
 
 /// The guest image pods boot when they name no kernel.
@@ -66,7 +70,7 @@ pub struct Plan {
     /// `vnfhost switch …` arguments; a change restarts the switch.
     pub switch_args: Vec<String>,
     /// The switch's configuration.
-    pub switch: SwitchDesired,
+    pub switch: SwitchSpec,
     /// Pods, in file order.
     pub pods: Vec<PodPlan>,
 }
@@ -80,26 +84,41 @@ fn cidr_of(nets: &[Cidr], a: IpAddr) -> Option<Cidr> {
     nets.iter().copied().find(|c| c.contains(a))
 }
 
-fn group_rules(g: &crate::topology::SecurityGroup) -> Vec<String> {
-    g.ingress
-        .iter()
-        .map(|r| {
-            let proto = match r.protocol {
-                Protocol::Any => "any",
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            };
-            let mut s = proto.to_string();
-            if let Some(p) = &r.ports {
-                s = format!("{s}:{p}");
+/// The switch's form of a topology security group.
+fn group_spec(g: &crate::topology::SecurityGroup) -> Result<SecurityGroupSpec, String> {
+    let mut rules = Vec::new();
+    for (k, r) in g.ingress.iter().enumerate() {
+        let at = format!("security group {} ingress[{k}]", g.name);
+        let ports = match &r.ports {
+            None => None,
+            Some(p) => {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                    (Ok(a), Ok(b)) => Some((a, b)),
+                    _ => return Err(format!("{at}.ports: {p:?} is not PORT or A-B")),
+                }
             }
-            if let Some(c) = &r.cidr {
-                s = format!("{s}@{c}");
-            }
-            s
-        })
-        .collect()
+        };
+        rules.push(RuleSpec {
+            protocol: match r.protocol {
+                Protocol::Any => ApiProtocol::Any,
+                Protocol::Tcp => ApiProtocol::Tcp,
+                Protocol::Udp => ApiProtocol::Udp,
+                Protocol::Icmp => ApiProtocol::Icmp,
+            },
+            ports,
+            source: r
+                .cidr
+                .as_deref()
+                .map(|c| c.parse().map_err(|e| format!("{at}.cidr: {e}")))
+                .transpose()?,
+        });
+    }
+    Ok(SecurityGroupSpec {
+        name: g.name.clone(),
+        default_deny: g.default_deny_ingress,
+        rules,
+    })
 }
 
 /// The plan for `t`, which must have passed [`Topology::check`].
@@ -131,48 +150,51 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
         nets.insert(n.name.as_str(), (n, n.vlan.unwrap_or(1), cidrs));
     }
 
-    let mut sw = SwitchDesired::default();
+    let mut sw = SwitchSpec::default();
     for r in &t.routers {
-        let mut rd = RouterDesired {
+        let mut rs = RouterSpec {
             name: r.name.clone(),
             interfaces: Vec::new(),
             routes: r
                 .routes
                 .iter()
-                .map(|rt| format!("{},via={}", rt.to, rt.via))
-                .collect(),
+                .map(|rt| {
+                    Ok(RouteSpec {
+                        to: rt.to.parse().map_err(|e| format!("router {}: route to {}: {e}", r.name, rt.to))?,
+                        via: rt.via.parse().map_err(|_| format!("router {}: via {}", r.name, rt.via))?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
         };
         for name in &r.networks {
             let (n, vlan, cidrs) = nets
                 .get(name.as_str())
                 .ok_or_else(|| format!("router {}: unknown network {name}", r.name))?;
-            let mut spec = format!("vlan={vlan}");
+            let (mut ipv4, mut ipv6) = (None, None);
             for g in &n.gateway {
                 let a: IpAddr = g.parse().map_err(|_| format!("gateway {g}"))?;
                 let c = cidr_of(cidrs, a)
                     .ok_or_else(|| format!("network {}: gateway {a} outside it", n.name))?;
-                let key = if a.is_ipv4() { "ip" } else { "ip6" };
-                spec.push_str(&format!(",{key}={a}/{}", c.len));
+                let p = Prefix { addr: a, len: c.len };
+                if a.is_ipv4() {
+                    ipv4 = Some(p);
+                } else {
+                    ipv6 = Some(p);
+                }
             }
-            rd.interfaces.push(spec);
+            rs.interfaces.push(RouterInterfaceSpec {
+                vlan: VlanId::new(*vlan).ok_or_else(|| format!("network {}: VLAN {vlan}", n.name))?,
+                mac: None,
+                ipv4: ipv4.ok_or_else(|| {
+                    format!("router {}: network {} has no IPv4 gateway", r.name, n.name)
+                })?,
+                ipv6,
+            });
         }
-        sw.routers.push(rd);
+        sw.routers.push(rs);
     }
-    let groups: HashMap<&str, &crate::topology::SecurityGroup> = t
-        .security_groups
-        .iter()
-        .map(|g| (g.name.as_str(), g))
-        .collect();
     for g in &t.security_groups {
-        let mut spec = g.name.clone();
-        if g.default_deny_ingress {
-            spec.push_str(",deny");
-        }
-        for r in group_rules(g) {
-            spec.push(',');
-            spec.push_str(&r);
-        }
-        sw.security_groups.push(spec);
+        sw.security_groups.push(group_spec(g)?);
     }
 
     let mut pods = Vec::new();
@@ -220,37 +242,25 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                 .ok_or_else(|| format!("pod {}: unknown network {}", pod.name, ifc.network))?;
             let port = format!("{}.eth{j}", pod.name);
             let sock = dir.join(format!("eth{j}.sock"));
-            let mut spec = format!(
-                "{port},vhost-user={},mac={},vlan={vlan}",
-                sock.display(),
-                ifc.mac
-            );
-            for ip in &ifc.ips {
-                let c = Cidr::parse(ip)?;
-                spec.push_str(&format!(",ip={}", c.addr));
-            }
-            match ifc.security_groups.as_slice() {
-                [] => {}
-                [g] => spec.push_str(&format!(",sg={g}")),
-                many => {
-                    // The switch takes one group per port: their union, denying by
-                    // default when any of them does.
-                    let mut merged = port.clone();
-                    let found: Vec<_> =
-                        many.iter().filter_map(|g| groups.get(g.as_str())).collect();
-                    if found.iter().any(|g| g.default_deny_ingress) {
-                        merged.push_str(",deny");
-                    }
-                    for g in found {
-                        for r in group_rules(g) {
-                            merged.push(',');
-                            merged.push_str(&r);
-                        }
-                    }
-                    sw.security_groups.push(merged);
-                    spec.push_str(&format!(",sg={port}"));
-                }
-            }
+            let spec = PortSpec {
+                name: port.clone(),
+                driver: Driver::VhostUser {
+                    path: sock.clone(),
+                    mode: VhostMode::Server,
+                    queues: ifc.queues,
+                },
+                mac: Some(ifc.mac.parse().map_err(|e| format!("pod {}: mac: {e}", pod.name))?),
+                vlan: VlanMode::Access {
+                    vlan: VlanId::new(*vlan).ok_or_else(|| format!("VLAN {vlan}"))?,
+                },
+                allowed_addresses: ifc
+                    .ips
+                    .iter()
+                    .map(|ip| Cidr::parse(ip).map(|c| c.addr))
+                    .collect::<Result<_, _>>()?,
+                anti_spoofing: ifc.anti_spoofing,
+                security_groups: ifc.security_groups.clone(),
+            };
             sw.ports.push(spec);
             args.extend([
                 "--net".into(),
@@ -307,14 +317,23 @@ mod tests {
             initrd: "/i".into(),
         };
         let p = plan(&t, Path::new("/run/vnfhost"), &img).unwrap();
+        let port = &p.switch.ports[0];
+        assert_eq!(port.name, "pod-a.eth0");
         assert_eq!(
-            p.switch.ports[0],
-            "pod-a.eth0,vhost-user=/run/vnfhost/pods/pod-a/eth0.sock,mac=52:54:00:00:00:0a,\
-             vlan=10,ip=10.0.0.1"
+            port.driver,
+            Driver::VhostUser {
+                path: "/run/vnfhost/pods/pod-a/eth0.sock".into(),
+                mode: VhostMode::Server,
+                queues: 1
+            }
         );
+        assert_eq!(port.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:00:00:0a"));
+        assert_eq!(port.allowed_addresses, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(port.anti_spoofing);
+        let ifs = &p.switch.routers[0].interfaces;
         assert_eq!(
-            p.switch.routers[0].interfaces,
-            ["vlan=10,ip=10.0.0.254/24", "vlan=20,ip=10.0.1.254/24"]
+            ifs.iter().map(|i| (i.vlan.get(), i.ipv4.to_string())).collect::<Vec<_>>(),
+            [(10, "10.0.0.254/24".to_string()), (20, "10.0.1.254/24".to_string())]
         );
         let a = &p.pods[0].args;
         assert!(a.windows(2).any(|w| w == ["--mem", "256M"]), "{a:?}");
@@ -323,14 +342,7 @@ mod tests {
                 .any(|x| x.starts_with("vnf.ip=10.0.0.1/24 vnf.gw=10.0.0.254")),
             "{a:?}"
         );
-        // Every spec the plan makes parses as the switch will parse it.
-        for s in &p.switch.ports {
-            crate::portspec::parse_port(s).unwrap();
-        }
-        for r in &p.switch.routers {
-            for i in &r.interfaces {
-                crate::portspec::parse_router_if(i).unwrap();
-            }
-        }
+        // The switch takes the plan's spec as it is.
+        vswitch::service::spec::check(&p.switch).unwrap();
     }
 }

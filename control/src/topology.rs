@@ -248,13 +248,22 @@ pub struct Interface {
     /// Queue pairs.
     #[serde(default = "one_u16")]
     pub queues: u16,
-    /// Security groups applied to traffic into this interface.
+    /// Security groups applied to traffic into this interface (their union).
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// Port security: the interface may send only from its `mac` (and, when `ips` are
+    /// given, only from those addresses). On by default; `false` lets it send from any
+    /// MAC and address, as a VNF that routes or bridges other hosts' traffic needs.
+    #[serde(default = "yes")]
+    pub anti_spoofing: bool,
 }
 
 fn one_u16() -> u16 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An IP prefix.
