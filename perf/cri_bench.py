@@ -16,7 +16,7 @@ Prints min/median/max per DUT and the ratio of medians.
 
   sudo /var/cache/vnfhost/venv/bin/python perf/cri_bench.py [--rounds 20] [--warmup 3]
 
-Needs scripts/setup.sh and a release build (cargo build --release -p control).
+Needs scripts/setup.sh and a release build (cargo build --release -p control -p vnfhost-cni).
 """
 import argparse
 import json
@@ -113,7 +113,7 @@ def main():
     cni = os.path.join(REPO, "target/release/vnfhost-cni")
     for b in (vnfhost, cni):
         if not os.path.exists(b):
-            raise SystemExit("%s missing: cargo build --release -p control" % b)
+            raise SystemExit("%s missing: cargo build --release -p control -p vnfhost-cni" % b)
     d = tempfile.mkdtemp(prefix="vnfhost-crib-", dir="/tmp")
     procs = []
     try:

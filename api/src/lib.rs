@@ -5,6 +5,10 @@
 //! - [`switch`]: the switch's typed spec ([`switch::SwitchSpec`]), what the daemon (or
 //!   `vnfhost switch` on the command line) gives the switch, and its counters and per-port
 //!   state.
+//! - [`http`]: the small HTTP/1.1 over Unix sockets that the daemon's API and the switch's
+//!   control socket speak; [`http::call`] is the synchronous client.
+//! - [`daemon`]: the daemon's API: its socket, the bodies of its requests and replies
+//!   (topology, status, pod networks); [`attach`]: its attachments (CNI ports).
 //!
 //! Every structure refuses unknown fields, so a misspelt field is an error that names it,
 //! never a silently ignored setting.
@@ -12,5 +16,9 @@
 
 pub mod switch;
 pub mod values;
+
+pub mod attach;
+pub mod daemon;
+pub mod http;
 
 pub use values::{Mac, Prefix, VlanId, VlanMode, VlanRange};

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use api::http;
+
 use crate::cli::value;
 use crate::daemon::{self, ApplyReply, ApplyRequest, DaemonArgs, Refusal, Status};
-use crate::http;
 
 /// Parses `vnfhost daemon` options.
 pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {

@@ -44,24 +44,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use api::daemon::{
+    default_api_socket, ApplyReply, AttachmentKey, CoreStatus, Exit, GcRequest, Phase, PodNetwork,
+    PodStatus, PortStatus, Refusal, Status, SwitchStatus, API_VERSION, RUN_DIR,
+};
+use api::http::{self, Request, Response};
+
 use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind};
-use crate::http::{self, Request, Response};
 use crate::plan::{self, GuestImage, Plan, PodPlan};
-use crate::switchctl::{self, CoreCounters, SwitchCounters, SwitchDesired};
+use crate::switchctl::{self, SwitchCounters, SwitchDesired};
 use crate::topology::{Host, Network, RestartPolicy, Topology};
 
-/// The API version this daemon serves (the path prefix).
-pub const API_VERSION: &str = "v1";
-
-/// Default run directory.
-pub const RUN_DIR: &str = "/run/vnfhost";
-
-/// The API socket: `VNFHOST_API`, else `RUN_DIR/api.sock`.
-pub fn default_api_socket() -> PathBuf {
-    std::env::var_os("VNFHOST_API")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(RUN_DIR).join("api.sock"))
-}
+/// `PUT /v1/topology` body, with the topology read as its schema.
+pub type ApplyRequest = api::daemon::ApplyRequest<Topology>;
 
 /// Options of `vnfhost daemon`.
 #[derive(Clone, Debug)]
@@ -108,27 +103,6 @@ fn start_time(pid: i32) -> Option<u64> {
 #[derive(Default)]
 struct Procs {
     children: HashMap<i32, Child>,
-}
-
-/// How a process ended, as far as the daemon can tell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Exit {
-    /// Exit status 0.
-    Success,
-    /// Another exit status or a signal.
-    Failed(String),
-    /// Not the daemon's child (adopted), so its status is unknown.
-    Unknown,
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Success => write!(f, "exit status 0"),
-            Exit::Failed(how) => write!(f, "{}", how.replace("exit status: ", "exit status ")),
-            Exit::Unknown => write!(f, "ended (status unknown: adopted process)"),
-        }
-    }
 }
 
 impl Procs {
@@ -227,20 +201,6 @@ impl Procs {
 // ---------------------------------------------------------------------------------
 // State
 
-/// Lifecycle of a pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Its VM runs.
-    Running,
-    /// Its VM exited with status 0 and is not restarted.
-    Succeeded,
-    /// Its VM failed and is not restarted.
-    Failed,
-    /// Its VM exited and will be started again.
-    BackOff,
-}
-
 /// A pod as the daemon keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodRec {
@@ -273,17 +233,6 @@ struct Persisted {
     pod_networks: BTreeMap<String, Vec<PodNetwork>>,
 }
 
-/// One extra network of a pod (`PUT /v1/pod-networks/NAMESPACE/NAME` takes a list).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PodNetwork {
-    /// The network.
-    pub network: String,
-    /// The interface name in the pod (default `net1`, `net2`, … in order).
-    #[serde(default)]
-    pub interface: Option<String>,
-}
-
 /// One undoable step of an apply.
 enum Undo {
     StopSwitch,
@@ -307,59 +256,6 @@ struct Daemon {
     events: VecDeque<String>,
     /// Pods an apply in progress removed (their directories go when it succeeds).
     removed_pods: Vec<String>,
-}
-
-/// The body of an `up` refused before anything changed.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Refusal {
-    /// Summary.
-    pub error: String,
-    /// Each problem, `field.path: what`.
-    #[serde(default)]
-    pub problems: Vec<String>,
-}
-
-/// `PUT /v1/topology` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyRequest {
-    /// Where the topology came from (for status and messages).
-    #[serde(default)]
-    pub source: Option<String>,
-    /// The topology.
-    pub topology: Topology,
-}
-
-/// `POST /v1/attachments/gc`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcRequest {
-    /// Only attachments of this network.
-    #[serde(default)]
-    pub network: Option<String>,
-    /// Only attachments of these networks (when not empty).
-    #[serde(default)]
-    pub networks: Vec<String>,
-    /// The attachments that stay.
-    pub valid: Vec<AttachmentKey>,
-}
-
-/// A (container, interface) pair.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AttachmentKey {
-    /// Container id.
-    pub container: String,
-    /// Interface name.
-    pub ifname: String,
-}
-
-/// `PUT /v1/topology` and `DELETE /v1/topology` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApplyReply {
-    /// Generation now applied.
-    pub generation: u64,
-    /// What changed (empty: nothing had to).
-    pub changes: Vec<String>,
 }
 
 impl Daemon {
@@ -1199,7 +1095,7 @@ impl Daemon {
                     up: p.up,
                     rx_pps: rate(p.rx_packets, before.rx_packets),
                     tx_pps: rate(p.tx_packets, before.tx_packets),
-                    counters: p.clone(),
+                    counters: port_counters(p),
                 });
             }
             for (i, k) in c.cores.iter().enumerate() {
@@ -1212,7 +1108,7 @@ impl Daemon {
                 cores.push(CoreStatus {
                     busy_percent: 100.0 * busy as f64 / (busy + idle).max(1) as f64,
                     pps: rate(k.packets, b.packets),
-                    counters: k.clone(),
+                    counters: core_counters(k, c.generation),
                 });
             }
         }
@@ -1259,6 +1155,39 @@ impl Daemon {
     }
 }
 
+/// A port's counters in the API's form. The switch reports no failed ports: a port it
+/// has is up or waiting for its peer.
+fn port_counters(p: &switchctl::PortCounters) -> api::switch::PortCounters {
+    api::switch::PortCounters {
+        name: p.name.clone(),
+        state: if p.up {
+            api::switch::PortState::Up
+        } else {
+            api::switch::PortState::Down
+        },
+        error: None,
+        up: p.up,
+        rx_packets: p.rx_packets,
+        rx_bytes: p.rx_bytes,
+        tx_packets: p.tx_packets,
+        tx_bytes: p.tx_bytes,
+        drops: p.drops.clone(),
+    }
+}
+
+/// A core's counters in the API's form. The switch restarts its cores on every change,
+/// so each runs the switch's `generation`.
+fn core_counters(c: &switchctl::CoreCounters, generation: u64) -> api::switch::CoreCounters {
+    api::switch::CoreCounters {
+        cpu: c.cpu,
+        busy_polls: c.busy_polls,
+        idle_polls: c.idle_polls,
+        packets: c.packets,
+        cycles_per_packet: c.cycles_per_packet,
+        generation,
+    }
+}
+
 /// Last `n` lines of a log, on one line.
 fn tail(p: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(p).unwrap_or_default();
@@ -1272,97 +1201,6 @@ fn tail(p: &Path, n: usize) -> String {
 
 // ---------------------------------------------------------------------------------
 // Status
-
-/// `GET /v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Status {
-    /// API version.
-    pub api: String,
-    /// Topology generation.
-    pub generation: u64,
-    /// Where the topology came from.
-    pub source: Option<String>,
-    /// Whether a topology is applied.
-    pub applied: bool,
-    /// The switch.
-    pub switch: SwitchStatus,
-    /// Pods.
-    pub pods: Vec<PodStatus>,
-    /// Switch ports.
-    pub ports: Vec<PortStatus>,
-    /// Bridge drops by reason.
-    pub bridge_drops: BTreeMap<String, u64>,
-    /// Floods.
-    pub floods: u64,
-    /// Packets routed.
-    pub routed: u64,
-    /// Frames the routers generated.
-    pub router_generated: u64,
-    /// Router drops by reason.
-    pub router_drops: BTreeMap<String, u64>,
-    /// Recent events, oldest first, each `UNIXTIME message`.
-    pub events: Vec<String>,
-}
-
-/// The switch in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SwitchStatus {
-    /// Its process runs.
-    pub running: bool,
-    /// Its pid.
-    pub pid: Option<i32>,
-    /// Configurations it has applied.
-    pub config_generation: u64,
-    /// Pause of the polling cores at its last reconfiguration, µs.
-    pub last_pause_us: u64,
-    /// Polling cores.
-    pub cores: Vec<CoreStatus>,
-}
-
-/// A polling core in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CoreStatus {
-    /// Share of polls that found work over the last second.
-    pub busy_percent: f64,
-    /// Packets per second over the last second.
-    pub pps: f64,
-    /// Totals.
-    pub counters: CoreCounters,
-}
-
-/// A pod in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodStatus {
-    /// Name.
-    pub name: String,
-    /// Phase.
-    pub phase: Phase,
-    /// VM process id while it runs.
-    pub pid: Option<i32>,
-    /// Restarts.
-    pub restarts: u32,
-    /// How its last VM ended.
-    pub last_exit: Option<Exit>,
-    /// Its console log.
-    pub console: String,
-}
-
-/// A port in [`Status`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PortStatus {
-    /// Port name (`POD.ethJ`).
-    pub name: String,
-    /// Its pod.
-    pub pod: String,
-    /// Its peer is connected and ready.
-    pub up: bool,
-    /// Frames per second from the pod over the last second.
-    pub rx_pps: f64,
-    /// Frames per second to the pod.
-    pub tx_pps: f64,
-    /// Totals.
-    pub counters: switchctl::PortCounters,
-}
 
 /// The Prometheus text exposition of `s`.
 pub fn metrics(s: &Status) -> String {
@@ -1958,7 +1796,7 @@ mod tests {
                 up: true,
                 rx_pps: 0.0,
                 tx_pps: 0.0,
-                counters: switchctl::PortCounters {
+                counters: api::switch::PortCounters {
                     name: "a.eth0".into(),
                     rx_packets: 7,
                     drops: [("ring_full".to_string(), 2)].into(),

@@ -1,20 +1,22 @@
 //! The vnfhost control plane: the `vnfhost` command and its subcommands.
 //!
-//! - [`daemon`]: `vnfhost daemon`, its API and reconcile loop; [`ctl_cmd`]: `up`, `down`,
-//!   `status` (its clients); [`http`]: the small HTTP/1.1 both speak.
+//! - [`daemon`]: `vnfhost daemon`, its API server and reconcile loop; [`ctl_cmd`]: `up`,
+//!   `down`, `status` (its clients). The API's types ([`api::daemon`], [`api::attach`])
+//!   and the small HTTP/1.1 both speak ([`api::http`]) are the `api` crate's.
 //! - [`topology`]: the `topology.yaml` schema and its checks; [`plan`]: what runs for it.
 //! - [`switch_cmd`]: `vnfhost switch` in the foreground; [`switchctl`]: the switch as the
 //!   daemon runs it, configured over its control socket.
 //! - [`vm_cmd`]: `vnfhost vm run`; [`bench_cmd`]: `vnfhost bench`.
+//! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
 //!
-//! The CNI plugin and the Kubernetes controller (a later issue) will be API clients too.
+//! The CNI plugin (`vnfhost-cni`), the Kubernetes controller (`vnfhost-k8s`) and the
+//! containerd shim are API clients in packages of their own: they link `api`, not this
+//! crate.
 pub mod attach;
 pub mod bench_cmd;
 pub mod cli;
-pub mod cni;
 pub mod ctl_cmd;
 pub mod daemon;
-pub mod http;
 pub mod netlink;
 pub mod plan;
 pub mod portspec;
@@ -22,3 +24,6 @@ pub mod switch_cmd;
 pub mod switchctl;
 pub mod topology;
 pub mod vm_cmd;
+
+// `crate::http` for the modules that still name it so.
+use api::http;

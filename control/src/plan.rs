@@ -23,31 +23,9 @@ use api::switch::{
     RuleSpec, SecurityGroupSpec, SwitchSpec, VhostMode,
 };
 use api::values::{Prefix, VlanId, VlanMode};
+
+pub use api::daemon::GuestImage;
 use crate::topology::{parse_memory, Cidr, HypervisorSpec, Protocol, RestartPolicy, Topology};
-
-/// The guest image pods boot when they name no kernel.
-#[derive(Clone, Debug)]
-pub struct GuestImage {
-    /// Kernel.
-    pub kernel: PathBuf,
-    /// Initramfs.
-    pub initrd: PathBuf,
-}
-
-impl GuestImage {
-    /// `VNFHOST_GUEST_KERNEL`/`VNFHOST_GUEST_INITRD`, else what
-    /// `vmm/guest/build-guest.sh` builds.
-    pub fn from_env() -> GuestImage {
-        let var = |k: &str, d: &str| std::env::var_os(k).map(PathBuf::from).unwrap_or(d.into());
-        GuestImage {
-            kernel: var("VNFHOST_GUEST_KERNEL", "/var/cache/vnfhost/guest/vmlinuz"),
-            initrd: var(
-                "VNFHOST_GUEST_INITRD",
-                "/var/cache/vnfhost/guest/initramfs.cpio.gz",
-            ),
-        }
-    }
-}
 
 /// One pod as it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]

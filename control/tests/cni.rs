@@ -60,7 +60,7 @@ impl Drop for Netns {
 
 fn cni(cmd: &str, container: &str, netns: &str, conf: &str, api: &str) -> (bool, Value, Duration) {
     let t = Instant::now();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"))
+    let mut c = Command::new(common::cni_binary())
         .env_clear()
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", container)
@@ -278,7 +278,7 @@ fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
     // result names the socket; a virtio-user frontend on it asks for pod c0's MAC by ARP,
     // from the attachment's MAC and address (port security), and c0's kernel answers.
     let vconf = conf("net-a", "1.1.0", &api);
-    let mut vcmd = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"));
+    let mut vcmd = Command::new(common::cni_binary());
     vcmd.env_clear()
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "dpdkpod")
@@ -335,7 +335,7 @@ fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
     let reply = reply.expect("pod c0 answered the vhost-user pod's ARP");
     assert_eq!(&reply[..6], &vmac);
     drop(vu);
-    let mut dcmd = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"));
+    let mut dcmd = Command::new(common::cni_binary());
     dcmd.env_clear()
         .env("CNI_COMMAND", "DEL")
         .env("CNI_CONTAINERID", "dpdkpod")

@@ -163,8 +163,7 @@ impl Node {
         for e in std::fs::read_dir("/usr/lib/cni").unwrap().flatten() {
             std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
         }
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vnfhost-cni"), bin.join("vnfhost-cni"))
-            .unwrap();
+        std::os::unix::fs::symlink(common::cni_binary(), bin.join("vnfhost-cni")).unwrap();
         let shim = shim_binary();
         if shim.exists() {
             std::os::unix::fs::symlink(&shim, shims.join("containerd-shim-vnfhost-v2")).unwrap();
@@ -243,7 +242,7 @@ state = "{ds}/state"
 
     /// The daemon's attachments.
     fn attachments(&self) -> Vec<Value> {
-        let (st, body) = control::http::call(
+        let (st, body) = api::http::call(
             &self.api,
             "GET",
             "/v1/attachments",

@@ -162,7 +162,7 @@ async fn daemon(
     body: Option<Vec<u8>>,
 ) -> Result<(u16, String), Error> {
     tokio::task::spawn_blocking(move || {
-        control::http::call(
+        api::http::call(
             &api,
             method,
             &path,
@@ -356,8 +356,8 @@ pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 /// Parses [`NETWORKS_ANNOTATION`]: `net-b, net-c@net5, other-ns/net-d`, or the JSON form
 /// `[{"name": "net-b", "interface": "net1", "namespace": "x"}]`. Networks are
 /// cluster-scoped here, so a namespace is accepted and ignored.
-pub fn parse_networks_annotation(v: &str) -> Result<Vec<control::daemon::PodNetwork>, String> {
-    use control::daemon::PodNetwork;
+pub fn parse_networks_annotation(v: &str) -> Result<Vec<api::daemon::PodNetwork>, String> {
+    use api::daemon::PodNetwork;
     let v = v.trim();
     if v.starts_with('[') {
         #[derive(Deserialize)]

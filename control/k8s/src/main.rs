@@ -18,7 +18,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let mut api = control::daemon::default_api_socket();
+    let mut api = api::daemon::default_api_socket();
     let mut p = lexopt::Parser::from_env();
     let mut cmd = None;
     let mut node = std::env::var("NODE_NAME").ok();

@@ -137,7 +137,7 @@ fn certs(d: &Path) {
 
 fn daemon_get(api: &Path, path: &str) -> serde_json::Value {
     let (st, body) =
-        control::http::call(api, "GET", path, None, Duration::from_secs(10)).expect("daemon");
+        api::http::call(api, "GET", path, None, Duration::from_secs(10)).expect("daemon");
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
@@ -238,7 +238,11 @@ fn networks_are_reconciled_into_the_daemon() {
     // The node: a daemon with a switch and no networks yet.
     let run_dir = d.join("run");
     let api = run_dir.join("api.sock");
-    let vnfhost = repo.join("target/debug/vnfhost");
+    // The workspace's binaries, beside this package's (wherever the target directory is).
+    let bin = Path::new(env!("CARGO_BIN_EXE_vnfhost-k8s"))
+        .parent()
+        .unwrap();
+    let vnfhost = bin.join("vnfhost");
     assert!(
         vnfhost.exists(),
         "build the workspace first (cargo test --workspace does)"
@@ -450,7 +454,7 @@ fn networks_are_reconciled_into_the_daemon() {
     ok(&run(Command::new("ip").args(["netns", "add", &ns])));
     let cni = |cmd: &str| -> Output {
         use std::io::Write;
-        let mut c = Command::new(repo.join("target/debug/vnfhost-cni"))
+        let mut c = Command::new(bin.join("vnfhost-cni"))
             .env_clear()
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", "websandbox")

@@ -120,8 +120,8 @@ fn vnfhost_bin() -> PathBuf {
 
 /// A call to the node's daemon; `None` when it cannot be reached.
 fn daemon(method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, serde_json::Value)> {
-    let api = control::daemon::default_api_socket();
-    let (st, b) = control::http::call(&api, method, path, body, Duration::from_secs(30)).ok()?;
+    let api = ::api::daemon::default_api_socket();
+    let (st, b) = ::api::http::call(&api, method, path, body, Duration::from_secs(30)).ok()?;
     Some((
         st,
         serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
@@ -215,7 +215,7 @@ impl Service {
 
     /// Boots the sandbox's VM; returns its pid.
     fn boot(&self, sandbox: &str) -> Result<u32, String> {
-        let image = control::plan::GuestImage::from_env();
+        let image = ::api::daemon::GuestImage::from_env();
         let mut append = Vec::new();
         let mut cmd = Command::new(vnfhost_bin());
         cmd.args(["vm", "run", "--hypervisor", "auto", "--mem", "192M"])

@@ -3,7 +3,7 @@
 //! - [`qemu`]: QEMU Linux guests with a vhost-user NIC, driven over their console.
 //! - [`testpmd`]: DPDK `dpdk-testpmd` as a vhost-user back end or as virtio-user VMs.
 //! - [`switch`]: `vnfhost switch` as a child process.
-//! - [`TestDir`], [`serial`], [`find_in_path`] and the [`skip!`] macro.
+//! - [`TestDir`], [`serial`], [`find_in_path`], [`cni_binary`] and the [`skip!`] macro.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod guests;
@@ -32,6 +32,19 @@ pub(crate) use skip;
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `vnfhost-cni`, built by its own package (`control/cni`) into the directory of
+/// `vnfhost`: `cargo test --workspace` builds both, as does `cargo build -p vnfhost-cni`.
+pub fn cni_binary() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_vnfhost")).with_file_name("vnfhost-cni");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p vnfhost-cni` (or run the tests with \
+         `cargo test --workspace`)",
+        p.display()
+    );
+    p
 }
 
 /// The first executable called `name` in `PATH`.

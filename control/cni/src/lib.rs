@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::attach::{AttachError, AttachRequest, Attachment, Kind};
+use api::attach::{AttachError, AttachRequest, Attachment, Kind};
 
 /// The versions this plugin speaks.
 pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
@@ -104,7 +104,7 @@ impl Api for SocketApi {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), String> {
-        crate::http::call(&self.0, method, path, body, Duration::from_secs(30))
+        api::http::call(&self.0, method, path, body, Duration::from_secs(30))
             .map_err(|e| e.to_string())
     }
 }
@@ -213,7 +213,7 @@ fn detach_all(api: &dyn Api, c: &str) -> Result<(), String> {
 fn extra_networks(
     api: &dyn Api,
     args: &HashMap<String, String>,
-) -> Result<Vec<crate::daemon::PodNetwork>, CniError> {
+) -> Result<Vec<api::daemon::PodNetwork>, CniError> {
     let (Some(ns), Some(name)) = (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")) else {
         return Ok(Vec::new());
     };
@@ -255,7 +255,7 @@ pub fn run(
     let key = |e: &HashMap<String, String>| -> Result<(String, String), CniError> {
         let c = env(e, "CNI_CONTAINERID")?.to_string();
         let i = env(e, "CNI_IFNAME")?.to_string();
-        crate::attach::valid_key(&c, &i)?;
+        api::attach::valid_key(&c, &i)?;
         Ok((c, i))
     };
     match cmd.as_str() {
@@ -366,7 +366,7 @@ pub fn run(
             let (st, reply) = api
                 .call("GET", "/v1/status", None)
                 .map_err(|x| fail(CniError::new(50, format!("vnfhost daemon: {x}"))))?;
-            let s: crate::daemon::Status = serde_json::from_slice(&reply)
+            let s: api::daemon::Status = serde_json::from_slice(&reply)
                 .ok()
                 .filter(|_| st == 200)
                 .ok_or_else(|| fail(CniError::new(50, "vnfhost daemon: bad status reply")))?;
@@ -415,7 +415,7 @@ pub fn main() -> i32 {
     }
     let api = |p: &Option<PathBuf>| -> Box<dyn Api> {
         Box::new(SocketApi(
-            p.clone().unwrap_or_else(crate::daemon::default_api_socket),
+            p.clone().unwrap_or_else(api::daemon::default_api_socket),
         ))
     };
     let mut out = std::io::stdout();
