@@ -193,8 +193,9 @@ pub struct SwitchStatus {
     pub pid: Option<i32>,
     /// Configurations it has applied.
     pub config_generation: u64,
-    /// Pause of the polling cores at its last reconfiguration, µs.
-    pub last_pause_us: u64,
+    /// How long its last change took until every polling core ran it, µs (the cores
+    /// do not stop meanwhile).
+    pub last_change_us: u64,
     /// Polling cores.
     pub cores: Vec<CoreStatus>,
 }

@@ -246,6 +246,31 @@ pub fn call(
     Ok((status, read_body(&mut r, length)?))
 }
 
+/// A 200 response with `v` as JSON.
+pub fn json<T: serde::Serialize>(v: &T) -> Response {
+    Response::json(200, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Sends one request and decodes a 200 reply as `T`; any other status is an error
+/// carrying the reply's `error` text.
+pub fn request<T: for<'de> serde::Deserialize<'de>>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<T, String> {
+    let (status, body) =
+        call(sock, method, path, body, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    if status != 200 {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(msg);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("bad reply: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,13 @@ impl fmt::Display for Mac {
 
 serde_via_str!(Mac, "MAC");
 
+/// Parses `aa:bb:cc:dd:ee:ff` into its bytes, with an error that quotes the value.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    s.parse::<Mac>()
+        .map(|m| m.0)
+        .map_err(|e| format!("mac={s:?}: {e}"))
+}
+
 /// An 802.1Q VLAN id, 1..=4094.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

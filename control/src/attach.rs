@@ -158,17 +158,44 @@ pub fn allocate(
 }
 
 /// The switch port spec of `a` on a network with VLAN `vlan`.
-pub fn port_spec(a: &Attachment, vlan: u16) -> String {
-    let ip = a.address.split('/').next().unwrap_or("");
+pub fn port_spec(a: &Attachment, vlan: u16) -> Result<api::switch::PortSpec, String> {
+    use api::switch::{Driver, PortSpec, VhostMode};
+    let bad = |what: &str| format!("attachment {}/{}: bad {what}", a.container, a.ifname);
+    let ip: std::net::IpAddr = a
+        .address
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| bad("address"))?;
     let driver = match (&a.tap, &a.socket) {
-        (Some(t), _) => match a.request.netns.as_deref().filter(|n| !n.is_empty()) {
-            Some(ns) => format!("tap={t},netns={ns}"),
-            None => format!("tap={t}"),
+        (Some(t), _) => Driver::Tap {
+            name: t.clone(),
+            netns: a
+                .request
+                .netns
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(Into::into),
         },
-        (None, Some(s)) => format!("vhost-user={s}"),
-        (None, None) => String::new(),
+        (None, Some(s)) => Driver::VhostUser {
+            path: s.into(),
+            mode: VhostMode::Server,
+            queues: 1,
+        },
+        (None, None) => return Err(bad("driver")),
     };
-    format!("{},{driver},mac={},vlan={vlan},ip={ip}", a.port, a.mac)
+    Ok(PortSpec {
+        name: a.port.clone(),
+        driver,
+        mac: Some(a.mac.parse().map_err(|_| bad("MAC"))?),
+        vlan: api::VlanMode::Access {
+            vlan: api::VlanId::new(vlan).ok_or_else(|| bad("VLAN"))?,
+        },
+        allowed_addresses: vec![ip],
+        anti_spoofing: true,
+        security_groups: Vec::new(),
+    })
 }
 
 /// Configures the tap the switch made in `netns`: MAC, up, address, default route.
@@ -185,7 +212,7 @@ pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
         .split_once('/')
         .and_then(|(ip, l)| Some((ip.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?)))
         .ok_or_else(|| fail(format!("bad address {}", a.address)))?;
-    let mac = crate::portspec::parse_mac(&a.mac).map_err(fail)?;
+    let mac = a.mac.parse::<api::Mac>().map(|m| m.0).map_err(fail)?;
     let p = crate::netlink::PodInterface {
         ifname: &a.ifname,
         mac,
@@ -258,8 +285,11 @@ pods:
                 .code,
             4
         );
-        let spec = port_spec(&have[0], 10);
-        let p = crate::portspec::parse_port(&spec).unwrap();
-        assert_eq!(p.ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        let p = port_spec(&have[0], 10).unwrap();
+        assert_eq!(
+            p.allowed_addresses,
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(p.anti_spoofing);
     }
 }

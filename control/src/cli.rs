@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::portspec::{parse_port, PortSpec};
+use vswitch::service::args::{parse_port, parse_route, parse_router_if, parse_security_group};
 
 const USAGE: &str = "\
 usage: vnfhost <command> [options]
@@ -123,8 +123,8 @@ commands:
 pub struct SwitchArgs {
     /// Polling cores (empty: one unpinned core).
     pub cores: Vec<usize>,
-    /// Ports.
-    pub ports: Vec<PortSpec>,
+    /// Ports, routers and security groups: the spec the options describe.
+    pub spec: api::switch::SwitchSpec,
     /// Print rates every second.
     pub stats: bool,
     /// Longest idle sleep.
@@ -135,10 +135,6 @@ pub struct SwitchArgs {
     pub fdb_size: usize,
     /// FDB lifetime.
     pub fdb_age: Duration,
-    /// The router between VLANs (`--router-if`, `--route`): one routing domain.
-    pub routers: Vec<vswitch::router::Router>,
-    /// Security groups by name (`--security-group`).
-    pub groups: std::collections::HashMap<String, vswitch::IngressFilter>,
     /// `--control SOCK`: configured through this socket (by the daemon), not by options.
     pub control: Option<std::path::PathBuf>,
 }
@@ -161,14 +157,12 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
     use lexopt::Arg::*;
     let mut a = SwitchArgs {
         cores: Vec::new(),
-        ports: Vec::new(),
+        spec: api::switch::SwitchSpec::default(),
         stats: false,
         idle_max: Duration::from_micros(250),
         hugepages: false,
         fdb_size: 8192,
         fdb_age: Duration::from_secs(300),
-        routers: Vec::new(),
-        groups: std::collections::HashMap::new(),
         control: None,
     };
     let mut router_ifs = Vec::new();
@@ -189,24 +183,21 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
             }
             Long("port") => {
                 let spec = parse_port(&value(&mut p, "--port")?)?;
-                if a.ports.iter().any(|q| q.name == spec.name) {
+                if a.spec.ports.iter().any(|q| q.name == spec.name) {
                     return Err(format!("--port {}: name used twice", spec.name));
                 }
-                a.ports.push(spec);
+                a.spec.ports.push(spec);
             }
             Long("stats") => a.stats = true,
             Long("security-group") => {
-                let (name, f) =
-                    crate::portspec::parse_security_group(&value(&mut p, "--security-group")?)?;
-                if a.groups.insert(name.clone(), f).is_some() {
-                    return Err(format!("--security-group {name}: defined twice"));
+                let g = parse_security_group(&value(&mut p, "--security-group")?)?;
+                if a.spec.security_groups.iter().any(|h| h.name == g.name) {
+                    return Err(format!("--security-group {}: defined twice", g.name));
                 }
+                a.spec.security_groups.push(g);
             }
-            Long("router-if") => router_ifs.push(crate::portspec::parse_router_if(&value(
-                &mut p,
-                "--router-if",
-            )?)?),
-            Long("route") => routes.push(crate::portspec::parse_route(&value(&mut p, "--route")?)?),
+            Long("router-if") => router_ifs.push(parse_router_if(&value(&mut p, "--router-if")?)?),
+            Long("route") => routes.push(parse_route(&value(&mut p, "--route")?)?),
             Long("routes") => {
                 let f = value(&mut p, "--routes")?;
                 let text = std::fs::read_to_string(&f).map_err(|e| format!("--routes {f}: {e}"))?;
@@ -217,8 +208,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                     }
                     let spec = line.replacen(" via ", ",via=", 1);
                     routes.push(
-                        crate::portspec::parse_route(&spec)
-                            .map_err(|e| format!("--routes {f}:{}: {e}", n + 1))?,
+                        parse_route(&spec).map_err(|e| format!("--routes {f}:{}: {e}", n + 1))?,
                     );
                 }
             }
@@ -238,10 +228,9 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         }
     }
     if a.control.is_some() {
-        if !a.ports.is_empty()
+        if a.spec != api::switch::SwitchSpec::default()
             || !router_ifs.is_empty()
             || !routes.is_empty()
-            || !a.groups.is_empty()
         {
             return Err(
                 "switch --control: ports, routers and security groups are set through the \
@@ -249,7 +238,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
                     .into(),
             );
         }
-    } else if a.ports.is_empty() {
+    } else if a.spec.ports.is_empty() {
         return Err("switch: give at least one --port".into());
     }
     a.cores.sort_unstable();
@@ -258,26 +247,14 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
         return Err("switch: --route needs --router-if".into());
     }
     if !router_ifs.is_empty() {
-        use crate::portspec::Route;
-        let v4: Vec<_> = routes
-            .iter()
-            .filter_map(|r| match r {
-                Route::V4(r) => Some(*r),
-                Route::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<_> = routes
-            .iter()
-            .filter_map(|r| match r {
-                Route::V6(r) => Some(*r),
-                Route::V4(_) => None,
-            })
-            .collect();
-        a.routers.push(
-            vswitch::router::Router::with_routes6(router_ifs, &v4, &v6)
-                .map_err(|e| format!("switch: router: {e}"))?,
-        );
+        a.spec.routers.push(api::switch::RouterSpec {
+            name: "router".into(),
+            interfaces: router_ifs,
+            routes,
+        });
     }
+    // Checked now, so that a bad option is refused before anything opens.
+    vswitch::service::spec::check(&a.spec).map_err(|e| format!("switch: {e}"))?;
     Ok(a)
 }
 
@@ -381,7 +358,7 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(a.cores, vec![0]);
-        assert_eq!(a.ports.len(), 2);
+        assert_eq!(a.spec.ports.len(), 2);
         assert!(a.stats);
     }
 

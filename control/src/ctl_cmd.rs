@@ -262,8 +262,8 @@ pub fn render(s: &Status) -> String {
     if let Some(pid) = sw.pid.filter(|_| sw.running) {
         let _ = write!(
             o,
-            ", pid {pid}, {} configurations applied (last paused the cores {} µs)",
-            sw.config_generation, sw.last_pause_us
+            ", pid {pid}, {} configurations applied (the last reached every core in {} µs)",
+            sw.config_generation, sw.last_change_us
         );
     }
     o.push('\n');
@@ -318,6 +318,10 @@ pub fn render(s: &Status) -> String {
         "NAME", "LINK", "RX PPS", "TX PPS", "RX PKTS", "TX PKTS"
     );
     for p in &s.ports {
+        if let Some(e) = &p.counters.error {
+            let _ = writeln!(o, "  {:<20} {:<5} {e}", p.name, "FAIL");
+            continue;
+        }
         let _ = writeln!(
             o,
             "  {:<20} {:<5} {:>9.0} {:>9.0} {:>10} {:>10}  {}",

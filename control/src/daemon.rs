@@ -52,8 +52,9 @@ use api::http::{self, Request, Response};
 
 use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind};
 use crate::plan::{self, GuestImage, Plan, PodPlan};
-use crate::switchctl::{self, SwitchCounters, SwitchDesired};
 use crate::topology::{Host, Network, RestartPolicy, Topology};
+use api::http::json;
+use api::switch::{SwitchCounters, SwitchSpec};
 
 /// `PUT /v1/topology` body, with the topology read as its schema.
 pub type ApplyRequest = api::daemon::ApplyRequest<Topology>;
@@ -237,7 +238,7 @@ struct Persisted {
 enum Undo {
     StopSwitch,
     StartSwitch(Vec<String>),
-    Config(SwitchDesired),
+    Config(SwitchSpec),
     StopPod(String),
     StartPod(String, PodRec),
 }
@@ -351,8 +352,10 @@ impl Daemon {
 
     /// The switch configuration for topology `t` planned as `plan`: its ports, routers
     /// and groups, plus a port per CNI attachment.
-    fn full_switch(&self, t: &Topology, plan: &Plan) -> SwitchDesired {
+    fn full_switch(&self, t: &Topology, plan: &Plan) -> SwitchSpec {
         let mut d = plan.switch.clone();
+        // An attachment whose record does not make a port (a state file edited by hand)
+        // is left out and said so; the rest is applied.
         for a in self.st.attachments.values() {
             let vlan = t
                 .networks
@@ -360,19 +363,29 @@ impl Daemon {
                 .find(|n| n.name == a.request.network)
                 .map(|n| n.vlan.unwrap_or(1))
                 .unwrap_or(1);
-            d.ports.push(attach::port_spec(a, vlan));
+            match attach::port_spec(a, vlan) {
+                Ok(p) => d.ports.push(p),
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
         d
     }
 
-    fn switch_config(&self) -> Result<SwitchDesired, String> {
-        switchctl::request(&self.switch_sock(), "GET", "/v1/config", None)
+    fn switch_config(&self) -> Result<SwitchSpec, String> {
+        api::http::request(&self.switch_sock(), "GET", "/v1/config", None)
+            .map_err(|e| format!("switch control: {e}"))
     }
 
-    fn set_switch_config(&self, d: &SwitchDesired) -> Result<(), String> {
+    fn set_switch_config(&self, d: &SwitchSpec) -> Result<(), String> {
         let body = serde_json::to_vec(d).map_err(|e| e.to_string())?;
-        switchctl::request::<SwitchCounters>(&self.switch_sock(), "PUT", "/v1/config", Some(&body))
-            .map(|_| ())
+        let reply: api::switch::ApplyReply =
+            api::http::request(&self.switch_sock(), "PUT", "/v1/config", Some(&body))
+                .map_err(|e| format!("switch control: {e}"))?;
+        // The rest of the configuration runs; these ports are retried by the switch.
+        for f in &reply.failed {
+            tracing::warn!("switch port {} failed to open: {}", f.name, f.error);
+        }
+        Ok(())
     }
 
     fn start_pod(&mut self, p: &PodPlan) -> Result<ProcRec, String> {
@@ -487,7 +500,7 @@ impl Daemon {
     fn apply_steps(
         &mut self,
         new: &Plan,
-        full: &SwitchDesired,
+        full: &SwitchSpec,
         undo: &mut Vec<Undo>,
         changes: &mut Vec<String>,
     ) -> Result<(), String> {
@@ -497,7 +510,7 @@ impl Daemon {
         let mut config_now = if alive {
             self.switch_config()?
         } else {
-            SwitchDesired::default()
+            SwitchSpec::default()
         };
         if !alive || old_args.as_deref() != Some(new.switch_args.as_slice()) {
             if alive {
@@ -511,7 +524,7 @@ impl Daemon {
             }
             self.start_switch(&new.switch_args)?;
             undo.push(Undo::StopSwitch);
-            config_now = SwitchDesired::default();
+            config_now = SwitchSpec::default();
         }
         // 2. Pods removed or changed: stopped.
         let wanted: HashMap<&str, &PodPlan> =
@@ -544,14 +557,14 @@ impl Daemon {
         if !stopped_ports.is_empty() {
             let mut mid = config_now.clone();
             mid.ports
-                .retain(|p| !stopped_ports.iter().any(|s| p.starts_with(s.as_str())));
+                .retain(|p| !stopped_ports.iter().any(|s| p.name.starts_with(s.as_str())));
             if mid != config_now {
                 self.set_switch_config(&mid)?;
                 undo.push(Undo::Config(config_now.clone()));
                 config_now = mid;
             }
         }
-        let restarted = config_now == SwitchDesired::default();
+        let restarted = config_now == SwitchSpec::default();
         if config_now != *full {
             self.set_switch_config(full)?;
             undo.push(Undo::Config(config_now));
@@ -1011,7 +1024,7 @@ impl Daemon {
             }
         }
         if let Ok(c) =
-            switchctl::request::<SwitchCounters>(&self.switch_sock(), "GET", "/v1/stats", None)
+            api::http::request::<SwitchCounters>(&self.switch_sock(), "GET", "/v1/stats", None)
         {
             self.samples.push_back((Instant::now(), c));
             while self.samples.len() > 2 {
@@ -1095,7 +1108,7 @@ impl Daemon {
                     up: p.up,
                     rx_pps: rate(p.rx_packets, before.rx_packets),
                     tx_pps: rate(p.tx_packets, before.tx_packets),
-                    counters: port_counters(p),
+                    counters: p.clone(),
                 });
             }
             for (i, k) in c.cores.iter().enumerate() {
@@ -1108,7 +1121,7 @@ impl Daemon {
                 cores.push(CoreStatus {
                     busy_percent: 100.0 * busy as f64 / (busy + idle).max(1) as f64,
                     pps: rate(k.packets, b.packets),
-                    counters: core_counters(k, c.generation),
+                    counters: k.clone(),
                 });
             }
         }
@@ -1140,7 +1153,7 @@ impl Daemon {
                 running,
                 pid: switch_pid,
                 config_generation: counters.generation,
-                last_pause_us: counters.last_pause_us,
+                last_change_us: counters.last_change_us,
                 cores,
             },
             pods,
@@ -1152,39 +1165,6 @@ impl Daemon {
             router_drops: counters.router_drops,
             events: self.events.iter().cloned().collect(),
         }
-    }
-}
-
-/// A port's counters in the API's form. The switch reports no failed ports: a port it
-/// has is up or waiting for its peer.
-fn port_counters(p: &switchctl::PortCounters) -> api::switch::PortCounters {
-    api::switch::PortCounters {
-        name: p.name.clone(),
-        state: if p.up {
-            api::switch::PortState::Up
-        } else {
-            api::switch::PortState::Down
-        },
-        error: None,
-        up: p.up,
-        rx_packets: p.rx_packets,
-        rx_bytes: p.rx_bytes,
-        tx_packets: p.tx_packets,
-        tx_bytes: p.tx_bytes,
-        drops: p.drops.clone(),
-    }
-}
-
-/// A core's counters in the API's form. The switch restarts its cores on every change,
-/// so each runs the switch's `generation`.
-fn core_counters(c: &switchctl::CoreCounters, generation: u64) -> api::switch::CoreCounters {
-    api::switch::CoreCounters {
-        cpu: c.cpu,
-        busy_polls: c.busy_polls,
-        idle_polls: c.idle_polls,
-        packets: c.packets,
-        cycles_per_packet: c.cycles_per_packet,
-        generation,
     }
 }
 
@@ -1480,14 +1460,14 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
     };
     let not_allowed = || Response::json(405, http::error_body("method not allowed"));
     match req.path.as_str() {
-        "/v1/version" => switchctl::json(&serde_json::json!({
+        "/v1/version" => json(&serde_json::json!({
             "api": API_VERSION,
             "version": env!("CARGO_PKG_VERSION"),
         })),
-        "/v1/status" if req.method == "GET" => switchctl::json(&d.status()),
+        "/v1/status" if req.method == "GET" => json(&d.status()),
         "/metrics" if req.method == "GET" => Response::text(200, metrics(&d.status())),
         "/v1/topology" => match req.method.as_str() {
-            "GET" => switchctl::json(&d.st.desired),
+            "GET" => json(&d.st.desired),
             "PUT" => match serde_json::from_slice::<ApplyRequest>(&req.body) {
                 Err(e) => refusal(
                     400,
@@ -1497,14 +1477,14 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                     },
                 ),
                 Ok(a) => match d.apply(a.topology, a.source) {
-                    Ok(r) => switchctl::json(&r),
+                    Ok(r) => json(&r),
                     Err(r) => refusal(422, &r),
                 },
             },
-            "DELETE" => switchctl::json(&d.down()),
+            "DELETE" => json(&d.down()),
             _ => not_allowed(),
         },
-        "/v1/networks" if req.method == "GET" => switchctl::json(
+        "/v1/networks" if req.method == "GET" => json(
             &d.st
                 .desired
                 .as_ref()
@@ -1520,7 +1500,7 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                     .as_ref()
                     .and_then(|t| t.networks.iter().find(|n| n.name == name))
                 {
-                    Some(n) => switchctl::json(n),
+                    Some(n) => json(n),
                     None => Response::json(404, http::error_body(&format!("no network {name:?}"))),
                 },
                 "PUT" => match serde_json::from_slice::<Network>(&req.body) {
@@ -1532,12 +1512,12 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                         },
                     ),
                     Ok(n) => match d.put_network(name, n) {
-                        Ok(r) => switchctl::json(&r),
+                        Ok(r) => json(&r),
                         Err(r) => refusal(422, &r),
                     },
                 },
                 "DELETE" => match d.delete_network(name) {
-                    Ok(r) => switchctl::json(&r),
+                    Ok(r) => json(&r),
                     Err(r) => refusal(422, &r),
                 },
                 _ => not_allowed(),
@@ -1552,7 +1532,7 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                 );
             }
             match req.method.as_str() {
-                "GET" => switchctl::json(&d.st.pod_networks.get(key).cloned().unwrap_or_default()),
+                "GET" => json(&d.st.pod_networks.get(key).cloned().unwrap_or_default()),
                 "PUT" => match serde_json::from_slice::<Vec<PodNetwork>>(&req.body) {
                     Err(e) => Response::json(400, http::error_body(&format!("pod networks: {e}"))),
                     Ok(v) if v.len() > 7 => Response::json(
@@ -1567,26 +1547,26 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                             d.st.pod_networks.insert(key.to_string(), v);
                             d.persist();
                         }
-                        switchctl::json(&serde_json::json!({}))
+                        json(&serde_json::json!({}))
                     }
                 },
                 "DELETE" => {
                     if d.st.pod_networks.remove(key).is_some() {
                         d.persist();
                     }
-                    switchctl::json(&serde_json::json!({}))
+                    json(&serde_json::json!({}))
                 }
                 _ => not_allowed(),
             }
         }
         "/v1/attachments" if req.method == "GET" => {
-            switchctl::json(&d.st.attachments.values().collect::<Vec<_>>())
+            json(&d.st.attachments.values().collect::<Vec<_>>())
         }
         "/v1/attachments/gc" if req.method == "POST" => {
             match serde_json::from_slice::<GcRequest>(&req.body) {
                 Err(e) => attach_error(400, AttachError::new(7, format!("gc: {e}"))),
                 Ok(g) => match d.gc(g) {
-                    Ok(removed) => switchctl::json(&serde_json::json!({ "removed": removed })),
+                    Ok(removed) => json(&serde_json::json!({ "removed": removed })),
                     Err(e) => attach_error(422, e),
                 },
             }
@@ -1601,7 +1581,7 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             };
             match req.method.as_str() {
                 "GET" => match d.st.attachments.get(&format!("{cid}/{ifname}")) {
-                    Some(a) => switchctl::json(a),
+                    Some(a) => json(a),
                     None => attach_error(
                         404,
                         AttachError::new(3, format!("no attachment {cid}/{ifname}")),
@@ -1610,12 +1590,12 @@ fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
                 "PUT" => match serde_json::from_slice::<AttachRequest>(&req.body) {
                     Err(e) => attach_error(400, AttachError::new(7, format!("attachment: {e}"))),
                     Ok(r) => match d.attach(cid, ifname, r) {
-                        Ok(a) => switchctl::json(&a),
+                        Ok(a) => json(&a),
                         Err(e) => attach_error(422, e),
                     },
                 },
                 "DELETE" => match d.detach(cid, ifname) {
-                    Ok(removed) => switchctl::json(&serde_json::json!({ "removed": removed })),
+                    Ok(removed) => json(&serde_json::json!({ "removed": removed })),
                     Err(e) => attach_error(422, e),
                 },
                 _ => not_allowed(),
@@ -1643,7 +1623,7 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
         None => group_id("vnfhost"),
     };
     let api = a.run_dir.join("api.sock");
-    let listener = switchctl::bind_socket(&api, 0o660)?;
+    let listener = vswitch::service::control::bind_socket(&api, 0o660)?;
     if let Some(g) = group {
         let c = std::ffi::CString::new(api.as_os_str().as_encoded_bytes())
             .map_err(|e| e.to_string())?;
@@ -1786,7 +1766,7 @@ mod tests {
                 running: true,
                 pid: Some(1),
                 config_generation: 1,
-                last_pause_us: 5,
+                last_change_us: 5,
                 cores: vec![],
             },
             pods: vec![],

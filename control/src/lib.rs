@@ -4,8 +4,8 @@
 //!   `down`, `status` (its clients). The API's types ([`api::daemon`], [`api::attach`])
 //!   and the small HTTP/1.1 both speak ([`api::http`]) are the `api` crate's.
 //! - [`topology`]: the `topology.yaml` schema and its checks; [`plan`]: what runs for it.
-//! - [`switch_cmd`]: `vnfhost switch` in the foreground; [`switchctl`]: the switch as the
-//!   daemon runs it, configured over its control socket.
+//! - [`switch_cmd`]: `vnfhost switch`, in the foreground with options or for the daemon
+//!   with `--control SOCK`; both run [`vswitch::service`] with one typed spec.
 //! - [`vm_cmd`]: `vnfhost vm run`; [`bench_cmd`]: `vnfhost bench`.
 //! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
 //!
@@ -19,11 +19,6 @@ pub mod ctl_cmd;
 pub mod daemon;
 pub mod netlink;
 pub mod plan;
-pub mod portspec;
 pub mod switch_cmd;
-pub mod switchctl;
 pub mod topology;
 pub mod vm_cmd;
-
-// `crate::http` for the modules that still name it so.
-use api::http;

@@ -24,8 +24,8 @@ use api::switch::{
 };
 use api::values::{Prefix, VlanId, VlanMode};
 
-pub use api::daemon::GuestImage;
 use crate::topology::{parse_memory, Cidr, HypervisorSpec, Protocol, RestartPolicy, Topology};
+pub use api::daemon::GuestImage;
 
 /// One pod as it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,8 +138,14 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                 .iter()
                 .map(|rt| {
                     Ok(RouteSpec {
-                        to: rt.to.parse().map_err(|e| format!("router {}: route to {}: {e}", r.name, rt.to))?,
-                        via: rt.via.parse().map_err(|_| format!("router {}: via {}", r.name, rt.via))?,
+                        to: rt
+                            .to
+                            .parse()
+                            .map_err(|e| format!("router {}: route to {}: {e}", r.name, rt.to))?,
+                        via: rt
+                            .via
+                            .parse()
+                            .map_err(|_| format!("router {}: via {}", r.name, rt.via))?,
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -153,7 +159,10 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                 let a: IpAddr = g.parse().map_err(|_| format!("gateway {g}"))?;
                 let c = cidr_of(cidrs, a)
                     .ok_or_else(|| format!("network {}: gateway {a} outside it", n.name))?;
-                let p = Prefix { addr: a, len: c.len };
+                let p = Prefix {
+                    addr: a,
+                    len: c.len,
+                };
                 if a.is_ipv4() {
                     ipv4 = Some(p);
                 } else {
@@ -161,7 +170,8 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                 }
             }
             rs.interfaces.push(RouterInterfaceSpec {
-                vlan: VlanId::new(*vlan).ok_or_else(|| format!("network {}: VLAN {vlan}", n.name))?,
+                vlan: VlanId::new(*vlan)
+                    .ok_or_else(|| format!("network {}: VLAN {vlan}", n.name))?,
                 mac: None,
                 ipv4: ipv4.ok_or_else(|| {
                     format!("router {}: network {} has no IPv4 gateway", r.name, n.name)
@@ -227,7 +237,11 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                     mode: VhostMode::Server,
                     queues: ifc.queues,
                 },
-                mac: Some(ifc.mac.parse().map_err(|e| format!("pod {}: mac: {e}", pod.name))?),
+                mac: Some(
+                    ifc.mac
+                        .parse()
+                        .map_err(|e| format!("pod {}: mac: {e}", pod.name))?,
+                ),
                 vlan: VlanMode::Access {
                     vlan: VlanId::new(*vlan).ok_or_else(|| format!("VLAN {vlan}"))?,
                 },
@@ -305,13 +319,24 @@ mod tests {
                 queues: 1
             }
         );
-        assert_eq!(port.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:00:00:0a"));
-        assert_eq!(port.allowed_addresses, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            port.mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:0a")
+        );
+        assert_eq!(
+            port.allowed_addresses,
+            ["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         assert!(port.anti_spoofing);
         let ifs = &p.switch.routers[0].interfaces;
         assert_eq!(
-            ifs.iter().map(|i| (i.vlan.get(), i.ipv4.to_string())).collect::<Vec<_>>(),
-            [(10, "10.0.0.254/24".to_string()), (20, "10.0.1.254/24".to_string())]
+            ifs.iter()
+                .map(|i| (i.vlan.get(), i.ipv4.to_string()))
+                .collect::<Vec<_>>(),
+            [
+                (10, "10.0.0.254/24".to_string()),
+                (20, "10.0.1.254/24".to_string())
+            ]
         );
         let a = &p.pods[0].args;
         assert!(a.windows(2).any(|w| w == ["--mem", "256M"]), "{a:?}");

@@ -3,16 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pmd::port::{Port, PortDrop, PortStats};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+use pmd::port::{PortDrop, PortStats};
 use pmd::sched::Backoff;
-use pmd::tap::TapPort;
-use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
-use vswitch::switch::{Switch, SwitchConfig, SwitchPort};
+use vswitch::service::managed::Managed;
+use vswitch::switch::{Switch, SwitchConfig};
 
 use crate::cli::SwitchArgs;
-use std::collections::HashMap;
-
-use crate::portspec::{PortKind, PortSpec};
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later), so they
 /// can be taken synchronously with `sigtimedwait`.
@@ -38,67 +37,6 @@ pub fn wait_signal(set: &libc::sigset_t, t: Duration) -> Option<i32> {
     // SAFETY: set and ts are valid for the call; no siginfo is asked for.
     let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (r > 0).then_some(r)
-}
-
-/// Opens the driver of one port.
-pub fn open_port(spec: &PortSpec, hugepages: bool) -> Result<Arc<dyn Port>, String> {
-    Ok(match &spec.kind {
-        PortKind::VhostUser {
-            path,
-            client,
-            queues,
-        } => Arc::new(
-            VhostUserPort::new(VhostUserConfig {
-                name: spec.name.clone(),
-                path: path.clone(),
-                mode: if *client { Mode::Client } else { Mode::Server },
-                queue_pairs: *queues,
-                mac: spec.mac,
-                hugepages,
-            })
-            .map_err(|e| format!("port {}: {e}", spec.name))?,
-        ),
-        PortKind::Tap { ifname, netns } => Arc::new(
-            TapPort::new_in(&spec.name, ifname, netns.as_deref(), hugepages)
-                .map_err(|e| format!("port {}: {e}", spec.name))?,
-        ),
-    })
-}
-
-/// The switch's view of an opened port: its VLANs, port security and security group.
-pub fn switch_port(
-    spec: &PortSpec,
-    port: Arc<dyn Port>,
-    groups: &HashMap<String, vswitch::IngressFilter>,
-) -> Result<SwitchPort, String> {
-    let security = (!spec.ips.is_empty()).then(|| vswitch::PortSecurity {
-        mac: vswitch::wire::EthernetAddress(spec.mac),
-        ips: spec.ips.clone(),
-    });
-    let filter = match &spec.sg {
-        None => None,
-        Some(name) => Some(
-            groups
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("port {}: unknown security group {name:?}", spec.name))?,
-        ),
-    };
-    Ok(SwitchPort {
-        port,
-        vlan: spec.vlan.clone(),
-        security,
-        filter,
-    })
-}
-
-fn open_ports(a: &SwitchArgs) -> Result<Vec<SwitchPort>, String> {
-    let mut out = Vec::new();
-    for spec in &a.ports {
-        let port = open_port(spec, a.hugepages)?;
-        out.push(switch_port(spec, port, &a.groups)?);
-    }
-    Ok(out)
 }
 
 fn print_rates(sw: &Switch, prev: &mut Vec<PortStats>, dt: f64) {
@@ -166,16 +104,22 @@ fn print_totals(sw: &Switch, a_router: bool) {
     }
 }
 
-/// Runs the switch until SIGINT or SIGTERM.
+/// Runs the switch until SIGINT or SIGTERM. With options, the spec they describe is
+/// applied as the daemon's would be; with `--control SOCK`, the daemon sends it.
 pub fn run(a: &SwitchArgs) -> Result<(), String> {
     let sigs = block_signals();
     let cfg = config(a);
+    let m = Managed::new(&cfg, a.hugepages).map_err(|e| e.to_string())?;
     if let Some(sock) = &a.control {
-        return run_managed(a, cfg, sock, &sigs);
+        return run_managed(a, m, sock, &sigs);
     }
-    let ports = open_ports(a)?;
-    let names: Vec<String> = a.ports.iter().map(|p| p.name.clone()).collect();
-    let sw = Switch::start(&cfg, ports).map_err(|e| e.to_string())?;
+    let mut m = m;
+    let reply = m.apply(a.spec.clone())?;
+    if !reply.failed.is_empty() {
+        let why: Vec<String> = reply.failed.iter().map(|f| f.error.clone()).collect();
+        return Err(why.join("; "));
+    }
+    let names: Vec<&str> = a.spec.ports.iter().map(|p| p.name.as_str()).collect();
     tracing::info!(
         "switch running: ports [{}] on cores {}; SIGINT or SIGTERM stops it",
         names.join(", "),
@@ -190,16 +134,19 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
         }
         if a.stats {
             let now = Instant::now();
-            print_rates(&sw, &mut prev, now.duration_since(last).as_secs_f64());
+            print_rates(
+                m.switch(),
+                &mut prev,
+                now.duration_since(last).as_secs_f64(),
+            );
             last = now;
         }
     }
     // Stop the polling cores first (their last counters are published as they stop),
-    // then print, then drop the ports (closing connections and removing server sockets).
-    let mut sw = sw;
-    sw.halt();
-    print_totals(&sw, !a.routers.is_empty());
-    sw.stop();
+    // then print, then close the ports (connections and server sockets).
+    let routers = !m.switch().routers().is_empty();
+    m.shutdown();
+    print_totals(m.switch(), routers);
     Ok(())
 }
 
@@ -214,15 +161,13 @@ fn cores_text(a: &SwitchArgs) -> String {
 /// `vnfhost switch --control SOCK`: the daemon's switch.
 fn run_managed(
     a: &SwitchArgs,
-    cfg: SwitchConfig,
+    m: Managed,
     sock: &std::path::Path,
     sigs: &libc::sigset_t,
 ) -> Result<(), String> {
-    let m = std::sync::Arc::new(std::sync::Mutex::new(crate::switchctl::Managed::new(
-        cfg,
-        a.hugepages,
-    )));
-    crate::switchctl::serve(sock, m.clone())?;
+    let m = Arc::new(Mutex::new(m));
+    let stop = Arc::new(AtomicBool::new(false));
+    vswitch::service::control::serve(sock, m.clone(), stop.clone())?;
     tracing::info!(
         "switch running on cores {}, configured through {}; SIGINT or SIGTERM stops it",
         cores_text(a),
@@ -234,6 +179,7 @@ fn run_managed(
         }
     };
     tracing::info!("signal {sig}: stopping");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut m = match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -256,6 +202,6 @@ fn config(a: &SwitchArgs) -> SwitchConfig {
         },
         fdb_capacity: a.fdb_size,
         fdb_max_age: a.fdb_age,
-        routers: a.routers.clone(),
+        routers: Vec::new(),
     }
 }

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::portspec::parse_mac;
+use api::values::parse_mac;
 
 /// The whole deployment.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

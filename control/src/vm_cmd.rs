@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vmm::hypervisor::{self, Backend, Choice};
 use vmm::{NetConfig, VmConfig, VmError, VmExit};
 
-use crate::portspec::parse_mac;
+use api::values::parse_mac;
 
 /// Options of `vnfhost vm run`.
 #[derive(Debug, Clone)]

@@ -429,8 +429,8 @@ fn up_status_restart_rollback_and_down_with_qemu_pods() {
     let s4 = d.status();
     assert_eq!(pids(&s4), pids(&s1), "{s4:?}");
     assert!(!run.join("pods/pod-c").exists());
-    let cfg: control::switchctl::SwitchDesired =
-        control::switchctl::request(&run.join("switch.sock"), "GET", "/v1/config", None).unwrap();
+    let cfg: api::switch::SwitchSpec =
+        api::http::request(&run.join("switch.sock"), "GET", "/v1/config", None).unwrap();
     assert!(
         cfg.routers[0].routes.is_empty() && cfg.ports.len() == 2,
         "{cfg:?}"

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use api::http::request;
+use api::switch::{ApplyReply, SwitchCounters, SwitchSpec};
 use control::plan::{plan, GuestImage};
-use control::switchctl::{request, SwitchCounters, SwitchDesired};
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
 
 const TOPOLOGY: &str = r#"
@@ -154,8 +155,9 @@ fn no_frame_from_tenant_red_reaches_tenant_blue() {
     let p = plan(&t, run, &image).expect("plans");
     let sw = start_switch(run, &p.switch_args);
     let body = serde_json::to_vec(&p.switch).unwrap();
-    let _: SwitchCounters = request(&sw.sock, "PUT", "/v1/config", Some(&body)).expect("applies");
-    let applied: SwitchDesired = request(&sw.sock, "GET", "/v1/config", None).unwrap();
+    let r: ApplyReply = request(&sw.sock, "PUT", "/v1/config", Some(&body)).expect("applies");
+    assert!(r.failed.is_empty(), "{r:?}");
+    let applied: SwitchSpec = request(&sw.sock, "GET", "/v1/config", None).unwrap();
     assert_eq!(applied, p.switch);
 
     let nic = |pod: &str| {

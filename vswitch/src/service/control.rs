@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use api::http::{self, Request, Response};
+use api::http::{self, json, Request, Response};
 use api::switch::SwitchSpec;
 
 use super::managed::Managed;
@@ -25,11 +25,6 @@ fn lock(m: &Mutex<Managed>) -> MutexGuard<'_, Managed> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
-}
-
-/// A 200 response with `v` as JSON.
-pub fn json<T: serde::Serialize>(v: &T) -> Response {
-    Response::json(200, serde_json::to_vec(v).unwrap_or_default())
 }
 
 /// Answers one request.
