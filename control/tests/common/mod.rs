@@ -6,6 +6,7 @@
 //! - [`TestDir`], [`serial`], [`find_in_path`], [`cni_binary`] and the [`skip!`] macro.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod cni;
 pub mod guests;
 pub mod qemu;
 pub mod switch;

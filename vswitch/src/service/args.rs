@@ -1,9 +1,13 @@
-//! `vnfhost switch` options as a front end to [`SwitchSpec`]: each option value parses
+//! `vnfhost switch` options as a front end to [`SwitchSpec`](api::switch::SwitchSpec):
+//! each option value parses
 //! into the spec's types, and the switch then runs exactly as if the daemon had sent
 //! that spec.
 //!
 //! - `--port NAME,vhost-user=PATH[,client][,queues=Q]` or `--port NAME,tap=IFNAME[,netns=PATH]`,
-//!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=off]`.
+//!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=on|off]`.
+//!   Port security is on when `ip=` is given or `anti-spoofing=on`, and off otherwise:
+//!   this command is also the benchmark's and the tests' switch, whose generators send
+//!   from any MAC. (In a spec and in `topology.yaml` it is on unless turned off.)
 //!   A value that must hold a comma (a socket path) cannot be given here; the spec
 //!   (`PUT /v1/config`) carries any path.
 //! - `--router-if vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]` and
@@ -48,7 +52,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         ));
     }
     let (mut path, mut tap, mut client, mut queues) = (None, None, false, 1u16);
-    let (mut netns, mut mac_, mut anti_spoofing) = (None, None, true);
+    let (mut netns, mut mac_, mut anti_spoofing) = (None, None, None);
     let (mut access, mut trunk, mut native) = (None, None, None);
     let (mut ips, mut groups) = (Vec::new(), Vec::new());
     for opt in it {
@@ -87,8 +91,8 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
             }
             "anti-spoofing" => {
                 anti_spoofing = match need(v)?.as_str() {
-                    "on" => true,
-                    "off" => false,
+                    "on" => Some(true),
+                    "off" => Some(false),
                     x => return Err(format!("--port {name}: anti-spoofing={x:?}: on or off")),
                 }
             }
@@ -148,8 +152,8 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         driver,
         mac: mac_,
         vlan,
+        anti_spoofing: anti_spoofing.unwrap_or(!ips.is_empty()),
         allowed_addresses: ips,
-        anti_spoofing,
         security_groups: groups,
     })
 }
@@ -257,7 +261,13 @@ mod tests {
             }
         );
         assert_eq!(p.security_groups, ["a", "b"]);
-        assert!(p.anti_spoofing);
+        assert!(p.anti_spoofing, "on with ip=");
+        assert!(!parse_port("q,tap=t").unwrap().anti_spoofing, "off without");
+        assert!(
+            parse_port("q,tap=t,anti-spoofing=on")
+                .unwrap()
+                .anti_spoofing
+        );
         assert_eq!(
             p.vlan,
             VlanMode::Access {
