@@ -273,12 +273,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             print!("{USAGE}");
             Ok(())
         }
-        "bench" if rest.first().is_some_and(|a| a == "vm") => {
-            crate::bench_cmd::vm(rest.into_iter().skip(1).collect())
-        }
-        "bench" => {
-            crate::bench_cmd::parse(rest).and_then(|(c, out)| crate::bench_cmd::run(&c, &out))
-        }
+        "bench" => bench(rest),
         "vm" => {
             let sub = rest
                 .first()
@@ -316,6 +311,24 @@ pub fn main(args: Vec<OsString>) -> i32 {
             2
         }
     }
+}
+
+/// `vnfhost bench ARGS…`: runs `vnfhost-bench ARGS…` in this process's place. The
+/// benchmark harness is a binary of its own (package `perf`) beside this one, so that the
+/// node binary does not link it.
+fn bench(args: Vec<OsString>) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().map_err(|e| format!("bench: own executable: {e}"))?;
+    let bench = me.with_file_name("vnfhost-bench");
+    if !bench.is_file() {
+        return Err(format!(
+            "bench: {} not found: the benchmark harness is its own binary, built beside \
+             vnfhost by `cargo build --release` (or `cargo build --release -p perf`)",
+            bench.display()
+        ));
+    }
+    let e = std::process::Command::new(&bench).args(args).exec();
+    Err(format!("bench: {}: {e}", bench.display()))
 }
 
 fn check_topology(path: &std::path::Path) -> Result<(), String> {

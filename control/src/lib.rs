@@ -6,14 +6,14 @@
 //! - [`topology`]: the `topology.yaml` schema and its checks; [`plan`]: what runs for it.
 //! - [`switch_cmd`]: `vnfhost switch`, in the foreground with options or for the daemon
 //!   with `--control SOCK`; both run [`vswitch::service`] with one typed spec.
-//! - [`vm_cmd`]: `vnfhost vm run`; [`bench_cmd`]: `vnfhost bench`.
+//! - [`vm_cmd`]: `vnfhost vm run`. `vnfhost bench` runs `vnfhost-bench` (package `perf`,
+//!   the benchmark harness), which this crate does not link.
 //! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
 //!
 //! The CNI plugin (`vnfhost-cni`), the Kubernetes controller (`vnfhost-k8s`) and the
 //! containerd shim are API clients in packages of their own: they link `api`, not this
 //! crate.
 pub mod attach;
-pub mod bench_cmd;
 pub mod cli;
 pub mod ctl_cmd;
 pub mod daemon;

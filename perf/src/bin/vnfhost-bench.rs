@@ -1,5 +1,9 @@
-//! `vnfhost bench p2p`: the forwarding benchmark against DPDK testpmd, in one run;
-//! `vnfhost bench vm`: the pod VM monitor against QEMU microvm.
+//! `vnfhost-bench`, what `vnfhost bench` runs: `p2p`, the forwarding benchmark against
+//! DPDK testpmd and OVS-DPDK, in one run; `vm`, the pod VM monitor against QEMU microvm.
+//!
+//! A binary of its own so that the node binary `vnfhost` does not link the harness. It
+//! runs the `vnfhost` beside it (as the DUT's switch and the VMs' monitor), the one that
+//! execs it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,6 +11,39 @@ use std::time::Duration;
 
 use perf::dut::DutKind;
 use perf::p2p::{self, GenKind, P2pConfig};
+
+fn main() {
+    init_logging();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let r = if args.first().is_some_and(|a| a == "vm") {
+        vm(args.split_off(1))
+    } else {
+        parse(args).and_then(|(c, out)| run(&c, &out))
+    };
+    if let Err(e) = r {
+        eprintln!("vnfhost-bench: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Logs of the harness's libraries (pmd's ports) to stderr, filtered by `VNFHOST_LOG`
+/// (default `info`), as `vnfhost` logs.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VNFHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The `vnfhost` binary the DUTs and VMs run: the one beside this executable.
+fn vnfhost() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
+    Ok(me.with_file_name("vnfhost"))
+}
 
 /// Parses `vnfhost bench p2p [options]`.
 pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
@@ -16,7 +53,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
         Some(Value(v)) if v == "p2p" => {}
         _ => return Err("bench: expected `vnfhost bench p2p` or `vnfhost bench vm`".into()),
     }
-    let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
+    let exe = vnfhost()?;
     let mut cfg = P2pConfig {
         generators: vec![GenKind::Dpdk, GenKind::Vnfhost],
         packed: false,
@@ -205,7 +242,13 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
 /// `vnfhost bench vm [--trials N] [--create N] [--cpu N] [--out DIR]`.
 pub fn vm(args: Vec<OsString>) -> Result<(), String> {
     use lexopt::Arg::*;
-    let exe = std::env::current_exe().map_err(|e| format!("bench: own binary: {e}"))?;
+    let exe = vnfhost()?;
+    if !exe.is_file() {
+        return Err(format!(
+            "bench vm: {} not found (it is built with vnfhost-bench: cargo build --release)",
+            exe.display()
+        ));
+    }
     let mut cfg = perf::vmstart::VmBenchConfig {
         trials: 20,
         create: 100,
