@@ -16,12 +16,17 @@ commands:
                                         [,vlan=VID | ,trunk=V1-V2:V3[,native=VID]]
                                         [,ip=ADDR]...  (port security: the port may send
                                         only from its MAC and these addresses)
-                                        [,sg=NAME]  (a --security-group for what it is sent)
-                                    or NAME,tap=IFNAME[,vlan=...]
+                                        [,anti-spoofing=on|off]  (on: only from its MAC;
+                                        default on with ip=, off without)
+                                        [,sg=NAME]...  (--security-groups for what it is
+                                        sent; their union)
+                                    or NAME,tap=IFNAME[,netns=PATH][,vlan=...]
              --stats                print per-port rates every second
-             --control SOCK         managed by the daemon: no ports at start; the whole
-                                    configuration is PUT to /v1/config on SOCK (mode
-                                    0600), counters are at /v1/stats
+             --control SOCK         also serve a control socket (mode 0600): the
+                                    daemon PUTs the whole spec to /v1/config and the
+                                    switch applies what changed, live; GET /v1/config
+                                    and /v1/stats; the options above give the spec it
+                                    starts with (none: no ports)
              --idle-max-us N        longest idle sleep of a polling loop (0 = never sleep;
                                     default 250)
              --hugepages            put packet buffers on hugepages (falls back with a warning)
@@ -227,18 +232,7 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<SwitchArgs, String> {
             other => return Err(format!("switch: {}", other.unexpected())),
         }
     }
-    if a.control.is_some() {
-        if a.spec != api::switch::SwitchSpec::default()
-            || !router_ifs.is_empty()
-            || !routes.is_empty()
-        {
-            return Err(
-                "switch --control: ports, routers and security groups are set through the \
-                 control socket, not options"
-                    .into(),
-            );
-        }
-    } else if a.spec.ports.is_empty() {
+    if a.control.is_none() && a.spec.ports.is_empty() {
         return Err("switch: give at least one --port".into());
     }
     a.cores.sort_unstable();

@@ -109,15 +109,15 @@ fn print_totals(sw: &Switch, a_router: bool) {
 pub fn run(a: &SwitchArgs) -> Result<(), String> {
     let sigs = block_signals();
     let cfg = config(a);
-    let m = Managed::new(&cfg, a.hugepages).map_err(|e| e.to_string())?;
-    if let Some(sock) = &a.control {
-        return run_managed(a, m, sock, &sigs);
-    }
-    let mut m = m;
+    let mut m = Managed::new(&cfg, a.hugepages).map_err(|e| e.to_string())?;
+    // The options' spec, through the same path the daemon's takes.
     let reply = m.apply(a.spec.clone())?;
     if !reply.failed.is_empty() {
         let why: Vec<String> = reply.failed.iter().map(|f| f.error.clone()).collect();
         return Err(why.join("; "));
+    }
+    if let Some(sock) = &a.control {
+        return run_managed(a, m, sock, &sigs);
     }
     let names: Vec<&str> = a.spec.ports.iter().map(|p| p.name.as_str()).collect();
     tracing::info!(
