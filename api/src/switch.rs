@@ -236,6 +236,10 @@ pub struct CoreCounters {
     pub cycles_per_packet: Option<f64>,
     /// Configuration changes this core has taken in.
     pub generation: u64,
+    /// The longest time the core spent taking in one change, in ns: the longest pause
+    /// a change put into its forwarding.
+    #[serde(default)]
+    pub longest_change_ns: u64,
 }
 
 /// `GET /v1/stats` of the switch. Bridge and router counters count from the switch

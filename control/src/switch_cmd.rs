@@ -110,6 +110,14 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
     let sigs = block_signals();
     let cfg = config(a);
     let mut m = Managed::new(&cfg, a.hugepages).map_err(|e| e.to_string())?;
+    // The polling threads are pinned; everything started from here on (control socket,
+    // retries, the ports' vhost-user protocol threads) stays off their cores.
+    if !a.cores.is_empty() && !pmd::sched::keep_off(&a.cores) {
+        tracing::warn!(
+            "control threads may run on the polling cores {:?} (no other CPU)",
+            a.cores
+        );
+    }
     // The options' spec, through the same path the daemon's takes.
     let reply = m.apply(a.spec.clone())?;
     if !reply.failed.is_empty() {

@@ -112,6 +112,9 @@ pub struct DutConfig {
     pub vnfhost: PathBuf,
     /// Use hugepages (vnfhost `--hugepages`; testpmd a private hugetlbfs mount).
     pub hugepages: bool,
+    /// vnfhost only: its control socket (`--control`), for benchmarks that change the
+    /// switch's configuration while it forwards.
+    pub control: Option<PathBuf>,
 }
 
 /// A running DUT; stopped (and its files removed) on drop.
@@ -230,6 +233,9 @@ impl RunningDut {
                 ]);
                 if cfg.hugepages {
                     c.arg("--hugepages");
+                }
+                if let Some(sock) = &cfg.control {
+                    c.arg("--control").arg(sock);
                 }
                 if cfg.kind.is_l3() {
                     // Two networks and a router between them, as a tenant would have.

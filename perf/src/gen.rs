@@ -95,6 +95,14 @@ pub struct Trial {
     pub reordered: u64,
     /// Trial length.
     pub seconds: f64,
+    /// The longest time between two consecutive frames arriving, in ns (as the
+    /// receiving loop sees them: frames that arrive in one burst are 0 apart).
+    pub max_gap_ns: u64,
+    /// The generator's own longest pause between two turns of its loop, in ns (it was
+    /// preempted): a gap this long at the receiver may be the generator's.
+    pub gen_stall_ns: u64,
+    /// Gaps between consecutive arrivals longer than 50 µs.
+    pub gaps_over_50us: u64,
 }
 
 impl Trial {
@@ -213,7 +221,14 @@ impl Generator {
         let t0 = tsc();
         let mut iter = 0u32;
         let mut last_due = 0u64;
+        let mut last_rx: Option<u64> = None;
         let mut record = |f: &[u8], t: &mut Trial, now: u64| {
+            if let Some(l) = last_rx {
+                let gap = (now.saturating_sub(l) as f64 * 1e9 / hz) as u64;
+                t.max_gap_ns = t.max_gap_ns.max(gap);
+                t.gaps_over_50us += u64::from(gap > 50_000);
+            }
+            last_rx = Some(now);
             if f.len() >= at + 12 {
                 let s = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
                 if let Some(l) = last_seq {
@@ -231,8 +246,13 @@ impl Generator {
             }
             t.received += 1;
         };
+        let mut prev_turn = t0;
         loop {
             let now = tsc();
+            t.gen_stall_ns = t
+                .gen_stall_ns
+                .max((now.saturating_sub(prev_turn) as f64 * 1e9 / hz) as u64);
+            prev_turn = now;
             let mut want = 32usize;
             if let Some(r) = rate {
                 let due = ((now.saturating_sub(t0)) as f64 / hz * r) as u64;

@@ -11,6 +11,7 @@
 //!
 //! And the pod VM monitor's start-up, memory and creation rate against QEMU
 //! ([`vmstart`]).
+pub mod churn;
 pub mod dpdkgen;
 pub mod dut;
 pub mod gen;

@@ -470,6 +470,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     dir: dir.clone(),
                     vnfhost: cfg.vnfhost.clone(),
                     hugepages: cfg.hugepages,
+                    control: None,
                 };
                 let d = RunningDut::start(&dcfg)?;
                 let (trial, throughput) = match gen {

@@ -126,6 +126,27 @@ pub fn online_cpus() -> usize {
     }
 }
 
+/// Keeps the calling thread, and the threads it starts from now on, off `cpus` (the
+/// polling cores), as DPDK keeps its control threads off its lcores: a control thread
+/// that the scheduler puts on a polling core stalls that core's forwarding. Returns
+/// false (and changes nothing) when no other CPU is left or the call fails.
+pub fn keep_off(cpus: &[usize]) -> bool {
+    let others: Vec<usize> = (0..online_cpus()).filter(|c| !cpus.contains(c)).collect();
+    if others.is_empty() {
+        return false;
+    }
+    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET writes within it
+    // for every CPU below CPU_SETSIZE (others above are skipped); sched_setaffinity
+    // reads `size_of::<cpu_set_t>()` bytes of it and changes only this thread's mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in others.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 /// Starts a polling thread named `name` pinned to `core` (when given), running `task`
 /// until `stop` is set.
 pub fn spawn_poll_thread(

@@ -204,6 +204,8 @@ pub struct VhostUserPort {
     path: PathBuf,
     mode: Mode,
     stop: Arc<AtomicBool>,
+    /// Dropped to wake the control thread.
+    wake: Option<UnixStream>,
     ctl: Option<JoinHandle<()>>,
 }
 
@@ -249,11 +251,17 @@ impl VhostUserPort {
             Mode::Client => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
+        // Dropping `wake` hangs up `woken`, which ends the control thread's waits at once
+        // (a removed port is closed in microseconds, not at the next poll timeout).
+        let (wake, woken) = UnixStream::pair().map_err(|source| VhostUserError::Socket {
+            path: cfg.path.clone(),
+            source,
+        })?;
         let ctl = {
             let (shared, stop, tcfg) = (shared.clone(), stop.clone(), cfg.clone());
             std::thread::Builder::new()
                 .name(format!("vu-{}", cfg.name))
-                .spawn(move || control_loop(shared, tcfg, listener, stop))
+                .spawn(move || control_loop(shared, tcfg, listener, stop, woken))
                 .map_err(|source| VhostUserError::Thread {
                     name: cfg.name.clone(),
                     source,
@@ -264,6 +272,7 @@ impl VhostUserPort {
             path: cfg.path,
             mode: cfg.mode,
             stop,
+            wake: Some(wake),
             ctl: Some(ctl),
         })
     }
@@ -287,6 +296,7 @@ impl VhostUserPort {
 impl Drop for VhostUserPort {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake.take());
         if let Some(h) = self.ctl.take() {
             let _ = h.join();
         }
@@ -328,15 +338,23 @@ fn bind_socket(path: &Path) -> Result<UnixListener, VhostUserError> {
 }
 
 /// Waits up to `ms` for `fd` to become readable; true when it is (or has hung up).
-fn wait_readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    r > 0
+/// False at once when `wake` hangs up (the port is being dropped).
+fn wait_readable(fd: i32, wake: i32, ms: i32) -> bool {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds on the stack, their count given.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    r > 0 && p[1].revents == 0 && p[0].revents != 0
 }
 
 fn control_loop(
@@ -344,12 +362,14 @@ fn control_loop(
     cfg: VhostUserConfig,
     listener: Option<UnixListener>,
     stop: Arc<AtomicBool>,
+    woken: UnixStream,
 ) {
+    let wake = woken.as_raw_fd();
     let mut device = Device::new(shared.clone(), cfg.mac);
     while !stop.load(Ordering::Relaxed) {
         let stream = match &listener {
             Some(l) => {
-                if !wait_readable(l.as_raw_fd(), 200) {
+                if !wait_readable(l.as_raw_fd(), wake, 200) {
                     continue;
                 }
                 match l.accept() {
@@ -360,7 +380,8 @@ fn control_loop(
             None => match UnixStream::connect(&cfg.path) {
                 Ok(s) => s,
                 Err(_) => {
-                    std::thread::sleep(Duration::from_millis(200));
+                    // Wait 200 ms, or less when woken.
+                    let _ = wait_readable(wake, wake, 200);
                     continue;
                 }
             },
@@ -379,7 +400,7 @@ fn control_loop(
             shared.name,
             cfg.path.display()
         );
-        serve(&shared, &mut device, &stream, &stop);
+        serve(&shared, &mut device, &stream, &stop, wake);
         device.reset();
     }
     device.reset();
@@ -389,7 +410,7 @@ fn control_loop(
 const MSG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers requests on one connection until it ends or `stop` is set.
-fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &AtomicBool) {
+fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &AtomicBool, wake: i32) {
     let fail = |what: &str| {
         shared.proto_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(supp) = shared.log.check() {
@@ -400,7 +421,7 @@ fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &Atomi
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if !wait_readable(stream.as_raw_fd(), 200) {
+        if !wait_readable(stream.as_raw_fd(), wake, 200) {
             continue;
         }
         let mut msg = match proto::recv_msg(stream) {

@@ -180,6 +180,8 @@ pub struct CoreStats {
     pub cycles_per_packet: Option<f64>,
     /// The last configuration generation the core took in.
     pub generation: u64,
+    /// The longest time it spent taking in a change (forwarding nothing meanwhile), ns.
+    pub longest_change_ns: u64,
 }
 
 /// Counters a core publishes for the control plane (relaxed stores, one writer).
@@ -191,6 +193,8 @@ struct CoreCounters {
     routed: AtomicU64,
     generated: AtomicU64,
     route_drops: [AtomicU64; 5],
+    /// The longest time the core spent taking in changes between two bursts, ns.
+    change_ns_max: AtomicU64,
 }
 
 /// Frames the router generates during one burst (ARP, ICMP), with their VLANs.
@@ -341,11 +345,13 @@ impl CoreTask {
             // none of these fails; a refusal would leave that one port as it was.
             let _ = match op {
                 PortOp::Remove(id) => self.bridge.remove_port(*id).map(drop),
-                PortOp::Add(id, conf) => self
-                    .bridge
-                    .add_port(*id, conf.vlan.clone())
-                    .and_then(|()| self.bridge.set_link(*id, false))
-                    .and_then(|()| self.conf_port(*id, conf)),
+                PortOp::Add(id, conf) => self.bridge.add_port_with(
+                    *id,
+                    conf.vlan.clone(),
+                    conf.security.clone(),
+                    conf.filter.clone(),
+                    false,
+                ),
                 PortOp::Set(id, conf) => self.conf_port(*id, conf),
             };
             let id = match op {
@@ -421,7 +427,10 @@ impl CoreTask {
                 self.bridge.set_port_security(id, conf.security.clone())?;
             }
         }
-        self.bridge.set_ingress_filter(id, conf.filter.clone())
+        if self.bridge.port(id).map(|p| p.filter()) != Some(conf.filter.as_ref()) {
+            self.bridge.set_ingress_filter(id, conf.filter.clone())?;
+        }
+        Ok(())
     }
 
     /// Takes in what the other cores learnt.
@@ -478,7 +487,11 @@ impl PollTask for CoreTask {
         // microseconds and must not be dropped as `port_down`. Ports already up cost one
         // branch each here.
         if self.posted.load(Ordering::Acquire) != self.generation {
+            // What a change costs the traffic: the core forwards nothing meanwhile.
+            let t = Instant::now();
             self.take_changes();
+            let ns = t.elapsed().as_nanos() as u64;
+            self.counters.change_ns_max.fetch_max(ns, Ordering::Relaxed);
         }
         let came_up = self
             .link
@@ -1103,6 +1116,7 @@ impl Switch {
                         packets: l.packets.load(Ordering::Relaxed),
                         cycles_per_packet: l.cycles_per_packet(),
                         generation: c.acked.load(Ordering::Relaxed),
+                        longest_change_ns: c.counters.change_ns_max.load(Ordering::Relaxed),
                     }
                 })
                 .collect(),

@@ -17,6 +17,8 @@ fn main() {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let r = if args.first().is_some_and(|a| a == "vm") {
         vm(args.split_off(1))
+    } else if args.first().is_some_and(|a| a == "churn") {
+        churn(args.split_off(1))
     } else {
         parse(args).and_then(|(c, out)| run(&c, &out))
     };
@@ -288,4 +290,66 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
     println!("{md}");
     eprintln!("bench vm: wrote {}/vm.md", out.display());
     Ok(())
+}
+
+/// `vnfhost bench churn [--rate MPPS] [--changes N] [--duration S] [--trials N]
+/// [--dut-core N] [--gen-core N]`: the largest gap in a flow while other ports change.
+fn churn(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let mut cfg = perf::churn::ChurnConfig {
+        vnfhost: vnfhost()?,
+        dut_core: 1,
+        gen_core: 0,
+        rate: 1e6,
+        changes: 100,
+        duration: Duration::from_secs(5),
+        trials: 5,
+        frame_len: 60,
+        dir: std::env::temp_dir().join(format!("vnfhost-churn-{}", std::process::id())),
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        let key = match arg {
+            Long(k) => k.to_string(),
+            Short('h') => "help".into(),
+            other => return Err(format!("bench churn: {}", other.unexpected())),
+        };
+        let mut val = |f: &str| -> Result<f64, String> {
+            let v = p
+                .value()
+                .map_err(|e| format!("{f}: {e}"))?
+                .into_string()
+                .map_err(|_| format!("{f}: not UTF-8"))?;
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or(format!("{f}: {v:?} is not a number"))
+        };
+        match key.as_str() {
+            "rate" => cfg.rate = val("--rate")?.clamp(0.001, 100.0) * 1e6,
+            "changes" => cfg.changes = val("--changes")?.min(100_000.0) as u32,
+            "duration" => {
+                cfg.duration = Duration::from_secs_f64(val("--duration")?.clamp(1.0, 600.0))
+            }
+            "trials" => cfg.trials = val("--trials")?.clamp(1.0, 100.0) as u32,
+            "dut-core" => cfg.dut_core = val("--dut-core")? as usize,
+            "gen-core" => cfg.gen_core = val("--gen-core")? as usize,
+            "help" => {
+                println!(
+                    "usage: vnfhost bench churn [options]\n\n\
+                     A flow between two ports at a fixed rate while the switch's spec changes\n\
+                     (a third port added and removed); quiet and churn trials alternate.\n\n\
+                     \x20 --rate MPPS      offered rate (default 1)\n\
+                     \x20 --changes N      changes per churn trial (default 100)\n\
+                     \x20 --duration S     seconds per trial (default 5)\n\
+                     \x20 --trials N       trials of each kind (default 5)\n\
+                     \x20 --dut-core N     the switch's polling core (default 1)\n\
+                     \x20 --gen-core N     the generator's core (default 0)"
+                );
+                return Ok(());
+            }
+            _ => return Err(format!("bench churn: unknown option --{key}")),
+        }
+    }
+    perf::churn::run(&cfg)
 }

@@ -368,6 +368,7 @@ impl Managed {
                     packets: c.packets,
                     cycles_per_packet: c.cycles_per_packet,
                     generation: c.generation,
+                    longest_change_ns: c.longest_change_ns,
                 })
                 .collect(),
         }
