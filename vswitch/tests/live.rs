@@ -174,3 +174,108 @@ fn two_cores_share_what_they_learn() {
     let ports: Vec<_> = after.ports.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(ports, ["a", "b"]);
 }
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn udp(dst: [u8; 6], src: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&46u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&sip);
+    f[30..34].copy_from_slice(&dip);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn the_router_runs_on_two_cores_and_a_neighbour_resolved_on_one_serves_the_other() {
+    use vswitch::router::{Router, RouterIf};
+    use vswitch::wire::EthernetAddress;
+    const ROUTER: [u8; 6] = [2, 0x76, 0x6e, 0x68, 0x72, 1];
+    let (ma, mb) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
+    let d = dir("l3cores");
+    let (pa, pb) = (d.join("a.sock"), d.join("b.sock"));
+    let rif = |vid: u16, ip: [u8; 4]| RouterIf {
+        vid: Vid::new(vid).expect("vid"),
+        mac: EthernetAddress(ROUTER),
+        ip: ip.into(),
+        prefix: 24,
+        ip6: None,
+    };
+    let router = Router::new(vec![rif(10, [10, 0, 0, 254]), rif(20, [10, 0, 1, 254])], &[])
+        .expect("router");
+    let cfg = SwitchConfig {
+        cores: vec![None, None],
+        routers: vec![router],
+        ..SwitchConfig::default()
+    };
+    let sw = Switch::start(&cfg, vec![port("a", &pa, 10), port("b", &pb, 20)]).expect("switch");
+    let mut a = VirtioUser::new(&VirtioUserConfig::new(&pa)).expect("a");
+    let mut b = VirtioUser::new(&VirtioUserConfig::new(&pb)).expect("b");
+    std::thread::sleep(Duration::from_millis(100));
+    // a → b across the router: the core polling a asks for b.
+    let pkt = udp(ROUTER, ma, [10, 0, 0, 1], [10, 0, 1, 1]);
+    let t = Instant::now();
+    let req = loop {
+        assert!(t.elapsed() < Duration::from_secs(5), "no ARP request for b");
+        a.send(0, std::slice::from_ref(&pkt));
+        let got = b.recv_wait(0, 8, Duration::from_millis(50));
+        if let Some(f) = got.into_iter().find(|f| f[12..14] == [8, 6]) {
+            break f;
+        }
+    };
+    assert_eq!(&req[38..42], &[10, 0, 1, 1]);
+    // b answers: the reply lands on the other core, whose router replica learns b.
+    let mut rep = vec![0u8; 60];
+    rep[..6].copy_from_slice(&ROUTER);
+    rep[6..12].copy_from_slice(&mb);
+    rep[12..14].copy_from_slice(&[8, 6]);
+    rep[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    rep[22..28].copy_from_slice(&mb);
+    rep[28..32].copy_from_slice(&[10, 0, 1, 1]);
+    rep[32..38].copy_from_slice(&ROUTER);
+    rep[38..42].copy_from_slice(&[10, 0, 1, 254]);
+    b.send(0, std::slice::from_ref(&rep));
+    std::thread::sleep(Duration::from_millis(50));
+    let before = sw.stats();
+    let unresolved = |s: &vswitch::switch::SwitchStats| {
+        s.route_drops
+            .iter()
+            .find(|(r, _)| *r == "unresolved")
+            .map_or(0, |(_, n)| *n)
+    };
+    // Now the core polling a routes to b at once: b's address came from the other core.
+    let mut routed = 0;
+    for _ in 0..50 {
+        a.send(0, std::slice::from_ref(&pkt));
+        routed += b
+            .recv_wait(0, 1, Duration::from_millis(50))
+            .iter()
+            .filter(|f| f[..6] == mb && f[12..14] == [8, 0] && f[22] == 63)
+            .count();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let after = sw.stats();
+    assert_eq!(routed, 50, "{after:?}");
+    assert!(after.shared_learns > before.shared_learns || before.shared_learns > 0);
+    assert_eq!(
+        unresolved(&after),
+        unresolved(&before),
+        "the second core had to resolve b itself: {after:?}"
+    );
+}
