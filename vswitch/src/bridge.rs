@@ -66,15 +66,11 @@
 //!
 //! # Cores
 //!
-//! A `Bridge` has a single owner and no interior synchronisation. Until a shared FDB
-//! exists, each polling core owns a replica built from the same port configuration.
-//! The limitation: a core learns only from the frames it receives, so a MAC that lives
-//! behind a port polled by another core stays unknown to it and traffic towards it is
-//! flooded (correct, but it costs bandwidth), and a flush on one replica must be
-//! repeated on all. The FDB is reached only through `learn`/`lookup`/`flush_port`, so a
-//! shared table (single writer fed by per-core learn queues and published by
-//! read-copy-update, or a concurrent table) can replace [`Fdb`] without changing
-//! [`Bridge::forward`].
+//! A `Bridge` has a single owner and no interior synchronisation. Each polling core owns
+//! a replica built from the same port configuration. A replica logs what it learns that
+//! changes its table ([`Bridge::log_learnt`], [`Bridge::take_learnt`]); the switch hands
+//! those keys to the other cores, whose replicas take them in with
+//! [`Bridge::learn_shared`] (only for a port that is up and a member of the VLAN there).
 #![forbid(unsafe_code)]
 
 use core::fmt;

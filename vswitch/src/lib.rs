@@ -23,8 +23,10 @@
 //!   on any byte sequence; bad frames are dropped with a counted reason.
 //! * **No `unsafe`.** These modules are `#![forbid(unsafe_code)]`.
 //! * **Single owner.** A [`Bridge`] belongs to one polling core; see the
-//!   [`bridge`](crate::bridge#cores) documentation for how cores share (or, for now, do
-//!   not share) what they learn.
+//!   [`bridge`](crate::bridge#cores) documentation for how cores share what they learn.
+//!
+//! [`service`] is the switch as a service configured by one typed spec; [`switch`] the
+//! runtime that changes live.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
