@@ -505,13 +505,24 @@ impl Daemon {
         changes: &mut Vec<String>,
     ) -> Result<(), String> {
         // 1. The switch process.
-        let alive = self.switch_alive();
+        let mut alive = self.switch_alive();
         let old_args = self.st.switch.as_ref().map(|r| r.args.clone());
-        let mut config_now = if alive {
-            self.switch_config()?
-        } else {
-            SwitchSpec::default()
-        };
+        let mut config_now = SwitchSpec::default();
+        if alive {
+            match self.switch_config() {
+                Ok(c) => config_now = c,
+                // A switch adopted from another vnfhost version whose configuration is
+                // not this spec: it is started again from this binary.
+                Err(e) if e.contains("bad reply") => {
+                    self.event(format!(
+                        "the running switch's configuration is unreadable ({e}); restarting it"
+                    ));
+                    self.stop_switch();
+                    alive = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if !alive || old_args.as_deref() != Some(new.switch_args.as_slice()) {
             if alive {
                 self.stop_switch();

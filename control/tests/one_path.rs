@@ -69,16 +69,26 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
     };
     let p = plan(&t, run, &image).expect("plans");
     let sock = run.join("ctl.sock");
-    let s1 = |i: usize| run.join(format!("pods/p{i}/eth0.sock")).display().to_string();
+    let s1 = |i: usize| {
+        run.join(format!("pods/p{i}/eth0.sock"))
+            .display()
+            .to_string()
+    };
 
     // 1. As options.
     let args: Vec<String> = [
         "--control",
         sock.to_str().unwrap(),
         "--port",
-        &format!("p1.eth0,vhost-user={},mac=52:54:00:00:00:01,vlan=10,ip=10.0.0.1,sg=web", s1(1)),
+        &format!(
+            "p1.eth0,vhost-user={},mac=52:54:00:00:00:01,vlan=10,ip=10.0.0.1,sg=web",
+            s1(1)
+        ),
         "--port",
-        &format!("p2.eth0,vhost-user={},mac=52:54:00:00:00:02,vlan=20,ip=10.0.1.1", s1(2)),
+        &format!(
+            "p2.eth0,vhost-user={},mac=52:54:00:00:00:02,vlan=20,ip=10.0.1.1",
+            s1(2)
+        ),
         "--router-if",
         "vlan=10,ip=10.0.0.254/24",
         "--router-if",
@@ -122,8 +132,8 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
             "ports[0].vlan",
         ),
     ] {
-        let e = request::<ApplyReply>(&sock, "PUT", "/v1/config", Some(bad.as_bytes()))
-            .expect_err(bad);
+        let e =
+            request::<ApplyReply>(&sock, "PUT", "/v1/config", Some(bad.as_bytes())).expect_err(bad);
         assert!(e.contains(want), "{bad}: {e}");
     }
     let mut dup = p.switch.clone();
@@ -136,7 +146,11 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
     )
     .expect_err("a name used twice");
     assert!(e.contains("ports[2] (p1.eth0).name: used twice"), "{e}");
-    assert_eq!(state(&sock), from_daemon, "a refused spec changed the switch");
+    assert_eq!(
+        state(&sock),
+        from_daemon,
+        "a refused spec changed the switch"
+    );
 
     // A path with `,` and `=` (which the old option grammar split) is carried intact.
     let odd = run.join("a,b=c.sock");

@@ -1104,6 +1104,8 @@ impl Bridge {
         if self.ports[i].is_some() {
             return Err(BridgeError::PortExists(port));
         }
+        // Entries a removed port with this id left are not this port's.
+        self.fdb.flush_port(port.0);
         self.ports[i] = Some(PortState {
             mode,
             security: None,
@@ -1132,6 +1134,9 @@ impl Bridge {
             return Err(BridgeError::PortExists(port));
         }
         let deny = filter.as_ref().is_some_and(|f| f.default_deny);
+        // Entries a removed port with this id left are not this port's (no walk of the
+        // table when there are none, the usual case).
+        self.fdb.flush_port(port.0);
         self.ports[i] = Some(PortState {
             mode,
             security,
@@ -1144,7 +1149,11 @@ impl Bridge {
         Ok(())
     }
 
-    /// Removes a port and the FDB entries learned on it; returns its last counters.
+    /// Removes a port; returns its last counters. Its FDB entries are not walked for
+    /// here (that walk of the whole table would stall a live change): lookups that find
+    /// them see a port that is no member of any VLAN and flood, [`expire`](Self::expire)
+    /// frees them as it sweeps, and a port added later with the same id flushes what is
+    /// left.
     pub fn remove_port(&mut self, port: PortId) -> Result<PortCounters, BridgeError> {
         let i = self.slot(port)?;
         let removed = self.ports[i].take().ok_or(BridgeError::NoSuchPort(port))?;
@@ -1153,7 +1162,6 @@ impl Bridge {
         }
         self.refresh_membership(port);
         self.memo = Memo::default();
-        self.fdb.flush_port(port.0);
         Ok(removed.counters)
     }
 
@@ -1303,10 +1311,14 @@ impl Bridge {
         &self.fdb
     }
 
-    /// Frees aged FDB slots among the next `budget` ones; see [`Fdb::expire`].
+    /// Frees aged FDB slots, and those of removed ports, among the next `budget` ones;
+    /// see [`Fdb::expire`].
     pub fn expire(&mut self, now: u64, budget: usize) -> usize {
         self.memo = Memo::default();
-        self.fdb.expire(now, budget)
+        let ports = &self.ports;
+        self.fdb.expire_or(now, budget, |p| {
+            ports.get(usize::from(p)).is_none_or(Option::is_none)
+        })
     }
 
     /// Rewrites bit `port` of the VLAN rows it was or now is a member of, from the

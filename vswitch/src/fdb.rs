@@ -187,7 +187,14 @@ pub struct Fdb {
     /// Next slot `expire` looks at.
     cursor: usize,
     stats: FdbStats,
+    /// Entries stored (live or aged) per port, for ports below [`COUNTED_PORTS`]: lets
+    /// [`flush_port`](Fdb::flush_port) skip its walk of the whole table when the port has
+    /// none.
+    per_port: Box<[u32]>,
 }
+
+/// Ports whose stored entries are counted.
+pub const COUNTED_PORTS: usize = 1024;
 
 impl std::fmt::Debug for Fdb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,7 +233,24 @@ impl Fdb {
             len: 0,
             cursor: 0,
             stats: FdbStats::default(),
+            per_port: vec![0; COUNTED_PORTS].into_boxed_slice(),
         })
+    }
+
+    fn count(&mut self, port: u16, up: bool) {
+        if let Some(n) = self.per_port.get_mut(usize::from(port)) {
+            *n = if up {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Entries stored (live or aged) on `port`; `None` for a port above the counted
+    /// range.
+    pub fn entries_of(&self, port: u16) -> Option<u32> {
+        self.per_port.get(usize::from(port)).copied()
     }
 
     /// Number of entries the table can hold.
@@ -308,6 +332,10 @@ impl Fdb {
             let from = bucket.ports[i];
             bucket.ports[i] = port;
             bucket.seen[i] = now;
+            if from != port {
+                self.count(from, false);
+                self.count(port, true);
+            }
             return if !was_live {
                 self.stats.learned += 1;
                 Learn::New
@@ -321,6 +349,7 @@ impl Fdb {
         match self.make_room(key, now) {
             Some((b, i)) => {
                 self.buckets[b].put(i, key, port, now);
+                self.count(port, true);
                 self.stats.learned += 1;
                 Learn::New
             }
@@ -346,6 +375,8 @@ impl Fdb {
         for b in [b1, b2] {
             if let Some(i) = self.buckets[b].oldest_aged(now, max_age) {
                 self.stats.reclaimed += 1;
+                let old = self.buckets[b].ports[i];
+                self.count(old, false);
                 return Some((b, i));
             }
         }
@@ -355,6 +386,12 @@ impl Fdb {
                 let moved = self.buckets[b].keys[i];
                 let alt = self.alternate(moved, b);
                 if let Some((j, aged)) = self.buckets[alt].free_or_aged(now, max_age) {
+                    if aged {
+                        let old = self.buckets[alt].ports[j];
+                        self.count(old, false);
+                    }
+                    // The entry moved keeps its port (and its count); the slot it
+                    // leaves is taken by the caller's new entry, counted there.
                     let (port, seen) = (self.buckets[b].ports[i], self.buckets[b].seen[i]);
                     self.buckets[alt].put(j, moved, port, seen);
                     if aged {
@@ -374,6 +411,8 @@ impl Fdb {
         match self.find(pack(vid, mac)) {
             Some((b, i)) => {
                 self.buckets[b].keys[i] = EMPTY;
+                let port = self.buckets[b].ports[i];
+                self.count(port, false);
                 self.len -= 1;
                 self.stats.flushed += 1;
                 true
@@ -382,8 +421,12 @@ impl Fdb {
         }
     }
 
-    /// Removes every entry of `port` (walks the whole table); returns how many.
+    /// Removes every entry of `port`; returns how many. Walks the whole table, unless
+    /// the port has no entry stored.
     pub fn flush_port(&mut self, port: u16) -> usize {
+        if self.entries_of(port) == Some(0) {
+            return 0;
+        }
         self.remove_where(|_, p, _| p == port)
     }
 
@@ -399,6 +442,9 @@ impl Fdb {
                 if bucket.keys[i] != EMPTY && pred(bucket.keys[i], bucket.ports[i], bucket.seen[i])
                 {
                     bucket.keys[i] = EMPTY;
+                    if let Some(n) = self.per_port.get_mut(usize::from(bucket.ports[i])) {
+                        *n = n.saturating_sub(1);
+                    }
                     removed += 1;
                 }
             }
@@ -412,14 +458,25 @@ impl Fdb {
     /// around the table; `budget >= capacity()` sweeps it all). Returns how many were
     /// freed. Lets a polling loop spread the sweep over many iterations.
     pub fn expire(&mut self, now: u64, budget: usize) -> usize {
+        self.expire_or(now, budget, |_| false)
+    }
+
+    /// As [`expire`](Self::expire), also freeing the entries of ports for which `gone`
+    /// is true (ports removed without a flush).
+    pub fn expire_or(&mut self, now: u64, budget: usize, gone: impl Fn(u16) -> bool) -> usize {
         let capacity = self.capacity();
         let mut freed = 0;
         for _ in 0..budget.min(capacity) {
             let (b, i) = (self.cursor / BUCKET_SLOTS, self.cursor % BUCKET_SLOTS);
             self.cursor = (self.cursor + 1) % capacity;
             let bucket = &mut self.buckets[b];
-            if bucket.keys[i] != EMPTY && !is_live(bucket.seen[i], now, self.max_age) {
+            if bucket.keys[i] != EMPTY
+                && (!is_live(bucket.seen[i], now, self.max_age) || gone(bucket.ports[i]))
+            {
                 bucket.keys[i] = EMPTY;
+                if let Some(n) = self.per_port.get_mut(usize::from(bucket.ports[i])) {
+                    *n = n.saturating_sub(1);
+                }
                 freed += 1;
             }
         }
@@ -742,6 +799,53 @@ mod tests {
             }
             fdb.expire(now, usize::MAX);
             prop_assert_eq!(fdb.len(), fdb.live_len(now));
+        }
+    }
+
+    #[test]
+    fn per_port_counts_follow_every_change() {
+        // A small table under random learning, moves, removals, ageing and flushes:
+        // the per-port counts always equal what a walk of the table finds.
+        let mut f = Fdb::with_seed(64, 10, 7).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..20_000u64 {
+            let now = step / 8;
+            let mac = EthernetAddress([2, 0, 0, 0, 0, rnd(200) as u8]);
+            let port = rnd(6) as u16;
+            match rnd(20) {
+                0 => {
+                    f.flush_port(port);
+                }
+                1 => {
+                    f.remove(1, mac);
+                }
+                2 => {
+                    f.expire(now, 8);
+                }
+                3 => {
+                    f.expire_or(now, 8, |p| p == port);
+                }
+                _ => {
+                    f.learn(1, mac, port, now);
+                }
+            }
+            let mut want = [0u32; 6];
+            for b in f.buckets.iter() {
+                for i in 0..BUCKET_SLOTS {
+                    if b.keys[i] != EMPTY {
+                        want[usize::from(b.ports[i])] += 1;
+                    }
+                }
+            }
+            for (p, w) in want.iter().enumerate() {
+                assert_eq!(f.entries_of(p as u16), Some(*w), "port {p} at step {step}");
+            }
         }
     }
 }

@@ -217,8 +217,11 @@ fn the_router_runs_on_two_cores_and_a_neighbour_resolved_on_one_serves_the_other
         prefix: 24,
         ip6: None,
     };
-    let router = Router::new(vec![rif(10, [10, 0, 0, 254]), rif(20, [10, 0, 1, 254])], &[])
-        .expect("router");
+    let router = Router::new(
+        vec![rif(10, [10, 0, 0, 254]), rif(20, [10, 0, 1, 254])],
+        &[],
+    )
+    .expect("router");
     let cfg = SwitchConfig {
         cores: vec![None, None],
         routers: vec![router],

@@ -86,6 +86,16 @@ pub struct Managed {
     open: HashMap<String, Open>,
     failed: HashMap<String, Failed>,
     last_change: Duration,
+    /// Where the search for a free port id starts: ids are handed out round-robin, so
+    /// a removed port's id is reused as late as possible (its FDB entries are swept
+    /// meanwhile instead of flushed on the polling core).
+    next_id: usize,
+}
+
+/// The first id at or after `from` (wrapping) for which `used` is false.
+fn free_id(used: &[bool], from: usize) -> Option<usize> {
+    let n = used.len();
+    (0..n).map(|k| (from + k) % n).find(|&i| !used[i])
 }
 
 fn switch_port(c: &CheckedPort, port: Arc<dyn Port>) -> SwitchPort {
@@ -116,6 +126,7 @@ impl Managed {
             open: HashMap::new(),
             failed: HashMap::new(),
             last_change: Duration::ZERO,
+            next_id: 0,
         })
     }
 
@@ -173,13 +184,14 @@ impl Managed {
                 change.set.push((o.id, switch_port(p, o.port.clone())));
                 continue;
             }
-            let Some(i) = used.iter().position(|u| !u) else {
+            let Some(i) = free_id(&used, self.next_id) else {
                 failed.insert(p.name.clone(), self.failure(p, "no free port id".into()));
                 continue;
             };
             match open_port(p, self.hugepages) {
                 Ok(port) => {
                     used[i] = true;
+                    self.next_id = i + 1;
                     let id = PortId(i as u16);
                     change.set.push((id, switch_port(p, port.clone())));
                     opened.push(Open {
@@ -260,13 +272,15 @@ impl Managed {
             let Some(f) = self.failed.remove(&name) else {
                 continue;
             };
-            let used: Vec<u16> = self.open.values().map(|o| o.id.0).collect();
-            let Some(id) = (0..crate::switch::MAX_SWITCH_PORTS as u16).find(|i| !used.contains(i))
-            else {
+            let mut used = vec![false; crate::switch::MAX_SWITCH_PORTS];
+            for o in self.open.values() {
+                used[usize::from(o.id.0)] = true;
+            }
+            let Some(i) = free_id(&used, self.next_id) else {
                 self.failed.insert(name, f);
                 continue;
             };
-            let id = PortId(id);
+            let id = PortId(i as u16);
             let opened = open_port(&f.spec, self.hugepages).and_then(|port| {
                 self.switch
                     .apply(Change {
@@ -279,6 +293,7 @@ impl Managed {
             match opened {
                 Ok(port) => {
                     tracing::info!("port {name}: opened on retry");
+                    self.next_id = i + 1;
                     self.open.insert(
                         name,
                         Open {
