@@ -170,11 +170,15 @@ impl Managed {
                 remove,
                 ..Change::default()
             });
-            drop(closing);
             if let Err(e) = r {
+                // Refused before anything changed: every port is as it was.
                 self.open = keep;
+                for o in closing {
+                    self.open.insert(o.spec.name.clone(), o);
+                }
                 return Err(e.to_string());
             }
+            drop(closing);
         }
         let mut failed = HashMap::new();
         let mut opened: Vec<Open> = Vec::new();
@@ -206,7 +210,13 @@ impl Managed {
                 }
             }
         }
-        change.routers = Some(continuity(self.switch.routers(), checked.routers));
+        let routers = continuity(self.switch.routers(), checked.routers);
+        let unchanged = routers.len() == self.switch.routers().len()
+            && routers
+                .iter()
+                .enumerate()
+                .all(|(k, r)| r.same && r.from == Some(k));
+        change.routers = (!unchanged).then_some(routers);
         match self.switch.apply(change) {
             Ok(took) => self.last_change = took,
             Err(e) => {
