@@ -7,11 +7,67 @@ use std::time::Duration;
 
 use api::http;
 
-use crate::cli::value;
+use crate::cli::{unexpected, value, Parsed};
 use crate::daemon::{self, ApplyReply, ApplyRequest, DaemonArgs, Refusal, Status};
 
+/// `vnfhost daemon --help`.
+pub const DAEMON_USAGE: &str = "\
+usage: vnfhost daemon [options]
+
+Runs the daemon in the foreground: it owns the desired topology, starts the switch and
+the pods as processes of their own, keeps them running and serves the API (HTTP/JSON /v1
+on RUN/api.sock, mode 0660: root and group vnfhost). Stopping it leaves the switch and
+the pods running; a new daemon adopts them.
+
+options:
+  --run-dir DIR       sockets, logs, state (default /run/vnfhost, or VNFHOST_RUN_DIR)
+  --group NAME        group allowed on the API socket (default vnfhost, if it exists)
+  --metrics ADDR:PORT also serve Prometheus GET /metrics over TCP
+  -h, --help          this text
+";
+
+/// `vnfhost up --help`.
+pub const UP_USAGE: &str = "\
+usage: vnfhost up [--api SOCK] FILE
+       vnfhost up --check FILE
+
+Applies a topology.yaml (docs/topology.md) through the daemon: only what changed is
+changed; a failure rolls back to the previous state. Starts the daemon when none runs.
+
+options:
+  --api SOCK    the daemon's socket (default /run/vnfhost/api.sock, or VNFHOST_API)
+  --check       check FILE against its schema and this host (CPUs, huge pages) without
+                changing anything; lists every problem with its file, line or field path
+  -h, --help    this text
+";
+
+/// `vnfhost down --help`.
+pub const DOWN_USAGE: &str = "\
+usage: vnfhost down [--api SOCK]
+
+Stops the pods and the switch and removes what they left.
+
+options:
+  --api SOCK    the daemon's socket (default /run/vnfhost/api.sock, or VNFHOST_API)
+  -h, --help    this text
+";
+
+/// `vnfhost status --help`.
+pub const STATUS_USAGE: &str = "\
+usage: vnfhost status [options]
+
+Pods, ports with rates, drops by reason, router and polling-core load.
+
+options:
+  -w, --watch   refresh every second
+  --json        the API's JSON (one line per refresh with --watch)
+  --events      also the daemon's recent events
+  --api SOCK    the daemon's socket (default /run/vnfhost/api.sock, or VNFHOST_API)
+  -h, --help    this text
+";
+
 /// Parses `vnfhost daemon` options.
-pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
+pub fn parse_daemon(args: Vec<OsString>) -> Result<Parsed<DaemonArgs>, String> {
     use lexopt::Arg::*;
     let mut a = DaemonArgs {
         run_dir: std::env::var_os("VNFHOST_RUN_DIR")
@@ -33,7 +89,8 @@ pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
                         .map_err(|_| format!("--metrics {v:?}: expected ADDR:PORT"))?,
                 );
             }
-            other => return Err(format!("daemon: {}", other.unexpected())),
+            Long("help") | Short('h') => return Ok(Parsed::Help(DAEMON_USAGE)),
+            other => return Err(unexpected("daemon", other)),
         }
     }
     // Socket paths under it go into port specs (comma-separated) and must stay under
@@ -50,7 +107,7 @@ pub fn parse_daemon(args: Vec<OsString>) -> Result<DaemonArgs, String> {
             a.run_dir.display()
         ));
     }
-    Ok(a)
+    Ok(Parsed::Run(a))
 }
 
 /// Common client options: `--api SOCK`.
@@ -83,18 +140,29 @@ fn error_text(body: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
-/// `vnfhost up FILE`.
+/// `vnfhost up FILE` and `vnfhost up --check FILE`.
 pub fn up(args: Vec<OsString>) -> Result<(), String> {
     use lexopt::Arg::*;
     let mut api = daemon::default_api_socket();
     let mut file = None;
+    let mut check = false;
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("api") => api = value(&mut p, "--api")?.into(),
+            Long("check") => check = true,
+            Long("help") | Short('h') => {
+                print!("{UP_USAGE}");
+                return Ok(());
+            }
             Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
-            other => return Err(format!("up: {}", other.unexpected())),
+            Value(_) if check => return Err("up --check: give exactly one topology file".into()),
+            other => return Err(unexpected("up", other)),
         }
+    }
+    if check {
+        let file = file.ok_or("up --check: give exactly one topology file")?;
+        return crate::cli::check_topology(&file);
     }
     let file = file.ok_or("up: give a topology file")?;
     let file = std::fs::canonicalize(&file).unwrap_or(file);
@@ -211,7 +279,11 @@ pub fn down(args: Vec<OsString>) -> Result<(), String> {
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("api") => api = value(&mut p, "--api")?.into(),
-            other => return Err(format!("down: {}", other.unexpected())),
+            Long("help") | Short('h') => {
+                print!("{DOWN_USAGE}");
+                return Ok(());
+            }
+            other => return Err(unexpected("down", other)),
         }
     }
     let (status, reply) = Client { api }.call("DELETE", "/v1/topology", None)?;
@@ -362,7 +434,11 @@ pub fn status(args: Vec<OsString>) -> Result<(), String> {
             Long("watch") | Short('w') => watch = true,
             Long("json") => json = true,
             Long("events") => events = true,
-            other => return Err(format!("status: {}", other.unexpected())),
+            Long("help") | Short('h') => {
+                print!("{STATUS_USAGE}");
+                return Ok(());
+            }
+            other => return Err(unexpected("status", other)),
         }
     }
     loop {

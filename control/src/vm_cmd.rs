@@ -8,6 +8,49 @@ use vmm::{NetConfig, VmConfig, VmError, VmExit};
 
 use api::values::parse_mac;
 
+use crate::cli::{unexpected, Parsed};
+
+/// `vnfhost vm run --help`.
+pub const RUN_USAGE: &str = "\
+usage: vnfhost vm run --kernel PATH [options]
+
+Runs a pod VM in the foreground; its serial console is stdout.
+
+options:
+  --hypervisor H    auto (default: kvm with vmx/svm, else qemu), kvm, qemu
+  --kernel PATH     ELF (vmlinux, or with a PVH note) or bzImage
+  --initrd PATH     initramfs
+  --cmdline STR     kernel command line (default: console=ttyS0 reboot=k ...)
+  --append STR      words added to the command line, e.g. vnf.ip=10.0.0.1/24
+  --mem SIZE        guest RAM, e.g. 256M (default 128M)
+  --vcpus N         virtual CPUs (default 1)
+  --cpus LIST       host CPUs to pin the vCPUs to, e.g. 1 or 0-1
+  --hugepages       guest RAM on 2 MiB huge pages
+  --prealloc        allocate all guest RAM before the guest starts
+  --pit             emulate the legacy 8254 timer (kvm; off: Linux uses the
+                    LAPIC timer and kvm-clock)
+  --net SPEC        repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]
+                    [,packed]: the VM listens on PATH (pair with the
+                    switch's `,client` port), or with `client` connects
+                    to it; `packed` offers packed virtqueues (qemu only)
+  --console FILE    write the console to FILE (kvm only)
+  -h, --help        this text
+
+Exits 0 when the guest powers off or resets, 1 when it dies.
+";
+
+/// `vnfhost vm payload --help`.
+pub const PAYLOAD_USAGE: &str = "\
+usage: vnfhost vm payload NAME --out FILE
+
+Writes a built-in guest payload (hello, idle, echo, poweroff, net, fault), used by tests
+and benchmarks.
+
+options:
+  --out FILE    where it goes (required)
+  -h, --help    this text
+";
+
 /// Options of `vnfhost vm run`.
 #[derive(Debug, Clone)]
 pub struct RunArgs {
@@ -88,7 +131,7 @@ fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
 }
 
 /// Parses the options after `vnfhost vm run`.
-pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
+pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
     use lexopt::Arg::*;
     let mut a = RunArgs {
         hypervisor: Choice::Auto,
@@ -139,13 +182,14 @@ pub fn parse_run(args: Vec<OsString>) -> Result<RunArgs, String> {
             Long("pit") => a.vm.pit = true,
             Long("net") => a.vm.nets.push(parse_net(&value(&mut p, "--net")?)?),
             Long("console") => a.console = Some(value(&mut p, "--console")?.into()),
-            other => return Err(format!("vm run: {}", other.unexpected())),
+            Long("help") | Short('h') => return Ok(Parsed::Help(RUN_USAGE)),
+            other => return Err(unexpected("vm run", other)),
         }
     }
     if a.vm.kernel.as_os_str().is_empty() {
         return Err("vm run: --kernel PATH is required".into());
     }
-    Ok(a)
+    Ok(Parsed::Run(a))
 }
 
 /// Runs the VM; the exit code is 0 when the guest powered off or reset, 1 when it died.
@@ -216,8 +260,12 @@ pub fn payload(args: Vec<OsString>) -> Result<i32, String> {
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("out") => out = Some(PathBuf::from(value(&mut p, "--out")?)),
+            Long("help") | Short('h') => {
+                print!("{PAYLOAD_USAGE}");
+                return Ok(0);
+            }
             Value(v) if name.is_none() => name = v.into_string().ok(),
-            other => return Err(format!("vm payload: {}", other.unexpected())),
+            other => return Err(unexpected("vm payload", other)),
         }
     }
     let name =
@@ -265,10 +313,12 @@ mod tests {
 
     #[test]
     fn run_options() {
-        let a = parse_run(args(
+        let Parsed::Run(a) = parse_run(args(
             "--hypervisor kvm --kernel /k --mem 64M --vcpus 2 --cpus 1 --net vhost-user=/s",
         ))
-        .unwrap();
+        .unwrap() else {
+            panic!("not help")
+        };
         assert_eq!(a.hypervisor, Choice::Kvm);
         assert_eq!(a.vm.mem, 64 << 20);
         assert_eq!(a.vm.vcpus, 2);
@@ -278,5 +328,7 @@ mod tests {
             .contains("--kernel"));
         assert!(parse_run(args("--kernel /k --hypervisor xen")).is_err());
         assert!(parse_run(args("--kernel /k --vcpus lots")).is_err());
+        // Help without the required --kernel.
+        assert!(matches!(parse_run(args("-h")), Ok(Parsed::Help(RUN_USAGE))));
     }
 }

@@ -50,3 +50,21 @@ fn version_answers_and_add_without_a_daemon_is_a_cni_error() {
     assert_eq!(v["code"], 11, "{v}");
     assert!(v["msg"].as_str().unwrap().contains("vnfhost daemon"), "{v}");
 }
+
+#[test]
+fn help_describes_the_plugin() {
+    for flag in ["--help", "-h"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_vnfhost-cni"))
+            .arg(flag)
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .expect("vnfhost-cni");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{flag}: {:?}", o.status);
+        assert!(
+            out.contains("CNI_COMMAND") && out.contains("network"),
+            "{out}"
+        );
+    }
+}

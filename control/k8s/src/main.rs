@@ -9,7 +9,19 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use vnfhost_k8s::{error_policy, reconcile, Ctx, Network};
 
-const USAGE: &str = "usage: vnfhost-k8s controller [--api SOCK] [--node NAME]";
+const USAGE: &str = "\
+usage: vnfhost-k8s controller [options]
+
+Runs the Network controller of one node: Network custom resources into the node's
+daemon, and the extra networks of its pods. It talks to the API server from KUBECONFIG
+(or the in-cluster service account).
+
+options:
+  --api SOCK    the daemon's socket (default /run/vnfhost/api.sock, or VNFHOST_API)
+  --node NAME   this node (default $NODE_NAME): a finalizer of its own, and only its
+                pods' extra networks are recorded
+  -h, --help    this text
+";
 
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VNFHOST_LOG")
@@ -33,7 +45,17 @@ fn main() {
                 Ok(v) => node = v.into_string().ok(),
                 Err(e) => fail(&e.to_string()),
             },
-            Ok(Some(lexopt::Arg::Value(v))) if cmd.is_none() => cmd = v.into_string().ok(),
+            Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
+                print!("{USAGE}");
+                return;
+            }
+            Ok(Some(lexopt::Arg::Value(v))) if cmd.is_none() => {
+                cmd = v.into_string().ok();
+                if cmd.as_deref() == Some("help") {
+                    print!("{USAGE}");
+                    return;
+                }
+            }
             Ok(Some(other)) => fail(&other.unexpected().to_string()),
             Err(e) => fail(&e.to_string()),
         }

@@ -12,15 +12,88 @@ use std::time::Duration;
 use perf::dut::DutKind;
 use perf::p2p::{self, GenKind, P2pConfig};
 
+/// `vnfhost-bench --help`.
+const USAGE: &str = "\
+usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
+       vnfhost bench vm [options]
+
+  p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
+  vm   pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+
+`vnfhost bench p2p --help` and `vnfhost bench vm --help` list their options.
+";
+
+/// `vnfhost-bench p2p --help`.
+const P2P_USAGE: &str = "\
+usage: vnfhost bench p2p [options]
+
+Forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved.
+
+options:
+  --duts LIST          vnfhost,testpmd-io,testpmd-mac,ovs-normal,ovs-flows
+                       (default: those), and the L3 ones: vnfhost-l3,
+                       vnfhost-l3-100k (100 000 routes), ovs-l3 (OpenFlow
+                       mod_dl_src/dst, dec_ttl)
+  --generators LIST    dpdk (testpmd io loopback on net_virtio_user ports,
+                       primed with start tx_first 16),
+                       vnfhost (our virtio-user generator: latency, NDR,
+                       IMIX, L3); every DUT is measured with each
+                       (default dpdk,vnfhost)
+  --packed             both generators ask for packed virtqueues
+  --frame-sizes LIST   wire sizes 64..=1518, or imix (7x64, 4x570, 1x1518)
+                       (default 64,1518)
+  --flows N            flows the generator cycles: source MACs (vnfhost),
+                       IP addresses (dpdk) (default 1)
+  --trials N           rounds per DUT and size (default 15)
+  --duration S         measured seconds per trial (default 2)
+  --warmup S           warm-up seconds per trial (default 1)
+  --dut-cores LIST     DUT forwarding cores, e.g. 1 or 2,3 (default 1);
+                       every DUT gets the same set
+  --gen-core N         generator core (default 0)
+  --out DIR            where results.json and results.md go (default bench-results)
+  --no-hugepages       DUTs and generator on normal pages
+  --ndr                also RFC 2544 NDR/PDR binary search and latency
+                       p50/p99/max at 10/50/90 % of NDR
+  --trial-seconds S    length of each NDR/PDR and latency trial (default 2)
+  --rate PPS           offer a fixed rate in the main trials instead of
+                       as fast as the DUT accepts
+  --install            apt-get install the peers that are missing
+  -h, --help           this text
+";
+
+/// `vnfhost-bench vm --help`.
+const VM_USAGE: &str = "\
+usage: vnfhost bench vm [options]
+
+Pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload.
+
+options:
+  --trials N    start-up rounds (default 20)
+  --create N    VMs per creation-rate run (default 100)
+  --cpu N       CPU all VMM threads are pinned to (default 1)
+  --out DIR     where vm.md goes (default bench-results)
+  -h, --help    this text
+";
+
 fn main() {
     init_logging();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let r = if args.first().is_some_and(|a| a == "vm") {
+    let first = args.first().and_then(|a| a.to_str()).unwrap_or("");
+    let r = if matches!(first, "--help" | "-h" | "help") {
+        print!("{USAGE}");
+        Ok(())
+    } else if first == "vm" {
         vm(args.split_off(1))
     } else if args.first().is_some_and(|a| a == "churn") {
         churn(args.split_off(1))
     } else {
-        parse(args).and_then(|(c, out)| run(&c, &out))
+        parse(args).and_then(|p| match p {
+            Some((c, out)) => run(&c, &out),
+            None => {
+                print!("{P2P_USAGE}");
+                Ok(())
+            }
+        })
     };
     if let Err(e) = r {
         eprintln!("vnfhost-bench: {e}");
@@ -47,13 +120,23 @@ fn vnfhost() -> Result<PathBuf, String> {
     Ok(me.with_file_name("vnfhost"))
 }
 
-/// Parses `vnfhost bench p2p [options]`.
-pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
+/// Parses `vnfhost bench p2p [options]`; `None` for `--help`.
+pub fn parse(args: Vec<OsString>) -> Result<Option<(P2pConfig, PathBuf)>, String> {
     use lexopt::Arg::*;
     let mut p = lexopt::Parser::from_args(args);
     match p.next().map_err(|e| e.to_string())? {
         Some(Value(v)) if v == "p2p" => {}
-        _ => return Err("bench: expected `vnfhost bench p2p` or `vnfhost bench vm`".into()),
+        Some(other) => {
+            return Err(format!(
+                "bench: {}: expected `vnfhost bench p2p` or `vnfhost bench vm`\n{USAGE}",
+                other.unexpected()
+            ))
+        }
+        None => {
+            return Err(format!(
+                "bench: expected `vnfhost bench p2p` or `vnfhost bench vm`\n{USAGE}"
+            ))
+        }
     }
     let exe = vnfhost()?;
     let mut cfg = P2pConfig {
@@ -83,7 +166,8 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         let key = match arg {
             Long(k) => k.to_string(),
-            other => return Err(format!("bench p2p: {}", other.unexpected())),
+            Short('h') => return Ok(None),
+            other => return Err(format!("bench p2p: {} (see --help)", other.unexpected())),
         };
         let mut val = |f: &str| -> Result<String, String> {
             p.value()
@@ -148,8 +232,9 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
                 cfg.rate = Some(r as f64);
             }
             "install" => install = true,
+            "help" => return Ok(None),
             "flows" => cfg.flows = num(val("--flows")?, "--flows")?.clamp(1, 1 << 20) as u32,
-            other => return Err(format!("bench p2p: unknown option --{other}")),
+            other => return Err(format!("bench p2p: unknown option --{other} (see --help)")),
         }
     }
     let online = pmd::sched::online_cpus();
@@ -169,7 +254,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(P2pConfig, PathBuf), String> {
     if install {
         install_peers(&cfg)?;
     }
-    Ok((cfg, out))
+    Ok(Some((cfg, out)))
 }
 
 /// Installs the Debian packages of the selected peers that are missing (`--install`).
@@ -245,12 +330,6 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
 pub fn vm(args: Vec<OsString>) -> Result<(), String> {
     use lexopt::Arg::*;
     let exe = vnfhost()?;
-    if !exe.is_file() {
-        return Err(format!(
-            "bench vm: {} not found (it is built with vnfhost-bench: cargo build --release)",
-            exe.display()
-        ));
-    }
     let mut cfg = perf::vmstart::VmBenchConfig {
         trials: 20,
         create: 100,
@@ -274,8 +353,18 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
             Long("create") => cfg.create = num(&mut p, "--create")?.max(1),
             Long("cpu") => cfg.cpu = num(&mut p, "--cpu")?,
             Long("out") => out = p.value().map_err(|e| format!("--out: {e}"))?.into(),
-            other => return Err(format!("bench vm: {}", other.unexpected())),
+            Long("help") | Short('h') => {
+                print!("{VM_USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("bench vm: {} (see --help)", other.unexpected())),
         }
+    }
+    if !cfg.vnfhost.is_file() {
+        return Err(format!(
+            "bench vm: {} not found (it is built with vnfhost-bench: cargo build --release)",
+            cfg.vnfhost.display()
+        ));
     }
     if cfg.cpu >= pmd::sched::online_cpus() {
         return Err(format!("--cpu {}: no such CPU", cfg.cpu));
