@@ -2,7 +2,9 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use vmm::guest::{StatusScan, WorkloadStatus};
 use vmm::hypervisor::{self, Backend, Choice};
 use vmm::{NetConfig, VmConfig, VmError, VmExit};
 
@@ -36,7 +38,11 @@ options:
   --console FILE    write the console to FILE (kvm only)
   -h, --help        this text
 
-Exits 0 when the guest powers off or resets, 1 when it dies.
+Exits 0 when the guest powers off or resets, 1 when it dies. A guest whose init runs a
+workload (`--append \"vnf.run=CMD\"`, the pod's `command:`) exits with the workload's
+status, which init prints on the console (`VNFHOST-WORKLOAD-EXIT status=N`; 127: not
+found), and 1 when it ends without printing it (a kernel panic). SIGINT or SIGTERM stop
+the VM: 0.
 ";
 
 /// `vnfhost vm payload --help`.
@@ -192,7 +198,11 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
     Ok(Parsed::Run(a))
 }
 
-/// Runs the VM; the exit code is 0 when the guest powered off or reset, 1 when it died.
+/// Runs the VM; returns the exit code. A guest that runs a workload (`vnf.run=` on its
+/// command line) ends with the workload's exit status, which its init prints on the
+/// console ([`vmm::guest::WORKLOAD_EXIT`]); one that ends without saying it (a kernel
+/// panic, a reset) is a failure, 1. Otherwise: 0 when the guest powered off or reset, 1
+/// when it died. Stopped by SIGINT or SIGTERM: 0.
 pub fn run(mut a: RunArgs) -> Result<i32, String> {
     let (backend, why) = hypervisor::resolve(a.hypervisor);
     if !a.cmdline_given {
@@ -206,12 +216,22 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
     }
     tracing::info!("hypervisor: {backend} ({why})");
     vmm::vm::validate(&a.vm).map_err(|e| e.to_string())?;
+    let workload = vmm::guest::runs_workload(&a.vm.cmdline);
+    let status = WorkloadStatus::new();
     let result = match backend {
         Backend::Qemu => {
             if a.console.is_some() {
                 return Err("--console is only supported by the kvm hypervisor".into());
             }
-            Err(vmm::qemu::exec(&a.vm))
+            if !workload {
+                // Nothing to read on the console: QEMU takes this process's place.
+                return Err(vmm::qemu::exec(&a.vm).to_string());
+            }
+            match run_qemu(&a.vm, &status)? {
+                QemuEnd::Exit(r) => r,
+                QemuEnd::Code(code) if status.get().is_none() => return Ok(code),
+                QemuEnd::Code(_) => Ok(VmExit::PowerOff),
+            }
         }
         Backend::Kvm => {
             let console: Box<dyn std::io::Write + Send> = match &a.console {
@@ -221,6 +241,7 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
                 ),
                 None => Box::new(std::io::stdout()),
             };
+            let console = Box::new(StatusScan::new(console, status.clone()));
             vmm::Vm::new(&a.vm, console).and_then(|mut vm| {
                 let r = vm.run();
                 // The process ends now: leave the VM to the kernel's exit path instead of
@@ -230,13 +251,26 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
             })
         }
     };
-    match result {
-        Ok(VmExit::PowerOff) => {
-            tracing::info!("the guest powered off");
-            Ok(0)
+    if workload {
+        if let Some(s) = status.get() {
+            tracing::info!("the workload exited with status {s}; the VM ended");
+            return Ok(i32::from(s));
         }
+    }
+    match result {
         Ok(VmExit::Signal) => {
             tracing::info!("stopped by a signal");
+            Ok(0)
+        }
+        Ok(_) if workload => {
+            eprintln!(
+                "vnfhost: the guest ended without its workload's exit status (a kernel \
+                 panic, or its init failed: see the console)"
+            );
+            Ok(1)
+        }
+        Ok(VmExit::PowerOff) => {
+            tracing::info!("the guest powered off");
             Ok(0)
         }
         Ok(VmExit::Reset) => {
@@ -249,6 +283,57 @@ pub fn run(mut a: RunArgs) -> Result<i32, String> {
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// How QEMU run as a child ended.
+enum QemuEnd {
+    /// As a VM ends: the guest powered off or reset (QEMU exited 0), or a signal to this
+    /// process stopped it.
+    Exit(Result<VmExit, VmError>),
+    /// QEMU failed (its exit code), or was killed by a signal from elsewhere (128 + N).
+    Code(i32),
+}
+
+/// Runs QEMU as a child, its console copied to stdout through a [`StatusScan`] into
+/// `status`; SIGINT and SIGTERM to this process are passed on to it.
+fn run_qemu(cfg: &VmConfig, status: &WorkloadStatus) -> Result<QemuEnd, String> {
+    use std::io::{Read, Write};
+    let sigs = crate::switch_cmd::block_signals();
+    let mut child = vmm::qemu::spawn_piped(cfg).map_err(|e| e.to_string())?;
+    let mut out = child.stdout.take().ok_or("qemu: no console pipe")?;
+    let mut console = StatusScan::new(std::io::stdout(), status.clone());
+    let relay = std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Until QEMU closes its end, when it exits. The pipe is drained even if
+            // stdout fails, so that QEMU never blocks on its console.
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                let _ = console.write_all(&buf[..n]);
+                let _ = console.flush();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let mut stopped = false;
+    let st = loop {
+        if let Some(sig) = crate::switch_cmd::wait_signal(&sigs, Duration::from_millis(50)) {
+            // SAFETY: kill(2) on our own child, which has not been waited for.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            stopped = true;
+        }
+        if let Some(st) = child.try_wait().map_err(|e| format!("qemu: {e}"))? {
+            break st;
+        }
+    };
+    let _ = relay.join();
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (st.code(), st.signal()) {
+        _ if stopped => QemuEnd::Exit(Ok(VmExit::Signal)),
+        (Some(0), _) => QemuEnd::Exit(Ok(VmExit::PowerOff)),
+        (Some(c), _) => QemuEnd::Code(c),
+        (None, Some(s)) => QemuEnd::Code(128 + s),
+        (None, None) => QemuEnd::Code(1),
+    })
 }
 
 /// `vnfhost vm payload NAME --out FILE`.

@@ -509,3 +509,89 @@ fn up_status_restart_rollback_and_down_with_qemu_pods() {
     assert!(!s.applied && s.pods.is_empty() && !s.switch.running);
     d.kill();
 }
+
+/// `restart: on-failure` acts on the workload's exit status, which the pod's VM exits
+/// with: a workload that exits 3 is reported with status 3 and restarted; one that exits
+/// 0 succeeds and stays down; one whose program does not exist fails with 127.
+#[test]
+fn on_failure_restarts_a_pod_whose_workload_failed() {
+    skip!(common::qemu::qemu_unavailable());
+    let (kernel, initrd) = match common::qemu::guest_image() {
+        Ok(x) => x,
+        Err(e) => panic!("guest image: {e}"),
+    };
+    let _serial = common::serial();
+    let dir = common::TestDir::new("donfail").unwrap();
+    let run = dir.path().to_path_buf();
+    std::env::set_var("VNFHOST_GUEST_KERNEL", &kernel);
+    std::env::set_var("VNFHOST_GUEST_INITRD", &initrd);
+    let d = Daemon::start(&run, None);
+    let pod = |name: &str, command: &str| {
+        format!(
+            "  - name: {name}\n    hypervisor: qemu\n    memory: 128Mi\n    cpus: [0]\n    \
+             command: \"{command}\"\n    restart: on-failure\n"
+        )
+    };
+    let t = write(
+        &run,
+        "t.yaml",
+        &format!(
+            "switch: {{ cores: [1] }}\nnetworks:\n  - {{ name: n, tenant: t, cidrs: [10.0.0.0/24] }}\npods:\n{}{}{}",
+            pod("fails", "echo failing; exit 3"),
+            pod("works", "echo working; exit 0"),
+            pod("missing", "no-such-program"),
+        ),
+    );
+    let o = d.run(&["up", &t]);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = || {
+        let mut s = d.log();
+        for p in ["fails", "works", "missing"] {
+            let c = std::fs::read_to_string(run.join("pods").join(p).join("console.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = c.lines().rev().take(10).collect();
+            s.push_str(&format!("\n--- {p}\n{}", tail.join("\n")));
+        }
+        s
+    };
+    let by_name = |s: &Status, n: &str| s.pods.iter().find(|p| p.name == n).cloned().unwrap();
+    wait_for(
+        "fails restarted after exiting 3, works succeeded, missing restarted after 127",
+        Duration::from_secs(300),
+        || {
+            let s = d.status();
+            let (f, w, m) = (
+                by_name(&s, "fails"),
+                by_name(&s, "works"),
+                by_name(&s, "missing"),
+            );
+            f.restarts >= 1 && w.phase == Phase::Succeeded && m.restarts >= 1
+        },
+        log,
+    );
+    let s = d.status();
+    let (f, w, m) = (
+        by_name(&s, "fails"),
+        by_name(&s, "works"),
+        by_name(&s, "missing"),
+    );
+    use control::daemon::Exit;
+    assert_eq!(
+        f.last_exit,
+        Some(Exit::Failed("exit status: 3".into())),
+        "{s:?}"
+    );
+    assert_eq!(
+        m.last_exit,
+        Some(Exit::Failed("exit status: 127".into())),
+        "{s:?}"
+    );
+    assert_eq!(w.last_exit, Some(Exit::Success), "{s:?}");
+    assert_eq!((w.restarts, w.pid), (0, None), "{s:?}");
+    assert!(
+        d.log()
+            .contains("pod fails exited (exit status 3); restarting"),
+        "{}",
+        d.log()
+    );
+}

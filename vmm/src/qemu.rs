@@ -132,3 +132,30 @@ pub fn exec(cfg: &VmConfig) -> VmError {
         cmd.exec(),
     )
 }
+
+/// Starts QEMU as a child of this process with its console (stdout) on a pipe, for a
+/// caller that reads the console: `vnfhost vm run` of a pod with a workload looks for
+/// the workload's exit status in it ([`crate::guest::StatusScan`]). The child is killed
+/// if this process dies first (`PR_SET_PDEATHSIG`), so a supervisor that kills the pod
+/// kills QEMU too.
+pub fn spawn_piped(cfg: &VmConfig) -> Result<std::process::Child, VmError> {
+    crate::vm::validate(cfg)?;
+    let mut cmd = command(cfg)?;
+    cmd.stdout(std::process::Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    tracing::debug!("spawn {cmd:?}");
+    cmd.spawn().map_err(|e| {
+        VmError::Os(
+            "cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)",
+            e,
+        )
+    })
+}

@@ -12,8 +12,12 @@
 //!    netmask and the default route (ioctls: no `ip` binary needed);
 //! 5. prints `VNFHOST-GUEST-READY` on the console, or `VNFHOST-GUEST-FAILED: reason`;
 //! 6. runs the workload: `vnf.run=CMD` runs `sh -c CMD`, prints
-//!    `VNFHOST-WORKLOAD-EXIT status=N` and powers off; without it, an interactive shell on
-//!    the console (no prompts, echo off unless `vnf.echo=1`), restarted when it exits.
+//!    `VNFHOST-WORKLOAD-EXIT status=N` (its exit status 0 to 255, 128 + the signal that
+//!    killed it, 127 when it cannot be started), waits for the console to send it and
+//!    powers off: `vnfhost vm run` reads that line and exits with N (the line is
+//!    `vmm::guest::WORKLOAD_EXIT`; this crate stays free of the host's). Without
+//!    `vnf.run`, an interactive shell on the console (no prompts, echo off unless
+//!    `vnf.echo=1`), restarted when it exits.
 //!
 //! As PID 1 it reaps every orphan. It never exits: the kernel would panic.
 
@@ -199,6 +203,15 @@ fn setup(s: &Settings) -> Vec<String> {
     errors
 }
 
+/// What the host reads on the console when the workload has ended: this, the status, a
+/// newline (`vmm::guest::WORKLOAD_EXIT`).
+const WORKLOAD_EXIT: &str = "VNFHOST-WORKLOAD-EXIT status=";
+
+/// A status from [`reap_until`] as an exit status, 0 to 255 (-1, a lost child: 255).
+fn exit_status(status: i32) -> u8 {
+    u8::try_from(status).unwrap_or(255)
+}
+
 /// Reaps children until `pid` exits; returns its status.
 fn reap_until(pid: libc::pid_t) -> i32 {
     loop {
@@ -269,7 +282,10 @@ fn main() {
                 127
             }
         };
-        console(&format!("VNFHOST-WORKLOAD-EXIT status={status}"));
+        console(&format!("{WORKLOAD_EXIT}{}", exit_status(status)));
+        // The line is in the tty's buffer: see it sent before the VM goes away.
+        // SAFETY: tcdrain on fd 1, the console.
+        unsafe { libc::tcdrain(1) };
         power_off();
     }
     // The shell reads its commands from the console as a script file (a second open of
@@ -320,6 +336,13 @@ mod tests {
         assert!(s.echo);
         assert_eq!(s.run.as_deref(), Some("echo hi"));
         assert!(s.errors.is_empty());
+    }
+
+    #[test]
+    fn exit_statuses_fit_a_byte() {
+        assert_eq!(exit_status(3), 3);
+        assert_eq!(exit_status(128 + 9), 137);
+        assert_eq!(exit_status(-1), 255);
     }
 
     #[test]
