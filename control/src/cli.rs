@@ -18,7 +18,7 @@ commands:
   status      pods, ports with rates, drops by reason, router and polling-core load
   vm run      run a pod VM in the foreground; its serial console is stdout
   vm payload  write a built-in guest payload used by tests and benchmarks
-  bench       benchmarks (`bench p2p`, `bench vm`), run by vnfhost-bench
+  bench       benchmarks (`bench p2p`, `bench vm`, `bench churn`), run by vnfhost-bench
   help [COMMAND]
               this text, or a command's (as `vnfhost COMMAND --help`)
 
@@ -301,13 +301,15 @@ fn vm(rest: Vec<OsString>) -> Result<i32, String> {
 const BENCH_USAGE: &str = "\
 usage: vnfhost bench p2p [options]
        vnfhost bench vm [options]
+       vnfhost bench churn [options]
 
-  p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
-  vm   pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+  p2p    forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
+  vm     pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+  churn  the largest gap in a flow while the switch's spec changes
 
 The benchmarks are vnfhost-bench (package perf), a binary beside vnfhost that is not
-built here: `cargo build --release -p perf`. Then `vnfhost bench p2p --help` and
-`vnfhost bench vm --help` list their options.
+built here: `cargo build --release -p perf`. Then `vnfhost bench p2p --help` (vm,
+churn) lists a benchmark's options.
 ";
 
 /// `vnfhost bench ARGS…`: runs `vnfhost-bench ARGS…` in this process's place. The

@@ -1,4 +1,4 @@
-//! `vnfhost-bench --help`, `p2p --help` and `vm --help` print their options and exit 0;
+//! `vnfhost-bench --help`, `p2p --help`, `vm --help` and `churn --help` print their options and exit 0;
 //! an unknown option is an error that names it.
 
 use std::process::{Command, Output, Stdio};
@@ -26,6 +26,8 @@ fn help_lists_the_options() {
             &["--trials", "--create", "--cpu", "--out"],
         ),
         (&["vm", "-h"], &["--trials"]),
+        (&["churn", "--help"], &["--rate", "--changes", "--dut-core"]),
+        (&["churn", "-h"], &["--rate"]),
     ] {
         let o = bench(args);
         let out = String::from_utf8_lossy(&o.stdout);
@@ -39,7 +41,11 @@ fn help_lists_the_options() {
 
 #[test]
 fn an_unknown_option_is_named() {
-    for args in [&["p2p", "--bogus"][..], &["vm", "--bogus"]] {
+    for args in [
+        &["p2p", "--bogus"][..],
+        &["vm", "--bogus"],
+        &["churn", "--bogus"],
+    ] {
         let o = bench(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("--bogus"));

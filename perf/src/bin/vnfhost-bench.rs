@@ -16,11 +16,30 @@ use perf::p2p::{self, GenKind, P2pConfig};
 const USAGE: &str = "\
 usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
        vnfhost bench vm [options]
+       vnfhost bench churn [options]
 
-  p2p  forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
-  vm   pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+  p2p    forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
+  vm     pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
+  churn  the largest gap in a flow while the switch's spec changes
 
-`vnfhost bench p2p --help` and `vnfhost bench vm --help` list their options.
+`vnfhost bench p2p --help` (vm, churn) lists a benchmark's options.
+";
+
+/// `vnfhost-bench churn --help`.
+const CHURN_USAGE: &str = "\
+usage: vnfhost bench churn [options]
+
+A flow between two ports at a fixed rate while the switch's spec changes (a third port
+added and removed); quiet and churn trials alternate.
+
+options:
+  --rate MPPS      offered rate (default 1)
+  --changes N      changes per churn trial (default 100)
+  --duration S     seconds per trial (default 5)
+  --trials N       trials of each kind (default 5)
+  --dut-core N     the switch's polling core (default 1)
+  --gen-core N     the generator's core (default 0)
+  -h, --help       this text
 ";
 
 /// `vnfhost-bench p2p --help`.
@@ -84,7 +103,7 @@ fn main() {
         Ok(())
     } else if first == "vm" {
         vm(args.split_off(1))
-    } else if args.first().is_some_and(|a| a == "churn") {
+    } else if first == "churn" {
         churn(args.split_off(1))
     } else {
         parse(args).and_then(|p| match p {
@@ -401,7 +420,7 @@ fn churn(args: Vec<OsString>) -> Result<(), String> {
         let key = match arg {
             Long(k) => k.to_string(),
             Short('h') => "help".into(),
-            other => return Err(format!("bench churn: {}", other.unexpected())),
+            other => return Err(format!("bench churn: {} (see --help)", other.unexpected())),
         };
         let mut val = |f: &str| -> Result<f64, String> {
             let v = p
@@ -424,20 +443,10 @@ fn churn(args: Vec<OsString>) -> Result<(), String> {
             "dut-core" => cfg.dut_core = val("--dut-core")? as usize,
             "gen-core" => cfg.gen_core = val("--gen-core")? as usize,
             "help" => {
-                println!(
-                    "usage: vnfhost bench churn [options]\n\n\
-                     A flow between two ports at a fixed rate while the switch's spec changes\n\
-                     (a third port added and removed); quiet and churn trials alternate.\n\n\
-                     \x20 --rate MPPS      offered rate (default 1)\n\
-                     \x20 --changes N      changes per churn trial (default 100)\n\
-                     \x20 --duration S     seconds per trial (default 5)\n\
-                     \x20 --trials N       trials of each kind (default 5)\n\
-                     \x20 --dut-core N     the switch's polling core (default 1)\n\
-                     \x20 --gen-core N     the generator's core (default 0)"
-                );
+                print!("{CHURN_USAGE}");
                 return Ok(());
             }
-            _ => return Err(format!("bench churn: unknown option --{key}")),
+            _ => return Err(format!("bench churn: unknown option --{key} (see --help)")),
         }
     }
     perf::churn::run(&cfg)
