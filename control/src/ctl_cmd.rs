@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use api::http;
 
-use crate::cli::{unexpected, value, Parsed};
+use crate::args::{unexpected, value, Parsed};
 use crate::daemon::{self, ApplyReply, ApplyRequest, DaemonArgs, Refusal, Status};
 
 /// `vnfhost daemon --help`.
@@ -162,7 +162,7 @@ pub fn up(args: Vec<OsString>) -> Result<(), String> {
     }
     if check {
         let file = file.ok_or("up --check: give exactly one topology file")?;
-        return crate::cli::check_topology(&file);
+        return check_topology(&file);
     }
     let file = file.ok_or("up: give a topology file")?;
     let file = std::fs::canonicalize(&file).unwrap_or(file);
@@ -471,4 +471,19 @@ pub fn status(args: Vec<OsString>) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `vnfhost up --check FILE`.
+fn check_topology(path: &std::path::Path) -> Result<(), String> {
+    let t = crate::topology::load(path, crate::topology::Host::current())?;
+    println!(
+        "{}: ok: {} network(s), {} router(s), {} security group(s), {} pod(s); switch on cores {:?}",
+        path.display(),
+        t.networks.len(),
+        t.routers.len(),
+        t.security_groups.len(),
+        t.pods.len(),
+        t.switch.cores
+    );
+    Ok(())
 }

@@ -9,10 +9,14 @@
 //! - [`vm_cmd`]: `vnfhost vm run`. `vnfhost bench` runs `vnfhost-bench` (package `perf`,
 //!   the benchmark harness), which this crate does not link.
 //! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
+//! - [`args`]: what the commands' option parsers share. [`cli`] dispatches to the
+//!   commands; they depend on `args`, never on `cli` or on each other's parsers
+//!   (`tests/modules.rs` checks there is no import circle).
 //!
 //! The CNI plugin (`vnfhost-cni`), the Kubernetes controller (`vnfhost-k8s`) and the
 //! containerd shim are API clients in packages of their own: they link `api`, not this
 //! crate.
+pub mod args;
 pub mod attach;
 pub mod cli;
 pub mod ctl_cmd;

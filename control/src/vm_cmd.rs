@@ -10,7 +10,7 @@ use vmm::{NetConfig, VmConfig, VmError, VmExit};
 
 use api::values::parse_mac;
 
-use crate::cli::{unexpected, Parsed};
+use crate::args::{unexpected, Parsed};
 
 /// `vnfhost vm run --help`.
 pub const RUN_USAGE: &str = "\
