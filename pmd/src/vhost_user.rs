@@ -168,8 +168,9 @@ impl Vq {
     fn signal(&self) {
         if let Some(f) = &self.call {
             let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure
-            // (only EAGAIN on counter overflow) means the guest is signalled anyway.
+            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own (checked when
+            // it was given, and non-blocking). A failure (only EAGAIN, the counter near
+            // its maximum) means the guest is signalled anyway; it never blocks.
             unsafe {
                 libc::write(f.as_raw_fd(), one.as_ptr().cast(), 8);
             }
@@ -627,6 +628,30 @@ fn expect_len(m: &proto::Msg, len: usize) -> Result<(), Fail> {
     }
 }
 
+/// Checks a SET_VRING_CALL file descriptor: it must be an eventfd (a pipe or socket that
+/// nobody drains would block the polling core's notification write for good), and it is
+/// made non-blocking, so that a counter loaded near its maximum makes the write fail
+/// with EAGAIN — the guest is notified all the same — instead of blocking the core.
+fn call_fd(f: File) -> Result<File, Fail> {
+    let what = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if what != "anon_inode:[eventfd]" {
+        return fatal(format!(
+            "SET_VRING_CALL: the call fd is {what:?}, not an eventfd"
+        ));
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns; no memory is passed.
+    let ok = unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return fatal("SET_VRING_CALL: the call fd cannot be made non-blocking");
+    }
+    Ok(f)
+}
+
 fn expect_fds(m: &proto::Msg, n: usize) -> Result<(), Fail> {
     if m.fds.len() == n {
         Ok(())
@@ -886,6 +911,7 @@ impl Device {
             }
             SET_VRING_CALL => {
                 let (i, fd) = self.vring_fd(m)?;
+                let fd = fd.map(call_fd).transpose()?;
                 self.vrings[i].call = fd;
                 self.install(i);
                 Ok(None)

@@ -266,3 +266,60 @@ fn a_memory_region_smaller_than_its_rings_never_starts_a_queue() {
     drop(s);
     serves_next_frontend(&p, &path);
 }
+
+const SET_VRING_CALL: u32 = 13;
+
+/// SET_VRING_CALL for vring 0 with `fd`.
+fn set_call(s: &UnixStream, fd: i32) {
+    let mut m = header(SET_VRING_CALL, 0, 8);
+    m.extend_from_slice(&0u64.to_le_bytes());
+    send_with_fds(s, &m, &[fd]);
+}
+
+#[test]
+fn a_call_fd_that_is_not_an_eventfd_is_refused() {
+    // A pipe nobody drains would block the polling core's notification for good.
+    let (p, path) = port("callpipe");
+    let s = UnixStream::connect(&path).expect("connect");
+    (&s).write_all(&header(SET_OWNER, 0, 0)).expect("owner");
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    set_call(&s, fds[1]);
+    assert!(closed_by_port(s), "a pipe was taken as the call fd");
+    assert!(p.protocol_errors() >= 1);
+    // SAFETY: closing the pipe this test made.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    serves_next_frontend(&p, &path);
+}
+
+#[test]
+fn a_call_eventfd_is_made_non_blocking() {
+    // An eventfd whose counter is near its maximum blocks a blocking write: the port
+    // makes the descriptor non-blocking, so the polling core's write fails instead.
+    let (p, path) = port("callblock");
+    let s = UnixStream::connect(&path).expect("connect");
+    (&s).write_all(&header(SET_OWNER, 0, 0)).expect("owner");
+    // SAFETY: eventfd(2) with no flags: a blocking eventfd.
+    let efd = unsafe { libc::eventfd(0, 0) };
+    assert!(efd >= 0);
+    // SAFETY: fcntl on our own descriptor.
+    let flags = || unsafe { libc::fcntl(efd, libc::F_GETFL) };
+    assert_eq!(flags() & libc::O_NONBLOCK, 0);
+    set_call(&s, efd);
+    let t = Instant::now();
+    while flags() & libc::O_NONBLOCK == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the call eventfd stayed blocking"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(p.protocol_errors(), 0);
+    drop(s);
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(efd) };
+}
