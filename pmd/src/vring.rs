@@ -128,6 +128,10 @@ impl Ring {
 pub const MAX_SEGS: usize = 64;
 /// The largest indirect table we walk (entries).
 pub const MAX_INDIRECT: u32 = 1024;
+/// The most descriptors one chain may visit, indirect ones and empty buffers included:
+/// a little above [`MAX_SEGS`], so that a chain of empty descriptors (which add no
+/// segment) or a long indirect table cannot make one chain cost thousands of reads.
+pub const MAX_CHAIN_DESCS: u32 = MAX_SEGS as u32 + 2;
 /// The most chains [`DeviceRing::walk_ahead`] holds walked ahead of use.
 pub const AHEAD: usize = 64;
 
@@ -144,7 +148,7 @@ pub enum ChainError {
     BadAddress,
     /// An indirect table that is empty, misaligned in size, too large, nested or chained.
     BadIndirect,
-    /// More than [`MAX_SEGS`] buffers.
+    /// More than [`MAX_SEGS`] buffers, or more than [`MAX_CHAIN_DESCS`] descriptors.
     TooManySegs,
     /// A device-writable buffer where a readable one was due, or the reverse.
     WrongDirection,
@@ -490,6 +494,7 @@ impl DeviceRing {
         let mut table_len = u32::from(self.size);
         let mut idx = u32::from(head);
         let mut seen = 0u32;
+        let mut visited = 0u32;
         let mut indirect = false;
         loop {
             if idx >= table_len {
@@ -498,6 +503,10 @@ impl DeviceRing {
             seen += 1;
             if seen > table_len {
                 return Err(ChainError::Loop);
+            }
+            visited += 1;
+            if visited > MAX_CHAIN_DESCS {
+                return Err(ChainError::TooManySegs);
             }
             let d = read_desc(table, idx);
             if d.flags & DESC_F_INDIRECT != 0 {

@@ -76,14 +76,20 @@ fn bad_transmit_chains_are_counted_returned_and_survived() {
     good.extend(frame(64));
     vu.raw_ring(TX, |r| {
         let n = r.size();
-        // 1. A loop of empty buffers: 200 -> 201 -> 200 (only the visit bound ends it),
-        // and a loop of full ones: 240 -> 241 -> 240 (the buffer bound ends it first).
+        // 1. A loop of empty buffers: 200 -> 201 -> 200 (empty buffers add no segment:
+        // the bound on descriptors per chain ends it after MAX_CHAIN_DESCS reads, not a
+        // whole ring's), and a loop of full ones: 240 -> 241 -> 240 (the buffer bound
+        // ends it first). A loop in a small indirect table, 0 -> 1 -> 0, is a loop.
         r.set_desc(200, d(r.buf_gpa(200), 0, DESC_F_NEXT, 201));
         r.set_desc(201, d(r.buf_gpa(201), 0, DESC_F_NEXT, 200));
         r.push_avail(200);
         r.set_desc(240, d(r.buf_gpa(240), 40, DESC_F_NEXT, 241));
         r.set_desc(241, d(r.buf_gpa(241), 40, DESC_F_NEXT, 240));
         r.push_avail(240);
+        r.set_indirect(242, 0, d(r.buf_gpa(243), 10, DESC_F_NEXT, 1));
+        r.set_indirect(242, 1, d(r.buf_gpa(243), 10, DESC_F_NEXT, 0));
+        r.set_desc(242, d(r.buf_gpa(242), 32, DESC_F_INDIRECT, 0));
+        r.push_avail(242);
         // 2. A buffer outside guest memory.
         r.set_desc(202, d(0xdead_0000_0000, 100, 0, 0));
         r.push_avail(202);
@@ -127,7 +133,7 @@ fn bad_transmit_chains_are_counted_returned_and_survived() {
     let s = p.stats();
     for (why, n) in [
         (PortDrop::DescLoop, 1),
-        (PortDrop::TooManySegs, 1),
+        (PortDrop::TooManySegs, 2),
         (PortDrop::BadAddress, 1),
         (PortDrop::BadIndex, 1),
         (PortDrop::BadHead, 1),
@@ -142,7 +148,7 @@ fn bad_transmit_chains_are_counted_returned_and_survived() {
     let used = vu.raw_used(TX);
     let mut ids: Vec<u16> = used.iter().map(|u| u.0).collect();
     ids.sort_unstable();
-    assert_eq!(ids, vec![200, 202, 203, 204, 206, 210, 220, 233, 240]);
+    assert_eq!(ids, vec![200, 202, 203, 204, 206, 210, 220, 233, 240, 242]);
     still_works(&p, &mut vu);
 }
 
@@ -207,4 +213,29 @@ fn bad_receive_chain_is_returned_empty_and_the_queue_goes_on() {
     assert_eq!(deliver(&p, &mut vu, &frame(61)), 1);
     let got = vu.recv_wait(0, 1, Duration::from_secs(2));
     assert_eq!(got, vec![frame(61)]);
+}
+
+#[test]
+fn a_chain_of_many_empty_descriptors_is_refused_after_a_bounded_walk() {
+    // Empty descriptors add no segment, so only a bound on descriptors per chain stops a
+    // chain that visits a whole indirect table of them before its one real buffer.
+    let (p, mut vu) = setup("empty", true);
+    let mut good = vec![0u8; 12];
+    good.extend(frame(64));
+    vu.raw_ring(TX, |r| {
+        r.write_buf(100, &good);
+        let n = 200u16;
+        for k in 0..n - 1 {
+            r.set_indirect(101, k, d(r.buf_gpa(102), 0, DESC_F_NEXT, k + 1));
+        }
+        r.set_indirect(101, n - 1, d(r.buf_gpa(100), good.len() as u32, 0, 0));
+        r.set_desc(
+            101,
+            d(r.buf_gpa(101), u32::from(n) * 16, DESC_F_INDIRECT, 0),
+        );
+        r.push_avail(101);
+    });
+    assert!(drain(&p).is_empty(), "the overlong chain was taken");
+    assert_eq!(p.stats().drops[PortDrop::TooManySegs as usize], 1);
+    still_works(&p, &mut vu);
 }

@@ -480,3 +480,34 @@ proptest! {
         prop_assert!(taken <= 4 * usize::from(size));
     }
 }
+
+#[test]
+fn overlong_chains_are_refused_and_skipped_whole() {
+    let mut chain = Chain::default();
+    // An indirect table of 99 empty buffers and one real one: more descriptors than a
+    // chain may have, refused before its table is read.
+    let mut d = Driver::new(8);
+    let mut bufs = vec![(GPA + DATA_OFF, 0u32); 99];
+    bufs.push((GPA + DATA_OFF, 100));
+    d.post_indirect(&bufs, 3, WRITE);
+    d.post(&[(GPA + DATA_OFF + 0x1000, 1500)], 4, WRITE);
+    let mut ring = d.ring(false);
+    assert!(matches!(
+        ring.pop(true, &mut chain),
+        Some(Err((3, ChainError::TooManySegs)))
+    ));
+    assert!(matches!(ring.pop(true, &mut chain), Some(Ok(4))));
+    // A ring chain of 100 empty slots and one real one: refused, and all its slots
+    // are skipped, so the next chain is found where it is.
+    let mut d = Driver::new(128);
+    let mut bufs = vec![(GPA + DATA_OFF, 0u32); 100];
+    bufs.push((GPA + DATA_OFF, 100));
+    d.post(&bufs, 5, WRITE);
+    d.post(&[(GPA + DATA_OFF + 0x1000, 1500)], 6, WRITE);
+    let mut ring = d.ring(false);
+    assert!(matches!(
+        ring.pop(true, &mut chain),
+        Some(Err((5, ChainError::TooManySegs)))
+    ));
+    assert!(matches!(ring.pop(true, &mut chain), Some(Ok(6))));
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::{
     prefetch_buf, read_desc, Chain, ChainError, RingAddrs, RingSetupError, AHEAD, MAX_INDIRECT,
 };
-use super::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_SEGS};
+use super::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_CHAIN_DESCS, MAX_SEGS};
 use crate::mem::GuestMemory;
 use crate::virtio;
 
@@ -288,6 +288,11 @@ impl PackedRing {
             let d = read_desc(self.desc, u32::from(pos));
             let (id, flags) = (d.flags, d.next);
             n += 1;
+            if u32::from(n) > MAX_CHAIN_DESCS && err.is_none() {
+                // Keep walking to the chain's end (its slots must all be skipped), but
+                // take no more buffers: the chain is refused.
+                err = Some(ChainError::TooManySegs);
+            }
             (pos, wrap) = self.advance(pos, wrap, 1);
             if err.is_none() {
                 if let Err(e) = self.add_buffer(d.addr, d.len, flags, writable, chain) {
@@ -340,7 +345,11 @@ impl PackedRing {
             .mem
             .gpa_to_host(addr, u64::from(len))
             .ok_or(ChainError::BadAddress)?;
-        // Every entry of an indirect table belongs to the chain, in order.
+        // Every entry of an indirect table belongs to the chain, in order; a table longer
+        // than a chain may be is refused before it is read.
+        if len / 16 > MAX_CHAIN_DESCS {
+            return Err(ChainError::TooManySegs);
+        }
         for k in 0..len / 16 {
             let d = read_desc(table, k);
             let flags = d.next;
