@@ -57,6 +57,10 @@ fn a_tenant_loses_nothing_while_another_tenants_pods_come_and_go() {
     assert!(ok, "{vb}");
     let to_b = addr(&vb);
     assert!(ping_ok(&na, &to_b), "A's pods across A's router");
+    // Counters reach the status within two seconds: a polling core publishes them every
+    // 4096 polls (under a second when idle), the daemon samples them every second.
+    let publish = Duration::from_millis(2500);
+    std::thread::sleep(publish);
     let before = status(&api);
 
     // 100 pps across the router, in the background.
@@ -93,6 +97,7 @@ fn a_tenant_loses_nothing_while_another_tenants_pods_come_and_go() {
         .filter_map(|w| w.parse().ok())
         .collect();
     let (sent, got) = (nums[0], nums[1]);
+    std::thread::sleep(publish);
     let after = status(&api);
     println!(
         "churn: 100 attach/detach of tenant B in {churn:?}; tenant A across its router: \

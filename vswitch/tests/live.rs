@@ -51,6 +51,34 @@ fn learn(a: &mut VirtioUser, b: &mut VirtioUser) {
     while !a.recv_wait(0, 64, Duration::from_millis(20)).is_empty() {}
 }
 
+/// Stats once the cores have published what they counted so far: a core publishes its
+/// bridge counters every 4096 polls, so wait until each has polled that many more times.
+fn settled(sw: &Switch) -> vswitch::switch::SwitchStats {
+    let polls = |s: &vswitch::switch::SwitchStats| -> Vec<u64> {
+        s.cores
+            .iter()
+            .map(|c| c.busy_polls + c.idle_polls)
+            .collect()
+    };
+    let start = polls(&sw.stats());
+    let t = Instant::now();
+    loop {
+        let st = sw.stats();
+        if polls(&st)
+            .iter()
+            .zip(&start)
+            .all(|(n, s)| *n >= s + 2 * 4096)
+        {
+            return st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "cores stopped polling"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn ports_come_and_go_while_others_forward_without_loss_or_flooding() {
     let d = dir("churn");
@@ -63,7 +91,7 @@ fn ports_come_and_go_while_others_forward_without_loss_or_flooding() {
     let mut a = VirtioUser::new(&VirtioUserConfig::new(&pa)).expect("a");
     let mut b = VirtioUser::new(&VirtioUserConfig::new(&pb)).expect("b");
     learn(&mut a, &mut b);
-    let floods = sw.stats().floods;
+    let floods = settled(&sw).floods;
     let g0 = sw.generation();
 
     // A stream a → b; every few frames another tenant's port is added or removed.
@@ -111,7 +139,7 @@ fn ports_come_and_go_while_others_forward_without_loss_or_flooding() {
             got += 1;
         });
     }
-    let st = sw.stats();
+    let st = settled(&sw);
     assert_eq!(got, sent, "frames lost across 100 changes: {st:?}");
     assert!(sent > 0);
     assert_eq!(
@@ -153,7 +181,7 @@ fn two_cores_share_what_they_learn() {
     // Port a's queue is polled by one core and b's by the other.
     learn(&mut a, &mut b);
     std::thread::sleep(Duration::from_millis(50));
-    let before = sw.stats();
+    let before = settled(&sw);
     assert!(
         before.shared_learns >= 2,
         "each core must have told the other: {before:?}"
@@ -165,7 +193,7 @@ fn two_cores_share_what_they_learn() {
         got += b.recv_wait(0, 1, Duration::from_millis(50)).len();
         a.recv_wait(0, 1, Duration::from_millis(50));
     }
-    let after = sw.stats();
+    let after = settled(&sw);
     assert_eq!(got, 200);
     assert_eq!(
         after.floods, before.floods,
@@ -255,7 +283,7 @@ fn the_router_runs_on_two_cores_and_a_neighbour_resolved_on_one_serves_the_other
     rep[38..42].copy_from_slice(&[10, 0, 1, 254]);
     b.send(0, std::slice::from_ref(&rep));
     std::thread::sleep(Duration::from_millis(50));
-    let before = sw.stats();
+    let before = settled(&sw);
     let unresolved = |s: &vswitch::switch::SwitchStats| {
         s.route_drops
             .iter()
@@ -273,7 +301,7 @@ fn the_router_runs_on_two_cores_and_a_neighbour_resolved_on_one_serves_the_other
             .count();
     }
     std::thread::sleep(Duration::from_millis(50));
-    let after = sw.stats();
+    let after = settled(&sw);
     assert_eq!(routed, 50, "{after:?}");
     assert!(after.shared_learns > before.shared_learns || before.shared_learns > 0);
     assert_eq!(
