@@ -226,6 +226,21 @@ impl Prefix {
         }
     }
 
+    /// Parses `ADDR/LEN`; the error quotes `s`.
+    pub fn parse(s: &str) -> Result<Prefix, String> {
+        s.parse().map_err(|e| format!("{s:?}: {e}"))
+    }
+
+    /// Whether the two prefixes share any address.
+    pub fn overlaps(&self, o: &Prefix) -> bool {
+        let (shorter, longer) = if self.len <= o.len {
+            (self, o)
+        } else {
+            (o, self)
+        };
+        shorter.contains(longer.addr)
+    }
+
     /// Whether `a` (same family) is inside the prefix.
     pub fn contains(&self, a: IpAddr) -> bool {
         let ((n, wn), (x, wx)) = (Self::bits(self.addr), Self::bits(a));
@@ -287,6 +302,12 @@ mod tests {
         assert!(p.contains("10.1.2.200".parse().unwrap()));
         assert!(!p.contains("10.1.3.1".parse().unwrap()));
         assert!(!p.contains("::1".parse().unwrap()));
+        let big: Prefix = "10.1.0.0/16".parse().unwrap();
+        assert!(big.overlaps(&p) && p.overlaps(&big));
+        assert!(!p.overlaps(&"10.1.3.0/24".parse().unwrap()));
+        assert!(Prefix::parse("10.0.0.1")
+            .unwrap_err()
+            .contains("\"10.0.0.1\""));
         assert!("10.0.0.0/33".parse::<Prefix>().is_err());
         assert!("fd00::/129".parse::<Prefix>().is_err());
         assert_eq!("fd00::1/64".parse::<Prefix>().unwrap().len, 64);

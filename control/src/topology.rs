@@ -266,71 +266,9 @@ fn yes() -> bool {
     true
 }
 
-/// An IP prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Address (host bits may be set for interface addresses).
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub len: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/LEN`.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDR/PREFIX"))?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?;
-        Ok(Cidr { addr, len })
-    }
-
-    fn bits(a: IpAddr) -> (u128, u8) {
-        match a {
-            IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
-            IpAddr::V6(v) => (u128::from(v), 128),
-        }
-    }
-
-    fn mask(&self) -> u128 {
-        let (_, width) = Self::bits(self.addr);
-        if self.len == 0 {
-            0
-        } else {
-            (u128::MAX << (width - self.len)) & (u128::MAX >> (128 - u32::from(width)))
-        }
-    }
-
-    /// Whether `a` is inside this prefix.
-    pub fn contains(&self, a: IpAddr) -> bool {
-        if a.is_ipv4() != self.addr.is_ipv4() {
-            return false;
-        }
-        let m = self.mask();
-        Self::bits(a).0 & m == Self::bits(self.addr).0 & m
-    }
-
-    /// Whether two prefixes share any address.
-    pub fn overlaps(&self, o: &Cidr) -> bool {
-        let shorter = if self.len <= o.len { self } else { o };
-        let longer = if self.len <= o.len { o } else { self };
-        shorter.contains(longer.addr)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
+/// An IP prefix (`ADDR/LEN`; host bits may be set for interface addresses): the API's
+/// [`Prefix`](api::Prefix).
+pub type Cidr = api::Prefix;
 
 /// Parses `256Mi`, `1Gi`, `512M`, `1G` into bytes.
 pub fn parse_memory(s: &str) -> Result<u64, String> {

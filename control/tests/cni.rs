@@ -22,26 +22,14 @@ routers:
   - { name: r1, tenant: t1, networks: [net-a, net-b] }
 "#;
 
-use common::cni::{addr, cni, conf, vswitch_mac, Daemon, Netns};
+use common::cni::{addr, cni, conf, vswitch_mac, Netns};
 
 #[test]
 fn cni_pods_reach_each_other_through_the_switch_and_not_across_tenants() {
     let dir = common::TestDir::new("cni").unwrap();
     let run = dir.path();
-    let log = std::fs::File::create(run.join("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
-        .args(["daemon", "--run-dir", run.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let api = run.join("api.sock").display().to_string();
-    let daemon = Daemon(child, api.clone());
-    let t = Instant::now();
-    while !Path::new(&api).exists() {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = common::cni::daemon(run);
+    let api = daemon.1.clone();
 
     // Before a topology: STATUS says not available, ADD says try again later.
     let (ok, v, _) = cni("STATUS", "", "", &conf("net-a", "1.1.0", &api), &api);

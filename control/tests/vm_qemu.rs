@@ -5,10 +5,27 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{skip, TestDir};
+
+/// `vm run` arguments of a QEMU pod VM of 256 MiB with `append` on its command line.
+fn qemu_vm(kernel: &Path, initrd: &Path, append: &str) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = ["vm", "run", "--hypervisor", "qemu", "--mem", "256M"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    a.extend([
+        "--kernel".into(),
+        kernel.into(),
+        "--initrd".into(),
+        initrd.into(),
+    ]);
+    a.extend(["--append".into(), append.into()]);
+    a
+}
 
 #[test]
 fn a_pod_runs_its_workload_and_powers_off_with_its_status() {
@@ -18,22 +35,11 @@ fn a_pod_runs_its_workload_and_powers_off_with_its_status() {
     let (kernel, initrd) = common::qemu::guest_image().expect("guest image");
     let console = dir.join("console.txt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
-        .args([
-            "vm",
-            "run",
-            "--hypervisor",
-            "qemu",
-            "--mem",
-            "256M",
-            "--kernel",
-        ])
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args([
-            "--append",
+        .args(qemu_vm(
+            &kernel,
+            &initrd,
             "\"vnf.run=echo hello from the workload; exit 3\"",
-        ])
+        ))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&console).unwrap())
         .stderr(std::fs::File::create(dir.join("vmm.log")).unwrap())
@@ -72,19 +78,7 @@ fn a_pod_that_ends_without_its_workload_status_fails() {
     let o = Command::new("timeout")
         .args(["-s", "KILL", "120"])
         .arg(env!("CARGO_BIN_EXE_vnfhost"))
-        .args([
-            "vm",
-            "run",
-            "--hypervisor",
-            "qemu",
-            "--mem",
-            "256M",
-            "--kernel",
-        ])
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--append", "\"vnf.run=poweroff -f\""])
+        .args(qemu_vm(&kernel, &initrd, "\"vnf.run=poweroff -f\""))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("console.txt")).unwrap())
         .output()

@@ -81,8 +81,6 @@ pub struct Managed {
     switch: Switch,
     hugepages: bool,
     spec: SwitchSpec,
-    /// Port names in spec order.
-    order: Vec<String>,
     open: HashMap<String, Open>,
     failed: HashMap<String, Failed>,
     last_change: Duration,
@@ -122,7 +120,6 @@ impl Managed {
             })?,
             hugepages,
             spec: SwitchSpec::default(),
-            order: Vec::new(),
             open: HashMap::new(),
             failed: HashMap::new(),
             last_change: Duration::ZERO,
@@ -230,7 +227,6 @@ impl Managed {
         }
         self.open = keep;
         self.failed = failed;
-        self.order = checked.ports.iter().map(|p| p.name.clone()).collect();
         self.spec = spec;
         for (n, f) in &self.failed {
             tracing::warn!("port {n}: {}; retrying in {:?}", f.error, f.wait);
@@ -341,8 +337,10 @@ impl Managed {
                 .collect()
         };
         let ports = self
-            .order
+            .spec
+            .ports
             .iter()
+            .map(|p| &p.name)
             .filter_map(|name| {
                 if let Some(o) = self.open.get(name) {
                     let s = o.port.stats();
