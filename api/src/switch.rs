@@ -88,6 +88,13 @@ pub enum Driver {
         /// Queue pairs, 1..=64.
         #[serde(default = "one")]
         queues: u16,
+        /// The most guest memory the frontend may share, in MiB (all regions
+        /// together); a larger memory table is refused and the connection dropped.
+        /// Every page the switch touches that the guest never did is allocated on the
+        /// switch's account, so this bounds what one frontend can make it allocate.
+        /// Default 16384 (16 GiB).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_memory_mib: Option<u64>,
     },
     /// A tap interface the switch creates.
     Tap {
@@ -303,7 +310,8 @@ mod tests {
             Driver::VhostUser {
                 path: "/run/a,b=c.sock".into(),
                 mode: VhostMode::Server,
-                queues: 1
+                queues: 1,
+                max_memory_mib: None,
             }
         );
         for (bad, field) in [

@@ -182,6 +182,7 @@ pub fn port_spec(a: &Attachment, vlan: u16) -> Result<api::switch::PortSpec, Str
             path: s.into(),
             mode: VhostMode::Server,
             queues: 1,
+            max_memory_mib: None,
         },
         (None, None) => return Err(bad("driver")),
     };

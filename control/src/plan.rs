@@ -236,6 +236,9 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                     path: sock.clone(),
                     mode: VhostMode::Server,
                     queues: ifc.queues,
+                    // The VM's RAM plus room for what the VMM shares besides (ROMs,
+                    // firmware): the switch never maps more for this pod.
+                    max_memory_mib: Some((mem >> 20) + 256),
                 },
                 mac: Some(
                     ifc.mac
@@ -316,7 +319,8 @@ mod tests {
             Driver::VhostUser {
                 path: "/run/vnfhost/pods/pod-a/eth0.sock".into(),
                 mode: VhostMode::Server,
-                queues: 1
+                queues: 1,
+                max_memory_mib: Some(256 + 256),
             }
         );
         assert_eq!(

@@ -159,6 +159,7 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
         path: odd.clone(),
         mode: api::switch::VhostMode::Server,
         queues: 1,
+        max_memory_mib: None,
     };
     let r: ApplyReply = request(
         &sock,

@@ -111,6 +111,7 @@ fn trial(cfg: &ChurnConfig, changes: u32, k: u32) -> Result<ChurnTrial, String> 
             path: dir.join("other.sock"),
             mode: VhostMode::Server,
             queues: 1,
+            max_memory_mib: None,
         },
         mac: None,
         vlan: VlanMode::Access {

@@ -2,6 +2,7 @@
 //!
 //! This crate moves frames and knows nothing of MAC tables, tenants or VMs:
 //! - [`mem`]: hugepage-backed shared regions and guest memory tables;
+//! - [`fault`]: recovery from guest memory that shrinks under us (`SIGBUS`);
 //! - [`pool`]: preallocated packet buffers;
 //! - [`vring`]: the device side of a split virtqueue, walked by hand;
 //! - [`port`]: the [`Port`](port::Port) trait with burst receive and transmit;
@@ -11,6 +12,7 @@
 //! - [`tap`]: a kernel tap interface as a port;
 //! - [`sched`]: polling threads pinned to cores, with idle back-off;
 //! - [`hint`]: cache prefetch hints for the fast path.
+pub mod fault;
 pub mod frame;
 pub mod hint;
 pub mod mem;

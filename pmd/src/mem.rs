@@ -49,6 +49,9 @@ pub enum MemError {
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
+    /// Set for guest memory: the registration that lets the switch survive the file
+    /// shrinking under it (see [`crate::fault`]).
+    guard: Option<crate::fault::Guard>,
 }
 
 // SAFETY: a Mapping is a plain address range; all access through it goes through raw
@@ -89,7 +92,27 @@ impl Mapping {
         Ok(Mapping {
             ptr: ptr.cast(),
             len: ulen,
+            guard: None,
         })
+    }
+
+    /// Maps guest memory like [`map_fd`](Self::map_fd) and registers it with
+    /// [`crate::fault`], so that a `SIGBUS` in it (the frontend truncated its file) is
+    /// recovered and counted instead of ending the process.
+    pub fn map_guest(fd: i32, len: u64, offset: u64) -> Result<Mapping, MemError> {
+        let mut m = Self::map_fd(fd, len, offset)?;
+        m.guard = Some(
+            crate::fault::Guard::register(m.ptr, m.len, crate::fault::page_size_of(fd)).ok_or(
+                MemError::BadRegion("too many guest memory mappings in this switch"),
+            )?,
+        );
+        Ok(m)
+    }
+
+    /// `SIGBUS` faults recovered in this mapping (always 0 unless made by
+    /// [`map_guest`](Self::map_guest)).
+    pub fn faults(&self) -> u64 {
+        self.guard.as_ref().map_or(0, |g| g.faults())
     }
 
     /// Start of the mapping.
@@ -110,6 +133,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregister first: the range may be reused by another mapping once unmapped.
+        drop(self.guard.take());
         // SAFETY: ptr/len are exactly what mmap returned; nobody uses the range after
         // the owner (and every Arc clone of it) is gone.
         unsafe {
@@ -251,9 +276,9 @@ impl GuestRegion {
         let total = mmap_offset
             .checked_add(size)
             .ok_or(MemError::BadRegion("offset + size overflows"))?;
-        // A mapping past the end of the file would fault (SIGBUS) on first touch and
-        // take the whole switch down: refuse it here. (A frontend that shrinks the
-        // file later can still do that; QEMU seals its memfds against it.)
+        // A mapping past the end of the file would fault (SIGBUS) on first touch:
+        // refuse it here. A frontend that shrinks the file later faults the switch;
+        // `crate::fault` recovers that and the port is reset.
         let file_len = fd
             .metadata()
             .map_err(|e| MemError::Mmap {
@@ -267,7 +292,7 @@ impl GuestRegion {
                 "region extends past the end of its file",
             ));
         }
-        let map = Mapping::map_fd(fd.as_raw_fd(), total, 0)?;
+        let map = Mapping::map_guest(fd.as_raw_fd(), total, 0)?;
         let off =
             usize::try_from(mmap_offset).map_err(|_| MemError::BadRegion("offset overflows"))?;
         // SAFETY: off < total = mapping length, so the result stays inside the mapping.
@@ -279,6 +304,12 @@ impl GuestRegion {
             host,
             _map: Some(Arc::new(map)),
         })
+    }
+
+    /// `SIGBUS` faults recovered in this region's mapping: non-zero means the frontend
+    /// shrank the file under us and the region is no longer its memory.
+    pub fn faults(&self) -> u64 {
+        self._map.as_ref().map_or(0, |m| m.faults())
     }
 }
 
@@ -310,6 +341,16 @@ impl GuestMemory {
     /// The regions.
     pub fn regions(&self) -> &[GuestRegion] {
         &self.regions
+    }
+
+    /// Bytes of guest memory the table describes.
+    pub fn size(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// `SIGBUS` faults recovered in any region (see [`GuestRegion::faults`]).
+    pub fn faults(&self) -> u64 {
+        self.regions.iter().map(|r| r.faults()).sum()
     }
 
     /// Host address of guest-physical range `[gpa, gpa + len)`, if it lies inside one

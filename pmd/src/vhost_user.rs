@@ -68,7 +68,15 @@ pub struct VhostUserConfig {
     pub mac: [u8; 6],
     /// Put the port's gather buffers on hugepages.
     pub hugepages: bool,
+    /// The most guest memory (bytes, all regions together) a frontend may share with
+    /// this port. Every page of it that the switch touches and the frontend never did
+    /// is allocated on the switch's account, so a larger table is refused.
+    pub max_memory: u64,
 }
+
+/// Default of [`VhostUserConfig::max_memory`]: 16 GiB, more than a network function's
+/// pod VM usually has; raise it per port for larger guests.
+pub const DEFAULT_MAX_MEMORY: u64 = 16 << 30;
 
 impl VhostUserConfig {
     /// A server-mode port with one queue pair, a locally administered MAC and normal
@@ -81,6 +89,7 @@ impl VhostUserConfig {
             queue_pairs: 1,
             mac: [0x02, 0x76, 0, 0, 0, 1],
             hugepages: false,
+            max_memory: DEFAULT_MAX_MEMORY,
         }
     }
 }
@@ -196,7 +205,12 @@ struct Shared {
     up: AtomicBool,
     proto_errors: AtomicU64,
     connections: AtomicU64,
+    max_memory: u64,
+    /// For errors a frontend can trigger.
     log: RateLimit,
+    /// For connects and disconnects: a frontend in a reconnect loop gets one line a
+    /// second (with the count of the ones left out), not one per connection.
+    conn_log: RateLimit,
 }
 
 /// A vhost-user backend port; see the module docs.
@@ -245,7 +259,9 @@ impl VhostUserPort {
             up: AtomicBool::new(false),
             proto_errors: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            max_memory: cfg.max_memory,
             log: RateLimit::new(Duration::from_secs(1)),
+            conn_log: RateLimit::new(Duration::from_secs(1)),
         });
         let listener = match cfg.mode {
             Mode::Server => Some(bind_socket(&cfg.path)?),
@@ -396,11 +412,14 @@ fn control_loop(
             continue;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            "port {}: vhost-user frontend connected on {}",
-            shared.name,
-            cfg.path.display()
-        );
+        if let Some(supp) = shared.conn_log.check() {
+            tracing::info!(
+                "port {}: vhost-user frontend connected on {} ({supp} connect/disconnect \
+                 messages suppressed)",
+                shared.name,
+                cfg.path.display()
+            );
+        }
         serve(&shared, &mut device, &stream, &stop, wake);
         device.reset();
     }
@@ -422,13 +441,30 @@ fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &Atomi
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if !wait_readable(stream.as_raw_fd(), wake, 200) {
+        let readable = wait_readable(stream.as_raw_fd(), wake, 200);
+        // A frontend that shrank its memory file under the switch: the data path read
+        // zeros where the lost pages were (see `fault`); this port is done.
+        let faults = device.mem.as_ref().map_or(0, |m| m.faults());
+        if faults > 0 {
+            fail(&format!(
+                "dropping vhost-user connection: the frontend shrank its shared memory \
+                 under the switch ({faults} page faults recovered); port reset"
+            ));
+            return;
+        }
+        if !readable {
             continue;
         }
         let mut msg = match proto::recv_msg(stream) {
             Ok(m) => m,
             Err(proto::ProtoError::Disconnected) => {
-                tracing::info!("port {}: vhost-user frontend disconnected", shared.name);
+                if let Some(supp) = shared.conn_log.check() {
+                    tracing::info!(
+                        "port {}: vhost-user frontend disconnected ({supp} connect/disconnect \
+                         messages suppressed)",
+                        shared.name
+                    );
+                }
                 return;
             }
             Err(e) => {
@@ -710,6 +746,14 @@ impl Device {
     }
 
     fn set_mem(&mut self, regions: Vec<GuestRegion>) -> Result<(), Fail> {
+        let total: u64 = regions.iter().map(|r| r.size).fold(0, u64::saturating_add);
+        if total > self.shared.max_memory {
+            return fatal(format!(
+                "the frontend shares {} MiB of memory; this port takes at most {} MiB",
+                total >> 20,
+                self.shared.max_memory >> 20
+            ));
+        }
         let mem = GuestMemory::new(regions).or_else(|e| refuse(e.to_string()))?;
         self.mem = Some(Arc::new(mem));
         self.reinstall_all();

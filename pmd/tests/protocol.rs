@@ -323,3 +323,43 @@ fn a_call_eventfd_is_made_non_blocking() {
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(efd) };
 }
+
+#[test]
+fn a_memory_table_larger_than_the_ports_cap_drops_the_connection() {
+    // A 64 GiB sparse memfd costs the frontend nothing; every page of it the switch
+    // touches would be allocated on the switch's account. The default cap is 16 GiB.
+    let (p, path) = port("bigmem");
+    let memfd = pmd::mem::SharedRegion::new("t", 64 << 30, false).expect("sparse memfd");
+    let s = UnixStream::connect(&path).expect("connect");
+    send_with_fds(&s, &mem_table(1, 64 << 30), &[memfd.file().as_raw_fd()]);
+    assert!(closed_by_port(s), "a 64 GiB memory table was taken");
+    assert!(p.protocol_errors() >= 1);
+    serves_next_frontend(&p, &path);
+}
+
+#[test]
+fn a_frontend_that_shrinks_its_memory_is_dropped_and_the_process_survives() {
+    // Truncating the memfd after SET_MEM_TABLE turns every later access to the lost
+    // pages into SIGBUS. The port recovers the fault, drops the frontend and serves
+    // the next one; without the recovery this test process dies.
+    let (p, path) = port("shrink");
+    let memfd = pmd::mem::SharedRegion::new("t", 1 << 16, false).expect("memfd");
+    let s = UnixStream::connect(&path).expect("connect");
+    send_with_fds(&s, &mem_table(1, 1 << 16), &[memfd.file().as_raw_fd()]);
+    start_ring_at(&s, 0x7000_0000_0000);
+    let t = Instant::now();
+    while !p.is_up() {
+        assert!(t.elapsed() < Duration::from_secs(5), "ring never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    memfd.file().set_len(0).expect("truncate");
+    // The data path reads the ring's index from the lost page: SIGBUS, recovered.
+    let mut b = RxBatch::default();
+    assert_eq!(p.poll_rx(0, &mut b, &mut |_| {}), 0);
+    assert!(
+        closed_by_port(s),
+        "the frontend that shrank its memory stayed"
+    );
+    assert!(p.protocol_errors() >= 1);
+    serves_next_frontend(&p, &path);
+}

@@ -3,7 +3,7 @@
 //! into the spec's types, and the switch then runs exactly as if the daemon had sent
 //! that spec.
 //!
-//! - `--port NAME,vhost-user=PATH[,client][,queues=Q]` or `--port NAME,tap=IFNAME[,netns=PATH]`,
+//! - `--port NAME,vhost-user=PATH[,client][,queues=Q][,max-memory=MiB]` or `--port NAME,tap=IFNAME[,netns=PATH]`,
 //!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=on|off]`.
 //!   Port security is on when `ip=` is given or `anti-spoofing=on`, and off otherwise:
 //!   this command is also the benchmark's and the tests' switch, whose generators send
@@ -52,6 +52,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         ));
     }
     let (mut path, mut tap, mut client, mut queues) = (None, None, false, 1u16);
+    let mut max_memory_mib = None;
     let (mut netns, mut mac_, mut anti_spoofing) = (None, None, None);
     let (mut access, mut trunk, mut native) = (None, None, None);
     let (mut ips, mut groups) = (Vec::new(), Vec::new());
@@ -79,6 +80,12 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
                     return Err(format!("--port {name}: queues={q} is outside 1..=64"));
                 }
                 queues = q;
+            }
+            "max-memory" => {
+                let v = need(v)?;
+                max_memory_mib = Some(v.parse::<u64>().map_err(|_| {
+                    format!("--port {name}: max-memory={v:?} is not a number of MiB")
+                })?);
             }
             "mac" => mac_ = Some(mac(&need(v)?, "mac")?),
             "sg" => groups.push(need(v)?),
@@ -124,11 +131,12 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
                 VhostMode::Server
             },
             queues,
+            max_memory_mib,
         },
         (None, Some(name_)) => {
-            if queues != 1 || client {
+            if queues != 1 || client || max_memory_mib.is_some() {
                 return Err(format!(
-                    "--port {name}: queues and client apply to vhost-user ports only"
+                    "--port {name}: queues, client and max-memory apply to vhost-user ports only"
                 ));
             }
             Driver::Tap { name: name_, netns }
@@ -257,7 +265,8 @@ mod tests {
             Driver::VhostUser {
                 path: "/s".into(),
                 mode: VhostMode::Client,
-                queues: 2
+                queues: 2,
+                max_memory_mib: None,
             }
         );
         assert_eq!(p.security_groups, ["a", "b"]);

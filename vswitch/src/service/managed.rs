@@ -40,7 +40,12 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Opens the driver of one port.
 pub fn open_port(p: &CheckedPort, hugepages: bool) -> Result<Arc<dyn Port>, String> {
     Ok(match &p.driver {
-        Driver::VhostUser { path, mode, queues } => Arc::new(
+        Driver::VhostUser {
+            path,
+            mode,
+            queues,
+            max_memory_mib,
+        } => Arc::new(
             VhostUserPort::new(VhostUserConfig {
                 name: p.name.clone(),
                 path: path.clone(),
@@ -51,6 +56,7 @@ pub fn open_port(p: &CheckedPort, hugepages: bool) -> Result<Arc<dyn Port>, Stri
                 queue_pairs: *queues,
                 mac: p.mac.0,
                 hugepages,
+                max_memory: max_memory_mib.map_or(pmd::vhost_user::DEFAULT_MAX_MEMORY, |m| m << 20),
             })
             .map_err(|e| e.to_string())?,
         ),

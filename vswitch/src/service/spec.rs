@@ -129,9 +129,21 @@ fn check_port(
     groups: &HashMap<&str, IngressFilter>,
 ) -> Result<CheckedPort, String> {
     match &p.driver {
-        Driver::VhostUser { path, queues, .. } => {
+        Driver::VhostUser {
+            path,
+            queues,
+            max_memory_mib,
+            ..
+        } => {
             if path.as_os_str().is_empty() {
                 return Err(format!("{at}.driver.vhost_user.path: empty"));
+            }
+            if let Some(m) = max_memory_mib {
+                if *m == 0 || *m > 1 << 24 {
+                    return Err(format!(
+                        "{at}.driver.vhost_user.max_memory_mib: {m} is outside 1..=16777216"
+                    ));
+                }
             }
             if !(1..=64).contains(queues) {
                 return Err(format!(
