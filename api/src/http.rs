@@ -259,8 +259,18 @@ pub fn request<T: for<'de> serde::Deserialize<'de>>(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<T, String> {
-    let (status, body) =
-        call(sock, method, path, body, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    request_within(sock, method, path, body, Duration::from_secs(10))
+}
+
+/// [`request`] with a timeout of its own for each read and write.
+pub fn request_within<T: for<'de> serde::Deserialize<'de>>(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<T, String> {
+    let (status, body) = call(sock, method, path, body, timeout).map_err(|e| e.to_string())?;
     if status != 200 {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

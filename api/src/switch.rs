@@ -247,6 +247,11 @@ pub struct CoreCounters {
     /// a change put into its forwarding.
     #[serde(default)]
     pub longest_change_ns: u64,
+    /// How long the core has made no progress, in ms (0 while it polls). A core stuck
+    /// for a second or more stops every port it polls; the daemon restarts the switch
+    /// when one stays stuck.
+    #[serde(default)]
+    pub stalled_ms: u64,
 }
 
 /// `GET /v1/stats` of the switch. Bridge and router counters count from the switch

@@ -353,9 +353,17 @@ pub fn render(s: &Status) -> String {
             .filter(|_| c.pps >= 10_000.0)
             .map(|x| format!(", {x:.0} cycles/packet"))
             .unwrap_or_default();
+        let stuck = if c.counters.stalled_ms >= 1000 {
+            format!(
+                ", STUCK: no progress for {:.1} s",
+                c.counters.stalled_ms as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "  core {i} ({cpu}): {:.1}% of polls busy, {:.0} pps{cpp}",
+            "  core {i} ({cpu}): {:.1}% of polls busy, {:.0} pps{cpp}{stuck}",
             c.busy_percent, c.pps
         );
     }

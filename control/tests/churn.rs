@@ -7,7 +7,9 @@
 //! - **a port that cannot open:** after the switch dies, a vhost-user attachment's
 //!   socket path is taken by another listener; the restarted switch forwards for every
 //!   other pod at once, reports the broken port with its reason, the next CNI ADD
-//!   succeeds, and the port opens once the path is free again.
+//!   succeeds, and the port opens once the path is free again;
+//! - **a stuck switch:** a switch that stops (SIGSTOP) is restarted by the daemon and
+//!   the pods forward again.
 
 mod common;
 
@@ -239,4 +241,67 @@ fn a_port_that_cannot_open_is_reported_and_the_rest_forwards() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(Path::new(&sock).exists());
+}
+
+/// A switch that stops forwarding is restarted by the daemon. The switch process is
+/// stopped (SIGSTOP), the strongest form of "stuck": no core polls and its control
+/// socket does not answer. (A single stuck polling core is reported by the switch
+/// itself and restarts it the same way; vswitch's `live` tests cover that report.)
+#[test]
+fn a_switch_that_stops_answering_is_restarted_and_pods_forward_again() {
+    let _g = common::serial();
+    let dir = common::TestDir::new("stuck").unwrap();
+    let run = dir.path();
+    let d = daemon(run);
+    let api = d.1.clone();
+    up(run, &api, TOPOLOGY);
+    let tag = std::process::id();
+    let (n1, n2) = (
+        Netns::new(format!("vnfs{tag}-1")),
+        Netns::new(format!("vnfs{tag}-2")),
+    );
+    let a = conf("net-a", "1.0.0", &api);
+    let (ok, v1, _) = cni("ADD", "s1", &n1.path(), &a, &api);
+    assert!(ok, "{v1}");
+    let (ok, v2, _) = cni("ADD", "s2", &n2.path(), &a, &api);
+    assert!(ok, "{v2}");
+    let to2 = addr(&v2);
+    assert!(ping_ok(&n1, &to2), "pods of one network before the stop");
+    let pid = status(&api)["switch"]["pid"].as_i64().expect("switch pid") as i32;
+    // SAFETY: kill(2) on the switch the daemon this test started runs.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let t = Instant::now();
+    loop {
+        let s = status(&api);
+        let now = s["switch"]["pid"].as_i64().unwrap_or(0) as i32;
+        if now != 0 && now != pid && s["switch"]["running"] == true {
+            let events = s["events"].to_string();
+            assert!(events.contains("switch is stuck"), "{events}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the stopped switch was not restarted: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("stopped switch replaced in {:?}", t.elapsed());
+    let t = Instant::now();
+    while !n1.ping(&to2).status.success() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pods do not forward after the restart"
+        );
+    }
+    // The old process is gone (or a zombie awaiting its reaper), not left stopped.
+    assert!(
+        !alive_not_zombie(pid),
+        "the stopped switch {pid} still exists"
+    );
+}
+
+fn alive_not_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
 }

@@ -40,7 +40,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -182,7 +182,16 @@ pub struct CoreStats {
     pub generation: u64,
     /// The longest time it spent taking in a change (forwarding nothing meanwhile), ns.
     pub longest_change_ns: u64,
+    /// How long the core has made no progress (no poll finished), as seen over the
+    /// calls to [`Switch::stats`]; zero for a core that polls. A polling core publishes
+    /// its progress every 1024 polls and before every idle sleep, so anything above
+    /// [`STALL_REPORTED`] means the core is stuck in one poll.
+    pub stalled: Duration,
 }
+
+/// A core that has made no progress for this long is reported (logged, and flagged in
+/// the stats) as stuck.
+pub const STALL_REPORTED: Duration = Duration::from_secs(1);
 
 /// Counters a core publishes for the control plane (relaxed stores, one writer).
 #[derive(Default)]
@@ -681,6 +690,36 @@ struct CoreHandle {
     acked: Arc<AtomicU64>,
     load: Arc<CoreLoad>,
     counters: Arc<CoreCounters>,
+    /// The watchdog's view: the last progress seen, since when, and whether the stall
+    /// was reported.
+    watch: Mutex<(u64, Instant, bool)>,
+}
+
+impl CoreHandle {
+    /// How long the core has shown no progress (polls completed).
+    fn stalled(&self, core: usize) -> Duration {
+        let progress = self.load.busy_polls.load(Ordering::Relaxed)
+            + self.load.idle_polls.load(Ordering::Relaxed);
+        let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if progress != w.0 {
+            if w.2 {
+                tracing::warn!("polling core {core} is making progress again");
+            }
+            *w = (progress, now, false);
+            return Duration::ZERO;
+        }
+        let stalled = now - w.1;
+        if stalled >= STALL_REPORTED && !w.2 {
+            w.2 = true;
+            tracing::error!(
+                "polling core {core} has made no progress for {:.1} s: every port it \
+                 polls is stopped",
+                stalled.as_secs_f64()
+            );
+        }
+        stalled
+    }
 }
 
 /// A running switch; stops its cores when dropped.
@@ -839,6 +878,7 @@ impl Switch {
                 acked,
                 load,
                 counters,
+                watch: Mutex::new((0, Instant::now(), false)),
             });
         }
         Ok(sw)
@@ -1115,7 +1155,8 @@ impl Switch {
             cores: self
                 .cores
                 .iter()
-                .map(|c| {
+                .enumerate()
+                .map(|(i, c)| {
                     let l = &c.load;
                     CoreStats {
                         busy_polls: l.busy_polls.load(Ordering::Relaxed),
@@ -1124,6 +1165,7 @@ impl Switch {
                         cycles_per_packet: l.cycles_per_packet(),
                         generation: c.acked.load(Ordering::Relaxed),
                         longest_change_ns: c.counters.change_ns_max.load(Ordering::Relaxed),
+                        stalled: c.stalled(i),
                     }
                 })
                 .collect(),

@@ -310,3 +310,92 @@ fn the_router_runs_on_two_cores_and_a_neighbour_resolved_on_one_serves_the_other
         "the second core had to resolve b itself: {after:?}"
     );
 }
+
+/// A port whose receive blocks while `wedged` is set: a polling core stuck in one poll,
+/// whatever the cause (a driver bug, a blocking call). A stand-in, inside this test
+/// only, for a fault no real peer can cause any more.
+struct Wedge {
+    wedged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl pmd::port::Port for Wedge {
+    fn name(&self) -> &str {
+        "wedge"
+    }
+    fn queue_pairs(&self) -> u16 {
+        1
+    }
+    fn is_up(&self) -> bool {
+        true
+    }
+    fn poll_rx(
+        &self,
+        _q: u16,
+        _b: &mut pmd::port::RxBatch,
+        _f: &mut dyn FnMut(&mut pmd::port::RxBatch),
+    ) -> usize {
+        while self.wedged.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
+    fn tx_burst(&self, _q: u16, _s: &pmd::port::RxBatch, _sel: &[pmd::port::TxSel]) -> usize {
+        0
+    }
+    fn stats(&self) -> pmd::port::PortStats {
+        pmd::port::PortStats::default()
+    }
+}
+
+#[test]
+fn a_stuck_core_is_reported_and_changes_do_not_wait_for_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let wedged = Arc::new(AtomicBool::new(false));
+    let wedge = SwitchPort {
+        port: Arc::new(Wedge {
+            wedged: wedged.clone(),
+        }),
+        vlan: VlanMode::Access {
+            vid: Vid::new(1).expect("vid"),
+        },
+        security: None,
+        filter: None,
+    };
+    let mut sw = Switch::start(&SwitchConfig::default(), vec![wedge]).expect("sw");
+    let stalled = |sw: &Switch| sw.stats().cores[0].stalled;
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        stalled(&sw),
+        Duration::ZERO,
+        "a polling core reported stuck"
+    );
+    wedged.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    while stalled(&sw) < vswitch::switch::STALL_REPORTED {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a core stuck for 5 s was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A change does not hang on the stuck core: it is made, and the core takes it when
+    // it polls again.
+    let d = dir("stuck");
+    let t = Instant::now();
+    sw.apply(Change {
+        set: vec![(PortId(1), port("other", &d.join("o.sock"), 1))],
+        ..Change::default()
+    })
+    .expect("change");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(sw.lagging_core(), Some(0));
+    wedged.store(false, Ordering::Relaxed);
+    let t = Instant::now();
+    while stalled(&sw) > Duration::ZERO || sw.lagging_core().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the core did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -106,8 +106,16 @@ impl Daemon {
     }
 
     pub(super) fn switch_config(&self) -> Result<SwitchSpec, String> {
-        api::http::request(&self.switch_sock(), "GET", "/v1/config", None)
-            .map_err(|e| format!("switch control: {e}"))
+        // A short timeout: the reconcile loop asks every second, and a switch that does
+        // not answer within it is counted as silent (and restarted if it stays so).
+        api::http::request_within(
+            &self.switch_sock(),
+            "GET",
+            "/v1/config",
+            None,
+            std::time::Duration::from_secs(2),
+        )
+        .map_err(|e| format!("switch control: {e}"))
     }
 
     pub(super) fn set_switch_config(&self, d: &SwitchSpec) -> Result<(), String> {

@@ -102,6 +102,8 @@ struct Daemon {
     not_before: HashMap<String, Instant>,
     /// The last two counter samples, for rates.
     samples: VecDeque<(Instant, SwitchCounters)>,
+    /// Since when a running switch has not answered for its counters.
+    unanswered_since: Option<Instant>,
     events: VecDeque<String>,
     /// Pods an apply in progress removed (their directories go when it succeeds).
     removed_pods: Vec<String>,
@@ -154,6 +156,7 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
         procs: Procs::default(),
         not_before: HashMap::new(),
         samples: VecDeque::new(),
+        unanswered_since: None,
         events: VecDeque::new(),
         removed_pods: Vec::new(),
     }));

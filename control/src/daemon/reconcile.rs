@@ -9,7 +9,38 @@ use api::switch::SwitchCounters;
 use super::{Daemon, Exit, Phase};
 use crate::topology::RestartPolicy;
 
+/// A polling core that made no progress for this long stops every port it polls for
+/// good: the daemon restarts the switch (its ports reconnect, its configuration is
+/// applied again).
+pub(super) const CORE_STUCK_RESTART: Duration = Duration::from_secs(3);
+/// A running switch that has not answered for its counters this long is restarted too
+/// (its control thread is wedged, or the whole process is stopped).
+pub(super) const SWITCH_SILENT_RESTART: Duration = Duration::from_secs(10);
+/// How long one counters request may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the switch must be restarted, if one of its cores is stuck.
+pub(super) fn stuck_core(c: &SwitchCounters) -> Option<String> {
+    c.cores.iter().enumerate().find_map(|(i, k)| {
+        (u128::from(k.stalled_ms) >= CORE_STUCK_RESTART.as_millis()).then(|| {
+            format!(
+                "polling core {i}{} has made no progress for {:.1} s",
+                k.cpu.map(|c| format!(" (CPU {c})")).unwrap_or_default(),
+                k.stalled_ms as f64 / 1000.0
+            )
+        })
+    })
+}
+
 impl Daemon {
+    /// Stops a switch that no longer forwards; the next pass starts it again.
+    fn restart_switch(&mut self, why: &str) {
+        self.event(format!("switch is stuck: {why}; restarting it"));
+        if let Some(r) = self.st.switch.clone() {
+            self.procs.stop(&r, Duration::from_secs(1));
+        }
+    }
+
     /// One pass of the reconcile loop.
     pub(super) fn reconcile(&mut self) {
         let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
@@ -105,16 +136,66 @@ impl Daemon {
                 None => {}
             }
         }
-        if let Ok(c) =
-            api::http::request::<SwitchCounters>(&self.switch_sock(), "GET", "/v1/stats", None)
-        {
-            self.samples.push_back((Instant::now(), c));
-            while self.samples.len() > 2 {
-                self.samples.pop_front();
+        let stats = api::http::request_within::<SwitchCounters>(
+            &self.switch_sock(),
+            "GET",
+            "/v1/stats",
+            None,
+            STATS_TIMEOUT,
+        );
+        let now = Instant::now();
+        match stats {
+            Ok(c) => {
+                self.unanswered_since = None;
+                let stuck = stuck_core(&c);
+                self.samples.push_back((now, c));
+                while self.samples.len() > 2 {
+                    self.samples.pop_front();
+                }
+                if let Some(why) = stuck {
+                    self.restart_switch(&why);
+                    dirty = true;
+                }
             }
+            Err(e) if self.switch_alive() => {
+                let since = *self.unanswered_since.get_or_insert(now);
+                if now - since >= SWITCH_SILENT_RESTART {
+                    self.unanswered_since = None;
+                    self.restart_switch(&format!(
+                        "it has not answered for {} s ({e})",
+                        SWITCH_SILENT_RESTART.as_secs()
+                    ));
+                    dirty = true;
+                }
+            }
+            Err(_) => self.unanswered_since = None,
         }
         if dirty {
             self.persist();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::switch::CoreCounters;
+
+    #[test]
+    fn a_core_stuck_past_the_limit_asks_for_a_restart() {
+        let mut c = SwitchCounters {
+            cores: vec![CoreCounters::default(), CoreCounters::default()],
+            ..SwitchCounters::default()
+        };
+        assert_eq!(stuck_core(&c), None);
+        c.cores[1].stalled_ms = 1500;
+        assert_eq!(stuck_core(&c), None, "reported, not yet restarted");
+        c.cores[1].stalled_ms = 3200;
+        c.cores[1].cpu = Some(1);
+        let why = stuck_core(&c).expect("restart");
+        assert!(
+            why.contains("core 1 (CPU 1)") && why.contains("3.2 s"),
+            "{why}"
+        );
     }
 }

@@ -221,6 +221,22 @@ pub fn metrics(s: &Status) -> String {
             .collect(),
     );
     family(
+        "vnfhost_core_stalled_seconds",
+        "gauge",
+        "How long a polling core has made no progress (0 while it polls).",
+        s.switch
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    core(i, c),
+                    format!("{:.3}", c.counters.stalled_ms as f64 / 1000.0),
+                )
+            })
+            .collect(),
+    );
+    family(
         "vnfhost_core_packets_total",
         "counter",
         "Frames a polling core handled.",

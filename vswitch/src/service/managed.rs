@@ -398,6 +398,7 @@ impl Managed {
                     cycles_per_packet: c.cycles_per_packet,
                     generation: c.generation,
                     longest_change_ns: c.longest_change_ns,
+                    stalled_ms: c.stalled.as_millis() as u64,
                 })
                 .collect(),
         }
