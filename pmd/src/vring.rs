@@ -210,6 +210,9 @@ pub struct Chain {
     segs: [(*mut u8, u32); MAX_SEGS],
     n: usize,
     total: u64,
+    /// Descriptors read to take this chain (empty and indirect ones included): what
+    /// the walk cost, charged against the queue's budget per poll.
+    descs: u32,
 }
 
 // SAFETY: a chain holds pointers into guest memory that the ring it came from keeps
@@ -222,6 +225,7 @@ impl Default for Chain {
             segs: [(std::ptr::null_mut(), 0); MAX_SEGS],
             n: 0,
             total: 0,
+            descs: 0,
         }
     }
 }
@@ -235,6 +239,12 @@ impl Chain {
     /// Total bytes of all buffers.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Descriptors read to take the chain (at most [`MAX_CHAIN_DESCS`] for a split
+    /// ring; for a packed one, every ring slot of a refused chain too).
+    pub fn descs(&self) -> u32 {
+        self.descs
     }
 }
 
@@ -467,6 +477,7 @@ impl DeviceRing {
             chain.segs[0] = (p, len);
             chain.n = 1;
             chain.total = u64::from(len);
+            chain.descs = 1;
             self.last_avail = self.last_avail.wrapping_add(1);
             self.ahead_n -= 1;
             return Some(Ok(head));
@@ -487,6 +498,7 @@ impl DeviceRing {
     fn walk(&self, head: u16, writable: bool, chain: &mut Chain) -> Result<(), ChainError> {
         chain.n = 0;
         chain.total = 0;
+        chain.descs = 0;
         if head >= self.size {
             return Err(ChainError::BadHead);
         }
@@ -494,7 +506,6 @@ impl DeviceRing {
         let mut table_len = u32::from(self.size);
         let mut idx = u32::from(head);
         let mut seen = 0u32;
-        let mut visited = 0u32;
         let mut indirect = false;
         loop {
             if idx >= table_len {
@@ -504,8 +515,8 @@ impl DeviceRing {
             if seen > table_len {
                 return Err(ChainError::Loop);
             }
-            visited += 1;
-            if visited > MAX_CHAIN_DESCS {
+            chain.descs += 1;
+            if chain.descs > MAX_CHAIN_DESCS {
                 return Err(ChainError::TooManySegs);
             }
             let d = read_desc(table, idx);

@@ -239,3 +239,39 @@ fn a_chain_of_many_empty_descriptors_is_refused_after_a_bounded_walk() {
     assert_eq!(p.stats().drops[PortDrop::TooManySegs as usize], 1);
     still_works(&p, &mut vu);
 }
+
+#[test]
+fn costly_chains_are_taken_a_budget_at_a_time() {
+    // 64 frames, each behind 64 empty descriptors in its indirect table: legal chains
+    // (65 descriptors plus the indirect one) that cost 66 reads each. One poll takes
+    // only as many as its walk budget allows; the rest come in later polls.
+    let (p, mut vu) = setup("budget", true);
+    let mut good = vec![0u8; 12];
+    good.extend(frame(64));
+    vu.raw_ring(TX, |r| {
+        for c in 0..64u16 {
+            let (table, data) = (2 * c, 2 * c + 1);
+            r.write_buf(data, &good);
+            for k in 0..64u16 {
+                r.set_indirect(table, k, d(r.buf_gpa(data), 0, DESC_F_NEXT, k + 1));
+            }
+            r.set_indirect(table, 64, d(r.buf_gpa(data), good.len() as u32, 0, 0));
+            r.set_desc(table, d(r.buf_gpa(table), 65 * 16, DESC_F_INDIRECT, 0));
+            r.push_avail(table);
+        }
+    });
+    let mut b = RxBatch::default();
+    let first = p.poll_rx(0, &mut b, &mut |_| {});
+    let most = (pmd::vhost_user::WALK_BUDGET / 66 + 1) as usize;
+    assert!(
+        (1..=most).contains(&first),
+        "one poll took {first} costly chains (budget allows {most})"
+    );
+    let rest = drain(&p);
+    assert_eq!(
+        first + rest.len(),
+        64,
+        "every costly frame arrives in the end"
+    );
+    assert_eq!(p.stats().total_drops(), 0);
+}

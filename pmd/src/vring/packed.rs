@@ -267,12 +267,14 @@ impl PackedRing {
             chain.segs[0] = (p, len);
             chain.n = 1;
             chain.total = u64::from(len);
+            chain.descs = 1;
             self.take(id, 1);
             return Some(Ok(id));
         }
         self.ahead_n = 0;
         chain.n = 0;
         chain.total = 0;
+        chain.descs = 0;
         // Walk the descriptors of the chain in the ring; on a bad buffer go on to its
         // end all the same, so that the chain can be returned whole.
         let mut pos = self.next_avail;
@@ -288,6 +290,14 @@ impl PackedRing {
             let d = read_desc(self.desc, u32::from(pos));
             let (id, flags) = (d.flags, d.next);
             n += 1;
+            chain.descs += 1;
+            if u32::from(n) > 4 * MAX_CHAIN_DESCS {
+                // Far past any chain a driver makes: walking on to its end (up to a
+                // whole ring per chain, every poll) is the cost a hostile driver wants
+                // us to pay. Stop serving the ring instead.
+                self.broken = true;
+                return Some(Err((u16::MAX, ChainError::TooManySegs)));
+            }
             if u32::from(n) > MAX_CHAIN_DESCS && err.is_none() {
                 // Keep walking to the chain's end (its slots must all be skipped), but
                 // take no more buffers: the chain is refused.
@@ -351,6 +361,7 @@ impl PackedRing {
             return Err(ChainError::TooManySegs);
         }
         for k in 0..len / 16 {
+            chain.descs += 1;
             let d = read_desc(table, k);
             let flags = d.next;
             if flags & DESC_F_INDIRECT != 0 {
