@@ -7,6 +7,7 @@
 //! trusts a guest address.
 
 use std::fs::File;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
@@ -381,9 +382,225 @@ impl GuestMemory {
     }
 }
 
+/// A bounded view of bytes that another party — a guest, a peer process — may write at
+/// any moment: the only way the data path reads or writes guest memory.
+///
+/// It never hands out a Rust reference (`&[u8]`) to those bytes: a reference promises
+/// the compiler that they do not change, which a guest can break at will. Every access
+/// is a bounds-checked copy between the guest's bytes and memory of our own, done with
+/// raw-pointer loads and stores; a byte the guest changes meanwhile is read as either
+/// value, and nothing that was read is ever read again and assumed equal. This is the
+/// role vm-memory's `VolatileSlice` plays; the copies here are unrolled for the short
+/// lengths the fast path copies most (see `copy_small`).
+#[derive(Clone, Copy)]
+pub struct GuestSlice<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _life: PhantomData<&'a ()>,
+}
+
+impl std::fmt::Debug for GuestSlice<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestSlice({:p}, {} bytes)", self.ptr, self.len)
+    }
+}
+
+impl<'a> GuestSlice<'a> {
+    /// The slice of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped, readable and writable for `'a` (it may be
+    /// written by others meanwhile: that is what this type is for).
+    #[inline]
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> GuestSlice<'a> {
+        GuestSlice {
+            ptr,
+            len,
+            _life: PhantomData,
+        }
+    }
+
+    /// An empty slice.
+    #[inline]
+    pub fn empty() -> GuestSlice<'a> {
+        GuestSlice {
+            ptr: std::ptr::NonNull::dangling().as_ptr(),
+            len: 0,
+            _life: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `len` bytes from `off`, if they lie inside.
+    #[inline]
+    pub fn get(&self, off: usize, len: usize) -> Option<GuestSlice<'a>> {
+        if off <= self.len && len <= self.len - off {
+            // SAFETY: off + len <= self.len: inside the range `new` vouched for.
+            Some(unsafe { GuestSlice::new(self.ptr.add(off), len) })
+        } else {
+            None
+        }
+    }
+
+    /// The bytes from `off` on (empty when `off` is past the end).
+    #[inline]
+    pub fn from(&self, off: usize) -> GuestSlice<'a> {
+        self.get(off, self.len.saturating_sub(off))
+            .unwrap_or_else(GuestSlice::empty)
+    }
+
+    /// Copies the first `min(len, dst.len())` bytes into `dst`; returns how many.
+    #[inline]
+    pub fn read_into(&self, dst: &mut [u8]) -> usize {
+        let n = self.len.min(dst.len());
+        // SAFETY: n bytes are inside both ranges; `dst` is our own memory, which the
+        // guest cannot reach, so they do not overlap.
+        unsafe { copy_bytes(self.ptr, dst.as_mut_ptr(), n) };
+        n
+    }
+
+    /// Copies `src` in at offset `off`; returns the bytes written (fewer when the
+    /// slice ends first).
+    #[inline]
+    pub fn write_at(&self, off: usize, src: &[u8]) -> usize {
+        let Some(n) = self.len.checked_sub(off).map(|room| room.min(src.len())) else {
+            return 0;
+        };
+        // SAFETY: off + n <= len; `src` is ours and cannot overlap guest memory
+        // (a caller with a reference into guest memory would already be wrong).
+        unsafe { copy_bytes(src.as_ptr(), self.ptr.add(off), n) };
+        n
+    }
+
+    /// Copies the first `min(len, dst.len() - off)` bytes into `dst` at `off` (guest to
+    /// guest: a frame from one VM's buffer into another's); returns how many.
+    #[inline]
+    pub fn copy_to(&self, dst: &GuestSlice<'_>, off: usize) -> usize {
+        let Some(n) = dst.len.checked_sub(off).map(|room| room.min(self.len)) else {
+            return 0;
+        };
+        // SAFETY: both ranges are inside their slices. Two different guests' buffers do
+        // not overlap; if one guest made them overlap (the same buffer posted twice),
+        // `copy` tolerates it where `copy_nonoverlapping` would not.
+        unsafe { std::ptr::copy(self.ptr, dst.ptr.add(off), n) };
+        n
+    }
+
+    /// The bytes, copied out.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        self.read_into(&mut v);
+        v
+    }
+
+    /// Start address, for system calls that read the bytes (`writev`).
+    #[inline]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+}
+
+/// Copies `n` bytes from `src` to `dst` (not overlapping): the unrolled moves of
+/// `copy_small` up to 64 bytes, `memcpy` above.
+///
+/// # Safety
+/// `src..src + n` readable, `dst..dst + n` writable, not overlapping.
+#[inline(always)]
+pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if n <= 64 {
+            copy_small(src, dst, n);
+        } else {
+            std::ptr::copy_nonoverlapping(src, dst, n);
+        }
+    }
+}
+
+/// Copies `n <= 64` bytes without a call into libc: two overlapping 32-, 16- or 8-byte
+/// moves, which is what `memcpy` would do after a call and a dispatch on the size. Every
+/// byte is loaded before any is stored, so a source that changes meanwhile still yields
+/// one consistent copy of each move.
+///
+/// # Safety
+/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 64`.
+#[inline(always)]
+pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
+    debug_assert!(n <= 64);
+    // SAFETY: every read and write below stays within the first `n` bytes of `src`
+    // and `dst` (the second move of each pair starts at `n - 32`, `n - 16` or `n - 8`,
+    // which the arm's guard keeps non-negative), which the caller guarantees; unaligned
+    // reads and writes of byte arrays are valid at any address.
+    unsafe {
+        if n >= 32 {
+            let a = src.cast::<[u8; 32]>().read_unaligned();
+            let b = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
+            dst.cast::<[u8; 32]>().write_unaligned(a);
+            dst.add(n - 32).cast::<[u8; 32]>().write_unaligned(b);
+        } else if n >= 16 {
+            let a = src.cast::<[u8; 16]>().read_unaligned();
+            let b = src.add(n - 16).cast::<[u8; 16]>().read_unaligned();
+            dst.cast::<[u8; 16]>().write_unaligned(a);
+            dst.add(n - 16).cast::<[u8; 16]>().write_unaligned(b);
+        } else if n >= 8 {
+            let a = src.cast::<[u8; 8]>().read_unaligned();
+            let b = src.add(n - 8).cast::<[u8; 8]>().read_unaligned();
+            dst.cast::<[u8; 8]>().write_unaligned(a);
+            dst.add(n - 8).cast::<[u8; 8]>().write_unaligned(b);
+        } else {
+            std::ptr::copy_nonoverlapping(src, dst, n);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_slices_copy_within_bounds_only() {
+        let r = SharedRegion::new("gs", 4096, false).expect("memfd");
+        // SAFETY: the region is 4096 bytes and outlives the slice.
+        let g = unsafe { GuestSlice::new(r.as_ptr(), 100) };
+        assert_eq!(g.write_at(90, &[7u8; 20]), 10, "stops at the end");
+        assert_eq!(g.write_at(101, &[1]), 0);
+        let mut out = [0u8; 200];
+        assert_eq!(g.read_into(&mut out), 100);
+        assert_eq!(&out[90..100], &[7u8; 10]);
+        assert!(g.get(50, 51).is_none());
+        assert_eq!(g.from(95).len(), 5);
+        assert!(g.from(500).is_empty());
+        // SAFETY: as above, bytes 200..300 of the region.
+        let h = unsafe { GuestSlice::new(r.as_ptr().add(200), 100) };
+        assert_eq!(g.from(90).copy_to(&h, 95), 5);
+        assert_eq!(h.to_vec()[95..], [7u8; 5]);
+    }
+
+    #[test]
+    fn small_copies_copy_exactly_n_bytes_for_every_length() {
+        let src: Vec<u8> = (1..=80).collect();
+        for n in 0..=64 {
+            let mut dst = [0u8; 80];
+            // SAFETY: both buffers hold 80 >= n bytes and do not overlap.
+            unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr(), n) };
+            assert_eq!(&dst[..n], &src[..n], "n = {n}");
+            assert!(
+                dst[n..].iter().all(|&b| b == 0),
+                "n = {n}: wrote past the end"
+            );
+        }
+    }
 
     fn table() -> (SharedRegion, GuestMemory) {
         let r = SharedRegion::new("t", 1 << 20, false).expect("memfd");

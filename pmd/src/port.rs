@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::frame::VlanEdit;
+use crate::mem::{copy_small, GuestSlice};
 
 /// The most frames in one burst. 64 rather than 32: per-burst costs (the queue's CAS,
 /// the used-index exchange, the clock read, the stage loops) spread over twice the
@@ -61,18 +62,19 @@ impl RxBatch {
         self.len == BURST
     }
 
-    /// Frame `i` (Ethernet header first, no virtio-net header).
+    /// Frame `i` (Ethernet header first, no virtio-net header), where it was
+    /// received: in the sending guest's memory, which the guest may still write. Read
+    /// it only by copying ([`GuestSlice`]); decide on [`head`](Self::head).
     ///
     /// # Panics
     /// When `i >= len()`, like slice indexing.
     #[inline]
-    pub fn frame(&self, i: usize) -> &[u8] {
+    pub fn frame(&self, i: usize) -> GuestSlice<'_> {
         let (p, l) = self.frames[..self.len][i];
         // SAFETY: `push` requires the bytes to stay mapped until `clear`, and the batch
-        // is cleared before `poll_rx` returns. The bytes may sit in a guest's memory that
-        // the guest can still write: they are read as plain `u8`s, any value is valid,
-        // and no length or index is ever taken from them without a bounds check.
-        unsafe { std::slice::from_raw_parts(p, l as usize) }
+        // is cleared before `poll_rx` returns; the slice borrows the batch, so it cannot
+        // outlive a `clear`.
+        unsafe { GuestSlice::new(p.cast_mut(), l as usize) }
     }
 
     /// Appends a frame, copying its first [`HEAD_SNAPSHOT`] bytes aside.
@@ -86,7 +88,7 @@ impl RxBatch {
         let n = (len as usize).min(HEAD_SNAPSHOT);
         // SAFETY: the caller guarantees len readable bytes at ptr; n <= len and
         // n <= HEAD_SNAPSHOT, the size of the destination.
-        unsafe { copy_head(ptr, self.heads[self.len].as_mut_ptr(), n) };
+        unsafe { copy_small(ptr, self.heads[self.len].as_mut_ptr(), n) };
         self.frames[self.len] = (ptr, len);
         self.len += 1;
     }
@@ -118,7 +120,7 @@ impl RxBatch {
             let n = (l as usize).min(HEAD_SNAPSHOT);
             // SAFETY: `push_deferred`'s contract keeps `l` bytes at `p` readable until
             // `clear`; n <= l and n <= HEAD_SNAPSHOT, the size of the destination.
-            unsafe { copy_head(p, self.heads[i].as_mut_ptr(), n) };
+            unsafe { copy_small(p, self.heads[i].as_mut_ptr(), n) };
         }
     }
 
@@ -159,9 +161,9 @@ impl RxBatch {
     /// # Panics
     /// When `i >= len()`.
     #[inline]
-    pub fn parts(&self, i: usize) -> (&[u8], &[u8]) {
+    pub fn parts(&self, i: usize) -> (&[u8], GuestSlice<'_>) {
         let head = self.head(i);
-        let tail = self.frame(i).get(head.len()..).unwrap_or(&[]);
+        let tail = self.frame(i).from(head.len());
         (head, tail)
     }
 
@@ -169,41 +171,6 @@ impl RxBatch {
     #[inline]
     pub fn clear(&mut self) {
         self.len = 0;
-    }
-}
-
-/// Copies `n <= HEAD_SNAPSHOT` bytes without a call into libc for the common sizes:
-/// two overlapping 32-, 16- or 8-byte moves, which is what `memcpy` would do after a
-/// call and a dispatch on the size.
-///
-/// # Safety
-/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 64`.
-#[inline(always)]
-pub(crate) unsafe fn copy_head(src: *const u8, dst: *mut u8, n: usize) {
-    debug_assert!(n <= HEAD_SNAPSHOT);
-    // SAFETY: every read and write below stays within the first `n` bytes of `src`
-    // and `dst` (the second move of each pair starts at `n - 32`, `n - 16` or `n - 8`,
-    // which the arm's guard keeps non-negative), which the caller guarantees; unaligned
-    // reads and writes of byte arrays are valid at any address.
-    unsafe {
-        if n >= 32 {
-            let a = src.cast::<[u8; 32]>().read_unaligned();
-            let b = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
-            dst.cast::<[u8; 32]>().write_unaligned(a);
-            dst.add(n - 32).cast::<[u8; 32]>().write_unaligned(b);
-        } else if n >= 16 {
-            let a = src.cast::<[u8; 16]>().read_unaligned();
-            let b = src.add(n - 16).cast::<[u8; 16]>().read_unaligned();
-            dst.cast::<[u8; 16]>().write_unaligned(a);
-            dst.add(n - 16).cast::<[u8; 16]>().write_unaligned(b);
-        } else if n >= 8 {
-            let a = src.cast::<[u8; 8]>().read_unaligned();
-            let b = src.add(n - 8).cast::<[u8; 8]>().read_unaligned();
-            dst.cast::<[u8; 8]>().write_unaligned(a);
-            dst.add(n - 8).cast::<[u8; 8]>().write_unaligned(b);
-        } else {
-            std::ptr::copy_nonoverlapping(src, dst, n);
-        }
     }
 }
 
@@ -466,6 +433,60 @@ pub fn edited_len(len: usize, edit: VlanEdit) -> usize {
     }
 }
 
+/// One piece of a frame being transmitted: bytes of our own (the private head copy, a
+/// pushed VLAN tag) or the rest of the frame in the sender's memory.
+#[derive(Clone, Copy, Debug)]
+pub enum Piece<'a> {
+    /// Our own bytes.
+    Own(&'a [u8]),
+    /// Bytes in a guest's memory, read by copying only.
+    Guest(GuestSlice<'a>),
+}
+
+impl Piece<'_> {
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Own(b) => b.len(),
+            Piece::Guest(g) => g.len(),
+        }
+    }
+
+    /// Whether it holds no byte.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start address and length, for `writev`.
+    #[inline]
+    pub fn raw(&self) -> (*const u8, usize) {
+        match self {
+            Piece::Own(b) => (b.as_ptr(), b.len()),
+            Piece::Guest(g) => (g.as_ptr(), g.len()),
+        }
+    }
+
+    /// Copies bytes `from..` of the piece into `dst` at `off`, as many as fit; returns
+    /// how many.
+    #[inline]
+    pub fn copy_to(&self, from: usize, dst: &GuestSlice<'_>, off: usize) -> usize {
+        match self {
+            Piece::Own(b) => dst.write_at(off, b.get(from..).unwrap_or(&[])),
+            Piece::Guest(g) => g.from(from).copy_to(dst, off),
+        }
+    }
+
+    /// Appends the piece to `out` (tests and slow paths).
+    pub fn extend_vec(&self, out: &mut Vec<u8>) {
+        match self {
+            Piece::Own(b) => out.extend_from_slice(b),
+            Piece::Guest(g) => out.extend(g.to_vec()),
+        }
+    }
+}
+
 /// Splits the frame `head ++ tail`, with `edit` applied, into at most four consecutive
 /// pieces (`pieces[..n]`). `head` holds at least the first 16 bytes whenever the frame
 /// has them (see [`RxBatch::parts`]), so edits touch only `head`; a pushed tag is
@@ -473,18 +494,35 @@ pub fn edited_len(len: usize, edit: VlanEdit) -> usize {
 #[inline]
 pub fn edited_pieces<'a>(
     head: &'a [u8],
-    tail: &'a [u8],
+    tail: GuestSlice<'a>,
     edit: VlanEdit,
     tag: &'a mut [u8; 4],
-) -> ([&'a [u8]; 4], usize) {
+) -> ([Piece<'a>; 4], usize) {
+    let none = Piece::Own(&[]);
     match edit {
         VlanEdit::Push(tci) if head.len() >= 12 => {
             let t = tci.to_be_bytes();
             *tag = [0x81, 0x00, t[0], t[1]];
-            ([&head[..12], &tag[..], &head[12..], tail], 4)
+            (
+                [
+                    Piece::Own(&head[..12]),
+                    Piece::Own(&tag[..]),
+                    Piece::Own(&head[12..]),
+                    Piece::Guest(tail),
+                ],
+                4,
+            )
         }
-        VlanEdit::Pop if head.len() >= 16 => ([&head[..12], &head[16..], tail, &[]], 3),
-        _ => ([head, tail, &[], &[]], 2),
+        VlanEdit::Pop if head.len() >= 16 => (
+            [
+                Piece::Own(&head[..12]),
+                Piece::Own(&head[16..]),
+                Piece::Guest(tail),
+                none,
+            ],
+            3,
+        ),
+        _ => ([Piece::Own(head), Piece::Guest(tail), none, none], 2),
     }
 }
 
@@ -495,23 +533,15 @@ mod tests {
     fn edit(frame: &[u8], e: VlanEdit) -> Vec<u8> {
         let mut tag = [0; 4];
         let cut = frame.len().min(HEAD_SNAPSHOT);
-        let (p, n) = edited_pieces(&frame[..cut], &frame[cut..], e, &mut tag);
-        p[..n].concat()
-    }
-
-    #[test]
-    fn copy_head_copies_exactly_n_bytes_for_every_length() {
-        let src: Vec<u8> = (1..=80).collect();
-        for n in 0..=HEAD_SNAPSHOT {
-            let mut dst = [0u8; 80];
-            // SAFETY: both buffers hold 80 >= n bytes and do not overlap.
-            unsafe { copy_head(src.as_ptr(), dst.as_mut_ptr(), n) };
-            assert_eq!(&dst[..n], &src[..n], "n = {n}");
-            assert!(
-                dst[n..].iter().all(|&b| b == 0),
-                "n = {n}: wrote past the end"
-            );
+        let mut copy = frame.to_vec();
+        // SAFETY: `copy` outlives the slice and nothing else writes it.
+        let tail = unsafe { GuestSlice::new(copy.as_mut_ptr().add(cut), frame.len() - cut) };
+        let (p, n) = edited_pieces(&frame[..cut], tail, e, &mut tag);
+        let mut out = Vec::new();
+        for piece in &p[..n] {
+            piece.extend_vec(&mut out);
         }
+        out
     }
 
     #[test]
@@ -531,7 +561,9 @@ mod tests {
         late.snapshot_heads();
         for i in 0..frames.len() {
             assert_eq!(late.head(i), eager.head(i));
-            assert_eq!(late.parts(i), eager.parts(i));
+            let (lh, lt) = late.parts(i);
+            let (eh, et) = eager.parts(i);
+            assert_eq!((lh, lt.to_vec()), (eh, et.to_vec()));
         }
     }
 

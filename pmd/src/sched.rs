@@ -64,8 +64,7 @@ impl CoreLoad {
 pub fn tsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: rdtsc reads the time-stamp counter; no memory effects.
-        unsafe { core::arch::x86_64::_rdtsc() }
+        crate::sys::rdtsc()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -115,15 +114,11 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 /// Number of CPUs online (not only those this thread's affinity allows: a polling
 /// thread may be pinned to any of them).
 pub fn online_cpus() -> usize {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as usize
-    } else {
+    crate::sys::online_cpus().unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
-    }
+    })
 }
 
 /// Keeps the calling thread, and the threads it starts from now on, off `cpus` (the
@@ -135,16 +130,7 @@ pub fn keep_off(cpus: &[usize]) -> bool {
     if others.is_empty() {
         return false;
     }
-    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET writes within it
-    // for every CPU below CPU_SETSIZE (others above are skipped); sched_setaffinity
-    // reads `size_of::<cpu_set_t>()` bytes of it and changes only this thread's mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in others.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
+    crate::sys::set_thread_affinity(&others)
 }
 
 /// Starts a polling thread named `name` pinned to `core` (when given), running `task`

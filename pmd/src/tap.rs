@@ -1,9 +1,13 @@
 //! A kernel tap interface as a port, so the switch can reach the host's network stack
 //! (debugging, host access). One queue pair; each frame costs a `read`/`writev` system
 //! call, which is the nature of a tap and why it is not a fast-path port.
+//!
+//! Its system calls go through [`crate::sys`]; its one `unsafe` block makes a received
+//! pool buffer an entry of the batch, valid until the batch is cleared before the pool
+//! is let go.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::pool::{BufPool, MAX_FRAME};
@@ -31,15 +35,6 @@ pub enum TapError {
     /// Buffer memory.
     #[error(transparent)]
     Mem(#[from] crate::mem::MemError),
-}
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
 }
 
 /// A tap interface port.
@@ -83,15 +78,13 @@ impl TapPort {
                 let ns = File::open(ns).map_err(|e| os("open netns", e))?;
                 let ifname = ifname.to_string();
                 std::thread::spawn(move || {
-                    // SAFETY: setns changes only this thread's namespace, and the thread
-                    // ends right after opening the device.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(TapError::Os {
-                            name: ifname.clone(),
-                            what: "setns",
-                            source: std::io::Error::last_os_error(),
-                        });
-                    }
+                    // setns changes only this thread's namespace, and the thread ends
+                    // right after opening the device.
+                    crate::sys::setns_net(ns.as_fd()).map_err(|source| TapError::Os {
+                        name: ifname.clone(),
+                        what: "setns",
+                        source,
+                    })?;
                     open_tap(&ifname)
                 })
                 .join()
@@ -130,18 +123,7 @@ fn open_tap(ifname: &str) -> Result<File, TapError> {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| os("open /dev/net/tun", e))?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-            _pad: [0; 22],
-        };
-        req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes a struct ifreq, which IfReq lays out (40
-        // bytes); the fd is the tun device we just opened.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
-        if r < 0 {
-            return Err(os("TUNSETIFF", std::io::Error::last_os_error()));
-        }
+        crate::sys::tun_set_tap(file.as_fd(), ifname).map_err(|e| os("TUNSETIFF", e))?;
         Ok(file)
     }
 }
@@ -171,12 +153,10 @@ impl Port for TapPort {
         while !batch.is_full() {
             let slot = batch.len() as u32;
             let buf = pool.buf(slot);
-            // SAFETY: reads at most buf.len() bytes into our own buffer.
-            let n =
-                unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
+            let n = match crate::sys::read(self.file.as_fd(), buf) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
             if n < 14 {
                 self.rx_ctr.drop_n(PortDrop::RxRunt, 1);
                 continue;
@@ -203,19 +183,8 @@ impl Port for TapPort {
             let flen = head.len() + tail.len();
             let mut tag = [0u8; 4];
             let (pieces, n) = edited_pieces(head, tail, s.edit, &mut tag);
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 4];
-            for (v, p) in iov.iter_mut().zip(&pieces[..n]) {
-                *v = libc::iovec {
-                    iov_base: p.as_ptr() as *mut _,
-                    iov_len: p.len(),
-                };
-            }
-            // SAFETY: iov[..n] describe live, readable slices (the frame and `tag`).
-            let r = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n as i32) };
-            if r < 0 {
+            let r = crate::sys::writev(self.file.as_fd(), &pieces[..n]);
+            if r.is_err() {
                 self.tx_ctr.drop_n(PortDrop::NoRxBuffer, 1);
             } else {
                 sent += 1;

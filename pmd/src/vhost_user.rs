@@ -20,9 +20,16 @@
 //! frontend and resets the port to wait for the next one; a well-formed request we
 //! cannot honour (an unmappable region, a ring outside shared memory) is refused — with
 //! a failure ack when REPLY_ACK asks for one — and counted. Other ports are not affected.
+//!
+//! Guest memory is read and written only through [`GuestSlice`]s. The module's five
+//! `unsafe` blocks turn a ring's checked buffer into one where the borrow checker
+//! cannot follow: two in transmit, where a frame's first guest buffer is kept as an
+//! address while the chain is reused for the next buffers, and three in receive, where
+//! a guest buffer (or a gather buffer) becomes an entry of the batch, valid until the
+//! batch is cleared before the queue is let go.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -31,11 +38,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::mem::{GuestMemory, GuestRegion};
+use crate::mem::{GuestMemory, GuestRegion, GuestSlice};
 use crate::pool::{BufPool, MAX_FRAME};
 use crate::port::{
-    copy_head, edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel,
-    BURST, HEAD_SNAPSHOT,
+    edited_len, edited_pieces, Piece, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel,
+    BURST,
 };
 use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
@@ -180,16 +187,12 @@ impl Vq {
         }
     }
 
+    /// Notifies the guest: an eventfd checked when it was given, and non-blocking, so
+    /// this never blocks the polling core.
     #[inline]
     fn signal(&self) {
         if let Some(f) = &self.call {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own (checked when
-            // it was given, and non-blocking). A failure (only EAGAIN, the counter near
-            // its maximum) means the guest is signalled anyway; it never blocks.
-            unsafe {
-                libc::write(f.as_raw_fd(), one.as_ptr().cast(), 8);
-            }
+            crate::sys::eventfd_signal(f.as_fd());
         }
     }
 }
@@ -363,22 +366,8 @@ fn bind_socket(path: &Path) -> Result<UnixListener, VhostUserError> {
 
 /// Waits up to `ms` for `fd` to become readable; true when it is (or has hung up).
 /// False at once when `wake` hangs up (the port is being dropped).
-fn wait_readable(fd: i32, wake: i32, ms: i32) -> bool {
-    let mut p = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds on the stack, their count given.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
-    r > 0 && p[1].revents == 0 && p[0].revents != 0
+fn wait_readable(fd: BorrowedFd<'_>, wake: BorrowedFd<'_>, ms: i32) -> bool {
+    crate::sys::poll_readable(fd, wake, ms)
 }
 
 fn control_loop(
@@ -388,12 +377,12 @@ fn control_loop(
     stop: Arc<AtomicBool>,
     woken: UnixStream,
 ) {
-    let wake = woken.as_raw_fd();
+    let wake = woken.as_fd();
     let mut device = Device::new(shared.clone(), cfg.mac);
     while !stop.load(Ordering::Relaxed) {
         let stream = match &listener {
             Some(l) => {
-                if !wait_readable(l.as_raw_fd(), wake, 200) {
+                if !wait_readable(l.as_fd(), wake, 200) {
                     continue;
                 }
                 match l.accept() {
@@ -437,7 +426,13 @@ fn control_loop(
 const MSG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers requests on one connection until it ends or `stop` is set.
-fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &AtomicBool, wake: i32) {
+fn serve(
+    shared: &Shared,
+    device: &mut Device,
+    stream: &UnixStream,
+    stop: &AtomicBool,
+    wake: BorrowedFd<'_>,
+) {
     let fail = |what: &str| {
         shared.proto_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(supp) = shared.log.check() {
@@ -448,7 +443,7 @@ fn serve(shared: &Shared, device: &mut Device, stream: &UnixStream, stop: &Atomi
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        let readable = wait_readable(stream.as_raw_fd(), wake, 200);
+        let readable = wait_readable(stream.as_fd(), wake, 200);
         // A frontend that shrank its memory file under the switch: the data path read
         // zeros where the lost pages were (see `fault`); this port is done.
         let faults = device.mem.as_ref().map_or(0, |m| m.faults());
@@ -684,12 +679,7 @@ fn call_fd(f: File) -> Result<File, Fail> {
             "SET_VRING_CALL: the call fd is {what:?}, not an eventfd"
         ));
     }
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns; no memory is passed.
-    let ok = unsafe {
-        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        flags >= 0 && libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if !ok {
+    if crate::sys::set_nonblocking(f.as_fd()).is_err() {
         return fatal("SET_VRING_CALL: the call fd cannot be made non-blocking");
     }
     Ok(f)
@@ -1024,17 +1014,13 @@ impl Device {
 fn gather(chain: &Chain, skip: usize, out: &mut [u8]) -> usize {
     let mut skip = skip;
     let mut n = 0;
-    for &(p, l) in chain.segs() {
-        let l = l as usize;
-        if skip >= l {
-            skip -= l;
+    for k in 0..chain.segs().len() {
+        let seg = chain.slice(k);
+        if skip >= seg.len() {
+            skip -= seg.len();
             continue;
         }
-        let take = (l - skip).min(out.len() - n);
-        // SAFETY: the segment was translated and bounds-checked by the ring walk;
-        // `out[n..n + take]` is in bounds by the `min` above.
-        unsafe { std::ptr::copy_nonoverlapping(p.add(skip), out.as_mut_ptr().add(n), take) };
-        n += take;
+        n += seg.from(skip).read_into(&mut out[n..]);
         skip = 0;
         if n == out.len() {
             break;
@@ -1064,7 +1050,7 @@ impl VhostUserPort {
         &self,
         ring: &mut Ring,
         chain: &mut Chain,
-        pieces: &[&[u8]],
+        pieces: &[Piece<'_>],
         mrg: bool,
         ctr: &QueueCounters,
     ) -> (u16, bool) {
@@ -1114,16 +1100,12 @@ impl VhostUserPort {
                 }
             }
             let mut written = 0u32;
-            for &(p, l) in chain.segs() {
+            for k in 0..chain.segs().len() {
+                let seg = chain.slice(k);
                 let mut soff = 0usize;
-                while soff < l as usize && pi < np {
+                while soff < seg.len() && pi < np {
                     let piece = pieces[pi];
-                    let n = (l as usize - soff).min(piece.len() - poff);
-                    // SAFETY: the segment is a checked, device-writable guest buffer of
-                    // `l` bytes; `soff + n <= l` and `poff + n <= piece.len()`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(piece.as_ptr().add(poff), p.add(soff), n)
-                    };
+                    let n = piece.copy_to(poff, &seg, soff);
                     soff += n;
                     poff += n;
                     written += n as u32;
@@ -1147,12 +1129,13 @@ impl VhostUserPort {
             }
         }
         if nbufs > 1 {
-            if let Some((p, _)) = first {
-                // SAFETY: the first buffer holds at least the 12-byte header (checked
-                // above); num_buffers sits at bytes 10..12, only with MRG_RXBUF.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(nbufs.to_le_bytes().as_ptr(), p.add(10), 2)
-                };
+            if let Some((p, l)) = first {
+                // SAFETY: (p, l) is the first buffer of this frame, a checked guest
+                // buffer of the ring we still hold (taken from its chain above, kept as
+                // an address because the chain was reused for the next buffers).
+                let first = unsafe { GuestSlice::new(p, l as usize) };
+                // num_buffers sits at bytes 10..12 of the header, only with MRG_RXBUF.
+                first.write_at(10, &nbufs.to_le_bytes());
             }
         }
         (nbufs, true)
@@ -1297,7 +1280,7 @@ impl Port for VhostUserPort {
         // chain (what Linux and DPDK post): take the chains, copy the frames, write the
         // used elements. The guest-memory stores then go out back to back and never
         // hold up the descriptor walks behind them in the store buffer.
-        let mut taken = [(0u16, std::ptr::null_mut::<u8>()); BURST];
+        let mut taken = [(0u16, std::ptr::null_mut::<u8>(), 0u32); BURST];
         let mut i = 0;
         while i < sel.len() {
             let mut n = 0;
@@ -1308,7 +1291,7 @@ impl Port for VhostUserPort {
                     None => break,
                     Some(Ok(head)) => match chain.segs().first() {
                         Some(&(p, l)) if l as usize >= hdr_len + flen => {
-                            taken[n] = (head, p);
+                            taken[n] = (head, p, l);
                             n += 1;
                         }
                         _ => {
@@ -1323,32 +1306,24 @@ impl Port for VhostUserPort {
                 }
             }
             let mut lens = [0u32; BURST];
-            for (k, (&(_, p), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
+            for (k, (&(_, p, l), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
                 let s = sel[i + k];
+                // SAFETY: (p, l) is the first buffer of a chain of the ring we hold,
+                // translated and checked by the walk in pass one (kept as an address
+                // because the chain was reused for the next frames).
+                let dst = unsafe { GuestSlice::new(p, l as usize) };
                 // The switch decided on the head copy; transmit that copy, then the rest.
                 let (head, tail) = src.parts(usize::from(s.idx));
                 let mut tag = [0u8; 4];
                 let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
-                let mut off = 0usize;
-                for piece in std::iter::once(hdr).chain(fp[..fnp].iter().copied()) {
-                    // SAFETY: p is the start of a checked device-writable guest buffer
-                    // of at least hdr_len + flen bytes (pass one), and the pieces add
-                    // up to hdr_len + flen. The virtio header and the head are private
-                    // copies; short pieces go through `copy_head`, which reads before
-                    // it writes.
-                    unsafe {
-                        if piece.len() <= HEAD_SNAPSHOT {
-                            copy_head(piece.as_ptr(), p.add(off), piece.len());
-                        } else {
-                            std::ptr::copy_nonoverlapping(piece.as_ptr(), p.add(off), piece.len());
-                        }
-                    }
-                    off += piece.len();
+                let mut off = dst.write_at(0, hdr);
+                for piece in &fp[..fnp] {
+                    off += piece.copy_to(0, &dst, off);
                 }
                 *len = off as u32;
                 bytes += (off - hdr_len) as u64;
             }
-            for (&(head, _), &len) in taken[..n].iter().zip(lens.iter()) {
+            for (&(head, _, _), &len) in taken[..n].iter().zip(lens.iter()) {
                 ring.push_used(head, len);
             }
             pushed += n as u16;
@@ -1361,7 +1336,7 @@ impl Port for VhostUserPort {
                 let (head, tail) = src.parts(usize::from(s.idx));
                 let mut tag = [0u8; 4];
                 let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
-                let pieces: [&[u8]; 5] = [hdr, fp[0], fp[1], fp[2], fp[3]];
+                let pieces = [Piece::Own(hdr), fp[0], fp[1], fp[2], fp[3]];
                 let flen = edited_len(head.len() + tail.len(), s.edit);
                 let (p, ok) = self.tx_general(ring, chain, &pieces[..1 + fnp], mrg, ctr);
                 pushed += p;

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use crate::mem::GuestMemory;
+use crate::mem::{GuestMemory, GuestSlice};
 use crate::virtio::{self, Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
 mod packed;
@@ -239,6 +239,23 @@ impl Chain {
     /// Total bytes of all buffers.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Buffer `k` (`k < segs().len()`, else empty) as a [`GuestSlice`]: how the data
+    /// path reads and writes it.
+    ///
+    /// Crate-internal: the slice is valid while the ring that filled the chain keeps
+    /// its guest memory mapped, which the ports guarantee by reading a chain only
+    /// under the queue that owns both (a ring is replaced only under that queue).
+    #[inline]
+    pub(crate) fn slice(&self, k: usize) -> GuestSlice<'_> {
+        match self.segs().get(k) {
+            // SAFETY: the walk translated and bounds-checked (p, l) against the ring's
+            // guest memory, which stays mapped while the caller holds the queue (see
+            // above).
+            Some(&(p, l)) => unsafe { GuestSlice::new(p, l as usize) },
+            None => GuestSlice::empty(),
+        }
     }
 
     /// Descriptors read to take the chain (at most [`MAX_CHAIN_DESCS`] for a split

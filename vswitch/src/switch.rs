@@ -577,8 +577,8 @@ impl PollTask for CoreTask {
                         let n = len.min(GEN_MAX);
                         let h = head.len().min(n);
                         work[..h].copy_from_slice(&head[..h]);
-                        if let Some(rest) = b.frame(i).get(h..n) {
-                            work[h..n].copy_from_slice(rest);
+                        if let Some(rest) = b.frame(i).get(h, n - h) {
+                            rest.read_into(&mut work[h..n]);
                         }
                         let v = r.input(vid, &mut work[..n], l3, now, buf);
                         match v {
