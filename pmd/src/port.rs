@@ -25,7 +25,15 @@ pub struct RxBatch {
 /// Bytes of every received frame copied aside at receive time (all of a short frame):
 /// the switch decides on this copy and the ports transmit it, so a guest that rewrites
 /// its buffer after the decision cannot change the headers that were decided on.
-pub const HEAD_SNAPSHOT: usize = 64;
+///
+/// Two cache lines: port security reads IPv6 neighbour-discovery messages whole (an
+/// advertisement's target address sits at bytes 62..78 of an untagged frame, its
+/// link-layer option at 78..86), so they must lie in the copy. Only frames longer than
+/// 64 bytes copy more, and their second line is read at transmit time anyway.
+pub const HEAD_SNAPSHOT: usize = 128;
+
+// `copy_head` moves at most 128 bytes.
+const _: () = assert!(HEAD_SNAPSHOT <= 128);
 
 // SAFETY: the pointers are only dereferenced through `frame`, under `push`'s contract
 // (readable until `clear`); ports clear the batch before `poll_rx` returns, so a batch
@@ -102,8 +110,14 @@ impl RxBatch {
     #[inline]
     pub unsafe fn push_deferred(&mut self, ptr: *const u8, len: u32) {
         debug_assert!(self.len < BURST);
+        // The lines the head copy will read (at most three; the middle one only for
+        // heads longer than a line).
+        let n = (len as usize).min(HEAD_SNAPSHOT);
         crate::hint::prefetch(ptr);
-        crate::hint::prefetch(ptr.wrapping_add(HEAD_SNAPSHOT - 1));
+        if n > 64 {
+            crate::hint::prefetch(ptr.wrapping_add(64));
+        }
+        crate::hint::prefetch(ptr.wrapping_add(n.saturating_sub(1)));
         self.frames[self.len] = (ptr, len);
         self.len += 1;
     }
@@ -173,20 +187,30 @@ impl RxBatch {
 }
 
 /// Copies `n <= HEAD_SNAPSHOT` bytes without a call into libc for the common sizes:
-/// two overlapping 32-, 16- or 8-byte moves, which is what `memcpy` would do after a
-/// call and a dispatch on the size.
+/// two overlapping 32-, 16- or 8-byte moves (four 32-byte moves above 64 bytes), which
+/// is what `memcpy` would do after a call and a dispatch on the size.
 ///
 /// # Safety
-/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 64`.
+/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 128`.
 #[inline(always)]
 pub(crate) unsafe fn copy_head(src: *const u8, dst: *mut u8, n: usize) {
     debug_assert!(n <= HEAD_SNAPSHOT);
     // SAFETY: every read and write below stays within the first `n` bytes of `src`
     // and `dst` (the second move of each pair starts at `n - 32`, `n - 16` or `n - 8`,
-    // which the arm's guard keeps non-negative), which the caller guarantees; unaligned
-    // reads and writes of byte arrays are valid at any address.
+    // the last two of the four at `n - 64` and `n - 32`, which the arm's guard keeps
+    // non-negative), which the caller guarantees; unaligned reads and writes of byte
+    // arrays are valid at any address.
     unsafe {
-        if n >= 32 {
+        if n > 64 {
+            let a = src.cast::<[u8; 32]>().read_unaligned();
+            let b = src.add(32).cast::<[u8; 32]>().read_unaligned();
+            let c = src.add(n - 64).cast::<[u8; 32]>().read_unaligned();
+            let d = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
+            dst.cast::<[u8; 32]>().write_unaligned(a);
+            dst.add(32).cast::<[u8; 32]>().write_unaligned(b);
+            dst.add(n - 64).cast::<[u8; 32]>().write_unaligned(c);
+            dst.add(n - 32).cast::<[u8; 32]>().write_unaligned(d);
+        } else if n >= 32 {
             let a = src.cast::<[u8; 32]>().read_unaligned();
             let b = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
             dst.cast::<[u8; 32]>().write_unaligned(a);
@@ -501,10 +525,11 @@ mod tests {
 
     #[test]
     fn copy_head_copies_exactly_n_bytes_for_every_length() {
-        let src: Vec<u8> = (1..=80).collect();
+        const LEN: usize = HEAD_SNAPSHOT + 16;
+        let src: Vec<u8> = (1..=LEN as u8).collect();
         for n in 0..=HEAD_SNAPSHOT {
-            let mut dst = [0u8; 80];
-            // SAFETY: both buffers hold 80 >= n bytes and do not overlap.
+            let mut dst = [0u8; LEN];
+            // SAFETY: both buffers hold LEN >= n bytes and do not overlap.
             unsafe { copy_head(src.as_ptr(), dst.as_mut_ptr(), n) };
             assert_eq!(&dst[..n], &src[..n], "n = {n}");
             assert!(
@@ -516,7 +541,7 @@ mod tests {
 
     #[test]
     fn deferred_heads_match_eager_ones() {
-        let frames: Vec<Vec<u8>> = [14usize, 60, 64, 65, 1514]
+        let frames: Vec<Vec<u8>> = [14usize, 60, 64, 65, 100, 128, 129, 1514]
             .iter()
             .map(|&l| (0..l).map(|x| (x * 7) as u8).collect())
             .collect();
