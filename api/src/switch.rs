@@ -53,6 +53,12 @@ pub struct PortSpec {
     /// any MAC and address, as a router or bridge VNF behind it needs.
     #[serde(default = "yes")]
     pub anti_spoofing: bool,
+    /// The peer is an IPv6 router: with `anti_spoofing` on, it may send router
+    /// advertisements and redirects (ICMPv6 134 and 137), which the switch drops from
+    /// every other port so that no pod can make itself its neighbours' gateway. Off by
+    /// default. (Without `anti_spoofing` a port may send anything anyway.)
+    #[serde(default)]
+    pub router: bool,
     /// Security groups applied to what the port is sent; a packet passes when any group
     /// allows it (their union, as in Neutron).
     #[serde(default)]
@@ -310,6 +316,7 @@ mod tests {
         let s: SwitchSpec = serde_json::from_str(ok).unwrap();
         let p = &s.ports[0];
         assert!(p.anti_spoofing, "anti-spoofing is on by default");
+        assert!(!p.router, "a port is not a router unless marked");
         assert_eq!(
             p.driver,
             Driver::VhostUser {
@@ -328,6 +335,10 @@ mod tests {
             (
                 r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t"}},"sg":["a"]}]}"#,
                 "sg",
+            ),
+            (
+                r#"{"ports":[{"name":"p","driver":{"tap":{"name":"t"}},"router":"yes"}]}"#,
+                "boolean",
             ),
         ] {
             let e = serde_json::from_str::<SwitchSpec>(bad)

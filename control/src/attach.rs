@@ -195,6 +195,8 @@ pub fn port_spec(a: &Attachment, vlan: u16) -> Result<api::switch::PortSpec, Str
         },
         allowed_addresses: vec![ip],
         anti_spoofing: true,
+        // A pod attached by the CNI never advertises routes.
+        router: false,
         security_groups: Vec::new(),
     })
 }

@@ -254,6 +254,8 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                     .map(|ip| Cidr::parse(ip).map(|c| c.addr))
                     .collect::<Result<_, _>>()?,
                 anti_spoofing: ifc.anti_spoofing,
+                // topology.yaml has no router pods yet.
+                router: false,
                 security_groups: ifc.security_groups.clone(),
             };
             sw.ports.push(spec);

@@ -119,6 +119,7 @@ fn trial(cfg: &ChurnConfig, changes: u32, k: u32) -> Result<ChurnTrial, String> 
         },
         allowed_addresses: Vec::new(),
         anti_spoofing: true,
+        router: false,
         security_groups: Vec::new(),
     };
     let mut gen = Generator::connect(&GenConfig {

@@ -512,7 +512,7 @@ impl<'a> GuestSlice<'a> {
 }
 
 /// Copies `n` bytes from `src` to `dst` (not overlapping): the unrolled moves of
-/// `copy_small` up to 64 bytes, `memcpy` above.
+/// `copy_small` up to 128 bytes, `memcpy` above.
 ///
 /// # Safety
 /// `src..src + n` readable, `dst..dst + n` writable, not overlapping.
@@ -520,7 +520,7 @@ impl<'a> GuestSlice<'a> {
 pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
     // SAFETY: the caller's contract, passed on.
     unsafe {
-        if n <= 64 {
+        if n <= 128 {
             copy_small(src, dst, n);
         } else {
             std::ptr::copy_nonoverlapping(src, dst, n);
@@ -528,22 +528,32 @@ pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// Copies `n <= 64` bytes without a call into libc: two overlapping 32-, 16- or 8-byte
-/// moves, which is what `memcpy` would do after a call and a dispatch on the size. Every
-/// byte is loaded before any is stored, so a source that changes meanwhile still yields
-/// one consistent copy of each move.
+/// Copies `n <= 128` bytes without a call into libc: two overlapping 32-, 16- or 8-byte
+/// moves (four 32-byte moves above 64 bytes), which is what `memcpy` would do after a
+/// call and a dispatch on the size. Each arm loads all it moves before it stores, so a
+/// source that changes meanwhile still yields one copy of each move.
 ///
 /// # Safety
-/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 64`.
+/// `src..src + n` readable, `dst..dst + n` writable, not overlapping, `n <= 128`.
 #[inline(always)]
 pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
-    debug_assert!(n <= 64);
+    debug_assert!(n <= 128);
     // SAFETY: every read and write below stays within the first `n` bytes of `src`
     // and `dst` (the second move of each pair starts at `n - 32`, `n - 16` or `n - 8`,
-    // which the arm's guard keeps non-negative), which the caller guarantees; unaligned
-    // reads and writes of byte arrays are valid at any address.
+    // the last two of the four at `n - 64` and `n - 32`, which the arm's guard keeps
+    // non-negative), which the caller guarantees; unaligned reads and writes of byte
+    // arrays are valid at any address.
     unsafe {
-        if n >= 32 {
+        if n > 64 {
+            let a = src.cast::<[u8; 32]>().read_unaligned();
+            let b = src.add(32).cast::<[u8; 32]>().read_unaligned();
+            let c = src.add(n - 64).cast::<[u8; 32]>().read_unaligned();
+            let d = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
+            dst.cast::<[u8; 32]>().write_unaligned(a);
+            dst.add(32).cast::<[u8; 32]>().write_unaligned(b);
+            dst.add(n - 64).cast::<[u8; 32]>().write_unaligned(c);
+            dst.add(n - 32).cast::<[u8; 32]>().write_unaligned(d);
+        } else if n >= 32 {
             let a = src.cast::<[u8; 32]>().read_unaligned();
             let b = src.add(n - 32).cast::<[u8; 32]>().read_unaligned();
             dst.cast::<[u8; 32]>().write_unaligned(a);
@@ -589,10 +599,10 @@ mod tests {
 
     #[test]
     fn small_copies_copy_exactly_n_bytes_for_every_length() {
-        let src: Vec<u8> = (1..=80).collect();
-        for n in 0..=64 {
-            let mut dst = [0u8; 80];
-            // SAFETY: both buffers hold 80 >= n bytes and do not overlap.
+        let src: Vec<u8> = (1..=144).collect();
+        for n in 0..=128 {
+            let mut dst = [0u8; 144];
+            // SAFETY: both buffers hold 144 >= n bytes and do not overlap.
             unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr(), n) };
             assert_eq!(&dst[..n], &src[..n], "n = {n}");
             assert!(

@@ -26,7 +26,15 @@ pub struct RxBatch {
 /// Bytes of every received frame copied aside at receive time (all of a short frame):
 /// the switch decides on this copy and the ports transmit it, so a guest that rewrites
 /// its buffer after the decision cannot change the headers that were decided on.
-pub const HEAD_SNAPSHOT: usize = 64;
+///
+/// Two cache lines: port security reads IPv6 neighbour-discovery messages whole (an
+/// advertisement's target address sits at bytes 62..78 of an untagged frame, its
+/// link-layer option at 78..86), so they must lie in the copy. Only frames longer than
+/// 64 bytes copy more, and their second line is read at transmit time anyway.
+pub const HEAD_SNAPSHOT: usize = 128;
+
+// `copy_head` moves at most 128 bytes.
+const _: () = assert!(HEAD_SNAPSHOT <= 128);
 
 // SAFETY: the pointers are only dereferenced through `frame`, under `push`'s contract
 // (readable until `clear`); ports clear the batch before `poll_rx` returns, so a batch
@@ -104,8 +112,14 @@ impl RxBatch {
     #[inline]
     pub unsafe fn push_deferred(&mut self, ptr: *const u8, len: u32) {
         debug_assert!(self.len < BURST);
+        // The lines the head copy will read (at most three; the middle one only for
+        // heads longer than a line).
+        let n = (len as usize).min(HEAD_SNAPSHOT);
         crate::hint::prefetch(ptr);
-        crate::hint::prefetch(ptr.wrapping_add(HEAD_SNAPSHOT - 1));
+        if n > 64 {
+            crate::hint::prefetch(ptr.wrapping_add(64));
+        }
+        crate::hint::prefetch(ptr.wrapping_add(n.saturating_sub(1)));
         self.frames[self.len] = (ptr, len);
         self.len += 1;
     }
@@ -546,7 +560,7 @@ mod tests {
 
     #[test]
     fn deferred_heads_match_eager_ones() {
-        let frames: Vec<Vec<u8>> = [14usize, 60, 64, 65, 1514]
+        let frames: Vec<Vec<u8>> = [14usize, 60, 64, 65, 100, 128, 129, 1514]
             .iter()
             .map(|&l| (0..l).map(|x| (x * 7) as u8).collect())
             .collect();

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pmd::port::{Port, RxBatch, TxSel};
+use pmd::port::{Port, RxBatch, TxSel, HEAD_SNAPSHOT};
 use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
 use pmd::virtio_user::{VirtioUser, VirtioUserConfig};
 use pmd::VlanEdit;
@@ -205,7 +205,8 @@ fn a_guest_rewriting_its_buffer_after_the_decision_cannot_change_the_headers_sen
     let p = port(&path, Mode::Server, 1);
     let mut vu = VirtioUser::new(&VirtioUserConfig::new(&path)).expect("virtio-user");
     wait_up(&p);
-    let f = frame(42, 100);
+    // Longer than the head copy, so that the rest is read from the guest at transmit.
+    let f = frame(42, HEAD_SNAPSHOT + 36);
     assert_eq!(vu.send(0, &[&f]), 1);
     let mut b = RxBatch::default();
     let mut decided = Vec::new();
@@ -228,14 +229,14 @@ fn a_guest_rewriting_its_buffer_after_the_decision_cannot_change_the_headers_sen
     }
     assert_eq!(
         decided,
-        f[..64].to_vec(),
+        f[..HEAD_SNAPSHOT].to_vec(),
         "the decision saw the original headers"
     );
     let got = vu.recv_wait(0, 1, Duration::from_secs(2));
     assert_eq!(got.len(), 1);
     assert_eq!(
-        &got[0][..64],
-        &f[..64],
+        &got[0][..HEAD_SNAPSHOT],
+        &f[..HEAD_SNAPSHOT],
         "the headers sent are the ones decided on"
     );
 }

@@ -32,6 +32,7 @@ fn main() {
     let sec = Some(PortSecurity {
         mac: vswitch::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
         ips: vec![],
+        router: false,
     });
     t("set_port_security x2", &mut || {
         b.set_port_security(PortId(2), sec.clone()).unwrap();

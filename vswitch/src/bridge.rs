@@ -340,11 +340,17 @@ pub enum DropReason {
     /// A security group of the egress port allows none of this traffic (counted once
     /// per port that refused a copy).
     SecurityGroup,
+    /// Port security: an IPv6 neighbour-discovery message the port may not send (an
+    /// advertisement for an address that is not the port's, a link-layer address option
+    /// that is not its MAC, a router advertisement or redirect from a port that is not a
+    /// router), or one that cannot be checked (fragmented, not whole in the private
+    /// copy, behind extension headers the check does not follow).
+    SpoofedNd,
 }
 
 impl DropReason {
     /// Every reason, in the stable order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::UnknownPort,
         DropReason::PortDown,
         DropReason::TooShort,
@@ -361,6 +367,7 @@ impl DropReason {
         DropReason::SpoofedIp,
         DropReason::SpoofedArp,
         DropReason::SecurityGroup,
+        DropReason::SpoofedNd,
     ];
 
     /// Number of reasons.
@@ -385,6 +392,7 @@ impl DropReason {
             DropReason::SpoofedIp => "spoofed_ip",
             DropReason::SpoofedArp => "spoofed_arp",
             DropReason::SecurityGroup => "security_group",
+            DropReason::SpoofedNd => "spoofed_nd",
         }
     }
 
@@ -561,17 +569,23 @@ impl Default for BridgeConfig {
 /// Port security (what Neutron calls it): the only MAC and IP addresses a port may send
 /// from. With it, a frame is dropped when its source MAC is not `mac`
 /// ([`DropReason::SpoofedMac`]), an IPv4 or IPv6 packet when its source is not one of
-/// `ips` ([`DropReason::SpoofedIp`]), and an ARP packet when its sender is not `mac` and
-/// one of `ips` ([`DropReason::SpoofedArp`]). Allowed besides: `0.0.0.0` for DHCP
-/// requests and ARP probes, `::` for ICMPv6 and MLD (duplicate address detection), and the
-/// port's EUI-64 link-local address derived from `mac`. Other EtherTypes pass the MAC
-/// check only.
+/// `ips` ([`DropReason::SpoofedIp`]), an ARP packet when its sender is not `mac` and
+/// one of `ips` ([`DropReason::SpoofedArp`]), and an IPv6 neighbour-discovery message
+/// that speaks for an address or MAC that is not the port's, or a router advertisement
+/// or redirect from a port that is not a router ([`DropReason::SpoofedNd`]; the rules are
+/// in the `nd` module's documentation). Allowed besides: `0.0.0.0` for DHCP requests
+/// and ARP probes, `::` for duplicate address detection, router solicitations and MLD
+/// reports, and the port's EUI-64 link-local address derived from `mac` (as a source and
+/// as a neighbour advertisement's target). Other EtherTypes pass the MAC check only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSecurity {
     /// The port's MAC.
     pub mac: EthernetAddress,
     /// The port's addresses; empty: any address (the MAC is still checked).
     pub ips: Vec<IpAddr>,
+    /// The port's peer is an IPv6 router: it may send router advertisements and
+    /// redirects, which are dropped from every other port.
+    pub router: bool,
 }
 
 impl PortSecurity {
@@ -628,20 +642,8 @@ impl PortSecurity {
                     return Err(DropReason::SpoofedIp);
                 }
             }
-            0x86dd => {
-                let a = field(8..24)
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(std::net::Ipv6Addr::from)
-                    .ok_or(DropReason::SpoofedIp)?;
-                // :: only for ICMPv6 (duplicate address detection) and hop-by-hop
-                // options (the MLD reports sent during it); link-local only the port's
-                // own EUI-64 address.
-                let dad = a.is_unspecified() && matches!(l3.get(6), Some(&58) | Some(&0));
-                let ok = self.allows(IpAddr::V6(a)) || dad || a == self.link_local();
-                if l3[0] >> 4 != 6 || !ok {
-                    return Err(DropReason::SpoofedIp);
-                }
-            }
+            // The source, and neighbour discovery (`nd`).
+            0x86dd => nd::check(self, l3)?,
             0x0806 => {
                 let arp = ArpPacket::new_checked(l3).map_err(|_| DropReason::SpoofedArp)?;
                 if !arp.is_ethernet_ipv4() || arp.source_hardware_addr() != self.mac.as_bytes() {
@@ -684,7 +686,11 @@ pub struct FilterRule {
 
 /// A port's security group, applied to the traffic the switch delivers *to* the port
 /// (ingress, seen from the guest): with `default_deny`, an IP packet must match one of
-/// `rules`; ARP and IPv6 neighbour discovery always pass; other EtherTypes are dropped.
+/// `rules`; ARP and IPv6 neighbour discovery (ICMPv6 133–137 with hop limit 255) always
+/// pass; other EtherTypes are dropped. The exemption trusts what port security let in:
+/// the sender's port checked its ARP and neighbour discovery before any group is asked,
+/// so from a port with port security only its own addresses get through; a port without
+/// it is trusted with any.
 /// Without `default_deny` everything passes. The filter is **stateless**: replies to
 /// traffic the guest started need rules of their own (Neutron's groups are stateful).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -723,7 +729,10 @@ fn l4_of(frame: &[u8], l3: usize) -> L4 {
         }
         [0x86, 0xdd] if p.len() >= 40 && p[0] >> 4 == 6 => {
             let next = p[6];
-            if next == 58 && p.get(40).is_some_and(|t| (133..=137).contains(t)) {
+            // Neighbour discovery is valid only with hop limit 255 (RFC 4861): a message
+            // that crossed a router is not exempt. A sender with port security could
+            // send only its own (`nd`).
+            if next == 58 && p[7] == 255 && p.get(40).is_some_and(|t| (133..=137).contains(t)) {
                 return L4::Control;
             }
             let mut a = [0u8; 16];
@@ -1699,6 +1708,8 @@ impl Bridge {
         true
     }
 }
+
+mod nd;
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,10 @@ use pmd::port::LocalFrames;
 /// `router_of` entry of a VLAN without a router interface.
 const NO_ROUTER: u8 = u8::MAX;
 
+// The router's working copy of a frame holds all of its head copy, which is written back
+// from it whole (see `CoreTask::poll`).
+const _: () = assert!(pmd::port::HEAD_SNAPSHOT <= GEN_MAX);
+
 /// The most ports one switch serves.
 pub const MAX_SWITCH_PORTS: usize = 256;
 

@@ -96,6 +96,41 @@ fn arp(sha: EthernetAddress, spa: [u8; 4]) -> Vec<u8> {
     v
 }
 
+/// An ICMPv6 message of type `ty` from `src`'s EUI-64 link-local address, carrying
+/// `body` after the first 8 bytes.
+fn icmp6(src: EthernetAddress, ty: u8, body: &[u8]) -> Vec<u8> {
+    let m = src.as_bytes();
+    let ll = [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ];
+    let mut v = frame(EthernetAddress([0x33, 0x33, 0, 0, 0, 1]), src, &[]);
+    v.truncate(14);
+    v[12..14].copy_from_slice(&[0x86, 0xdd]);
+    v.extend_from_slice(&[0x60, 0, 0, 0]);
+    v.extend_from_slice(&(8 + body.len() as u16).to_be_bytes());
+    v.extend_from_slice(&[58, 255]);
+    v.extend_from_slice(&ll);
+    v.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(&[ty, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(body);
+    v
+}
+
 /// (ingress port, frame) pairs covering every path of `forward`.
 fn workload() -> Vec<(PortId, Vec<u8>)> {
     let c = EtherType::VLAN;
@@ -136,6 +171,7 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
         (PortId(7), frame(bcast, mac(78), &[])), // spoofed MAC
         (PortId(7), frame(bcast, mac(77), &[])), // not a valid IPv4 header: spoofed IP
         (PortId(7), arp(mac(77), [10, 0, 0, 9])), // spoofed ARP sender
+        (PortId(7), icmp6(mac(77), 134, &[0; 8])), // a router advertisement from a pod
     ];
     w.extend(drops);
     // What the secured port may send.
@@ -144,6 +180,13 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
     own[26..30].copy_from_slice(&[10, 0, 0, 7]);
     w.push((PortId(7), own));
     w.push((PortId(7), arp(mac(77), [10, 0, 0, 7])));
+    // A neighbour advertisement for its link-local address, with its MAC.
+    let mut na = vec![
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0x10, 77,
+    ];
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(mac(77).as_bytes());
+    w.push((PortId(7), icmp6(mac(77), 136, &na)));
     // Routing: a host on VLAN 20 (port 2) makes itself known, a host on VLAN 10 asks
     // for its gateway and sends through it, once with a TTL that expires.
     w.push((PortId(2), arp(mac(40), [10, 0, 1, 40])));
@@ -199,6 +242,7 @@ fn forward_does_not_allocate() {
             Some(PortSecurity {
                 mac: mac(77),
                 ips: vec![std::net::IpAddr::from([10, 0, 0, 7])],
+                router: false,
             }),
         )
         .expect("port security");
@@ -263,8 +307,8 @@ fn forward_does_not_allocate() {
             Ok(Forwarded::Flooded { .. }) => verdicts[1] += 1,
             Ok(Forwarded::Routed { vid, l3, .. }) => {
                 verdicts[2] += 1;
-                let mut head = [0u8; 64];
-                let n = frame.len().min(64);
+                let mut head = [0u8; pmd::port::HEAD_SNAPSHOT];
+                let n = frame.len().min(pmd::port::HEAD_SNAPSHOT);
                 head[..n].copy_from_slice(&frame[..n]);
                 let mut gen = [0u8; vswitch::router::GEN_MAX];
                 match router.input(vid, &mut head[..n], usize::from(l3), now, &mut gen) {

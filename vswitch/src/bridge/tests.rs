@@ -556,7 +556,8 @@ fn drop_reasons_have_stable_unique_names() {
             "spoofed_mac",
             "spoofed_ip",
             "spoofed_arp",
-            "security_group"
+            "security_group",
+            "spoofed_nd"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -820,10 +821,12 @@ fn ipv4_from(src: EthernetAddress, ip: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// An IPv6 packet from `src`/`ip` without payload (next header 59, "no next header").
 fn ipv6_from(src: EthernetAddress, ip: std::net::Ipv6Addr) -> Vec<u8> {
     let mut f = frame(BCAST, src, &[], 46);
     f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     f[14] = 0x60;
+    f[14 + 6] = 59;
     f[14 + 8..14 + 24].copy_from_slice(&ip.octets());
     f
 }
@@ -851,6 +854,7 @@ fn police(b: &mut Bridge, port: u16, mac: EthernetAddress, ip: &str) {
         Some(PortSecurity {
             mac,
             ips: vec![ip.parse().unwrap()],
+            router: false,
         }),
     )
     .unwrap();
@@ -865,36 +869,39 @@ fn port_security_drops_spoofed_sources_before_learning() {
         Some(PortSecurity {
             mac: me,
             ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            router: false,
         }),
     )
     .unwrap();
     assert_eq!(b.port(PortId(0)).unwrap().security().unwrap().mac, me);
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
     // What the port may send: its addresses, its EUI-64 link-local address, a DHCP
-    // request from 0.0.0.0, DAD from ::, an ARP probe.
+    // request from 0.0.0.0, an ARP probe. (What it may send from ::, duplicate address
+    // detection and MLD reports, is in `nd::tests`.)
     let mut dhcp = ipv4_from(me, [0, 0, 0, 0]);
     dhcp[14 + 9] = 17;
     dhcp[14 + 22..14 + 24].copy_from_slice(&67u16.to_be_bytes());
-    let mut dad = ipv6_from(me, v6("::"));
-    dad[14 + 6] = 58;
     for f in [
         ipv4_from(me, [10, 0, 0, 1]),
         dhcp,
         ipv6_from(me, v6("fd00::1")),
         ipv6_from(me, v6("fe80::ff:fe00:1")),
-        dad,
         arp_from(me, me, [10, 0, 0, 1]),
         arp_from(me, me, [0, 0, 0, 0]),
     ] {
         assert!(send(&mut b, 0, &f, 0).0.is_ok(), "{f:x?}");
     }
-    // Not: 0.0.0.0 for anything but DHCP, another link-local address, :: for UDP.
+    // Not: 0.0.0.0 for anything but DHCP, another link-local address, :: for UDP or
+    // for an ICMPv6 message too short to be duplicate address detection.
     let mut udp6 = ipv6_from(me, v6("::"));
     udp6[14 + 6] = 17;
+    let mut icmp6 = ipv6_from(me, v6("::"));
+    icmp6[14 + 6] = 58;
     for f in [
         ipv4_from(me, [0, 0, 0, 0]),
         ipv6_from(me, v6("fe80::1")),
         udp6,
+        icmp6,
     ] {
         assert_eq!(
             send(&mut b, 0, &f, 0).0,
@@ -921,7 +928,7 @@ fn port_security_drops_spoofed_sources_before_learning() {
     // The spoofed MAC was never learned: traffic to it still floods, and not to port 0's
     // entry.
     assert!(b.fdb().lookup(10, other, 0).is_none());
-    assert_eq!(b.counters().drops.get(DropReason::SpoofedIp), 6);
+    assert_eq!(b.counters().drops.get(DropReason::SpoofedIp), 7);
     // The other port is not policed.
     assert!(send(&mut b, 1, &ipv4_from(other, [10, 9, 9, 9]), 0)
         .0
@@ -1117,7 +1124,7 @@ proptest! {
         if secured {
             // Port security on port 1 turns the run shortcut off there.
             for br in [&mut a, &mut b] {
-                br.set_port_security(PortId(1), Some(PortSecurity { mac: mac(1), ips: vec![] }))
+                br.set_port_security(PortId(1), Some(PortSecurity { mac: mac(1), ips: vec![], router: false }))
                     .expect("security");
             }
         }

@@ -4,10 +4,12 @@
 //! that spec.
 //!
 //! - `--port NAME,vhost-user=PATH[,client][,queues=Q][,max-memory=MiB]` or `--port NAME,tap=IFNAME[,netns=PATH]`,
-//!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=on|off]`.
+//!   then `[,mac=MAC][,vlan=VID | ,trunk=LIST[,native=VID]][,ip=ADDR]…[,sg=GROUP]…[,anti-spoofing=on|off][,router]`.
 //!   Port security is on when `ip=` is given or `anti-spoofing=on`, and off otherwise:
 //!   this command is also the benchmark's and the tests' switch, whose generators send
 //!   from any MAC. (In a spec and in `topology.yaml` it is on unless turned off.)
+//!   `router` marks the peer as an IPv6 router, the only kind of port port security
+//!   lets send router advertisements and redirects.
 //!   A value that must hold a comma (a socket path) cannot be given here; the spec
 //!   (`PUT /v1/config`) carries any path.
 //! - `--router-if vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]` and
@@ -53,7 +55,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
     }
     let (mut path, mut tap, mut client, mut queues) = (None, None, false, 1u16);
     let mut max_memory_mib = None;
-    let (mut netns, mut mac_, mut anti_spoofing) = (None, None, None);
+    let (mut netns, mut mac_, mut anti_spoofing, mut router) = (None, None, None, false);
     let (mut access, mut trunk, mut native) = (None, None, None);
     let (mut ips, mut groups) = (Vec::new(), Vec::new());
     for opt in it {
@@ -71,6 +73,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
             "tap" => tap = Some(need(v)?),
             "netns" => netns = Some(PathBuf::from(need(v)?)),
             "client" if v.is_none() => client = true,
+            "router" if v.is_none() => router = true,
             "server" if v.is_none() => client = false,
             "queues" => {
                 let q: u16 = need(v)?
@@ -161,6 +164,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         mac: mac_,
         vlan,
         anti_spoofing: anti_spoofing.unwrap_or(!ips.is_empty()),
+        router,
         allowed_addresses: ips,
         security_groups: groups,
     })
@@ -285,6 +289,12 @@ mod tests {
         );
         let t = parse_port("t,tap=vt0,trunk=10-12:20,native=10,anti-spoofing=off").unwrap();
         assert!(!t.anti_spoofing);
+        assert!(!p.router && !t.router, "not a router unless marked");
+        assert!(parse_port("r,tap=vr0,ip=fd00::1,router").unwrap().router);
+        assert!(
+            parse_port("r,tap=vr0,router=yes").is_err(),
+            "a flag, no value"
+        );
         assert!(matches!(t.vlan, VlanMode::Trunk { ref allowed, .. } if allowed.len() == 2));
         for (arg, want) in [
             ("", "port name"),

@@ -185,6 +185,7 @@ fn check_port(
     let security = p.anti_spoofing.then(|| PortSecurity {
         mac: EthernetAddress(mac.0),
         ips: p.allowed_addresses.clone(),
+        router: p.router,
     });
     Ok(CheckedPort {
         name: p.name.clone(),
@@ -373,5 +374,16 @@ mod tests {
         assert!(f.default_deny);
         assert_eq!(f.rules.len(), 2, "both groups' rules apply");
         assert!(c.ports[1].security.is_none(), "turned off explicitly");
+        assert!(!sec.router, "not a router unless marked");
+    }
+
+    #[test]
+    fn a_port_marked_as_router_may_advertise() {
+        let c = check(&spec(
+            r#"{"ports":[{"name":"r","driver":{"tap":{"name":"t"}},"router":true}]}"#,
+        ))
+        .expect("valid");
+        let sec = c.ports[0].security.as_ref().expect("port security");
+        assert!(sec.router);
     }
 }
