@@ -255,7 +255,7 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                     .collect::<Result<_, _>>()?,
                 anti_spoofing: ifc.anti_spoofing,
                 // topology.yaml has no router pods yet.
-                router: false,
+                router: ifc.router,
                 security_groups: ifc.security_groups.clone(),
             };
             sw.ports.push(spec);
@@ -314,6 +314,14 @@ mod tests {
             initrd: "/i".into(),
         };
         let p = plan(&t, Path::new("/run/vnfhost"), &img).unwrap();
+        assert!(p.switch.ports.iter().all(|p| !p.router), "router is opt-in");
+        let mut t2 = t.clone();
+        t2.pods[0].interfaces[0].router = true;
+        let p2 = plan(&t2, Path::new("/run/vnfhost"), &img).unwrap();
+        assert!(
+            p2.switch.ports[0].router,
+            "an interface marked router plans a router port"
+        );
         let port = &p.switch.ports[0];
         assert_eq!(port.name, "pod-a.eth0");
         assert_eq!(

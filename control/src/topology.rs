@@ -256,6 +256,11 @@ pub struct Interface {
     /// MAC and address, as a VNF that routes or bridges other hosts' traffic needs.
     #[serde(default = "yes")]
     pub anti_spoofing: bool,
+    /// The pod is an IPv6 router on this network (a vRouter VNF): port security then
+    /// lets it send router advertisements and redirects, which it drops from any other
+    /// pod. Off by default.
+    #[serde(default)]
+    pub router: bool,
 }
 
 fn one_u16() -> u16 {
