@@ -12,6 +12,7 @@ use crate::topology::RestartPolicy;
 impl Daemon {
     /// One pass of the reconcile loop.
     pub(super) fn reconcile(&mut self) {
+        self.procs.reap();
         let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
             return;
         };
