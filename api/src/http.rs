@@ -306,12 +306,14 @@ impl Drop for ConnSlot {
 /// Refuses a connection over a server's [`ConnLimit`] without waiting on the client: a
 /// 503 is written if the socket takes it at once, and the connection is closed.
 pub fn refuse_busy(s: UnixStream) {
+    refuse(s, 503, "too many connections at once; try again shortly");
+}
+
+/// Answers `status` with `{"error": msg}` without reading the request or waiting on the
+/// client (the reply is written only if the socket takes it at once), and closes.
+pub fn refuse(s: UnixStream, status: u16, msg: &str) {
     let _ = s.set_nonblocking(true);
-    let resp = Response::json(
-        503,
-        error_body("too many connections at once; try again shortly"),
-    );
-    let _ = write_response(&s, &resp);
+    let _ = write_response(&s, &Response::json(status, error_body(msg)));
 }
 
 /// `{"error": msg}`.

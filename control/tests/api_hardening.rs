@@ -165,6 +165,21 @@ fn the_run_directory_and_the_state_file_are_private() {
     );
     // Written anew (a rename of a fresh file): created 0600, not loosened.
     assert_eq!(mode(&run.join("state.json")), 0o600);
+    // With the modes loosened by hand, a stranger reaches the socket and is still
+    // refused (before taking one of the connection slots).
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.1, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_vnfhost"))
+        .args(["status", "--api", &d.1])
+        .output()
+        .expect("setpriv runs");
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && text.contains("permission denied"),
+        "{o:?}"
+    );
     drop(d);
     // A new run directory is created private.
     let fresh = dir.join("fresh");

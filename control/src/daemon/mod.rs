@@ -205,6 +205,12 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
             let limit = http::ConnLimit::new(API_MAX_CONNECTIONS);
             let mut refused = 0u64;
             for s in listener.incoming().flatten() {
+                // Strangers (the socket's mode keeps them out unless loosened by hand)
+                // are turned away before they take a slot.
+                if !peer(&s).is_some_and(|c| allowed(&c, group)) {
+                    http::refuse(s, 403, "permission denied");
+                    continue;
+                }
                 let Some(slot) = limit.try_take() else {
                     refused += 1;
                     if refused.is_power_of_two() {
@@ -216,19 +222,12 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
                     http::refuse_busy(s);
                     continue;
                 };
-                let ok = peer(&s).is_some_and(|c| allowed(&c, group));
                 let dd = dd.clone();
                 let _ = std::thread::Builder::new()
                     .name("api-conn".into())
                     .spawn(move || {
                         let _slot = slot;
-                        http::serve_one(s, API_REQUEST_DEADLINE, |req| {
-                            if ok {
-                                routes::handle(&dd, req)
-                            } else {
-                                Response::json(403, http::error_body("permission denied"))
-                            }
-                        })
+                        http::serve_one(s, API_REQUEST_DEADLINE, |req| routes::handle(&dd, req))
                     });
             }
         })
