@@ -66,6 +66,23 @@ pub struct Attachment {
     pub tap: Option<String>,
     /// The vhost-user socket (`vhost-user`).
     pub socket: Option<String>,
+    /// Which namespace `request.netns` named at ADD (`tap`). A path such as
+    /// `/proc/PID/ns/net` may later name another namespace (the pid reused, a bind mount
+    /// replaced); the daemon compares this before every later use of the path and drops
+    /// the attachment, touching nothing, when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<NetnsId>,
+}
+
+/// A namespace's identity: device and inode of its nsfs file (what `stat` on
+/// `/proc/PID/ns/net` or a bind mount of it gives; equal exactly when it is the same
+/// namespace).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetnsId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
 }
 
 /// An error with a CNI error code (spec: 4 invalid environment, 7 invalid network
@@ -94,6 +111,11 @@ pub const CODE_POOL_EXHAUSTED: u32 = 100;
 pub const CODE_UNKNOWN_NETWORK: u32 = 101;
 /// Code: setting up the interface failed.
 pub const CODE_SETUP: u32 = 102;
+/// Code: the pod may not join this network (another tenant's, not opened to its
+/// namespace).
+pub const CODE_FORBIDDEN_NETWORK: u32 = 103;
+/// Code: the pod or its namespace has as many ports as it may have.
+pub const CODE_PORT_LIMIT: u32 = 104;
 
 /// Whether a container id or interface name is acceptable (they end up in paths and
 /// interface names).

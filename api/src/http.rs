@@ -4,15 +4,20 @@
 //! Why not axum or hyper: every client of these APIs (the CLI, the CNI plugin, the switch
 //! process) is synchronous and short-lived, and the CNI plugin has a 10 ms budget; one
 //! request per connection over a local socket needs none of an async runtime. The server
-//! side treats every peer as hostile: the request head and body are bounded, reads time
-//! out, and a malformed request gets a 400 rather than a panic.
+//! side treats every peer as hostile: the request head and body are bounded, the whole
+//! request (head and body) must arrive within one deadline (not a timeout per read, which
+//! a client sending a byte at a time would renew forever), and a malformed request gets a
+//! 400 rather than a panic. How many connections a server serves at once is the server's
+//! to bound ([`ConnLimit`]).
 //!
 //! Each connection carries one request and one response (`Connection: close`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Longest request or response head.
 pub const MAX_HEAD: usize = 16 << 10;
@@ -173,16 +178,142 @@ pub fn write_response(mut s: impl Write, r: &Response) -> io::Result<()> {
     s.flush()
 }
 
-/// Serves one connection with `handler`: reads the request (within `timeout`), answers
-/// 400 to a malformed one.
-pub fn serve_one(s: UnixStream, timeout: Duration, handler: impl FnOnce(Request) -> Response) {
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.set_write_timeout(Some(timeout));
-    let resp = match read_request(&s) {
+/// A stream whose reads can time out: a Unix or a TCP socket.
+pub trait TimedStream {
+    /// `set_read_timeout` of the socket.
+    fn read_timeout(&self, d: Duration) -> io::Result<()>;
+}
+
+impl TimedStream for UnixStream {
+    fn read_timeout(&self, d: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+impl TimedStream for std::net::TcpStream {
+    fn read_timeout(&self, d: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+/// A reader of a stream that must be done by a deadline: every read waits at most for
+/// what is left of it, and none starts after it.
+struct Deadline<'a, S> {
+    s: &'a S,
+    until: Instant,
+}
+
+impl<S: TimedStream> Read for Deadline<'_, S>
+where
+    for<'b> &'b S: Read,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let late = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request did not arrive within its deadline",
+            )
+        };
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        self.s.read_timeout(left)?;
+        let mut s = self.s;
+        // The socket's timeout is what was left of the deadline: its expiry is the
+        // deadline's.
+        s.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => late(),
+            _ => e,
+        })
+    }
+}
+
+/// Reads one request from `s`, head and body within `deadline` of now in total.
+pub fn read_request_within<S: TimedStream>(s: &S, deadline: Duration) -> io::Result<Request>
+where
+    for<'b> &'b S: Read,
+{
+    read_request(Deadline {
+        s,
+        until: Instant::now() + deadline,
+    })
+}
+
+/// Serves one connection with `handler`: reads the request (all of it within `deadline`),
+/// answers 400 to a malformed or late one; the response must be taken within `deadline`
+/// too.
+pub fn serve_one(s: UnixStream, deadline: Duration, handler: impl FnOnce(Request) -> Response) {
+    let _ = s.set_write_timeout(Some(deadline));
+    let resp = match read_request_within(&s, deadline) {
         Ok(req) => handler(req),
         Err(e) => Response::json(400, error_body(&format!("bad request: {e}"))),
     };
     let _ = write_response(&s, &resp);
+}
+
+/// A bound on the connections a server serves at once: [`ConnLimit::try_take`] gives a
+/// slot, held until its [`ConnSlot`] drops, or `None` when all are taken (the server then
+/// refuses the connection at once instead of starting a thread for it).
+#[derive(Clone, Debug)]
+pub struct ConnLimit {
+    busy: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One connection's slot of a [`ConnLimit`].
+#[derive(Debug)]
+pub struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnLimit {
+    /// At most `max` at once.
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            busy: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` when `max` are taken.
+    pub fn try_take(&self) -> Option<ConnSlot> {
+        let mut n = self.busy.load(Ordering::Acquire);
+        loop {
+            if n >= self.max {
+                return None;
+            }
+            match self
+                .busy
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(ConnSlot(self.busy.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Slots taken now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a connection over a server's [`ConnLimit`] without waiting on the client: a
+/// 503 is written if the socket takes it at once, and the connection is closed.
+pub fn refuse_busy(s: UnixStream) {
+    refuse(s, 503, "too many connections at once; try again shortly");
+}
+
+/// Answers `status` with `{"error": msg}` without reading the request or waiting on the
+/// client (the reply is written only if the socket takes it at once), and closes.
+pub fn refuse(s: UnixStream, status: u16, msg: &str) {
+    let _ = s.set_nonblocking(true);
+    let _ = write_response(&s, &Response::json(status, error_body(msg)));
 }
 
 /// `{"error": msg}`.
@@ -330,6 +461,47 @@ mod tests {
         ]
         .concat();
         assert!(roundtrip(&long).is_err());
+    }
+
+    #[test]
+    fn a_request_must_arrive_whole_within_its_deadline() {
+        // One byte at a time, each well within any per-read timeout: the deadline for the
+        // whole request still ends it.
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            for &c in b"GET / HTTP/1.1\r\nX-Slow: yes\r\n"
+                .iter()
+                .cycle()
+                .take(100)
+            {
+                if (&a).write_all(&[c]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let t0 = Instant::now();
+        let e = read_request_within(&b, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        drop(b);
+        t.join().unwrap();
+        // In time, it is read.
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+        let r = read_request_within(&b, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.path, "/x");
+    }
+
+    #[test]
+    fn a_conn_limit_gives_at_most_max_slots() {
+        let l = ConnLimit::new(2);
+        let a = l.try_take().unwrap();
+        let _b = l.try_take().unwrap();
+        assert!(l.try_take().is_none());
+        assert_eq!(l.busy(), 2);
+        drop(a);
+        assert!(l.try_take().is_some());
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 pub use api::attach::{
-    valid_key, AttachError, AttachRequest, Attachment, Kind, CODE_POOL_EXHAUSTED, CODE_SETUP,
-    CODE_UNKNOWN_NETWORK,
+    valid_key, AttachError, AttachRequest, Attachment, Kind, NetnsId, CODE_FORBIDDEN_NETWORK,
+    CODE_POOL_EXHAUSTED, CODE_PORT_LIMIT, CODE_SETUP, CODE_UNKNOWN_NETWORK,
 };
 
 use crate::topology::{Cidr, Topology};
@@ -154,7 +154,112 @@ pub fn allocate(
             .cloned(),
         tap,
         socket,
+        netns_id: None,
     })
+}
+
+/// The Kubernetes namespace of an attachment request (`K8S_POD_NAMESPACE`), if it names
+/// a pod.
+fn namespace_of(r: &AttachRequest) -> Option<&str> {
+    r.pod
+        .as_deref()
+        .and_then(|p| p.split_once('/'))
+        .map(|(ns, _)| ns)
+}
+
+/// Whether `container` may have one more port, `req`, next to `existing`:
+///
+/// - **Tenancy.** A pod's tenant is that of its primary interface's network (its first
+///   attachment, which the node's CNI configuration chooses: `network`, or the one its
+///   `namespaces` map gives the pod's namespace). Every further port of the pod (extra
+///   networks from the pod's annotation, which the pod's owner writes) must be on a
+///   network of that tenant, or on one whose `allowed_namespaces` lists the pod's
+///   namespace.
+/// - **Limits.** At most `limits.ports_per_pod` ports per pod (container), and
+///   `limits.ports_per_namespace` for the pods of one Kubernetes namespace.
+///
+/// Refusals carry [`CODE_FORBIDDEN_NETWORK`] or [`CODE_PORT_LIMIT`] and name the rule.
+pub fn admit(
+    t: &Topology,
+    existing: &[&Attachment],
+    container: &str,
+    req: &AttachRequest,
+) -> Result<(), AttachError> {
+    let net_of = |name: &str| t.networks.iter().find(|n| n.name == name);
+    let net = net_of(&req.network).ok_or_else(|| {
+        AttachError::new(
+            CODE_UNKNOWN_NETWORK,
+            format!("network {:?} is not in the applied topology", req.network),
+        )
+    })?;
+    let siblings: Vec<&&Attachment> = existing
+        .iter()
+        .filter(|a| a.container == container)
+        .collect();
+    let ns = namespace_of(req).or_else(|| siblings.iter().find_map(|a| namespace_of(&a.request)));
+    let who = req
+        .pod
+        .clone()
+        .map(|p| format!("pod {p}"))
+        .unwrap_or_else(|| format!("container {container}"));
+    let primary = siblings
+        .iter()
+        .find(|a| a.request.default_route)
+        .or(siblings.first());
+    if let Some(home) = primary.and_then(|p| net_of(&p.request.network)) {
+        let opened = ns.is_some_and(|ns| net.allowed_namespaces.iter().any(|a| a == ns));
+        if home.tenant != net.tenant && !opened {
+            return Err(AttachError::new(
+                CODE_FORBIDDEN_NETWORK,
+                format!(
+                    "{who} may not join network {:?}: it is tenant {:?}'s, the pod's primary \
+                     network {:?} is tenant {:?}'s, and the network's allowed_namespaces does \
+                     not list {}",
+                    net.name,
+                    net.tenant,
+                    home.name,
+                    home.tenant,
+                    ns.map(|n| format!("namespace {n:?}"))
+                        .unwrap_or_else(|| "the pod (it names no namespace)".into())
+                ),
+            ));
+        }
+    }
+    let max_pod = t.limits.ports_per_pod as usize;
+    if siblings.len() >= max_pod {
+        return Err(AttachError::new(
+            CODE_PORT_LIMIT,
+            format!(
+                "{who} has {} ports; limits.ports_per_pod is {max_pod}",
+                siblings.len()
+            ),
+        ));
+    }
+    if let Some(ns) = ns {
+        let in_ns = existing
+            .iter()
+            .filter(|a| {
+                namespace_of(&a.request).or_else(|| {
+                    // A port without a pod name (the VM runtime's) counts for the
+                    // namespace of its container's other ports.
+                    existing
+                        .iter()
+                        .filter(|b| b.container == a.container)
+                        .find_map(|b| namespace_of(&b.request))
+                }) == Some(ns)
+            })
+            .count();
+        let max_ns = t.limits.ports_per_namespace as usize;
+        if in_ns >= max_ns {
+            return Err(AttachError::new(
+                CODE_PORT_LIMIT,
+                format!(
+                    "namespace {ns:?} has {in_ns} ports; limits.ports_per_namespace is {max_ns}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The switch port spec of `a` on a network with VLAN `vlan`.
@@ -289,10 +394,108 @@ pods:
             4
         );
         let p = port_spec(&have[0], 10).unwrap();
+        assert_eq!(p.name, have[0].port);
         assert_eq!(
             p.allowed_addresses,
             vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
         );
         assert!(p.anti_spoofing);
+    }
+
+    const TENANTS: &str = r#"
+networks:
+  - { name: a1, tenant: ta, cidrs: [10.0.0.0/24], vlan: 10 }
+  - { name: a2, tenant: ta, cidrs: [10.0.1.0/24], vlan: 11 }
+  - { name: b1, tenant: tb, cidrs: [10.0.0.0/24], vlan: 20 }
+  - { name: b2, tenant: tb, cidrs: [10.0.2.0/24], vlan: 21, allowed_namespaces: [guests] }
+limits: { ports_per_pod: 3, ports_per_namespace: 4 }
+"#;
+
+    fn req(net: &str, pod: &str, primary: bool) -> AttachRequest {
+        AttachRequest {
+            network: net.into(),
+            netns: None,
+            kind: Kind::Tap,
+            pod: Some(pod.into()),
+            default_route: primary,
+        }
+    }
+
+    #[test]
+    fn a_pod_joins_its_tenants_networks_and_those_opened_to_its_namespace() {
+        let t = crate::topology::parse(TENANTS).unwrap();
+        assert!(t
+            .check(crate::topology::Host {
+                cpus: 64,
+                free_hugepages: 0
+            })
+            .is_empty());
+        let run = Path::new("/run/vnfhost");
+        let mut have: Vec<Attachment> = Vec::new();
+        let add = |have: &mut Vec<Attachment>, c: &str, ifname: &str, r: AttachRequest| {
+            let refs: Vec<&Attachment> = have.iter().collect();
+            admit(&t, &refs, c, &r)?;
+            let a = allocate(&t, &refs, c, ifname, &r, run)?;
+            have.push(a);
+            Ok::<(), AttachError>(())
+        };
+        // Pod x of namespace "apps", primary on tenant ta's a1.
+        add(&mut have, "x", "eth0", req("a1", "apps/x", true)).unwrap();
+        add(&mut have, "x", "net1", req("a2", "apps/x", false)).unwrap();
+        let e = add(&mut have, "x", "net2", req("b1", "apps/x", false)).unwrap_err();
+        assert_eq!(e.code, CODE_FORBIDDEN_NETWORK, "{e:?}");
+        assert!(
+            e.error.contains("\"tb\"") && e.error.contains("\"apps\""),
+            "{e:?}"
+        );
+        // b2 is open to namespace "guests" only.
+        let e = add(&mut have, "x", "net2", req("b2", "apps/x", false)).unwrap_err();
+        assert_eq!(e.code, CODE_FORBIDDEN_NETWORK);
+        add(&mut have, "g", "eth0", req("a1", "guests/g", true)).unwrap();
+        add(&mut have, "g", "net1", req("b2", "guests/g", false)).unwrap();
+        assert_eq!(have.len(), 4);
+        // Per pod: x has 2 of 3; a third is fine, a fourth is refused.
+        add(&mut have, "x", "net3", req("a2", "apps/x", false)).unwrap();
+        let e = add(&mut have, "x", "net4", req("a2", "apps/x", false)).unwrap_err();
+        assert_eq!(e.code, CODE_PORT_LIMIT);
+        assert!(e.error.contains("limits.ports_per_pod is 3"), "{e:?}");
+        // Per namespace: "apps" has 3 of 4; one more pod's first port fits, the next not.
+        add(&mut have, "y", "eth0", req("a1", "apps/y", true)).unwrap();
+        let e = add(&mut have, "y", "net1", req("a1", "apps/y", false)).unwrap_err();
+        assert_eq!(e.code, CODE_PORT_LIMIT);
+        assert!(e.error.contains("limits.ports_per_namespace is 4"), "{e:?}");
+        // A pod of tenant tb as primary may not take ta's network either.
+        add(&mut have, "z", "eth0", req("b1", "other/z", true)).unwrap();
+        let e = add(&mut have, "z", "net1", req("a1", "other/z", false)).unwrap_err();
+        assert_eq!(e.code, CODE_FORBIDDEN_NETWORK);
+    }
+
+    #[test]
+    fn limits_and_allowed_namespaces_are_checked() {
+        let bad = TENANTS
+            .replace("[guests]", "[Not_A_Namespace]")
+            .replace("ports_per_pod: 3", "ports_per_pod: 0")
+            + "  console_log_max: 1Ki\n";
+        let bad = bad.replace(
+            "limits: { ports_per_pod: 0, ports_per_namespace: 4 }\n  console_log_max: 1Ki\n",
+            "limits: { ports_per_pod: 0, ports_per_namespace: 4, console_log_max: 1Ki }\n",
+        );
+        let t = crate::topology::parse(&bad).unwrap();
+        let p: Vec<String> = t
+            .check(crate::topology::Host {
+                cpus: 64,
+                free_hugepages: 0,
+            })
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        for want in [
+            "networks[3].allowed_namespaces[0]",
+            "limits.ports_per_pod",
+            "limits.console_log_max",
+        ] {
+            assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:?}");
+        }
+        assert!(crate::topology::parse("limits: { ports_per_port: 1 }\n").is_err());
     }
 }

@@ -62,6 +62,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "up" => ok(crate::ctl_cmd::up(rest)),
         "down" => ok(crate::ctl_cmd::down(rest)),
         "status" => ok(crate::ctl_cmd::status(rest)),
+        // Run by the daemon for each pod's console; not listed in the usage.
+        "console-log" => crate::console_log::main(rest),
         "daemon" => crate::ctl_cmd::parse_daemon(rest)
             .and_then(|p| help_or(p, |a| ok(crate::daemon::run(&a)))),
         "" => Err(format!("no command given\n{USAGE}")),

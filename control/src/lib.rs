@@ -9,6 +9,7 @@
 //! - [`vm_cmd`]: `vnfhost vm run`. `vnfhost bench` runs `vnfhost-bench` (package `perf`,
 //!   the benchmark harness), which this crate does not link.
 //! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
+//! - [`console_log`]: `vnfhost console-log`, which keeps a pod's console with rotation.
 //! - [`args`]: what the commands' option parsers share. [`cli`] dispatches to the
 //!   commands; they depend on `args`, never on `cli` or on each other's parsers
 //!   (`tests/modules.rs` checks there is no import circle).
@@ -19,6 +20,7 @@
 pub mod args;
 pub mod attach;
 pub mod cli;
+pub mod console_log;
 pub mod ctl_cmd;
 pub mod daemon;
 pub mod netlink;

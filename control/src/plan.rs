@@ -9,7 +9,7 @@
 //! | switch log | `RUN/switch.log` |
 //! | pod directory | `RUN/pods/POD/` |
 //! | port of a pod's interface *j* | switch port `POD.ethJ`, vhost-user socket `RUN/pods/POD/ethJ.sock` (the switch listens, the VM connects and reconnects) |
-//! | pod console and VMM log | `RUN/pods/POD/console.log`, `RUN/pods/POD/vmm.log` |
+//! | pod console and VMM log | `RUN/pods/POD/console.log` (rotated to `console.log.1` at `limits.console_log_max` by `vnfhost console-log`), `RUN/pods/POD/vmm.log` |
 //!
 //! Each network is a VLAN (untagged: VLAN 1); each router is a routing domain with an
 //! interface on each of its networks at the network's gateway addresses.
@@ -38,6 +38,9 @@ pub struct PodPlan {
     pub restart: RestartPolicy,
     /// Its switch ports, `eth0` first.
     pub ports: Vec<String>,
+    /// Size at which its `console.log` is rotated (`limits.console_log_max`; a change
+    /// applies from the pod's next start).
+    pub console_log_max: u64,
     /// Its directory.
     pub dir: PathBuf,
 }
@@ -290,6 +293,7 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
             restart: pod.restart,
             ports,
             dir,
+            console_log_max: t.limits.console_log_bytes(),
         });
     }
     Ok(Plan {

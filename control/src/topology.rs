@@ -42,6 +42,56 @@ pub struct Topology {
     /// Pod VMs.
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Bounds on what tenants' pods may take of the node.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds on what one pod, or the pods of one Kubernetes namespace, may take.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CNI attachments (switch ports) of one pod: its primary interface, its extra
+    /// networks and its VM's port.
+    #[serde(default = "default_ports_per_pod")]
+    pub ports_per_pod: u32,
+    /// CNI attachments of all the pods of one Kubernetes namespace.
+    #[serde(default = "default_ports_per_namespace")]
+    pub ports_per_namespace: u32,
+    /// Size at which a pod's `console.log` is rotated to `console.log.1` (the one before
+    /// is dropped), e.g. `4Mi`: a pod's console takes at most twice this of the run
+    /// directory (RAM).
+    #[serde(default = "default_console_log_max")]
+    pub console_log_max: String,
+}
+
+fn default_ports_per_pod() -> u32 {
+    8
+}
+
+fn default_ports_per_namespace() -> u32 {
+    128
+}
+
+fn default_console_log_max() -> String {
+    "4Mi".into()
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            ports_per_pod: default_ports_per_pod(),
+            ports_per_namespace: default_ports_per_namespace(),
+            console_log_max: default_console_log_max(),
+        }
+    }
+}
+
+impl Limits {
+    /// `console_log_max` in bytes (checked by [`Topology::check`]; the default when not).
+    pub fn console_log_bytes(&self) -> u64 {
+        parse_memory(&self.console_log_max).unwrap_or(4 << 20)
+    }
 }
 
 /// The switch's resources.
@@ -96,6 +146,11 @@ pub struct Network {
     /// Gateway addresses (the router's address on this network), one per family.
     #[serde(default)]
     pub gateway: Vec<String>,
+    /// Kubernetes namespaces whose pods may join this network as an extra network (the
+    /// `k8s.v1.cni.cncf.io/networks` annotation) though their primary network is another
+    /// tenant's. Without it only pods of this network's tenant may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// A tenant's router.
@@ -457,6 +512,45 @@ impl Topology {
             if let Some(why) = bad_name(name) {
                 bad(at, why);
             }
+        }
+        for (i, n) in self.networks.iter().enumerate() {
+            for (k, ns) in n.allowed_namespaces.iter().enumerate() {
+                // A Kubernetes namespace name: a DNS label.
+                let ok = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !ns.starts_with('-')
+                    && !ns.ends_with('-');
+                if !ok {
+                    bad(
+                        format!("networks[{i}].allowed_namespaces[{k}]"),
+                        format!("{ns:?} is not a namespace name (1-63 of [a-z0-9-])"),
+                    );
+                }
+            }
+        }
+        let l = &self.limits;
+        if !(1..=4096).contains(&l.ports_per_pod) {
+            bad(
+                "limits.ports_per_pod".into(),
+                format!("{} is not in 1..=4096", l.ports_per_pod),
+            );
+        }
+        if !(1..=65536).contains(&l.ports_per_namespace) {
+            bad(
+                "limits.ports_per_namespace".into(),
+                format!("{} is not in 1..=65536", l.ports_per_namespace),
+            );
+        }
+        match parse_memory(&l.console_log_max) {
+            Ok(b) if (4 << 10..=1 << 30).contains(&b) => {}
+            Ok(_) => bad(
+                "limits.console_log_max".into(),
+                format!("{:?} is not in 4Ki..=1Gi", l.console_log_max),
+            ),
+            Err(e) => bad("limits.console_log_max".into(), e),
         }
         let untagged: Vec<&str> = self
             .networks

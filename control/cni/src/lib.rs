@@ -19,7 +19,10 @@
 //! Errors are CNI error objects on stdout with the spec's codes (1 incompatible version,
 //! 4 invalid environment, 6 undecodable configuration, 7 invalid configuration, 11 try
 //! again later, 50 plugin not available) or vnfhost's (100 address pool exhausted, 101
-//! unknown network, 102 interface set-up failed).
+//! unknown network, 102 interface set-up failed, 103 the network is another tenant's and
+//! not open to the pod's namespace, 104 the pod or its namespace has as many ports as
+//! the node allows). The daemon decides the last two: the plugin only passes them on, and
+//! removes what the ADD made so far.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -540,6 +543,7 @@ mod tests {
             gateway: Some("10.0.0.254".into()),
             tap: Some("vh1".into()),
             socket: None,
+            netns_id: None,
         };
         let fake: &'static Fake = Box::leak(Box::new(Fake {
             calls: RefCell::new(vec![]),

@@ -64,6 +64,11 @@ pub struct NetworkSpec {
     /// Gateway addresses (at most one per family).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateway: Vec<String>,
+    /// Namespaces whose pods may join this network through their networks annotation
+    /// though their primary network is another tenant's (the node refuses anyone else
+    /// of another tenant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// What the controller reports.
@@ -150,6 +155,9 @@ pub fn to_daemon(n: &Network) -> Result<serde_json::Value, String> {
     }
     if let Some(vni) = s.vni {
         v["vni"] = json!(vni);
+    }
+    if !s.allowed_namespaces.is_empty() {
+        v["allowed_namespaces"] = json!(s.allowed_namespaces);
     }
     Ok(v)
 }
@@ -476,12 +484,22 @@ mod tests {
                 vlan: Some(10),
                 vni: None,
                 gateway: vec!["10.0.0.254".into()],
+                allowed_namespaces: vec![],
             },
         );
         let v = to_daemon(&n).unwrap();
         assert_eq!(v["name"], "net-a");
         assert_eq!(v["vlan"], 10);
         assert!(v.get("vni").is_none());
+        assert!(v.get("allowed_namespaces").is_none());
+        n.spec.allowed_namespaces = vec!["guests".into()];
+        let v = to_daemon(&n).unwrap();
+        assert_eq!(v["allowed_namespaces"], json!(["guests"]));
+        let parsed: NetworkSpec = serde_json::from_value(json!({
+            "tenant": "blue", "cidrs": ["10.0.0.0/24"], "allowedNamespaces": ["a", "b"]
+        }))
+        .unwrap();
+        assert_eq!(parsed.allowed_namespaces, ["a", "b"]);
         n.metadata.name = Some("net.a".into());
         assert!(to_daemon(&n).is_err());
         assert_eq!(now().len(), 20);

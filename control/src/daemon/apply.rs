@@ -48,7 +48,12 @@ impl Daemon {
 
     pub(super) fn start_switch(&mut self, args: &[String]) -> Result<(), String> {
         let log = self.run.join("switch.log");
-        let rec = self.procs.spawn(&self.exe, args, &log, &log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let rec = self.procs.spawn(&self.exe, args, out.into(), &log)?;
         let sock = self.switch_sock();
         let t0 = Instant::now();
         loop {
@@ -91,6 +96,16 @@ impl Daemon {
         // An attachment whose record does not make a port (a state file edited by hand)
         // is left out and said so; the rest is applied.
         for a in self.st.attachments.values() {
+            // A tap whose namespace path names another namespace than at ADD is never
+            // sent to the switch (which would open it there); the prune drops it.
+            if super::attachments::netns_now(a) == super::attachments::NetnsNow::Replaced {
+                tracing::warn!(
+                    "attachment {}/{}: network namespace replaced; left out",
+                    a.container,
+                    a.ifname
+                );
+                continue;
+            }
             let vlan = t
                 .networks
                 .iter()
@@ -132,13 +147,21 @@ impl Daemon {
 
     pub(super) fn start_pod(&mut self, p: &PodPlan) -> Result<ProcRec, String> {
         std::fs::create_dir_all(&p.dir).map_err(|e| format!("{}: {e}", p.dir.display()))?;
-        let rec = self.procs.spawn(
-            &self.exe,
-            &p.args,
-            &p.dir.join("console.log"),
-            &p.dir.join("vmm.log"),
-        )?;
-        Ok(rec)
+        // The console goes through a pipe to `vnfhost console-log`, which rotates it at
+        // the topology's limit: a chatty guest takes bounded RAM in the run directory.
+        let max = p.console_log_max;
+        let (rd, wr) = pipe().map_err(|e| format!("pod {}: console pipe: {e}", p.name))?;
+        let vmm_log = p.dir.join("vmm.log");
+        let pump = vec![
+            "console-log".to_string(),
+            "--max".into(),
+            format!("{}Ki", max.div_ceil(1024)),
+            p.dir.join("console.log").display().to_string(),
+        ];
+        self.procs
+            .spawn_helper(&self.exe, &pump, rd.into(), &vmm_log)?;
+        // Both ends close here: the pump holds the reading one, the VM the writing one.
+        self.procs.spawn(&self.exe, &p.args, wr.into(), &vmm_log)
     }
 
     /// Starts `p` and sees its VM survive half a second (a bad kernel, short huge pages
@@ -505,6 +528,23 @@ impl Daemon {
 }
 
 /// Last `n` lines of a log, on one line.
+/// A pipe, both ends close-on-exec (each child gets its end as stdin or stdout).
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both are open descriptors that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 fn tail(p: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(p).unwrap_or_default();
     // Informational log lines (`… INFO …`) say less than the errors after them.

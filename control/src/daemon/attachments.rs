@@ -6,38 +6,77 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::{Daemon, GcRequest, PodNetwork};
-use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind};
+use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind, NetnsId};
+
+/// What became of a tap attachment's network namespace since its ADD.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NetnsNow {
+    /// The path names the namespace it named at ADD (or an attachment from before
+    /// identities were recorded, whose path exists).
+    Same,
+    /// Nothing is at the path any more.
+    Gone,
+    /// The path names another namespace now (a reused pid, a replaced bind mount).
+    Replaced,
+}
+
+/// The identity of the namespace at `path`.
+pub(super) fn netns_id(path: &str) -> Option<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    Some(NetnsId {
+        dev: md.dev(),
+        ino: md.ino(),
+    })
+}
+
+/// Whether `a`'s namespace is still the one of its ADD (`Same` for a non-tap).
+pub(super) fn netns_now(a: &Attachment) -> NetnsNow {
+    if a.request.kind != Kind::Tap {
+        return NetnsNow::Same;
+    }
+    match (a.request.netns.as_deref().and_then(netns_id), a.netns_id) {
+        (None, _) => NetnsNow::Gone,
+        (Some(now), Some(then)) if now != then => NetnsNow::Replaced,
+        (Some(_), _) => NetnsNow::Same,
+    }
+}
 
 impl Daemon {
     /// Drops tap attachments whose network namespace is gone (the pod went without a
-    /// DEL); returns whether any was dropped. Their ports would make every switch
-    /// configuration fail.
+    /// DEL) or is another one than at ADD (its path now names somebody else's namespace);
+    /// returns whether any was dropped. Nothing is done in the namespace: the switch's
+    /// tap went with the old namespace, and its port goes from the configuration.
     pub(super) fn prune_attachments(&mut self) -> bool {
-        let gone: Vec<String> = self
+        let stale: Vec<(String, NetnsNow)> = self
             .st
             .attachments
             .iter()
-            .filter(|(_, a)| a.request.kind == Kind::Tap)
-            .filter(|(_, a)| {
-                !a.request
-                    .netns
-                    .as_deref()
-                    .is_some_and(|n| Path::new(n).exists())
-            })
-            .map(|(k, _)| k.clone())
+            .map(|(k, a)| (k.clone(), netns_now(a)))
+            .filter(|(_, now)| *now != NetnsNow::Same)
             .collect();
-        for k in &gone {
-            self.st.attachments.remove(k);
-            self.event(format!(
-                "attachment {k}: its network namespace is gone; dropped"
-            ));
+        for (k, now) in &stale {
+            if let Some(a) = self.st.attachments.remove(k) {
+                self.remove_socket_dir(&a);
+            }
+            self.event(match now {
+                NetnsNow::Replaced => format!(
+                    "attachment {k}: its network namespace path names another namespace than \
+                     at ADD (a reused pid or a replaced mount); dropped without touching it"
+                ),
+                _ => format!("attachment {k}: its network namespace is gone; dropped"),
+            });
         }
-        !gone.is_empty()
+        if !stale.is_empty() {
+            self.persist();
+        }
+        !stale.is_empty()
     }
 
     /// After the switch started anew: its taps are new devices in the pods' namespaces,
     /// without MAC, address or route; give them theirs again.
     pub(super) fn reconfigure_taps(&mut self) {
+        self.prune_attachments();
         let taps: Vec<Attachment> = self
             .st
             .attachments
@@ -46,6 +85,9 @@ impl Daemon {
             .cloned()
             .collect();
         for a in taps {
+            if netns_now(&a) != NetnsNow::Same {
+                continue; // replaced since the prune: the next reconcile drops it
+            }
             let ns = a.request.netns.clone().unwrap_or_default();
             if let Err(e) = attach::configure_tap(&a, &ns) {
                 self.event(format!(
@@ -64,6 +106,7 @@ impl Daemon {
         if !self.switch_alive() {
             return Err(AttachError::new(11, "the switch is not running"));
         }
+        self.prune_attachments();
         let full = self.full_switch(&t, &plan);
         self.set_switch_config(&full)
             .map_err(|e| AttachError::new(attach::CODE_SETUP, format!("switch: {e}")))
@@ -77,6 +120,8 @@ impl Daemon {
         req: AttachRequest,
     ) -> Result<Attachment, AttachError> {
         attach::valid_key(container, ifname)?;
+        // A namespace replaced since its ADD is not reused by an idempotent ADD either.
+        self.prune_attachments();
         let key = format!("{container}/{ifname}");
         if let Some(a) = self.st.attachments.get(&key) {
             if a.request == req {
@@ -93,9 +138,10 @@ impl Daemon {
                 "a tap attachment needs the netns (CNI_NETNS)",
             ));
         }
-        if let (Kind::Tap, Some(ns)) = (req.kind, req.netns.as_deref()) {
-            check_netns(ns)?;
-        }
+        let ns_id = match (req.kind, req.netns.as_deref()) {
+            (Kind::Tap, Some(ns)) => Some(check_netns(ns)?),
+            _ => None,
+        };
         if let Some(ns) = req.netns.as_deref().filter(|n| n.contains([',', '='])) {
             return Err(AttachError::new(
                 4,
@@ -108,7 +154,10 @@ impl Daemon {
             .clone()
             .ok_or_else(|| AttachError::new(11, "no topology is applied"))?;
         let existing: Vec<&Attachment> = self.st.attachments.values().collect();
-        let a = attach::allocate(&t, &existing, container, ifname, &req, &self.run)?;
+        // Tenancy and limits before anything is made: a refusal leaves no trace.
+        attach::admit(&t, &existing, container, &req)?;
+        let mut a = attach::allocate(&t, &existing, container, ifname, &req, &self.run)?;
+        a.netns_id = ns_id;
         if let Some(sock) = &a.socket {
             if let Some(dir) = Path::new(sock).parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -195,7 +244,8 @@ impl Daemon {
 /// A tap attachment's namespace must be a network namespace (an nsfs file, as
 /// `/var/run/netns/NAME`, containerd's, or `/proc/PID/ns/net`), and not the daemon's own:
 /// an API client may not put interfaces and routes into the host's namespace.
-fn check_netns(path: &str) -> Result<(), AttachError> {
+/// Returns the namespace's identity, recorded with the attachment.
+fn check_netns(path: &str) -> Result<NetnsId, AttachError> {
     use std::os::unix::fs::MetadataExt;
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     let bad = |why: String| AttachError::new(4, format!("netns {path:?}: {why}"));
@@ -215,7 +265,10 @@ fn check_netns(path: &str) -> Result<(), AttachError> {
             return Err(bad("is the host's own network namespace".into()));
         }
     }
-    Ok(())
+    Ok(NetnsId {
+        dev: md.dev(),
+        ino: md.ino(),
+    })
 }
 
 /// The interface names extra networks get must be valid, distinct, and leave `eth0`

@@ -123,16 +123,50 @@ impl Daemon {
     }
 }
 
+/// Connections the API serves at once; more are refused at once (503), not queued on a
+/// thread each.
+pub const API_MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its whole request (head and body), however it spreads it.
+pub const API_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Makes the run directory, or tightens an existing one: mode 0750 with the API group as
+/// its group (so the group reaches `api.sock`), 0700 without one. It holds the state file,
+/// logs and consoles of every pod, and sockets no one else is meant to reach.
+fn make_run_dir(dir: &std::path::Path, group: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mode = if group.is_some() { 0o750 } else { 0o700 };
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
+    }
+    if let Some(g) = group {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: c is a valid NUL-terminated path; -1 keeps the owner.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX, g) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+    }
+    // An existing directory (an older daemon made it 0755) is fixed here; the umask may
+    // also have taken bits from a new one, which is harmless.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
 /// Runs the daemon until SIGINT or SIGTERM (which leave the switch and the pods running).
 pub fn run(a: &DaemonArgs) -> Result<(), String> {
     let sigs = crate::switch_cmd::block_signals();
-    std::fs::create_dir_all(&a.run_dir).map_err(|e| format!("{}: {e}", a.run_dir.display()))?;
-    let _ = std::fs::set_permissions(&a.run_dir, std::fs::Permissions::from_mode(0o755));
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let group = match &a.group {
         Some(g) => Some(group_id(g).ok_or_else(|| format!("--group {g}: no such group"))?),
         None => group_id("vnfhost"),
     };
+    make_run_dir(&a.run_dir, group)?;
+    state::tighten(&a.run_dir);
     let api = a.run_dir.join("api.sock");
     let listener = vswitch::service::control::bind_socket(&api, 0o660)?;
     if let Some(g) = group {
@@ -168,19 +202,35 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // A thread per connection, at most API_MAX_CONNECTIONS at once, each done
+            // within API_REQUEST_DEADLINE: idle or slow clients hold a slot for that long
+            // at most, and one over the limit is refused without a thread.
+            let limit = http::ConnLimit::new(API_MAX_CONNECTIONS);
+            let mut refused = 0u64;
             for s in listener.incoming().flatten() {
-                let ok = peer(&s).is_some_and(|c| allowed(&c, group));
+                // Strangers (the socket's mode keeps them out unless loosened by hand)
+                // are turned away before they take a slot.
+                if !peer(&s).is_some_and(|c| allowed(&c, group)) {
+                    http::refuse(s, 403, "permission denied");
+                    continue;
+                }
+                let Some(slot) = limit.try_take() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            "API: {API_MAX_CONNECTIONS} connections busy; refused {refused} \
+                             so far"
+                        );
+                    }
+                    http::refuse_busy(s);
+                    continue;
+                };
                 let dd = dd.clone();
                 let _ = std::thread::Builder::new()
                     .name("api-conn".into())
                     .spawn(move || {
-                        http::serve_one(s, Duration::from_secs(30), |req| {
-                            if ok {
-                                routes::handle(&dd, req)
-                            } else {
-                                Response::json(403, http::error_body("permission denied"))
-                            }
-                        })
+                        let _slot = slot;
+                        http::serve_one(s, API_REQUEST_DEADLINE, |req| routes::handle(&dd, req))
                     });
             }
         })
@@ -192,7 +242,7 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
             .name("metrics".into())
             .spawn(move || {
                 // A thread per scrape (a slow client holds only its own), each bounded by
-                // read and write timeouts; at most 16 at once.
+                // a deadline for its request and a write timeout; at most 16 at once.
                 let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for s in l.incoming().flatten() {
                     use std::sync::atomic::Ordering;
@@ -204,9 +254,8 @@ pub fn run(a: &DaemonArgs) -> Result<(), String> {
                     let _ = std::thread::Builder::new()
                         .name("metrics-conn".into())
                         .spawn(move || {
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                             let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-                            let resp = match http::read_request(&s) {
+                            let resp = match http::read_request_within(&s, Duration::from_secs(5)) {
                                 Ok(r) if r.method == "GET" && r.path == "/metrics" => {
                                     let mut g = match dd.lock() {
                                         Ok(g) => g,

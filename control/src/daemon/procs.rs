@@ -40,6 +40,8 @@ pub(super) fn start_time(pid: i32) -> Option<u64> {
 #[derive(Default)]
 pub(super) struct Procs {
     children: HashMap<i32, Child>,
+    /// Helpers that end with their pod (console pumps), reaped by [`Procs::reap`].
+    helpers: Vec<Child>,
 }
 
 impl Procs {
@@ -65,38 +67,16 @@ impl Procs {
         }
     }
 
-    /// Starts `exe args` in a session of its own, output to `log` (and `out`).
+    /// Starts `exe args` in a session of its own, standard output to `out`, errors
+    /// appended to `log`.
     pub(super) fn spawn(
         &mut self,
         exe: &Path,
         args: &[String],
-        out: &Path,
+        out: Stdio,
         log: &Path,
     ) -> Result<ProcRec, String> {
-        let open = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("{}: {e}", p.display()))
-        };
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(open(out)?)
-            .stderr(open(log)?);
-        // SAFETY: setsid is async-signal-safe and the closure allocates nothing. The
-        // child leaves the daemon's session, so signals to the daemon's terminal or
-        // process group do not reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("{} {}: {e}", exe.display(), args.join(" ")))?;
+        let child = spawn_in_session(exe, args, Stdio::null(), out, log)?;
         let pid = child.id() as i32;
         let t = start_time(pid).unwrap_or(0);
         self.children.insert(pid, child);
@@ -105,6 +85,27 @@ impl Procs {
             start_time: t,
             args: args.to_vec(),
         })
+    }
+
+    /// Starts a helper `exe args` (in a session of its own, reading `input`), which ends
+    /// by itself; the daemon only reaps it.
+    pub(super) fn spawn_helper(
+        &mut self,
+        exe: &Path,
+        args: &[String],
+        input: Stdio,
+        log: &Path,
+    ) -> Result<(), String> {
+        self.reap();
+        let child = spawn_in_session(exe, args, input, Stdio::null(), log)?;
+        self.helpers.push(child);
+        Ok(())
+    }
+
+    /// Reaps helpers that ended.
+    pub(super) fn reap(&mut self) {
+        self.helpers
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
 
     /// SIGTERM, up to `grace` to exit, then SIGKILL. Only a process that is still the
@@ -133,6 +134,34 @@ impl Procs {
             }
         }
     }
+}
+
+/// `exe args` in a session of its own.
+fn spawn_in_session(
+    exe: &Path,
+    args: &[String],
+    input: Stdio,
+    out: Stdio,
+    log: &Path,
+) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(input).stdout(out).stderr(log);
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing. The
+    // child leaves the daemon's session, so signals to the daemon's terminal or
+    // process group do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("{} {}: {e}", exe.display(), args.join(" ")))
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ impl Daemon {
 
     /// One pass of the reconcile loop.
     pub(super) fn reconcile(&mut self) {
+        self.procs.reap();
         let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
             return;
         };

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,23 @@ pub(super) struct Persisted {
     pub(super) pod_networks: BTreeMap<String, Vec<PodNetwork>>,
 }
 
+/// Mode of `state.json`.
+pub(super) const STATE_MODE: u32 = 0o600;
+
+/// Tightens a `state.json` an older daemon left readable by all.
+pub(super) fn tighten(run: &Path) {
+    let f = run.join("state.json");
+    if let Ok(md) = std::fs::metadata(&f) {
+        if md.permissions().mode() & 0o777 != STATE_MODE {
+            if let Err(e) =
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(STATE_MODE))
+            {
+                tracing::error!("{}: making it 0600: {e}", f.display());
+            }
+        }
+    }
+}
+
 impl Daemon {
     pub(super) fn state_file(&self) -> PathBuf {
         self.run.join("state.json")
@@ -55,7 +73,14 @@ impl Daemon {
         let ok = serde_json::to_vec_pretty(&self.st)
             .map_err(std::io::Error::other)
             .and_then(|b| {
-                let mut f = std::fs::File::create(&tmp)?;
+                // Created 0600 (it names every pod, namespace and socket): a leftover
+                // temporary file goes first, as its mode would stay.
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(STATE_MODE)
+                    .open(&tmp)?;
                 f.write_all(&b)?;
                 f.sync_all()
             })
