@@ -6,10 +6,10 @@
 //! | what | where |
 //! |---|---|
 //! | switch control socket | `RUN/switch.sock` |
-//! | switch log | `RUN/switch.log` |
+//! | switch log | `RUN/switch.log` (rotated to `switch.log.1` at 16 MiB by `vnfhost console-log`) |
 //! | pod directory | `RUN/pods/POD/` |
 //! | port of a pod's interface *j* | switch port `POD.ethJ`, vhost-user socket `RUN/pods/POD/ethJ.sock` (the switch listens, the VM connects and reconnects) |
-//! | pod console and VMM log | `RUN/pods/POD/console.log` (rotated to `console.log.1` at `limits.console_log_max` by `vnfhost console-log`), `RUN/pods/POD/vmm.log` |
+//! | pod console and VMM log | `RUN/pods/POD/console.log` (rotated to `console.log.1` at `limits.console_log_max` by `vnfhost console-log`), `RUN/pods/POD/vmm.log` (rotated the same way) |
 //!
 //! Each network is a VLAN (untagged: VLAN 1); each router is a routing domain with an
 //! interface on each of its networks at the network's gateway addresses.

@@ -13,6 +13,9 @@ use super::state::{Persisted, PodRec};
 use super::{ApplyReply, Daemon, Phase, Refusal};
 use crate::attach;
 use crate::plan::{self, Plan, PodPlan};
+
+/// `switch.log` is rotated to `switch.log.1` at this size.
+const SWITCH_LOG_MAX: u64 = 16 << 20;
 use crate::topology::{Host, Network, Topology};
 
 /// One undoable step of an apply.
@@ -48,12 +51,13 @@ impl Daemon {
 
     pub(super) fn start_switch(&mut self, args: &[String]) -> Result<(), String> {
         let log = self.run.join("switch.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
+        // Output through `vnfhost console-log` too: what a guest can make the switch
+        // log is rate-limited, and the file is rotated, so it takes bounded RAM.
+        let out = self.bounded_log(&log, SWITCH_LOG_MAX)?;
+        let err = out
+            .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let rec = self.procs.spawn(&self.exe, args, out.into(), &log)?;
+        let rec = self.procs.spawn(&self.exe, args, out.into(), err.into())?;
         let sock = self.switch_sock();
         let t0 = Instant::now();
         loop {
@@ -160,8 +164,24 @@ impl Daemon {
         ];
         self.procs
             .spawn_helper(&self.exe, &pump, rd.into(), &vmm_log)?;
-        // Both ends close here: the pump holds the reading one, the VM the writing one.
-        self.procs.spawn(&self.exe, &p.args, wr.into(), &vmm_log)
+        // The VMM's own log is bounded the same way.
+        let err = self.bounded_log(&vmm_log, max)?;
+        // Both ends close here: the pumps hold the reading ones, the VM the writing ones.
+        self.procs.spawn(&self.exe, &p.args, wr.into(), err.into())
+    }
+
+    /// The writing end of a pipe into `vnfhost console-log --max MAX FILE`: a log that
+    /// is rotated to `FILE.1` at `max` bytes, so it takes at most twice that.
+    fn bounded_log(&mut self, file: &Path, max: u64) -> Result<std::os::fd::OwnedFd, String> {
+        let (rd, wr) = pipe().map_err(|e| format!("{}: pipe: {e}", file.display()))?;
+        let pump = vec![
+            "console-log".to_string(),
+            "--max".into(),
+            format!("{}Ki", max.div_ceil(1024)),
+            file.display().to_string(),
+        ];
+        self.procs.spawn_helper(&self.exe, &pump, rd.into(), file)?;
+        Ok(wr)
     }
 
     /// Starts `p` and sees its VM survive half a second (a bad kernel, short huge pages

@@ -68,15 +68,15 @@ impl Procs {
     }
 
     /// Starts `exe args` in a session of its own, standard output to `out`, errors
-    /// appended to `log`.
+    /// to `err`.
     pub(super) fn spawn(
         &mut self,
         exe: &Path,
         args: &[String],
         out: Stdio,
-        log: &Path,
+        err: Stdio,
     ) -> Result<ProcRec, String> {
-        let child = spawn_in_session(exe, args, Stdio::null(), out, log)?;
+        let child = spawn_in_session(exe, args, Stdio::null(), out, err)?;
         let pid = child.id() as i32;
         let t = start_time(pid).unwrap_or(0);
         self.children.insert(pid, child);
@@ -97,7 +97,7 @@ impl Procs {
         log: &Path,
     ) -> Result<(), String> {
         self.reap();
-        let child = spawn_in_session(exe, args, input, Stdio::null(), log)?;
+        let child = spawn_in_session(exe, args, input, Stdio::null(), append(log)?)?;
         self.helpers.push(child);
         Ok(())
     }
@@ -137,20 +137,25 @@ impl Procs {
 }
 
 /// `exe args` in a session of its own.
+/// `path` opened for appending, as a child's output.
+pub(super) fn append(path: &Path) -> Result<Stdio, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(Stdio::from)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn spawn_in_session(
     exe: &Path,
     args: &[String],
     input: Stdio,
     out: Stdio,
-    log: &Path,
+    err: Stdio,
 ) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(input).stdout(out).stderr(log);
+    cmd.args(args).stdin(input).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and the closure allocates nothing. The
     // child leaves the daemon's session, so signals to the daemon's terminal or
     // process group do not reach it.
