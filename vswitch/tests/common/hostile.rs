@@ -132,7 +132,10 @@ pub struct Memory {
     pub fd: OwnedFd,
     pub size: u64,
     base: *mut u8,
+    /// Bytes that may be touched (shrinks with `truncate`).
     mapped: usize,
+    /// Bytes mapped (for munmap).
+    map_len: usize,
 }
 
 // SAFETY: the mapping is plain shared memory, accessed with volatile reads and writes;
@@ -169,6 +172,7 @@ impl Memory {
             size,
             base: base.cast(),
             mapped,
+            map_len: mapped,
         })
     }
 
@@ -248,7 +252,7 @@ impl Memory {
 impl Drop for Memory {
     fn drop(&mut self) {
         // SAFETY: unmapping our own mapping, which nothing references any more.
-        unsafe { libc::munmap(self.base.cast(), self.mapped.max(1)) };
+        unsafe { libc::munmap(self.base.cast(), self.map_len.max(1)) };
     }
 }
 
