@@ -203,7 +203,17 @@ struct RxQ {
     vq: Vq,
     heads: [u16; BURST * 2],
     gather: BufPool,
+    /// Polls this queue sits out: after a poll that refused chains, 2^`strikes` of
+    /// them (`strikes` up to [`MAX_STRIKES`], one more per such poll, back to 0 after a
+    /// clean one). An honest driver never posts a bad chain; one that posts nothing
+    /// else is then polled about once every 1024 polls, so it costs the core's other
+    /// queues next to nothing.
+    sit_out: u32,
+    strikes: u32,
 }
+
+/// Most strikes a receive queue collects: it is then polled once every 2^10 polls.
+const MAX_STRIKES: u32 = 10;
 
 struct Shared {
     name: String,
@@ -257,6 +267,8 @@ impl VhostUserPort {
                 vq: Vq::new(),
                 heads: [0; BURST * 2],
                 gather,
+                sit_out: 0,
+                strikes: 0,
             }));
         }
         let shared = Arc::new(Shared {
@@ -1166,7 +1178,13 @@ impl Port for VhostUserPort {
             vq,
             heads,
             gather: pool,
+            sit_out,
+            strikes,
         } = &mut *g;
+        if *sit_out > 0 {
+            *sit_out -= 1;
+            return 0;
+        }
         let Some(ring) = vq.ring.as_mut() else {
             return 0;
         };
@@ -1183,6 +1201,7 @@ impl Port for VhostUserPort {
         // after every other queue of the core had its turn.
         let mut pops = 0;
         let mut walked = 0u32;
+        let mut refused = false;
         while !batch.is_full() && pops < heads.len() && walked < WALK_BUDGET {
             pops += 1;
             let popped = ring.pop(false, &mut vq.chain);
@@ -1197,6 +1216,7 @@ impl Port for VhostUserPort {
                     }
                     ctr.drop_n(e.into(), 1);
                     self.warn_bad_chain("transmit", h, e);
+                    refused = true;
                     continue;
                 }
             };
@@ -1231,6 +1251,12 @@ impl Port for VhostUserPort {
                 unsafe { batch.push_deferred(pool.buf_ptr(slot), n as u32) };
             }
             bytes += len;
+        }
+        if refused {
+            *strikes = (*strikes + 1).min(MAX_STRIKES);
+            *sit_out = 1 << *strikes;
+        } else {
+            *strikes = 0;
         }
         let n = batch.len();
         if n > 0 {
