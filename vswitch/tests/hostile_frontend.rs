@@ -266,6 +266,14 @@ impl SwitchProc {
         }
     }
 
+    /// The last counters the switch printed, sorted, for failure messages.
+    fn counters(&self) -> String {
+        let m = self.stats.lock().expect("stats");
+        let mut kv: Vec<_> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        kv.sort();
+        kv.join(" ")
+    }
+
     fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -359,6 +367,11 @@ impl Flow {
         std::thread::sleep(d);
         let g = self.got.load(Ordering::Relaxed) - g0;
         sp.assert_alive("while measuring the honest flow");
+        assert!(
+            !self.thread.as_ref().is_some_and(|t| t.is_finished()),
+            "the honest generator died; switch counters: {}",
+            sp.counters()
+        );
         g as f64 / t0.elapsed().as_secs_f64()
     }
 }
@@ -469,6 +482,8 @@ struct Measured<T> {
     /// Frames per second in each window without and with the attack.
     without: Vec<f64>,
     with: Vec<f64>,
+    /// The switch's counters at the end, for the failure message.
+    counters: String,
     result: T,
 }
 
@@ -519,6 +534,7 @@ fn measure<T: Send + 'static>(
         ratio,
         without,
         with,
+        counters: sp.counters(),
         result,
     }
 }
@@ -526,15 +542,18 @@ fn measure<T: Send + 'static>(
 fn assert_rate_kept<T>(what: &str, m: &Measured<T>) {
     assert!(
         m.without.iter().any(|&w| w > 0.0),
-        "{what}: no honest traffic at all"
+        "{what}: no honest traffic at all; switch counters: {}",
+        m.counters
     );
     assert!(
         m.ratio >= min_ratio(),
         "{what}: the honest flow fell to {:.1} % of its rate under the attack \
-         (median of paired windows; without {:.0?}, with {:.0?} frames/s)",
+         (median of paired windows; without {:.0?}, with {:.0?} frames/s); \
+         switch counters: {}",
         100.0 * m.ratio,
         m.without,
-        m.with
+        m.with,
+        m.counters
     );
 }
 
