@@ -232,6 +232,13 @@ pub struct PortCounters {
     pub tx_bytes: u64,
     /// Drops by reason (non-zero ones).
     pub drops: BTreeMap<String, u64>,
+    /// Peers that connected (vhost-user).
+    #[serde(default)]
+    pub connections: u64,
+    /// Peers dropped, or requests refused, for breaking the protocol (vhost-user): a
+    /// hostile or broken frontend shows here.
+    #[serde(default)]
+    pub protocol_errors: u64,
 }
 
 /// Load of one polling core.

@@ -402,9 +402,18 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "  {:<20} {:<5} {e}", p.name, "FAIL");
             continue;
         }
+        // A frontend that broke the protocol (refused, dropped) is worth a look.
+        let proto = if p.counters.protocol_errors > 0 {
+            format!(
+                "  protocol errors {} in {} connections",
+                p.counters.protocol_errors, p.counters.connections
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "  {:<20} {:<5} {:>9.0} {:>9.0} {:>10} {:>10}  {}",
+            "  {:<20} {:<5} {:>9.0} {:>9.0} {:>10} {:>10}  {}{proto}",
             p.name,
             if p.up { "up" } else { "down" },
             p.rx_pps,

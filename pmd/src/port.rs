@@ -347,6 +347,12 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Drops by [`PortDrop`] reason.
     pub drops: [u64; PortDrop::COUNT],
+    /// Peers that connected (vhost-user; 0 for ports without a protocol).
+    pub connections: u64,
+    /// Peers dropped or requests refused for breaking the protocol (a bad message, a
+    /// memory table over the cap, memory shrunk under the switch, a call fd that is not
+    /// an eventfd, ...).
+    pub protocol_errors: u64,
 }
 
 impl PortStats {
@@ -364,6 +370,8 @@ impl PortStats {
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
+        self.connections += o.connections;
+        self.protocol_errors += o.protocol_errors;
     }
 }
 

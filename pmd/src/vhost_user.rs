@@ -1385,7 +1385,11 @@ impl Port for VhostUserPort {
     }
 
     fn stats(&self) -> PortStats {
-        let mut s = PortStats::default();
+        let mut s = PortStats {
+            connections: self.connections(),
+            protocol_errors: self.protocol_errors(),
+            ..PortStats::default()
+        };
         for c in self.shared.rx_ctr.iter() {
             let (p, b, d) = c.read();
             s.rx_packets += p;

@@ -9,8 +9,8 @@
 //!   of short windows; `HOSTILE_MIN_RATIO` overrides the bound on a noisy machine),
 //! - the hostile port is refused or reset, and counted.
 //!
-//! The child is this same test binary, re-run with `HOSTILE_SWITCH_DIR` set: the test
-//! `switch_process` is then the switch and reports its counters on stdout.
+//! The child is this same test binary, re-run with `HOSTILE_SWITCH_DIR` set: the
+//! ignored test `switch_process` is then the switch and reports its counters on stdout.
 
 #[path = "common/hostile.rs"]
 mod hostile;
@@ -38,12 +38,13 @@ const MAC_H: u8 = 0xc;
 // ---------------------------------------------------------------------------------
 // The switch process.
 
-/// The switch of the other tests when run by them (`HOSTILE_SWITCH_DIR` set); without
-/// it, there is nothing to do.
+/// The switch of the other tests, run by them (`--ignored`, `HOSTILE_SWITCH_DIR` set);
+/// ignored otherwise, so that it is never counted as a test that passed.
 #[test]
+#[ignore = "the switch process of the other tests in this file, started by them"]
 fn switch_process() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        return;
+        panic!("{CHILD_ENV} is not set: this is the other tests' switch process");
     };
     let dir = PathBuf::from(dir);
     let hvlan: u16 = std::env::var(VLAN_ENV)
@@ -148,6 +149,7 @@ impl SwitchProc {
             .args([
                 "switch_process",
                 "--exact",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -33,4 +33,7 @@ fn two_ports_forward_and_count() {
     assert_eq!(a_st.rx_packets, sent, "{st:?}");
     assert!(b_st.tx_packets >= 1, "{st:?}");
     assert_eq!(b_st.tx_bytes, 64 * b_st.tx_packets, "{st:?}");
+    // Each port counts its frontend's connection, and no protocol error.
+    assert_eq!((a_st.connections, a_st.protocol_errors), (1, 0), "{st:?}");
+    assert_eq!((b_st.connections, b_st.protocol_errors), (1, 0), "{st:?}");
 }

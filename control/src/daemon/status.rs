@@ -168,6 +168,18 @@ pub fn metrics(s: &Status) -> String {
             .collect(),
     );
     family(
+        "vnfhost_port_protocol_errors_total",
+        "counter",
+        "Peers a vhost-user port dropped, or requests it refused, for breaking the protocol.",
+        per_port(&|p| p.counters.protocol_errors),
+    );
+    family(
+        "vnfhost_port_connections_total",
+        "counter",
+        "Peers that connected to a vhost-user port.",
+        per_port(&|p| p.counters.connections),
+    );
+    family(
         "vnfhost_bridge_drops_total",
         "counter",
         "Frames the bridge dropped, by reason.",

@@ -365,6 +365,8 @@ impl Managed {
                             .map(|d| (d.as_str().to_string(), s.drops[*d as usize]))
                             .filter(|(_, n)| *n > 0)
                             .collect(),
+                        connections: s.connections,
+                        protocol_errors: s.protocol_errors,
                     })
                 } else {
                     self.failed.get(name).map(|f| PortCounters {
