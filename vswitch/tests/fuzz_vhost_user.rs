@@ -506,6 +506,8 @@ fn fds_settle(base: usize) -> Result<(), String> {
 
 /// Cases whose sequence left a ring running (so random ring memory was walked).
 static UP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Messages the port took in (sent whole before it hung up).
+static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn run_case(
     c: &Case,
@@ -531,6 +533,7 @@ fn run_case(
         if hostile::send_raw(&s, &m.bytes(), &raw).is_err() {
             break;
         }
+        SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if k % 4 == 3 {
             poll(p, frames);
         }
@@ -585,8 +588,9 @@ fn any_message_sequence_leaves_the_port_serving_the_next_frontend() {
         run_case(&c, &p, &path, &fds, &frames, base_fds)
     });
     eprintln!(
-        "fuzz_vhost_user: {cases} sequences in {:.1} s ({} left a ring running), \
-         {} protocol errors counted, {} connections",
+        "fuzz_vhost_user: {cases} sequences, {} messages in {:.1} s ({} left a ring \
+         running), {} protocol errors counted, {} connections",
+        SENT.load(std::sync::atomic::Ordering::Relaxed),
         t.elapsed().as_secs_f64(),
         UP.load(std::sync::atomic::Ordering::Relaxed),
         p.protocol_errors(),
