@@ -4,9 +4,10 @@
 //! memory or the system: memory ([`mem`] with [`mem::GuestSlice`], [`fault`],
 //! [`pool`], the frame batch in [`port`]), rings ([`vring`], and the driver side in
 //! [`virtio_user`]), [`sync`], and the system ([`sys`], [`hint`], the `SCM_RIGHTS`
-//! messaging of [`vhost_proto`]). The two port drivers keep a few blocks each where a
-//! ring's or pool's buffer becomes a batch entry ([`vhost_user`]: 5, [`tap`]: 1); each
-//! is listed with its reason at the top of its module.
+//! messaging of [`vhost_proto`]). The two port drivers deny it too, except for a few
+//! statements each, allowed one by one, where a ring's or pool's buffer becomes a batch
+//! entry ([`vhost_user`]: 5, [`tap`]: 1), listed with their reason at the top of their
+//! module.
 //!
 //! This crate moves frames and knows nothing of MAC tables, tenants or VMs:
 //! - [`mem`]: hugepage-backed shared regions and guest memory tables;
@@ -40,11 +41,9 @@ pub mod sched;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
-#[allow(unsafe_code)]
 pub mod tap;
 #[allow(unsafe_code)]
 pub mod vhost_proto;
-#[allow(unsafe_code)]
 pub mod vhost_user;
 pub mod virtio;
 #[allow(unsafe_code)]

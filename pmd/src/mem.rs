@@ -100,12 +100,20 @@ impl Mapping {
     /// Maps guest memory like [`map_fd`](Self::map_fd) and registers it with
     /// [`crate::fault`], so that a `SIGBUS` in it (the frontend truncated its file) is
     /// recovered and counted instead of ending the process.
+    ///
+    /// The length is rounded up to whole pages of the file (huge pages for hugetlbfs):
+    /// the kernel maps whole pages anyway, and a hugetlb range can only be unmapped or
+    /// replaced whole.
     pub fn map_guest(fd: i32, len: u64, offset: u64) -> Result<Mapping, MemError> {
-        let mut m = Self::map_fd(fd, len, offset)?;
+        let page = crate::fault::page_size_of(fd) as u64;
+        let whole = len
+            .checked_next_multiple_of(page)
+            .ok_or(MemError::BadRegion("size overflows"))?;
+        let mut m = Self::map_fd(fd, whole, offset)?;
         m.guard = Some(
-            crate::fault::Guard::register(m.ptr, m.len, crate::fault::page_size_of(fd)).ok_or(
-                MemError::BadRegion("too many guest memory mappings in this switch"),
-            )?,
+            crate::fault::Guard::register(m.ptr, m.len).ok_or(MemError::BadRegion(
+                "too many guest memory mappings in this switch",
+            ))?,
         );
         Ok(m)
     }
@@ -392,6 +400,12 @@ impl GuestMemory {
 /// value, and nothing that was read is ever read again and assumed equal. This is the
 /// role vm-memory's `VolatileSlice` plays; the copies here are unrolled for the short
 /// lengths the fast path copies most (see `copy_small`).
+///
+/// The copies are plain raw-pointer copies, not volatile accesses (32-byte moves and
+/// `memcpy`, as vm-memory's bulk copies are). Strictly, Rust's memory model leaves a
+/// read undefined when another process writes the same bytes meanwhile; what this type
+/// guarantees is the part the compiler can act on: no reference that promises the
+/// bytes are stable, and every decision taken on a private copy.
 #[derive(Clone, Copy)]
 pub struct GuestSlice<'a> {
     ptr: *mut u8,

@@ -48,6 +48,9 @@ pub struct CoreLoad {
     pub busy_cycles: AtomicU64,
     /// Frames handled by those polls.
     pub packets: AtomicU64,
+    /// Polls finished, stored after every poll (one relaxed store): what a watchdog
+    /// reads to tell a core stuck inside one poll from a busy one.
+    pub progress: AtomicU64,
 }
 
 impl CoreLoad {
@@ -178,6 +181,7 @@ pub fn spawn_poll_thread(
             while !stop.load(Ordering::Relaxed) {
                 let t0 = tsc();
                 let n = task.poll();
+                load.progress.store(busy_n + idle_n + 1, Ordering::Relaxed);
                 if n > 0 {
                     cycles += tsc().wrapping_sub(t0);
                     packets += n as u64;

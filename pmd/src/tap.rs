@@ -162,8 +162,11 @@ impl Port for TapPort {
                 continue;
             }
             bytes += n as u64;
+            #[allow(unsafe_code)] // see the module docs
             // SAFETY: the pool buffer stays ours until the batch is cleared below.
-            unsafe { batch.push(pool.buf_ptr(slot), n as u32) };
+            unsafe {
+                batch.push(pool.buf_ptr(slot), n as u32)
+            };
         }
         let n = batch.len();
         if n > 0 {

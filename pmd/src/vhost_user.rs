@@ -593,6 +593,12 @@ impl Device {
         self.features = 0;
         self.protocol = 0;
         self.shared.up.store(false, Ordering::Relaxed);
+        // The next frontend starts with a clean record.
+        for q in self.shared.rx.iter() {
+            let mut g = q.lock();
+            g.sit_out = 0;
+            g.strikes = 0;
+        }
     }
 
     /// Builds (or removes) the data-path ring of vring `i` from its set-up state and
@@ -648,6 +654,7 @@ impl Device {
         }
         v.running = ring.is_some();
         vq.ring = ring;
+        vq.chain.clear();
         vq.call = v.call.as_ref().and_then(|f| f.try_clone().ok());
         vq.hdr_len = net_hdr_len(features);
         vq.mrg_rxbuf = features & virtio::NET_F_MRG_RXBUF != 0;
@@ -1142,6 +1149,7 @@ impl VhostUserPort {
         }
         if nbufs > 1 {
             if let Some((p, l)) = first {
+                #[allow(unsafe_code)] // see the module docs
                 // SAFETY: (p, l) is the first buffer of this frame, a checked guest
                 // buffer of the ring we still hold (taken from its chain above, kept as
                 // an address because the chain was reused for the next buffers).
@@ -1235,20 +1243,29 @@ impl Port for VhostUserPort {
             let segs = vq.chain.segs();
             let (p0, l0) = segs[0];
             if u64::from(l0) >= total {
+                #[allow(unsafe_code)] // see the module docs
                 // SAFETY: p0..p0+l0 is a checked guest buffer that stays mapped while we
                 // hold the queue (the batch is cleared before we give the queue back).
-                unsafe { batch.push_deferred(p0.add(hdr), len as u32) };
+                unsafe {
+                    batch.push_deferred(p0.add(hdr), len as u32)
+                };
             } else if l0 as usize == hdr && segs.len() == 2 {
                 let (p1, l1) = segs[1];
+                #[allow(unsafe_code)] // see the module docs
                 // SAFETY: as above, for the second buffer of the chain.
-                unsafe { batch.push_deferred(p1, l1) };
+                unsafe {
+                    batch.push_deferred(p1, l1)
+                };
             } else {
                 let slot = batch.len() as u32;
                 let buf = pool.buf(slot);
                 let n = gather(&vq.chain, hdr, &mut buf[..len as usize]);
+                #[allow(unsafe_code)] // see the module docs
                 // SAFETY: the gather buffer `slot` is ours and is not reused before the
                 // batch is cleared (each batch index owns gather buffer of its index).
-                unsafe { batch.push_deferred(pool.buf_ptr(slot), n as u32) };
+                unsafe {
+                    batch.push_deferred(pool.buf_ptr(slot), n as u32)
+                };
             }
             bytes += len;
         }
@@ -1334,6 +1351,7 @@ impl Port for VhostUserPort {
             let mut lens = [0u32; BURST];
             for (k, (&(_, p, l), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
                 let s = sel[i + k];
+                #[allow(unsafe_code)] // see the module docs
                 // SAFETY: (p, l) is the first buffer of a chain of the ring we hold,
                 // translated and checked by the walk in pass one (kept as an address
                 // because the chain was reused for the next frames).

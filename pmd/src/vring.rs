@@ -258,6 +258,14 @@ impl Chain {
         }
     }
 
+    /// Forgets the buffers (when the ring they came from is replaced), so that a stale
+    /// chain never yields a [`slice`](Self::slice) into memory that may be gone.
+    pub(crate) fn clear(&mut self) {
+        self.n = 0;
+        self.total = 0;
+        self.descs = 0;
+    }
+
     /// Descriptors read to take the chain (at most [`MAX_CHAIN_DESCS`] for a split
     /// ring; for a packed one, every ring slot of a refused chain too).
     pub fn descs(&self) -> u32 {

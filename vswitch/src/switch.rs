@@ -187,9 +187,9 @@ pub struct CoreStats {
     /// The longest time it spent taking in a change (forwarding nothing meanwhile), ns.
     pub longest_change_ns: u64,
     /// How long the core has made no progress (no poll finished), as seen over the
-    /// calls to [`Switch::stats`]; zero for a core that polls. A polling core publishes
-    /// its progress every 1024 polls and before every idle sleep, so anything above
-    /// [`STALL_REPORTED`] means the core is stuck in one poll.
+    /// calls to [`Switch::stats`]; zero for a core that polls. A polling core stores its
+    /// progress after every poll, so anything above [`STALL_REPORTED`] means it is
+    /// stuck inside one poll (an idle core sleeps at most its back-off, 250 µs).
     pub stalled: Duration,
 }
 
@@ -702,8 +702,7 @@ struct CoreHandle {
 impl CoreHandle {
     /// How long the core has shown no progress (polls completed).
     fn stalled(&self, core: usize) -> Duration {
-        let progress = self.load.busy_polls.load(Ordering::Relaxed)
-            + self.load.idle_polls.load(Ordering::Relaxed);
+        let progress = self.load.progress.load(Ordering::Relaxed);
         let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if progress != w.0 {
