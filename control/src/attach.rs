@@ -176,7 +176,8 @@ fn namespace_of(r: &AttachRequest) -> Option<&str> {
 ///   network of that tenant, or on one whose `allowed_namespaces` lists the pod's
 ///   namespace.
 /// - **Limits.** At most `limits.ports_per_pod` ports per pod (container), and
-///   `limits.ports_per_namespace` for the pods of one Kubernetes namespace.
+///   `limits.ports_per_namespace` for the pods of one Kubernetes namespace, and
+///   `limits.ports_per_tenant` on the networks of one tenant.
 ///
 /// Refusals carry [`CODE_FORBIDDEN_NETWORK`] or [`CODE_PORT_LIMIT`] and name the rule.
 pub fn admit(
@@ -259,6 +260,20 @@ pub fn admit(
             ));
         }
     }
+    let in_tenant = existing
+        .iter()
+        .filter(|a| net_of(&a.request.network).is_some_and(|n| n.tenant == net.tenant))
+        .count();
+    let max_tenant = t.limits.ports_per_tenant as usize;
+    if in_tenant >= max_tenant {
+        return Err(AttachError::new(
+            CODE_PORT_LIMIT,
+            format!(
+                "tenant {:?} has {in_tenant} ports; limits.ports_per_tenant is {max_tenant}",
+                net.tenant
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -331,7 +346,8 @@ pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
             .filter(|_| a.request.default_route)
             .and_then(|g| g.parse().ok()),
     };
-    crate::netlink::configure_in(&p, Path::new(netns)).map_err(fail)
+    let expect = a.netns_id.map(|id| (id.dev, id.ino));
+    crate::netlink::configure_in(&p, Path::new(netns), expect).map_err(fail)
 }
 
 #[cfg(test)]
@@ -408,7 +424,7 @@ networks:
   - { name: a2, tenant: ta, cidrs: [10.0.1.0/24], vlan: 11 }
   - { name: b1, tenant: tb, cidrs: [10.0.0.0/24], vlan: 20 }
   - { name: b2, tenant: tb, cidrs: [10.0.2.0/24], vlan: 21, allowed_namespaces: [guests] }
-limits: { ports_per_pod: 3, ports_per_namespace: 4 }
+limits: { ports_per_pod: 3, ports_per_namespace: 4, ports_per_tenant: 7 }
 "#;
 
     fn req(net: &str, pod: &str, primary: bool) -> AttachRequest {
@@ -468,6 +484,25 @@ limits: { ports_per_pod: 3, ports_per_namespace: 4 }
         add(&mut have, "z", "eth0", req("b1", "other/z", true)).unwrap();
         let e = add(&mut have, "z", "net1", req("a1", "other/z", false)).unwrap_err();
         assert_eq!(e.code, CODE_FORBIDDEN_NETWORK);
+        // Per tenant, across namespaces: ta has 6 ports (x: 3, g: 1, y: 1 ... and
+        // counting), up to 7; tb's ports do not count for ta.
+        let ta = have
+            .iter()
+            .filter(|a| a.request.network.starts_with('a'))
+            .count();
+        for k in ta..7 {
+            add(
+                &mut have,
+                &format!("w{k}"),
+                "eth0",
+                req("a1", &format!("ns{k}/w"), true),
+            )
+            .unwrap();
+        }
+        let e = add(&mut have, "v", "eth0", req("a2", "fresh/v", true)).unwrap_err();
+        assert_eq!(e.code, CODE_PORT_LIMIT);
+        assert!(e.error.contains("limits.ports_per_tenant is 7"), "{e:?}");
+        add(&mut have, "u", "eth0", req("b1", "fresh/u", true)).unwrap();
     }
 
     #[test]
@@ -475,11 +510,10 @@ limits: { ports_per_pod: 3, ports_per_namespace: 4 }
         let bad = TENANTS
             .replace("[guests]", "[Not_A_Namespace]")
             .replace("ports_per_pod: 3", "ports_per_pod: 0")
-            + "  console_log_max: 1Ki\n";
-        let bad = bad.replace(
-            "limits: { ports_per_pod: 0, ports_per_namespace: 4 }\n  console_log_max: 1Ki\n",
-            "limits: { ports_per_pod: 0, ports_per_namespace: 4, console_log_max: 1Ki }\n",
-        );
+            .replace(
+                "ports_per_tenant: 7 }",
+                "ports_per_tenant: 0, console_log_max: 1Ki }",
+            );
         let t = crate::topology::parse(&bad).unwrap();
         let p: Vec<String> = t
             .check(crate::topology::Host {
@@ -492,6 +526,7 @@ limits: { ports_per_pod: 3, ports_per_namespace: 4 }
         for want in [
             "networks[3].allowed_namespaces[0]",
             "limits.ports_per_pod",
+            "limits.ports_per_tenant",
             "limits.console_log_max",
         ] {
             assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:?}");

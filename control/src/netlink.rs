@@ -181,9 +181,27 @@ pub struct PodInterface<'a> {
 }
 
 /// Configures `p.ifname`, which exists in the namespace at `netns`: MAC, up, address,
-/// default route.
-pub fn configure_in(p: &PodInterface<'_>, netns: &Path) -> Result<(), String> {
+/// default route. With `expect` (the namespace file's device and inode recorded
+/// earlier), the namespace opened must be that one: checked on the open file, so a
+/// path that changes between the check and the use cannot redirect it.
+pub fn configure_in(
+    p: &PodInterface<'_>,
+    netns: &Path,
+    expect: Option<(u64, u64)>,
+) -> Result<(), String> {
     let ns = File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    if let Some(want) = expect {
+        use std::os::unix::fs::MetadataExt;
+        let md = ns
+            .metadata()
+            .map_err(|e| format!("{}: {e}", netns.display()))?;
+        if (md.dev(), md.ino()) != want {
+            return Err(format!(
+                "{} names another network namespace than at ADD; not touching it",
+                netns.display()
+            ));
+        }
+    }
     let (ifname, mac, (addr, len), gw) = (p.ifname.to_string(), p.mac, p.address, p.gateway);
     let inside = std::thread::spawn(move || -> Result<(), String> {
         // SAFETY: setns on this thread only (it ends after configuring); ns is an open

@@ -58,6 +58,11 @@ pub struct Limits {
     /// CNI attachments of all the pods of one Kubernetes namespace.
     #[serde(default = "default_ports_per_namespace")]
     pub ports_per_namespace: u32,
+    /// CNI attachments on all the networks of one tenant, whatever their namespaces:
+    /// by default half the switch's 256 ports, so no one tenant can take the port
+    /// table from the others.
+    #[serde(default = "default_ports_per_tenant")]
+    pub ports_per_tenant: u32,
     /// Size at which a pod's `console.log` is rotated to `console.log.1` (the one before
     /// is dropped), e.g. `4Mi`: a pod's console takes at most twice this of the run
     /// directory (RAM).
@@ -73,6 +78,10 @@ fn default_ports_per_namespace() -> u32 {
     128
 }
 
+fn default_ports_per_tenant() -> u32 {
+    128
+}
+
 fn default_console_log_max() -> String {
     "4Mi".into()
 }
@@ -82,6 +91,7 @@ impl Default for Limits {
         Limits {
             ports_per_pod: default_ports_per_pod(),
             ports_per_namespace: default_ports_per_namespace(),
+            ports_per_tenant: default_ports_per_tenant(),
             console_log_max: default_console_log_max(),
         }
     }
@@ -542,6 +552,12 @@ impl Topology {
             bad(
                 "limits.ports_per_namespace".into(),
                 format!("{} is not in 1..=65536", l.ports_per_namespace),
+            );
+        }
+        if !(1..=65536).contains(&l.ports_per_tenant) {
+            bad(
+                "limits.ports_per_tenant".into(),
+                format!("{} is not in 1..=65536", l.ports_per_tenant),
             );
         }
         match parse_memory(&l.console_log_max) {
