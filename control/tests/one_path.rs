@@ -81,12 +81,12 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
         sock.to_str().unwrap(),
         "--port",
         &format!(
-            "p1.eth0,vhost-user={},mac=52:54:00:00:00:01,vlan=10,ip=10.0.0.1,sg=web",
+            "p1.eth0,vhost-user={},max-memory=320,mac=52:54:00:00:00:01,vlan=10,ip=10.0.0.1,sg=web",
             s1(1)
         ),
         "--port",
         &format!(
-            "p2.eth0,vhost-user={},mac=52:54:00:00:00:02,vlan=20,ip=10.0.1.1",
+            "p2.eth0,vhost-user={},max-memory=320,mac=52:54:00:00:00:02,vlan=20,ip=10.0.1.1",
             s1(2)
         ),
         "--router-if",

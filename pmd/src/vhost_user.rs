@@ -228,9 +228,10 @@ struct Shared {
     max_memory: u64,
     /// For errors a frontend can trigger.
     log: RateLimit,
-    /// For connects and disconnects: a frontend in a reconnect loop gets one line a
-    /// second (with the count of the ones left out), not one per connection.
-    conn_log: RateLimit,
+    /// For connects, and for disconnects: a frontend in a reconnect loop gets a line of
+    /// each a second (with the count of the ones left out), not two per connection.
+    connect_log: RateLimit,
+    disconnect_log: RateLimit,
 }
 
 /// A vhost-user backend port; see the module docs.
@@ -283,7 +284,8 @@ impl VhostUserPort {
             connections: AtomicU64::new(0),
             max_memory: cfg.max_memory,
             log: RateLimit::new(Duration::from_secs(1)),
-            conn_log: RateLimit::new(Duration::from_secs(1)),
+            connect_log: RateLimit::new(Duration::from_secs(1)),
+            disconnect_log: RateLimit::new(Duration::from_secs(1)),
         });
         let listener = match cfg.mode {
             Mode::Server => Some(bind_socket(&cfg.path)?),
@@ -420,10 +422,10 @@ fn control_loop(
             continue;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);
-        if let Some(supp) = shared.conn_log.check() {
+        if let Some(supp) = shared.connect_log.check() {
             tracing::info!(
-                "port {}: vhost-user frontend connected on {} ({supp} connect/disconnect \
-                 messages suppressed)",
+                "port {}: vhost-user frontend connected on {} ({supp} more connects not \
+                 logged)",
                 shared.name,
                 cfg.path.display()
             );
@@ -472,10 +474,10 @@ fn serve(
         let mut msg = match proto::recv_msg(stream) {
             Ok(m) => m,
             Err(proto::ProtoError::Disconnected) => {
-                if let Some(supp) = shared.conn_log.check() {
+                if let Some(supp) = shared.disconnect_log.check() {
                     tracing::info!(
-                        "port {}: vhost-user frontend disconnected ({supp} connect/disconnect \
-                         messages suppressed)",
+                        "port {}: vhost-user frontend disconnected ({supp} more disconnects \
+                         not logged)",
                         shared.name
                     );
                 }
