@@ -1,5 +1,6 @@
-//! A pod's console on disk, bounded: `vnfhost console-log --max BYTES FILE` copies its
-//! standard input (the VM's serial console, through a pipe) to `FILE`, and when `FILE`
+//! A log on disk, bounded — a pod's console, its VMM's log, the switch's log:
+//! `vnfhost console-log --max BYTES FILE` copies its standard input (the VM's serial
+//! console, or a process's output, through a pipe) to `FILE`, and when `FILE`
 //! would pass `BYTES` it is renamed to `FILE.1` (the one before is dropped) and a new
 //! `FILE` begins. A guest that prints without pause so takes at most twice `BYTES` of the
 //! run directory, which is RAM, and the newest output is always kept.
@@ -21,7 +22,7 @@ usage: vnfhost console-log --max BYTES FILE
 
 Copies standard input to FILE; when FILE would pass BYTES (e.g. 4Mi) it becomes FILE.1
 (the one before is dropped) and a new FILE begins. The daemon runs it for each pod's
-console.
+console and VMM log, and for the switch's log.
 
 options:
   --max BYTES   size of FILE at which it is rotated (4Ki..1Gi)
