@@ -596,25 +596,7 @@ impl PortSecurity {
 
     /// The port's EUI-64 IPv6 link-local address (what Linux configures by default).
     fn link_local(&self) -> std::net::Ipv6Addr {
-        let m = self.mac.as_bytes();
-        std::net::Ipv6Addr::from([
-            0xfe,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            m[0] ^ 2,
-            m[1],
-            m[2],
-            0xff,
-            0xfe,
-            m[3],
-            m[4],
-            m[5],
-        ])
+        eui64_link_local(self.mac)
     }
 
     /// Checks a frame from this port; `l3` is the offset of its L3 header.
@@ -1710,6 +1692,30 @@ impl Bridge {
 }
 
 mod nd;
+
+/// The EUI-64 IPv6 link-local address of `mac` (`fe80::` with the MAC's universal/local
+/// bit flipped and `ff:fe` in the middle): what Linux gives an interface by default.
+pub fn eui64_link_local(mac: EthernetAddress) -> std::net::Ipv6Addr {
+    let m = mac.as_bytes();
+    std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
 
 #[cfg(test)]
 mod tests;

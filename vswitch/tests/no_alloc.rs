@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pmd::VlanEdit;
 use vswitch::bridge::{
-    Bridge, BridgeConfig, DropReason, FilterRule, Forwarded, IngressFilter, PortId, PortSecurity,
-    RuleProto, Vid, VlanMode, VlanSet,
+    eui64_link_local, Bridge, BridgeConfig, DropReason, FilterRule, Forwarded, IngressFilter,
+    PortId, PortSecurity, RuleProto, Vid, VlanMode, VlanSet,
 };
 use vswitch::router::{Router, RouterIf, Verdict};
 use vswitch::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
@@ -99,25 +99,7 @@ fn arp(sha: EthernetAddress, spa: [u8; 4]) -> Vec<u8> {
 /// An ICMPv6 message of type `ty` from `src`'s EUI-64 link-local address, carrying
 /// `body` after the first 8 bytes.
 fn icmp6(src: EthernetAddress, ty: u8, body: &[u8]) -> Vec<u8> {
-    let m = src.as_bytes();
-    let ll = [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 2,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ];
+    let ll = eui64_link_local(src).octets();
     let mut v = frame(EthernetAddress([0x33, 0x33, 0, 0, 0, 1]), src, &[]);
     v.truncate(14);
     v[12..14].copy_from_slice(&[0x86, 0xdd]);
@@ -181,9 +163,7 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
     w.push((PortId(7), own));
     w.push((PortId(7), arp(mac(77), [10, 0, 0, 7])));
     // A neighbour advertisement for its link-local address, with its MAC.
-    let mut na = vec![
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0x10, 77,
-    ];
+    let mut na = eui64_link_local(mac(77)).octets().to_vec();
     na.extend_from_slice(&[2, 1]);
     na.extend_from_slice(mac(77).as_bytes());
     w.push((PortId(7), icmp6(mac(77), 136, &na)));
