@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cni::{conf, Netns};
+use common::cni::{cni_in, conf, Netns};
 use serde_json::Value;
 
 const TOPOLOGY: &str = r#"
@@ -25,27 +23,12 @@ networks:
 limits: { ports_per_pod: 3, ports_per_namespace: 4 }
 "#;
 
-/// `vnfhost-cni` for pod `namespace/container` (the container id is the pod's name).
+/// `vnfhost-cni` for pod `namespace/container`, to the daemon its configuration names.
 fn cni(cmd: &str, container: &str, namespace: &str, netns: &str, conf: &str) -> (bool, Value) {
-    let mut c = Command::new(common::cni_binary())
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={container}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let o = c.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let v = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
-    (o.status.success(), v)
+    let api: Value = serde_json::from_str(conf).expect("conf is JSON");
+    let api = api["api"].as_str().expect("conf names the API");
+    let (ok, v, _) = cni_in(cmd, container, namespace, netns, conf, api);
+    (ok, v)
 }
 
 fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {

@@ -48,10 +48,23 @@ impl Drop for Netns {
     }
 }
 
-/// Runs `vnfhost-cni` with `CNI_COMMAND=cmd`: (success, stdout as JSON, time taken).
+/// Runs `vnfhost-cni` with `CNI_COMMAND=cmd` for pod `default/container`: (success,
+/// stdout as JSON, time taken).
 pub fn cni(
     cmd: &str,
     container: &str,
+    netns: &str,
+    conf: &str,
+    api: &str,
+) -> (bool, Value, Duration) {
+    cni_in(cmd, container, "default", netns, conf, api)
+}
+
+/// [`cni`] for pod `namespace/container` (the container id is the pod's name).
+pub fn cni_in(
+    cmd: &str,
+    container: &str,
+    namespace: &str,
     netns: &str,
     conf: &str,
     api: &str,
@@ -66,7 +79,7 @@ pub fn cni(
         .env("CNI_PATH", "/usr/lib/cni")
         .env(
             "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={container}"),
         )
         .env("VNFHOST_API", api)
         .stdin(Stdio::piped())
