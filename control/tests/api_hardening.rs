@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cni::{cni, conf, Netns};
-use serde_json::Value;
 
 /// The daemon's API deadline for a whole request (`API_REQUEST_DEADLINE`).
 const DEADLINE: Duration = control::daemon::API_REQUEST_DEADLINE;
@@ -196,19 +195,6 @@ fn the_run_directory_and_the_state_file_are_private() {
     drop(d);
 }
 
-fn attachments(api: &str) -> Vec<Value> {
-    let (st, body) = api::http::call(
-        Path::new(api),
-        "GET",
-        "/v1/attachments",
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(st, 200);
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[test]
 fn a_namespace_path_that_names_another_namespace_later_is_not_touched() {
     let _g = common::serial();
@@ -252,7 +238,11 @@ fn a_namespace_path_that_names_another_namespace_later_is_not_touched() {
         !links.contains("eth0"),
         "an interface was made in the new namespace: {links}"
     );
-    assert!(attachments(&api).is_empty(), "{:?}", attachments(&api));
+    assert!(
+        common::cni::attachments(&api).is_empty(),
+        "{:?}",
+        common::cni::attachments(&api)
+    );
     let log = std::fs::read_to_string(run.join("daemon.log")).unwrap_or_default();
     assert!(log.contains("names another namespace"), "{log}");
     // DEL is still clean (idempotent), and touches nothing in the new namespace.

@@ -56,13 +56,9 @@ fn annotate(api: &str, pod: &str, networks: &str) {
 
 /// The attachments of `container`, or of network `net`.
 fn attachments(api: &str, f: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let (st, v) = call(api, "GET", "/v1/attachments", None);
-    assert_eq!(st, 200);
-    v.as_array()
-        .unwrap()
-        .iter()
+    common::cni::attachments(api)
+        .into_iter()
         .filter(|a| f(a))
-        .cloned()
         .collect()
 }
 

@@ -242,16 +242,7 @@ state = "{ds}/state"
 
     /// The daemon's attachments.
     fn attachments(&self) -> Vec<Value> {
-        let (st, body) = api::http::call(
-            &self.api,
-            "GET",
-            "/v1/attachments",
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(st, 200);
-        serde_json::from_slice(&body).unwrap()
+        common::cni::attachments(&self.api)
     }
 }
 

@@ -509,6 +509,18 @@ impl Piece<'_> {
     }
 }
 
+/// The frame `head ++ tail` with `edit` applied, as one vector: what a port puts on the
+/// wire, for tests and slow paths (the fast path copies the pieces straight).
+pub fn edited_frame(head: &[u8], tail: GuestSlice<'_>, edit: VlanEdit) -> Vec<u8> {
+    let mut tag = [0; 4];
+    let (pieces, n) = edited_pieces(head, tail, edit, &mut tag);
+    let mut out = Vec::new();
+    for p in &pieces[..n] {
+        p.extend_vec(&mut out);
+    }
+    out
+}
+
 /// Splits the frame `head ++ tail`, with `edit` applied, into at most four consecutive
 /// pieces (`pieces[..n]`). `head` holds at least the first 16 bytes whenever the frame
 /// has them (see [`RxBatch::parts`]), so edits touch only `head`; a pushed tag is
@@ -553,17 +565,11 @@ mod tests {
     use super::*;
 
     fn edit(frame: &[u8], e: VlanEdit) -> Vec<u8> {
-        let mut tag = [0; 4];
         let cut = frame.len().min(HEAD_SNAPSHOT);
         let mut copy = frame.to_vec();
         // SAFETY: `copy` outlives the slice and nothing else writes it.
         let tail = unsafe { GuestSlice::new(copy.as_mut_ptr().add(cut), frame.len() - cut) };
-        let (p, n) = edited_pieces(&frame[..cut], tail, e, &mut tag);
-        let mut out = Vec::new();
-        for piece in &p[..n] {
-            piece.extend_vec(&mut out);
-        }
-        out
+        edited_frame(&frame[..cut], tail, e)
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 
 use etherparse::icmpv6::{NeighborAdvertisementHeader, RouterAdvertisementHeader};
 use etherparse::{Icmpv6Type, PacketBuilder};
-use pmd::port::{edited_pieces, RxBatch, TxSel};
+use pmd::port::{edited_frame, RxBatch, TxSel};
 use vswitch::bridge::{
     Bridge, BridgeConfig, DropReason, PortId, PortSecurity, ToRouter, Vid, VlanMode,
 };
@@ -88,13 +88,7 @@ fn bridge() -> Bridge {
 /// from guest memory, edited as staged.
 fn transmitted(batch: &RxBatch, sel: TxSel) -> Vec<u8> {
     let (head, tail) = batch.parts(usize::from(sel.idx));
-    let mut tag = [0; 4];
-    let (pieces, n) = edited_pieces(head, tail, sel.edit, &mut tag);
-    let mut out = Vec::new();
-    for p in &pieces[..n] {
-        p.extend_vec(&mut out);
-    }
-    out
+    edited_frame(head, tail, sel.edit)
 }
 
 #[test]

@@ -98,6 +98,20 @@ pub fn cni_in(
     (o.status.success(), v, took)
 }
 
+/// The daemon's CNI attachments (`GET /v1/attachments`).
+pub fn attachments(api: impl AsRef<std::path::Path>) -> Vec<Value> {
+    let (st, body) = api::http::call(
+        api.as_ref(),
+        "GET",
+        "/v1/attachments",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// A network configuration for `network`.
 pub fn conf(network: &str, version: &str, api: &str) -> String {
     format!(
