@@ -36,6 +36,11 @@ options:
                     switch's `,client` port), or with `client` connects
                     to it; `packed` offers packed virtqueues (qemu only)
   --console FILE    write the console to FILE (kvm only)
+  --agent PATH      serve the guest agent's virtio-serial port (vnfhost.agent)
+                    on the Unix socket PATH (qemu only, for now)
+  --disk SPEC       repeatable; SPEC is PATH[,ro][,serial=S]: a virtio-blk
+                    disk (a file or block device); S defaults to diskN
+                    (qemu only, for now)
   -h, --help        this text
 
 Exits 0 when the guest powers off or resets, 1 when it dies. A guest whose init runs a
@@ -129,6 +134,30 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     })
 }
 
+/// Parses one `--disk PATH[,ro][,serial=S]`; `n` disks came before it.
+pub fn parse_disk(s: &str, n: usize) -> Result<vmm::DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty());
+    let path = path.ok_or_else(|| format!("--disk {s:?}: PATH is missing"))?;
+    let mut d = vmm::DiskConfig {
+        path: path.into(),
+        serial: format!("disk{n}"),
+        read_only: false,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "ro" => d.read_only = true,
+            Some(("serial", v)) => d.serial = v.to_string(),
+            _ => {
+                return Err(format!(
+                    "--disk {s:?}: unknown part {part:?} (expected PATH[,ro][,serial=S])"
+                ))
+            }
+        }
+    }
+    Ok(d)
+}
+
 fn value(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
     p.value()
         .map_err(|e| format!("{flag}: {e}"))?
@@ -153,6 +182,8 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
             nets: vec![],
             pit: false,
             console_input: true,
+            agent: None,
+            disks: vec![],
         },
         cmdline_given: false,
         append: vec![],
@@ -188,6 +219,11 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
             Long("pit") => a.vm.pit = true,
             Long("net") => a.vm.nets.push(parse_net(&value(&mut p, "--net")?)?),
             Long("console") => a.console = Some(value(&mut p, "--console")?.into()),
+            Long("agent") => a.vm.agent = Some(value(&mut p, "--agent")?.into()),
+            Long("disk") => {
+                let n = a.vm.disks.len();
+                a.vm.disks.push(parse_disk(&value(&mut p, "--disk")?, n)?)
+            }
             Long("help") | Short('h') => return Ok(Parsed::Help(RUN_USAGE)),
             other => return Err(unexpected("vm run", other)),
         }
@@ -204,7 +240,14 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
 /// panic, a reset) is a failure, 1. Otherwise: 0 when the guest powered off or reset, 1
 /// when it died. Stopped by SIGINT or SIGTERM: 0.
 pub fn run(mut a: RunArgs) -> Result<i32, String> {
-    let (backend, why) = hypervisor::resolve(a.hypervisor);
+    let (backend, why) = match a.hypervisor {
+        Choice::Auto if a.vm.agent.is_some() || !a.vm.disks.is_empty() => (
+            Backend::Qemu,
+            "auto: an agent port and disks are devices of the qemu backend only, for now"
+                .to_string(),
+        ),
+        c => hypervisor::resolve(c),
+    };
     if !a.cmdline_given {
         a.vm.cmdline = vmm::guest::default_cmdline(backend);
     }

@@ -23,12 +23,13 @@ cache="${VNFHOST_CACHE:-/var/cache/vnfhost}"
 out="$cache/guest"
 kernel="$out/vmlinuz"
 initrd="$out/initramfs.cpio.gz"
-init_srcs=("$here/init/Cargo.toml" "$here/init/src/"*.rs)
+init_srcs=("$here/init/Cargo.toml" "$here/init/src/"*.rs "$here/agent/Cargo.toml" "$here/agent/src/"*.rs)
 busybox_bin="${VNFHOST_BUSYBOX:-/bin/busybox}"
 meta_pkg="linux-image-cloud-amd64"
 # Loaded in this order by /init (each one's dependencies come first).
 modules=(virtio_ring virtio failover net_failover virtio_net virtio_mmio
-         virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci)
+         virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+         virtio_console virtio_blk overlay erofs)
 
 print_paths() {
     echo "VNFHOST_GUEST_KERNEL=$kernel"

@@ -28,4 +28,4 @@ pub mod qemu;
 pub mod vm;
 
 pub use devices::vhost_net::NetConfig;
-pub use vm::{Vm, VmConfig, VmError, VmExit};
+pub use vm::{DiskConfig, Vm, VmConfig, VmError, VmExit};

@@ -88,6 +88,35 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
                 ),
             ]);
     }
+    if let Some(agent) = &cfg.agent {
+        // A virtio-serial bus with one named port; the guest's agent finds it by name.
+        cmd.args(["-device", "virtio-serial-device,max_ports=2"])
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    path_arg(agent)?
+                ),
+            ])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=agent,name={}", ::agent::PORT_NAME),
+            ]);
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        cmd.args([
+            "-drive",
+            &format!(
+                "file={},if=none,id=disk{i},format=raw{}",
+                path_arg(&d.path)?,
+                if d.read_only { ",readonly=on" } else { "" }
+            ),
+        ])
+        .args([
+            "-device",
+            &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
+        ]);
+    }
     if !cfg.cpus.is_empty() {
         pin_command(&mut cmd, &cfg.cpus);
     }

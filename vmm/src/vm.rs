@@ -57,6 +57,22 @@ pub struct VmConfig {
     pub pit: bool,
     /// Feed stdin to the serial console.
     pub console_input: bool,
+    /// A Unix socket the VMM serves for the guest agent's virtio-serial port
+    /// (`vnfhost.agent`).
+    pub agent: Option<PathBuf>,
+    /// Block devices (virtio-blk).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One `--disk` of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The file or block device.
+    pub path: PathBuf,
+    /// The serial number the guest sees (`/sys/block/vdX/serial`), at most 20 bytes.
+    pub serial: String,
+    /// The guest may not write to it.
+    pub read_only: bool,
 }
 
 /// How the guest ended.
@@ -176,6 +192,37 @@ pub fn validate(cfg: &VmConfig) -> Result<(), VmError> {
             cfg.nets.len()
         )));
     }
+    for d in &cfg.disks {
+        if d.serial.len() > 20
+            || !d
+                .serial
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(VmError::Config(format!(
+                "--disk {}: serial {:?} must be at most 20 of [A-Za-z0-9_-]",
+                d.path.display(),
+                d.serial
+            )));
+        }
+        let md = std::fs::metadata(&d.path)
+            .map_err(|e| VmError::Config(format!("--disk {}: {e}", d.path.display())))?;
+        use std::os::unix::fs::FileTypeExt;
+        if !(md.is_file() || md.file_type().is_block_device()) {
+            return Err(VmError::Config(format!(
+                "--disk {}: not a regular file or a block device",
+                d.path.display()
+            )));
+        }
+    }
+    if cfg.nets.len() + cfg.disks.len() + usize::from(cfg.agent.is_some()) > VIRTIO_MMIO_SLOTS {
+        return Err(VmError::Config(format!(
+            "{} network devices, {} disks and {} agent port: a VM has {VIRTIO_MMIO_SLOTS} device slots",
+            cfg.nets.len(),
+            cfg.disks.len(),
+            usize::from(cfg.agent.is_some())
+        )));
+    }
     crate::memory::check(cfg.mem, cfg.hugepages)?;
     let online = pmd::sched::online_cpus();
     if let Some(c) = cfg.cpus.iter().find(|&&c| c >= online) {
@@ -203,6 +250,11 @@ impl Vm {
     pub fn new(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmError> {
         let started = Instant::now();
         validate(cfg)?;
+        if cfg.agent.is_some() || !cfg.disks.is_empty() {
+            return Err(VmError::Config(
+                "an agent port (--agent) and disks (--disk) are not supported by the kvm backend yet; use --hypervisor qemu".into(),
+            ));
+        }
         if cfg.nets.iter().any(|n| n.packed) {
             // Its virtio-net resumes a ring after a backend restart from the used index
             // in guest memory, which a packed ring does not have.

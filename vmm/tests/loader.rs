@@ -51,6 +51,8 @@ fn debian_bzimage_and_initramfs_load_where_linux_expects_them() {
         nets: vec![],
         pit: false,
         console_input: false,
+        agent: None,
+        disks: vec![],
     };
     let ram = GuestRam::new(cfg.mem, false, false).unwrap();
     let ((entry, header), initrd_at) = vmm::vm::load(&cfg, &ram).unwrap();
@@ -88,6 +90,8 @@ fn an_initrd_that_does_not_fit_is_refused_with_the_reason() {
         nets: vec![],
         pit: false,
         console_input: false,
+        agent: None,
+        disks: vec![],
     };
     let ram = GuestRam::new(cfg.mem, false, false).unwrap();
     let e = vmm::vm::load(&cfg, &ram).unwrap_err().to_string();

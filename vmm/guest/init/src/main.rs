@@ -7,11 +7,13 @@
 //! 2. loads the kernel modules listed in `/lib/modules/load-order` (the virtio drivers of
 //!    Debian's cloud kernel, dependencies first) with `finit_module`;
 //! 3. reads its settings from the kernel command line (see [`Settings`]): `vnf.ip=`,
-//!    `vnf.gw=`, `vnf.echo=`, `vnf.run=`;
+//!    `vnf.gw=`, `vnf.echo=`, `vnf.run=`, `vnf.agent=`;
 //! 4. brings up `lo` and, with `vnf.ip`, waits for `eth0` and configures its address,
 //!    netmask and the default route (ioctls: no `ip` binary needed);
 //! 5. prints `VNFHOST-GUEST-READY` on the console, or `VNFHOST-GUEST-FAILED: reason`;
-//! 6. runs the workload: `vnf.run=CMD` runs `sh -c CMD`, prints
+//! 6. with `vnf.agent=1`, serves the host's `vnfhost.agent` virtio-serial port (the
+//!    [`agent`] module: containers from their own images, exec, stdio, exit statuses);
+//!    else runs the workload: `vnf.run=CMD` runs `sh -c CMD`, prints
 //!    `VNFHOST-WORKLOAD-EXIT status=N` (its exit status 0 to 255, 128 + the signal that
 //!    killed it, 127 when it cannot be started), waits for the console to send it and
 //!    powers off: `vnfhost vm run` reads that line and exits with N (the line is
@@ -28,6 +30,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod agent;
 mod net;
 
 /// What the kernel command line asks of init.
@@ -41,6 +44,9 @@ pub struct Settings {
     pub echo: bool,
     /// `vnf.run=CMD` (quote it when it has spaces: `"vnf.run=ping -c 1 10.0.0.2"`).
     pub run: Option<String>,
+    /// `vnf.agent=1`: serve the host's agent port (containers from their images) instead
+    /// of a console shell.
+    pub agent: bool,
     /// Words that could not be understood.
     pub errors: Vec<String>,
 }
@@ -97,6 +103,7 @@ pub fn settings(cmdline: &str) -> Settings {
                 Err(_) => s.errors.push(format!("vnf.gw={v}: not an IPv4 address")),
             },
             "vnf.echo" => s.echo = v == "1",
+            "vnf.agent" => s.agent = v == "1",
             "vnf.run" if !v.is_empty() => s.run = Some(v.to_string()),
             _ => {}
         }
@@ -270,6 +277,20 @@ fn main() {
             for e in &errors {
                 console(&format!("VNFHOST-GUEST-FAILED: {e}"));
             }
+        }
+    }
+    if s.agent {
+        // The virtio console driver makes the port shortly after it loads.
+        let t = Instant::now();
+        loop {
+            if let Some(port) = agent::find_port() {
+                agent::run(&port);
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                console("VNFHOST-GUEST-FAILED: no vnfhost.agent port (virtio-serial missing?)");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     if let Some(run) = &s.run {
