@@ -2,41 +2,49 @@
 //! containers in a vnfhost pod VM, for the runtime handler
 //! `runtime_type = "io.containerd.vnfhost.v2"`.
 //!
-//! One shim serves one pod sandbox (containers are grouped by the sandbox id CRI puts
-//! in their annotations), and the sandbox is one pod VM:
+//! One shim serves one pod sandbox (containers are grouped by the sandbox id CRI puts in
+//! their annotations), and the sandbox is one pod VM (`vnfhost_podvm`):
 //!
-//! - **starting the sandbox** boots the VM (`vnfhost vm run`: QEMU microvm on a host
-//!   without vmx/svm, vnfhost's KVM monitor otherwise). Its NIC is a vhost-user port on
-//!   the switch on the pod's network: the shim asks the daemon for an attachment
-//!   `SANDBOX/vm0` on the network of the pod's CNI attachment (containerd made the netns
-//!   and ran CNI before, as for any pod). The sandbox task's pid is the VM's.
-//! - **starting a container** waits for the guest to be ready, then has the guest's
-//!   console shell (vnfhost-init's) run the container's command line in the background;
-//!   every line it prints comes back on the console tagged with the container, and goes
-//!   to the container's stdout, so it lands in the container's CRI log. The command's
-//!   exit status is the task's (`TaskExit` event). Killing the container signals the
-//!   command inside the guest; stopping the sandbox stops the VM.
-//!
-//! Limits: the command runs in the guest image's BusyBox userland, not in the container
-//! image's filesystem; no exec, no TTY, no stdin; stdout and stderr are merged.
+//! - **starting the sandbox** boots the VM (QEMU microvm: KVM where the CPU has it, TCG
+//!   otherwise) with the agent's virtio-serial port and [`podvm::vm::DEFAULT_SLOTS`]
+//!   disk slots. Its NIC is a vhost-user port on the switch on the pod's network. The
+//!   sandbox task's pid is the VM's.
+//! - **creating a container** turns its root file system (the mounts containerd hands
+//!   over) into a read-only ext4 image, cached per snapshot chain, copies it into a free
+//!   slot and has the guest agent make the container: the image under an overlay, its
+//!   OCI process (args, env, cwd, user, terminal), hostname, and the small host files CRI
+//!   binds (`/etc/hosts`, `/etc/resolv.conf`...). Mounts that cannot be carried into the
+//!   VM are refused ([`podvm::spec`]).
+//! - **Start, Exec, Kill, ResizePty, CloseIO, Wait, State, Delete, Stats** go to the agent
+//!   for the container's or the exec's process; stdout and stderr go to their own FIFOs,
+//!   stdin comes from its FIFO, a TTY is a pty in the guest. Exit statuses are the
+//!   processes' own (127: not found), published as `TaskExit` events.
+//! - **stopping the sandbox** stops the VM: every container still running ends (137).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim as shim;
+use podvm::vm::{Config as VmConfig, NetPort, PodVm};
+use podvm::{Event, Handler};
 use shim::protos::events::task::TaskExit;
+use shim::protos::protobuf::well_known_types::any::Any;
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use shim::protos::protobuf::Message;
 use shim::protos::ttrpc::context::Context;
 use shim::{
     api, publisher::RemotePublisher, Config, DeleteResponse, ExitSignal, Flags, TtrpcContext,
     TtrpcResult,
 };
 
-/// Where a task is in its life.
+/// How long a container waits for its sandbox's guest to answer (TCG boots in seconds).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where a process is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Created,
@@ -44,44 +52,36 @@ enum Phase {
     Stopped,
 }
 
-struct Task {
-    bundle: String,
+/// A container's process or an exec.
+struct Proc {
+    stdin: String,
     stdout: String,
-    sandbox: bool,
-    args: Vec<String>,
+    stderr: String,
     phase: Phase,
     pid: u32,
     exit_status: u32,
     exited_at: Option<SystemTime>,
-    /// The command's pid inside the guest, once it reported it.
-    guest_pid: Option<u32>,
-    /// Where its output goes.
-    out: Option<std::fs::File>,
+    /// The agent's process number.
+    agent_proc: Option<u32>,
+    /// What to run (an exec's, until it starts).
+    process: agent::Process,
 }
 
-/// The sandbox's VM.
-struct Vm {
-    pid: u32,
-    console: ChildStdin,
-    ready: bool,
-    /// Why it cannot run containers (it failed to boot, or it ended).
-    dead: Option<String>,
+struct Task {
+    bundle: String,
+    sandbox: bool,
+    main: Proc,
+    execs: HashMap<String, Proc>,
+    /// The disk slot of its image.
+    slot: Option<usize>,
 }
 
 #[derive(Default)]
 struct State {
     tasks: HashMap<String, Task>,
-    vm: Option<Vm>,
-}
-
-/// The tag of a container's lines on the console.
-fn tag(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}
-
-/// `a` quoted for the guest's shell.
-fn quote(a: &str) -> String {
-    format!("'{}'", a.replace('\'', "'\\''"))
+    vm: Option<Arc<PodVm>>,
+    /// Why the VM cannot run containers (it ended).
+    vm_dead: Option<String>,
 }
 
 #[derive(Clone)]
@@ -104,18 +104,10 @@ fn timestamp(t: SystemTime) -> Timestamp {
     ts
 }
 
-/// The `vnfhost` binary: `VNFHOST_BIN`, else next to this shim, else from `PATH`.
-fn vnfhost_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("VNFHOST_BIN") {
-        return p.into();
-    }
-    if let Ok(me) = std::env::current_exe() {
-        let next = me.with_file_name("vnfhost");
-        if next.exists() {
-            return next;
-        }
-    }
-    PathBuf::from("vnfhost")
+/// Where pod VMs keep their slots and sockets (on disk: images are copied into slots).
+fn vm_dir(sandbox: &str) -> PathBuf {
+    let base = std::env::var_os("VNFHOST_VM_DIR").unwrap_or_else(|| "/var/lib/vnfhost/vm".into());
+    Path::new(&base).join(sandbox)
 }
 
 /// A call to the node's daemon; `None` when it cannot be reached.
@@ -128,13 +120,9 @@ fn daemon(method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, serde_j
     ))
 }
 
-/// The VM's port.
-type VmPort = (String, String, String, Option<String>);
-
-/// A vhost-user port for the VM on the network of the sandbox's CNI attachment:
-/// `(socket, mac, address, gateway)`; `None` when the pod has no vnfhost network (a
-/// host-network pod, or another CNI plugin); an error when the daemon cannot make it.
-fn vm_port(sandbox: &str, ifname: &str) -> Result<Option<VmPort>, String> {
+/// A vhost-user port for the VM on the network of the sandbox's CNI attachment; `None`
+/// when the pod has no vnfhost network (a host-network pod, or another CNI plugin).
+fn vm_port(sandbox: &str, ifname: &str) -> Result<Option<NetPort>, String> {
     let (st, list) =
         daemon("GET", "/v1/attachments", None).ok_or("the vnfhost daemon cannot be reached")?;
     if st != 200 {
@@ -163,20 +151,124 @@ fn vm_port(sandbox: &str, ifname: &str) -> Result<Option<VmPort>, String> {
             .map(String::from)
             .ok_or(format!("reply without {k}"))
     };
-    Ok(Some((
-        field("socket")?,
-        field("mac")?,
-        field("address")?,
-        a["gateway"].as_str().map(String::from),
-    )))
+    Ok(Some(NetPort {
+        socket: field("socket")?,
+        mac: field("mac")?,
+        address: field("address")?,
+        gateway: a["gateway"].as_str().map(String::from),
+    }))
+}
+
+/// Opens a FIFO containerd made for a process's output; `None` for an empty path. Opened
+/// read-write so that the open never waits for a reader.
+fn open_out(path: &str) -> Result<Option<File>, String> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(Some)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The ext4 image of a container's root file system (`rootfs` mounts from containerd),
+/// built once per snapshot chain.
+fn rootfs_image(
+    bundle: &str,
+    rootfs: &[shim::protos::types::mount::Mount],
+) -> Result<PathBuf, String> {
+    let m = match rootfs {
+        [m] => m,
+        [] => return Err("no root file system mounts (containerd gave none)".into()),
+        _ => return Err("more than one root file system mount is not supported".into()),
+    };
+    let lower = m
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .map(String::from);
+    match (m.type_.as_str(), lower) {
+        ("overlay", Some(lower)) => {
+            // The image is the lower layers: the upper one is this container's own, empty
+            // when it is made.
+            let key = podvm::image::key(&["overlay", &lower]);
+            let cached = podvm::image::cache_dir().join(format!("{key}.ext4"));
+            if cached.exists() {
+                return Ok(cached);
+            }
+            let layers: Vec<&str> = lower.split(':').collect();
+            if let [one] = layers[..] {
+                return podvm::image::build(Path::new(one), &key);
+            }
+            // A read-only overlay of the layers, mounted only while the image is built.
+            let target = Path::new(bundle).join("vnfhost-image");
+            std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+            mount(
+                "overlay",
+                &target,
+                "overlay",
+                libc::MS_RDONLY,
+                &format!("lowerdir={lower}"),
+            )
+            .map_err(|e| format!("mounting the image's layers: {e}"))?;
+            let r = podvm::image::build(&target, &key);
+            umount(&target);
+            r
+        }
+        ("bind", _) | ("rbind", _) | ("none", _) => {
+            let key = podvm::image::key(&["bind", &m.source]);
+            podvm::image::build(Path::new(&m.source), &key)
+        }
+        (t, _) => Err(format!(
+            "root file system mount type {t:?} is not supported"
+        )),
+    }
+}
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |s: &[u8]| CString::new(s).map_err(|e| e.to_string());
+    let (s, t, f, d) = (
+        c(src.as_bytes())?,
+        c(target.as_os_str().as_bytes())?,
+        c(fstype.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: valid NUL-terminated strings; `data` is an option string.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+fn umount(target: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(t) = std::ffi::CString::new(target.as_os_str().as_bytes()) {
+        // SAFETY: a valid path.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 impl Service {
-    fn publish_exit(&self, id: &str, pid: u32, status: u32, at: SystemTime) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_exit(&self, id: &str, exec_id: &str, pid: u32, status: u32, at: SystemTime) {
         let Some(p) = &self.publisher else { return };
         let ev = TaskExit {
             container_id: id.to_string(),
-            id: id.to_string(),
+            id: if exec_id.is_empty() { id } else { exec_id }.to_string(),
             pid,
             exit_status: status,
             exited_at: Some(timestamp(at)).into(),
@@ -194,74 +286,125 @@ impl Service {
         }
     }
 
-    fn finish(&self, id: &str, status: u32) {
-        let (lock, cv) = &*self.state;
-        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// Process (`id`, `exec_id`) ended with `status`.
+    fn finish(&self, id: &str, exec_id: &str, status: u32) {
+        let mut st = self.lock();
         let Some(t) = st.tasks.get_mut(id) else {
             return;
         };
-        if t.phase == Phase::Stopped {
+        let p = if exec_id.is_empty() {
+            &mut t.main
+        } else if let Some(p) = t.execs.get_mut(exec_id) {
+            p
+        } else {
+            return;
+        };
+        if p.phase == Phase::Stopped {
             return;
         }
-        t.phase = Phase::Stopped;
-        t.exit_status = status;
+        p.phase = Phase::Stopped;
+        p.exit_status = status;
         let at = SystemTime::now();
-        t.exited_at = Some(at);
-        let pid = t.pid;
+        p.exited_at = Some(at);
+        let pid = p.pid;
         drop(st);
-        cv.notify_all();
-        self.publish_exit(id, pid, status, at);
+        self.state.1.notify_all();
+        self.publish_exit(id, exec_id, pid, status, at);
+    }
+
+    /// A handler for a process's events: output to its FIFOs, its exit to `finish`.
+    fn handler(&self, id: &str, exec_id: &str, p: &Proc) -> Result<Handler, String> {
+        let mut out = open_out(&p.stdout)?;
+        let mut errf = open_out(&p.stderr)?;
+        let (me, id, exec_id) = (self.clone(), id.to_string(), exec_id.to_string());
+        Ok(Box::new(move |ev| match ev {
+            Event::Stdout(b) => {
+                if let Some(f) = out.as_mut() {
+                    let _ = f.write_all(b);
+                }
+            }
+            Event::Stderr(b) => {
+                // A terminal's output is all on stdout; a process without a stderr FIFO
+                // (a terminal) loses nothing here because the guest sends none.
+                if let Some(f) = errf.as_mut() {
+                    let _ = f.write_all(b);
+                }
+            }
+            Event::StdoutEnd => out = None,
+            Event::StderrEnd => errf = None,
+            Event::Exit(code) => {
+                out = None;
+                errf = None;
+                me.finish(&id, &exec_id, code as u32);
+            }
+        }))
+    }
+
+    /// Forwards a process's stdin FIFO to the agent until it ends.
+    fn pump_stdin(&self, path: &str, agent: Arc<podvm::Agent>, p: u32) {
+        if path.is_empty() {
+            return;
+        }
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let Ok(mut f) = File::open(&path) else {
+                let _ = agent.close_stdin(p);
+                return;
+            };
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if agent.stdin(p, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = agent.close_stdin(p);
+        });
+    }
+
+    /// The VM, once the sandbox started it and while it runs.
+    fn vm(&self) -> Result<Arc<PodVm>, String> {
+        let st = self.lock();
+        if let Some(d) = &st.vm_dead {
+            return Err(d.clone());
+        }
+        st.vm
+            .clone()
+            .ok_or("the sandbox's VM is not started".to_string())
     }
 
     /// Boots the sandbox's VM; returns its pid.
     fn boot(&self, sandbox: &str) -> Result<u32, String> {
-        let image = ::api::daemon::GuestImage::from_env();
-        let mut append = Vec::new();
-        let mut cmd = Command::new(vnfhost_bin());
-        cmd.args(["vm", "run", "--hypervisor", "auto", "--mem", "192M"])
-            .arg("--kernel")
-            .arg(&image.kernel)
-            .arg("--initrd")
-            .arg(&image.initrd);
         let port = vm_port(sandbox, "vm0")?;
         if port.is_none() {
             eprintln!("vnfhost shim: sandbox {sandbox} has no vnfhost network; its VM has no NIC");
         }
-        if let Some((sock, mac, addr, gw)) = &port {
-            cmd.arg("--net")
-                .arg(format!("vhost-user={sock},client,mac={mac}"));
-            append.push(format!("vnf.ip={addr}"));
-            if let Some(gw) = gw {
-                append.push(format!("vnf.gw={gw}"));
+        let cfg = VmConfig {
+            dir: vm_dir(sandbox),
+            mem_mib: 256,
+            cpus: None,
+            net: port.clone(),
+            slots: podvm::vm::DEFAULT_SLOTS,
+            volumes: vec![],
+        };
+        let (vm, mut child) = match PodVm::boot(&cfg) {
+            Ok(x) => x,
+            Err(e) => {
+                if port.is_some() {
+                    let _ = daemon("DELETE", &format!("/v1/attachments/{sandbox}/vm0"), None);
+                }
+                return Err(e);
             }
-        }
-        if !append.is_empty() {
-            cmd.arg("--append").arg(append.join(" "));
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", vnfhost_bin().display()))?;
-        let pid = child.id();
-        let console_out = child.stdout.take().ok_or("no console pipe")?;
-        let console_in = child.stdin.take().ok_or("no console pipe")?;
-        {
-            let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-            st.vm = Some(Vm {
-                pid,
-                console: console_in,
-                ready: false,
-                dead: None,
-            });
-        }
+        };
+        let pid = vm.pid;
+        self.lock().vm = Some(Arc::new(vm));
         let me = self.clone();
         let sandbox = sandbox.to_string();
         std::thread::spawn(move || {
-            for line in BufReader::new(console_out).lines().map_while(Result::ok) {
-                me.console_line(line.trim_end_matches('\r'));
-            }
             let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
             // Marked ended before anything slow: its pid is reaped and may be reused.
             me.vm_ended(code);
@@ -272,111 +415,134 @@ impl Service {
         Ok(pid)
     }
 
-    /// One line from the VM's console.
-    fn console_line(&self, line: &str) {
-        let (lock, cv) = &*self.state;
-        if line.contains("VNFHOST-GUEST-READY") || line.contains("VNFHOST-GUEST-FAILED") {
-            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = st.vm.as_mut() {
-                if line.contains("READY") {
-                    vm.ready = true;
-                } else {
-                    vm.dead = Some(line.to_string());
+    /// The VM is gone: every process still running ends with it.
+    fn vm_ended(&self, code: i32) {
+        let ids: Vec<(String, String, bool)> = {
+            let mut st = self.lock();
+            st.vm_dead = Some(format!("the pod VM exited with status {code}"));
+            let mut ids = vec![];
+            for (id, t) in &st.tasks {
+                if t.main.phase != Phase::Stopped {
+                    ids.push((id.clone(), String::new(), t.sandbox));
+                }
+                for (e, p) in &t.execs {
+                    if p.phase != Phase::Stopped {
+                        ids.push((id.clone(), e.clone(), false));
+                    }
                 }
             }
-            drop(st);
-            cv.notify_all();
-            return;
-        }
-        // `VNFHOST-OUT TAG payload`: a container's output, pid or exit status.
-        let Some(rest) = line.split("VNFHOST-OUT ").nth(1) else {
-            return;
-        };
-        let (t, payload) = rest.split_once(' ').unwrap_or((rest, ""));
-        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((id, task)) = st.tasks.iter_mut().find(|(id, _)| tag(id) == t) else {
-            return;
-        };
-        let id = id.clone();
-        if let Some(p) = payload.strip_prefix("VNFHOST-PID ") {
-            task.guest_pid = p.trim().parse().ok();
-        } else if let Some(code) = payload.strip_prefix("VNFHOST-CEXIT ") {
-            let code = code.trim().parse().unwrap_or(255);
-            drop(st);
-            self.finish(&id, code);
-        } else if let Some(out) = task.out.as_mut() {
-            let _ = writeln!(out, "{payload}");
-        }
-    }
-
-    /// The VM is gone: every task still running ends with it.
-    fn vm_ended(&self, code: i32) {
-        let ids: Vec<(String, bool)> = {
-            let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(vm) = st.vm.as_mut() {
-                vm.dead = Some(format!("the pod VM exited with status {code}"));
-            }
-            st.tasks
-                .iter()
-                .filter(|(_, t)| t.phase != Phase::Stopped)
-                .map(|(id, t)| (id.clone(), t.sandbox))
-                .collect()
+            ids
         };
         self.state.1.notify_all();
-        for (id, sandbox) in ids {
+        for (id, exec, sandbox) in ids {
             let status = if sandbox && code == 0 { 0 } else { 137 };
-            self.finish(&id, status);
+            self.finish(&id, &exec, status);
         }
     }
 
-    /// Runs container `id`'s command in the guest; returns the VM's pid.
-    fn run_in_guest(&self, id: &str) -> Result<u32, String> {
-        let (lock, cv) = &*self.state;
-        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        loop {
-            match st.vm.as_ref() {
-                None => return Err("the sandbox's VM is not started".into()),
-                Some(vm) if vm.dead.is_some() => {
-                    return Err(vm.dead.clone().unwrap_or_default());
-                }
-                Some(vm) if vm.ready => break,
-                Some(_) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return Err("the pod VM did not become ready within 180 s".into());
-                    }
-                    st = cv
-                        .wait_timeout(st, left)
-                        .map(|r| r.0)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
+    /// Makes container `id` in the guest.
+    fn create_container(
+        &self,
+        id: &str,
+        req: &api::CreateTaskRequest,
+        spec: &serde_json::Value,
+    ) -> Result<Proc, String> {
+        let mut process = podvm::spec::process(&spec["process"])?;
+        process.terminal = req.terminal;
+        process.stdin = !req.stdin.is_empty();
+        if process.terminal && !process.stdin && req.stdout.is_empty() {
+            return Err("a terminal needs at least stdin or stdout".into());
+        }
+        let files = podvm::spec::mounted_files(&spec["mounts"])?;
+        let image = rootfs_image(&req.bundle, &req.rootfs)?;
+        let vm = self.vm()?;
+        let agent = vm.agent(GUEST_TIMEOUT)?;
+        let slot = vm.load(&image)?;
+        let proc = Proc {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            phase: Phase::Created,
+            pid: vm.pid,
+            exit_status: 0,
+            exited_at: None,
+            agent_proc: None,
+            process: process.clone(),
+        };
+        let create = agent::Create {
+            id: id.to_string(),
+            disk: agent::slot_serial(slot),
+            process,
+            hostname: spec["hostname"].as_str().map(String::from),
+            files,
+            volumes: vec![],
+        };
+        let made = self
+            .handler(id, "", &proc)
+            .and_then(|h| agent.create(&create, h));
+        match made {
+            Ok(p) => {
+                let mut st = self.lock();
+                st.tasks.insert(
+                    id.to_string(),
+                    Task {
+                        bundle: req.bundle.clone(),
+                        sandbox: false,
+                        main: Proc {
+                            agent_proc: Some(p),
+                            ..proc
+                        },
+                        execs: HashMap::new(),
+                        slot: Some(slot),
+                    },
+                );
+                Ok(Proc {
+                    stdin: String::new(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    phase: Phase::Created,
+                    pid: vm.pid,
+                    exit_status: 0,
+                    exited_at: None,
+                    agent_proc: Some(p),
+                    process: agent::Process::default(),
+                })
+            }
+            Err(e) => {
+                vm.free(slot);
+                Err(e)
             }
         }
-        let task = st.tasks.get_mut(id).ok_or("no such task")?;
-        if task.args.is_empty() || task.args.iter().any(|a| a.contains(['\n', '\r', '\0'])) {
-            return Err("the command is empty or has a line break in an argument".into());
-        }
-        task.out = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&task.stdout)
-            .ok();
-        let args: Vec<String> = task.args.iter().map(|a| quote(a)).collect();
-        // The command reports its pid (for kill), runs, and reports its status; every
-        // line is tagged with the container on its way to the console. The tag's marker
-        // is split in the command line ("VNFHOST-""OUT") so that an echo of the line
-        // itself can never pass for output.
-        let line = format!(
-            "( sh -c 'echo VNFHOST-PID $$; exec \"$@\"' sh {} ; echo \"VNFHOST-CEXIT $?\" ) </dev/null 2>&1 | sed \"s/^/VNFHOST-\"\"OUT {} /\" &\n",
-            args.join(" "),
-            tag(id)
-        );
-        let vm = st.vm.as_mut().ok_or("no VM")?;
-        vm.console
-            .write_all(line.as_bytes())
-            .and_then(|()| vm.console.flush())
-            .map_err(|e| format!("the pod VM's console: {e}"))?;
-        Ok(vm.pid)
+    }
+
+    /// (agent, container's agent process) of a running container.
+    fn container_agent(&self, id: &str) -> Result<(Arc<podvm::Agent>, u32), String> {
+        let p = {
+            let st = self.lock();
+            let t = st.tasks.get(id).ok_or(format!("no task {id}"))?;
+            t.main
+                .agent_proc
+                .ok_or(format!("{id} has no process in the guest"))?
+        };
+        Ok((self.vm()?.agent(GUEST_TIMEOUT)?, p))
+    }
+
+    /// The agent process of (`id`, `exec_id`).
+    fn agent_proc(&self, id: &str, exec_id: &str) -> Result<(Arc<podvm::Agent>, u32), String> {
+        let p = {
+            let st = self.lock();
+            let t = st.tasks.get(id).ok_or(format!("no task {id}"))?;
+            let pr = if exec_id.is_empty() {
+                &t.main
+            } else {
+                t.execs
+                    .get(exec_id)
+                    .ok_or(format!("no exec {exec_id} in {id}"))?
+            };
+            pr.agent_proc
+                .ok_or(format!("{id}/{exec_id} has not started"))?
+        };
+        Ok((self.vm()?.agent(GUEST_TIMEOUT)?, p))
     }
 }
 
@@ -425,6 +591,20 @@ impl shim::Shim for Service {
     }
 }
 
+fn new_proc(stdout: &str, pid: u32) -> Proc {
+    Proc {
+        stdin: String::new(),
+        stdout: stdout.to_string(),
+        stderr: String::new(),
+        phase: Phase::Created,
+        pid,
+        exit_status: 0,
+        exited_at: None,
+        agent_proc: None,
+        process: agent::Process::default(),
+    }
+}
+
 impl shim::Task for Service {
     fn create(
         &self,
@@ -435,34 +615,25 @@ impl shim::Task for Service {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| err(format!("{}: no readable config.json", req.bundle)))?;
-        let ann = &spec["annotations"];
-        let sandbox = ann["io.kubernetes.cri.container-type"] == "sandbox";
-        let args: Vec<String> = spec["process"]["args"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if req.terminal {
-            return Err(err("vnfhost pod VMs have no TTY for containers"));
+        let sandbox = spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox";
+        if !sandbox {
+            let p = self
+                .create_container(&req.id, &req, &spec)
+                .map_err(|e| err(format!("vnfhost pod VM: {e}")))?;
+            return Ok(api::CreateTaskResponse {
+                pid: p.pid,
+                ..Default::default()
+            });
         }
         let pid = std::process::id();
         let t = Task {
             bundle: req.bundle.clone(),
-            stdout: req.stdout.clone(),
-            sandbox,
-            args,
-            phase: Phase::Created,
-            pid,
-            exit_status: 0,
-            exited_at: None,
-            guest_pid: None,
-            out: None,
+            sandbox: true,
+            main: new_proc(&req.stdout, pid),
+            execs: HashMap::new(),
+            slot: None,
         };
-        let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-        st.tasks.insert(req.id.clone(), t);
+        self.lock().tasks.insert(req.id.clone(), t);
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -474,24 +645,63 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let sandbox = {
-            let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-            st.tasks
+        let (sandbox, exec) = {
+            let st = self.lock();
+            let t = st
+                .tasks
                 .get(&req.id)
-                .map(|t| t.sandbox)
-                .ok_or_else(|| err(format!("no task {}", req.id)))?
+                .ok_or_else(|| err(format!("no task {}", req.id)))?;
+            let exec = if req.exec_id.is_empty() {
+                None
+            } else {
+                let e = t
+                    .execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?;
+                Some((e.process.clone(), e.stdin.clone()))
+            };
+            (t.sandbox, exec)
         };
-        let pid = if sandbox {
+        let pid = if let Some((process, stdin)) = exec {
+            let (agent, container) = self.container_agent(&req.id).map_err(err)?;
+            let h = {
+                let st = self.lock();
+                let e = &st.tasks[&req.id].execs[&req.exec_id];
+                self.handler(&req.id, &req.exec_id, e).map_err(err)?
+            };
+            let p = agent.exec(container, &process, h).map_err(err)?;
+            self.pump_stdin(&stdin, agent, p);
+            let pid = self.vm().map(|vm| vm.pid).unwrap_or(0);
+            let mut st = self.lock();
+            if let Some(e) = st
+                .tasks
+                .get_mut(&req.id)
+                .and_then(|t| t.execs.get_mut(&req.exec_id))
+            {
+                e.agent_proc = Some(p);
+                e.pid = pid;
+                if e.phase == Phase::Created {
+                    e.phase = Phase::Running;
+                }
+            }
+            pid
+        } else if sandbox {
             self.boot(&req.id).map_err(err)?
         } else {
-            self.run_in_guest(&req.id).map_err(err)?
+            let (agent, p) = self.container_agent(&req.id).map_err(err)?;
+            let stdin = self.lock().tasks[&req.id].main.stdin.clone();
+            agent.start(p).map_err(err)?;
+            self.pump_stdin(&stdin, agent, p);
+            self.vm().map(|vm| vm.pid).unwrap_or(0)
         };
-        let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = st.tasks.get_mut(&req.id) {
-            if t.phase == Phase::Created {
-                t.phase = Phase::Running;
+        if req.exec_id.is_empty() {
+            let mut st = self.lock();
+            if let Some(t) = st.tasks.get_mut(&req.id) {
+                if t.main.phase == Phase::Created {
+                    t.main.phase = Phase::Running;
+                }
+                t.main.pid = pid;
             }
-            t.pid = pid;
         }
         Ok(api::StartResponse {
             pid,
@@ -499,29 +709,86 @@ impl shim::Task for Service {
         })
     }
 
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let spec: serde_json::Value = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| err(format!("the exec's process spec: {e}")))?;
+        let mut process = podvm::spec::process(&spec).map_err(err)?;
+        process.terminal = req.terminal;
+        process.stdin = !req.stdin.is_empty();
+        let mut st = self.lock();
+        let t = st
+            .tasks
+            .get_mut(&req.id)
+            .ok_or_else(|| err(format!("no task {}", req.id)))?;
+        if t.sandbox {
+            return Err(err("exec in a pod sandbox is not supported"));
+        }
+        if t.execs.contains_key(&req.exec_id) {
+            return Err(err(format!("exec {} exists", req.exec_id)));
+        }
+        let mut p = new_proc(&req.stdout, t.main.pid);
+        p.stdin = req.stdin.clone();
+        p.stderr = req.stderr.clone();
+        p.process = process;
+        t.execs.insert(req.exec_id.clone(), p);
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let (agent, p) = self.agent_proc(&req.id, &req.exec_id).map_err(err)?;
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        agent
+            .resize(p, clamp(req.height), clamp(req.width))
+            .map_err(err)?;
+        Ok(api::Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        if req.stdin {
+            let (agent, p) = self.agent_proc(&req.id, &req.exec_id).map_err(err)?;
+            agent.close_stdin(p).map_err(err)?;
+        }
+        Ok(api::Empty::default())
+    }
+
     fn state(
         &self,
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.lock();
         let t = st
             .tasks
             .get(&req.id)
             .ok_or_else(|| err(format!("no task {}", req.id)))?;
-        let status = match t.phase {
+        let p = if req.exec_id.is_empty() {
+            &t.main
+        } else {
+            t.execs
+                .get(&req.exec_id)
+                .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?
+        };
+        let status = match p.phase {
             Phase::Created => api::Status::CREATED,
             Phase::Running => api::Status::RUNNING,
             Phase::Stopped => api::Status::STOPPED,
         };
         Ok(api::StateResponse {
             id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
             bundle: t.bundle.clone(),
-            pid: t.pid,
+            pid: p.pid,
             status: status.into(),
-            stdout: t.stdout.clone(),
-            exit_status: t.exit_status,
-            exited_at: t.exited_at.map(timestamp).into(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.process.terminal,
+            exit_status: p.exit_status,
+            exited_at: p.exited_at.map(timestamp).into(),
             ..Default::default()
         })
     }
@@ -530,12 +797,19 @@ impl shim::Task for Service {
         let (lock, cv) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match st.tasks.get(&req.id) {
-                None => return Err(err(format!("no task {}", req.id))),
-                Some(t) if t.phase == Phase::Stopped => {
+            let p = st.tasks.get(&req.id).and_then(|t| {
+                if req.exec_id.is_empty() {
+                    Some(&t.main)
+                } else {
+                    t.execs.get(&req.exec_id)
+                }
+            });
+            match p {
+                None => return Err(err(format!("no task {} {}", req.id, req.exec_id))),
+                Some(p) if p.phase == Phase::Stopped => {
                     return Ok(api::WaitResponse {
-                        exit_status: t.exit_status,
-                        exited_at: t.exited_at.map(timestamp).into(),
+                        exit_status: p.exit_status,
+                        exited_at: p.exited_at.map(timestamp).into(),
                         ..Default::default()
                     })
                 }
@@ -545,31 +819,45 @@ impl shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
-        let t = st
-            .tasks
-            .get(&req.id)
-            .ok_or_else(|| err(format!("no task {}", req.id)))?;
-        let (sandbox, phase, guest_pid) = (t.sandbox, t.phase, t.guest_pid);
-        match (sandbox, phase, guest_pid) {
-            (_, Phase::Stopped, _) => {}
-            (true, Phase::Running, _) => {
-                if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
-                    // SAFETY: kill(2) on the VM process this shim started; its reader
-                    // thread reaps it and reports the exits.
+        let (sandbox, phase, agent_proc) = {
+            let st = self.lock();
+            let t = st
+                .tasks
+                .get(&req.id)
+                .ok_or_else(|| err(format!("no task {}", req.id)))?;
+            let p = if req.exec_id.is_empty() {
+                &t.main
+            } else {
+                t.execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?
+            };
+            (t.sandbox, p.phase, p.agent_proc)
+        };
+        match (sandbox, phase) {
+            (_, Phase::Stopped) => {}
+            (true, _) => {
+                let st = self.lock();
+                if let (Some(vm), None) = (st.vm.as_ref(), st.vm_dead.as_ref()) {
+                    // SAFETY: kill(2) on the VM process this shim started and has not
+                    // seen end (`vm_dead` is set as soon as it is reaped).
                     unsafe { libc::kill(vm.pid as i32, libc::SIGTERM) };
                 }
-            }
-            (false, Phase::Running, Some(p)) => {
-                if let Some(vm) = st.vm.as_mut() {
-                    let _ = writeln!(vm.console, "kill -{} {p}", req.signal);
-                    let _ = vm.console.flush();
+                drop(st);
+                if phase == Phase::Created {
+                    self.finish(&req.id, "", 128 + req.signal);
                 }
             }
-            _ => {
-                drop(st);
-                self.finish(&req.id, 128 + req.signal);
+            (false, Phase::Running) => {
+                let p = agent_proc.ok_or_else(|| err("not started in the guest"))?;
+                let vm = self.vm().map_err(err)?;
+                let agent = vm.agent(GUEST_TIMEOUT).map_err(err)?;
+                if let Err(e) = agent.signal(p, req.signal) {
+                    // It ended meanwhile: its exit is on its way.
+                    eprintln!("vnfhost shim: signal {} to {}: {e}", req.signal, req.id);
+                }
             }
+            (false, Phase::Created) => self.finish(&req.id, &req.exec_id, 128 + req.signal),
         }
         Ok(api::Empty::default())
     }
@@ -579,39 +867,126 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let mut st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
+        if !req.exec_id.is_empty() {
+            let t = st
+                .tasks
+                .get_mut(&req.id)
+                .ok_or_else(|| err(format!("no task {}", req.id)))?;
+            let p = t
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?;
+            let vm = st.vm.clone();
+            drop(st);
+            if let (Some(vm), Some(ap)) = (vm, p.agent_proc) {
+                if let Ok(a) = vm.agent(Duration::from_secs(1)) {
+                    a.forget(ap);
+                }
+            }
+            self.state.1.notify_all();
+            return Ok(api::DeleteResponse {
+                pid: p.pid,
+                exit_status: p.exit_status,
+                exited_at: p.exited_at.map(timestamp).into(),
+                ..Default::default()
+            });
+        }
         let t = st
             .tasks
             .remove(&req.id)
             .ok_or_else(|| err(format!("no task {}", req.id)))?;
-        if t.sandbox {
-            if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
-                // SAFETY: kill(2) on the VM this shim started and has not seen end
-                // (`dead` is set as soon as it is reaped).
-                unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+        let (vm, dead) = (st.vm.clone(), st.vm_dead.is_some());
+        drop(st);
+        if let Some(vm) = vm {
+            if t.sandbox {
+                if !dead {
+                    // SAFETY: kill(2) on the VM this shim started and has not seen end.
+                    unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+                }
+                vm.remove_files();
+            } else {
+                if let (false, Some(p)) = (dead, t.main.agent_proc) {
+                    if let Ok(a) = vm.agent(Duration::from_secs(5)) {
+                        if let Err(e) = a.destroy(p) {
+                            eprintln!("vnfhost shim: removing {} in the guest: {e}", req.id);
+                        }
+                    }
+                }
+                if let Some(s) = t.slot {
+                    vm.free(s);
+                }
             }
         }
-        drop(st);
         // A Wait on the deleted task must not hang.
         self.state.1.notify_all();
         Ok(api::DeleteResponse {
-            pid: t.pid,
-            exit_status: t.exit_status,
-            exited_at: t.exited_at.map(timestamp).into(),
+            pid: t.main.pid,
+            exit_status: t.main.exit_status,
+            exited_at: t.main.exited_at.map(timestamp).into(),
             ..Default::default()
         })
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.lock();
         let t = st
             .tasks
             .get(&req.id)
             .ok_or_else(|| err(format!("no task {}", req.id)))?;
         let mut info = shim::protos::types::task::ProcessInfo::new();
-        info.pid = t.pid;
+        info.pid = t.main.pid;
         Ok(api::PidsResponse {
             processes: vec![info],
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+        };
+        let (agent, p) = self.container_agent(&req.id).map_err(err)?;
+        let s = agent.stats(p).map_err(err)?;
+        let m = Metrics {
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: s.cpu_ns,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                rss: s.rss_bytes,
+                usage: Some(MemoryEntry {
+                    usage: s.rss_bytes + s.rw_bytes,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStat {
+                current: s.pids,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let value = m.write_to_bytes().map_err(|e| err(e.to_string()))?;
+        Ok(api::StatsResponse {
+            stats: Some(Any {
+                type_url: "io.containerd.cgroups.v1.Metrics".into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         })
     }
@@ -621,19 +996,19 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.lock();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: st.tasks.get(&req.id).map(|t| t.pid).unwrap_or(0),
+            task_pid: st.tasks.get(&req.id).map(|t| t.main.pid).unwrap_or(0),
             version: "vnfhost".into(),
             ..Default::default()
         })
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let st = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.lock();
         if st.tasks.is_empty() {
-            if let Some(vm) = st.vm.as_ref().filter(|vm| vm.dead.is_none()) {
+            if let (Some(vm), None) = (st.vm.as_ref(), st.vm_dead.as_ref()) {
                 // SAFETY: kill(2) on the VM process this shim started.
                 unsafe { libc::kill(vm.pid as i32, libc::SIGTERM) };
             }
@@ -644,7 +1019,7 @@ impl shim::Task for Service {
 }
 
 fn main() {
-    // The shim waits for its VMs itself (their exit status is the containers'), so the
+    // The shim waits for its VMs itself (their exit status is the sandbox's), so the
     // library must not reap children behind its back.
     let config = Config {
         no_reaper: true,

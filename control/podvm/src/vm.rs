@@ -1,0 +1,229 @@
+//! The pod VM: boot, disk slots, the agent.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::client::Agent;
+
+/// Disk slots per VM: the containers a pod can have at once.
+pub const DEFAULT_SLOTS: usize = 4;
+/// The size a slot shows the guest; sparse, so it costs only what is copied in.
+pub const SLOT_SIZE: u64 = 64 << 30;
+
+/// The pod's network port (a vhost-user socket on the switch, the VM its client).
+#[derive(Clone, Debug)]
+pub struct NetPort {
+    /// The vhost-user socket.
+    pub socket: String,
+    /// The guest's MAC.
+    pub mac: String,
+    /// Address with prefix length.
+    pub address: String,
+    /// The default gateway.
+    pub gateway: Option<String>,
+}
+
+/// What a pod VM is made of.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Its directory: the agent's socket, the slots, the console log.
+    pub dir: PathBuf,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Host CPUs for its vCPU (a `--cpus` list), if pinned.
+    pub cpus: Option<String>,
+    /// Its network.
+    pub net: Option<NetPort>,
+    /// Disk slots.
+    pub slots: usize,
+    /// Volumes: (host file or block device, read-only), attached after the slots with
+    /// serials `vnfvol0`, `vnfvol1`...
+    pub volumes: Vec<(PathBuf, bool)>,
+}
+
+/// The `vnfhost` binary: `VNFHOST_BIN`, else next to this program, else from `PATH`.
+pub fn vnfhost_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VNFHOST_BIN") {
+        return p.into();
+    }
+    if let Ok(me) = std::env::current_exe() {
+        let next = me.with_file_name("vnfhost");
+        if next.exists() && next != me {
+            return next;
+        }
+        if me.file_name().is_some_and(|n| n == "vnfhost") {
+            return me;
+        }
+    }
+    PathBuf::from("vnfhost")
+}
+
+/// The serial of volume `i`.
+pub fn volume_serial(i: usize) -> String {
+    format!("vnfvol{i}")
+}
+
+/// A booted pod VM.
+pub struct PodVm {
+    /// The VM process (QEMU, which `vnfhost vm run` becomes).
+    pub pid: u32,
+    dir: PathBuf,
+    slots: Mutex<Vec<bool>>,
+    agent: Mutex<Option<Arc<Agent>>>,
+}
+
+impl PodVm {
+    /// Makes the slots and starts the VM; returns at once, with the child to wait for.
+    /// The guest is ready when [`PodVm::agent`] answers.
+    pub fn boot(cfg: &Config) -> Result<(PodVm, Child), String> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let image = api::daemon::GuestImage::from_env();
+        let sock = cfg.dir.join("agent.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut cmd = Command::new(vnfhost_bin());
+        cmd.args(["vm", "run", "--hypervisor", "qemu"])
+            .arg("--mem")
+            .arg(format!("{}M", cfg.mem_mib))
+            .arg("--kernel")
+            .arg(&image.kernel)
+            .arg("--initrd")
+            .arg(&image.initrd)
+            .arg("--agent")
+            .arg(&sock);
+        if let Some(c) = &cfg.cpus {
+            cmd.arg("--cpus").arg(c);
+        }
+        for i in 0..cfg.slots {
+            let slot = cfg.dir.join(format!("slot{i}.img"));
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&slot)
+                .and_then(|f| f.set_len(SLOT_SIZE))
+                .map_err(|e| format!("{}: {e}", slot.display()));
+            f?;
+            cmd.arg("--disk").arg(format!(
+                "{},ro,serial={}",
+                slot.display(),
+                agent::slot_serial(i)
+            ));
+        }
+        for (i, (path, ro)) in cfg.volumes.iter().enumerate() {
+            let p = path.to_str().ok_or("a volume path is not UTF-8")?;
+            if p.contains(',') {
+                return Err(format!(
+                    "volume {p:?}: a comma in the path is not supported"
+                ));
+            }
+            cmd.arg("--disk").arg(format!(
+                "{p}{},serial={}",
+                if *ro { ",ro" } else { "" },
+                volume_serial(i)
+            ));
+        }
+        let mut append = vec!["vnf.agent=1".to_string()];
+        if let Some(n) = &cfg.net {
+            cmd.arg("--net")
+                .arg(format!("vhost-user={},client,mac={}", n.socket, n.mac));
+            append.push(format!("vnf.ip={}", n.address));
+            if let Some(gw) = &n.gateway {
+                append.push(format!("vnf.gw={gw}"));
+            }
+        }
+        cmd.arg("--append").arg(append.join(" "));
+        let console = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.dir.join("console.log"))
+            .map_err(|e| format!("the console log: {e}"))?;
+        let err = console.try_clone().map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", vnfhost_bin().display()))?;
+        Ok((
+            PodVm {
+                pid: child.id(),
+                dir: cfg.dir.clone(),
+                slots: Mutex::new(vec![false; cfg.slots]),
+                agent: Mutex::new(None),
+            },
+            child,
+        ))
+    }
+
+    /// The VM's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The agent, connected on first use (waiting up to `timeout` for the guest).
+    pub fn agent(&self, timeout: Duration) -> Result<Arc<Agent>, String> {
+        let mut a = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = a.as_ref().filter(|a| a.gone().is_none()) {
+            return Ok(a.clone());
+        }
+        let new = Arc::new(Agent::connect(&self.dir.join("agent.sock"), timeout)?);
+        *a = Some(new.clone());
+        Ok(new)
+    }
+
+    /// Copies `image` into a free slot; returns the slot. The guest reads it only once the
+    /// agent mounts it (after dropping what it cached of the slot).
+    pub fn load(&self, image: &Path) -> Result<usize, String> {
+        let len = std::fs::metadata(image)
+            .map_err(|e| format!("{}: {e}", image.display()))?
+            .len();
+        if len > SLOT_SIZE {
+            return Err(format!(
+                "the image is {len} bytes; a slot holds {SLOT_SIZE}"
+            ));
+        }
+        let i = {
+            let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let i = s.iter().position(|used| !used).ok_or(format!(
+                "the pod VM has {} disk slots and all hold a container",
+                s.len()
+            ))?;
+            s[i] = true;
+            i
+        };
+        let r = (|| -> std::io::Result<()> {
+            let slot = self.dir.join(format!("slot{i}.img"));
+            let mut dst = OpenOptions::new().write(true).open(&slot)?;
+            dst.set_len(0)?;
+            let mut src = std::fs::File::open(image)?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.set_len(SLOT_SIZE)
+        })();
+        if let Err(e) = r {
+            self.free(i);
+            return Err(format!("copying the image into slot {i}: {e}"));
+        }
+        Ok(i)
+    }
+
+    /// Gives a slot back (its container is destroyed).
+    pub fn free(&self, i: usize) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = s.get_mut(i) {
+            *u = false;
+        }
+        let slot = self.dir.join(format!("slot{i}.img"));
+        // What the container's image took on disk goes back now.
+        if let Ok(f) = OpenOptions::new().write(true).open(slot) {
+            let _ = f.set_len(0).and_then(|()| f.set_len(SLOT_SIZE));
+        }
+    }
+
+    /// Removes the VM's files (after it ended).
+    pub fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
