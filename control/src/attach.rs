@@ -10,6 +10,10 @@
 //!   switch listens on `RUN/cni/POD/IFNAME.sock` (directory per pod, mode 0750; socket
 //!   0660) and the result names it in `interfaces[].socketPath`.
 //!
+//! A `tap` attachment of a VM sandbox is later handed over to its VM ([`for_vm`],
+//! [`api::attach::HandOverRequest`]): it keeps its port, MAC and address and becomes a
+//! `vhost-user` socket as above, and its tap leaves the namespace.
+//!
 //! Addresses come from the network's first IPv4 prefix (IPAM per network): the lowest
 //! address that is not the network or broadcast address, a gateway, a topology pod's, or
 //! another attachment's. Port security is on for every attachment: its MAC and address.
@@ -21,8 +25,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 pub use api::attach::{
-    valid_key, AttachError, AttachRequest, Attachment, Kind, NetnsId, CODE_FORBIDDEN_NETWORK,
-    CODE_POOL_EXHAUSTED, CODE_PORT_LIMIT, CODE_SETUP, CODE_UNKNOWN_NETWORK,
+    valid_key, AttachError, AttachRequest, Attachment, HandOverRequest, Kind, NetnsId,
+    CODE_FORBIDDEN_NETWORK, CODE_NOT_A_TAP, CODE_POOL_EXHAUSTED, CODE_PORT_LIMIT, CODE_SETUP,
+    CODE_UNKNOWN_CONTAINER, CODE_UNKNOWN_NETWORK,
 };
 
 use crate::topology::{Cidr, Topology};
@@ -35,6 +40,44 @@ fn hash(container: &str, ifname: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// The vhost-user socket of (`container`, `ifname`): one directory per pod, named by a
+/// hash of the full id, so ids never collide by a shared prefix and the path stays short
+/// (a socket path has 108 bytes).
+fn socket_path(run: &Path, container: &str, ifname: &str) -> String {
+    run.join("cni")
+        .join(format!("{:016x}", hash(container, "")))
+        .join(format!("{ifname}.sock"))
+        .display()
+        .to_string()
+}
+
+/// What tap attachment `a` becomes once handed over to its sandbox's VM: the same
+/// container, interface, request, port, MAC, address, gateway and namespace identity;
+/// a vhost-user socket where the tap was ([`Attachment::vm`]). An attachment already
+/// handed over is returned as it is; one CNI made as `vhost-user` is refused
+/// ([`CODE_NOT_A_TAP`]).
+pub fn for_vm(a: &Attachment, run: &Path) -> Result<Attachment, AttachError> {
+    if a.vm {
+        return Ok(a.clone());
+    }
+    if a.request.kind != Kind::Tap {
+        return Err(AttachError::new(
+            CODE_NOT_A_TAP,
+            format!(
+                "{}/{} is a vhost-user attachment already (CNI made it so); only a \
+                 sandbox's tap attachment is handed over to its VM",
+                a.container, a.ifname
+            ),
+        ));
+    }
+    Ok(Attachment {
+        tap: None,
+        socket: Some(socket_path(run, &a.container, &a.ifname)),
+        vm: true,
+        ..a.clone()
+    })
 }
 
 /// Plans a new attachment: port name, MAC, address; fails on an unknown network or an
@@ -128,17 +171,7 @@ pub fn allocate(
     let (tap, socket) = match req.kind {
         // Created in the pod's namespace under its final name.
         Kind::Tap => (Some(ifname.to_string()), None),
-        Kind::VhostUser => {
-            // One directory per pod, named by a hash of the full id: ids never collide
-            // by a shared prefix, and the path stays short (a socket path has 108 bytes).
-            let dir = run
-                .join("cni")
-                .join(format!("{:016x}", hash(container, "")));
-            (
-                None,
-                Some(dir.join(format!("{ifname}.sock")).display().to_string()),
-            )
-        }
+        Kind::VhostUser => (None, Some(socket_path(run, container, ifname))),
     };
     Ok(Attachment {
         container: container.into(),
@@ -155,6 +188,7 @@ pub fn allocate(
         tap,
         socket,
         netns_id: None,
+        vm: false,
     })
 }
 
@@ -323,6 +357,29 @@ pub fn port_spec(a: &Attachment, vlan: u16) -> Result<api::switch::PortSpec, Str
 
 /// Configures the tap the switch made in `netns`: MAC, up, address, default route.
 pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
+    set_up_tap(a, netns, false)
+}
+
+/// As [`configure_tap`], for a tap that may be configured already (put back after a
+/// failed hand-over: the switch may or may not have closed and made it again): an
+/// address or default route that exists is fine.
+pub fn restore_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
+    set_up_tap(a, netns, true)
+}
+
+/// Removes what is left of `a`'s tap in `netns` once the switch no longer has it: an
+/// interface named as the tap with its MAC (normally none: closing a tap removes it).
+/// Another interface of that name is not the attachment's and stays.
+pub fn remove_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
+    let fail = |e: String| AttachError::new(CODE_SETUP, format!("{}: {e}", a.ifname));
+    let mac = a.mac.parse::<api::Mac>().map(|m| m.0).map_err(fail)?;
+    let expect = a.netns_id.map(|id| (id.dev, id.ino));
+    crate::netlink::remove_in(&a.ifname, mac, Path::new(netns), expect)
+        .map(drop)
+        .map_err(fail)
+}
+
+fn set_up_tap(a: &Attachment, netns: &str, again: bool) -> Result<(), AttachError> {
     let fail = |e: String| AttachError::new(CODE_SETUP, format!("{}: {e}", a.ifname));
     if !Path::new(netns).exists() {
         return Err(AttachError::new(
@@ -347,7 +404,7 @@ pub fn configure_tap(a: &Attachment, netns: &str) -> Result<(), AttachError> {
             .and_then(|g| g.parse().ok()),
     };
     let expect = a.netns_id.map(|id| (id.dev, id.ino));
-    crate::netlink::configure_in(&p, Path::new(netns), expect).map_err(fail)
+    crate::netlink::configure_in(&p, Path::new(netns), expect, again).map_err(fail)
 }
 
 #[cfg(test)]
@@ -416,6 +473,58 @@ pods:
             vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
         );
         assert!(p.anti_spoofing);
+    }
+
+    #[test]
+    fn a_tap_for_the_vm_keeps_its_port_mac_and_address_on_a_socket() {
+        let t = crate::topology::parse(T).unwrap();
+        let req = AttachRequest {
+            network: "n".into(),
+            netns: Some("/var/run/netns/sb".into()),
+            kind: Kind::Tap,
+            pod: Some("default/sb".into()),
+            default_route: true,
+        };
+        let run = Path::new("/run/vnfhost");
+        let tap = allocate(&t, &[], "sb", "eth0", &req, run).unwrap();
+        let vm = for_vm(&tap, run).unwrap();
+        assert!(vm.vm && vm.tap.is_none() && vm.kind() == Kind::VhostUser);
+        assert_eq!(
+            Attachment {
+                tap: tap.tap.clone(),
+                socket: None,
+                vm: false,
+                ..vm.clone()
+            },
+            tap,
+            "only the driver changed"
+        );
+        // Where a vhost-user attachment of the same key would have its socket.
+        let vu = AttachRequest {
+            kind: Kind::VhostUser,
+            ..req.clone()
+        };
+        let made_so = allocate(&t, &[], "sb", "eth0", &vu, run).unwrap();
+        assert_eq!(vm.socket, made_so.socket);
+        assert_eq!(for_vm(&vm, run).unwrap(), vm, "twice is once");
+        let p = port_spec(&vm, 10).unwrap();
+        assert_eq!(p.name, tap.port);
+        assert!(matches!(
+            p.driver,
+            api::switch::Driver::VhostUser {
+                mode: api::switch::VhostMode::Server,
+                ..
+            }
+        ));
+        assert_eq!(p.mac, port_spec(&tap, 10).unwrap().mac);
+        assert_eq!(
+            p.allowed_addresses,
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(p.anti_spoofing);
+        let e = for_vm(&made_so, run).unwrap_err();
+        assert_eq!(e.code, CODE_NOT_A_TAP);
+        assert!(e.error.contains("sb/eth0"), "{e:?}");
     }
 
     const TENANTS: &str = r#"

@@ -1,6 +1,8 @@
 //! Just enough rtnetlink to configure a pod's interface in its network namespace: set
-//! its MAC, bring it up, give it an address and a default route. Each step is one request answered by an acknowledgement; a non-zero error in
-//! the acknowledgement is returned as the OS error it names.
+//! its MAC, bring it up, give it an address and a default route; and to remove one
+//! (what a tap handed over to a VM may leave). Each step is one request answered by an
+//! acknowledgement; a non-zero error in the acknowledgement is returned as the OS error
+//! it names.
 //!
 //! This replaces running `ip` and `nsenter` (four processes, tens of milliseconds) on
 //! the CNI ADD path. The steps inside the pod's namespace run on a short-lived thread that
@@ -180,15 +182,16 @@ pub struct PodInterface<'a> {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// Configures `p.ifname`, which exists in the namespace at `netns`: MAC, up, address,
-/// default route. With `expect` (the namespace file's device and inode recorded
-/// earlier), the namespace opened must be that one: checked on the open file, so a
-/// path that changes between the check and the use cannot redirect it.
-pub fn configure_in(
-    p: &PodInterface<'_>,
+/// Runs `f` on a short-lived thread that has entered the network namespace at `netns`,
+/// so no other thread of the daemon changes namespace. With `expect` (the namespace
+/// file's device and inode recorded earlier), the namespace opened must be that one:
+/// checked on the open file, so a path that changes between the check and the use
+/// cannot redirect it.
+fn in_netns<T: Send + 'static>(
     netns: &Path,
     expect: Option<(u64, u64)>,
-) -> Result<(), String> {
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let ns = File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
     if let Some(want) = expect {
         use std::os::unix::fs::MetadataExt;
@@ -202,13 +205,38 @@ pub fn configure_in(
             ));
         }
     }
-    let (ifname, mac, (addr, len), gw) = (p.ifname.to_string(), p.mac, p.address, p.gateway);
-    let inside = std::thread::spawn(move || -> Result<(), String> {
-        // SAFETY: setns on this thread only (it ends after configuring); ns is an open
-        // network namespace file.
+    let inside = std::thread::spawn(move || -> Result<T, String> {
+        // SAFETY: setns on this thread only (it ends after `f`); ns is an open network
+        // namespace file.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(format!("setns: {}", io::Error::last_os_error()));
         }
+        f()
+    });
+    inside
+        .join()
+        .map_err(|_| "the namespace thread panicked".to_string())?
+}
+
+/// Configures `p.ifname`, which exists in the namespace at `netns`: MAC, up, address,
+/// default route. With `expect` (the namespace file's device and inode recorded
+/// earlier), the namespace opened must be that one: checked on the open file, so a path
+/// that changes between the check and the use cannot redirect it. With `again`, an
+/// address or default route that exists already is not an error (the interface may be
+/// configured already).
+pub fn configure_in(
+    p: &PodInterface<'_>,
+    netns: &Path,
+    expect: Option<(u64, u64)>,
+    again: bool,
+) -> Result<(), String> {
+    let (ifname, mac, (addr, len), gw) = (p.ifname.to_string(), p.mac, p.address, p.gateway);
+    // EEXIST from an address or route request: already there.
+    let done = move |r: io::Result<()>| match r {
+        Err(e) if again && e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    };
+    in_netns(netns, expect, move || {
         let index = index_of(&ifname).map_err(|e| e.to_string())?;
         let mut s = Sock::open().map_err(|e| format!("netlink: {e}"))?;
         s.request(
@@ -225,11 +253,13 @@ pub fn configure_in(
         ifa[0] = libc::AF_INET as u8;
         ifa[1] = len;
         ifa[4..8].copy_from_slice(&index.to_ne_bytes());
-        s.request(
-            Msg::new(libc::RTM_NEWADDR, excl)
-                .body(&ifa)
-                .attr(IFA_LOCAL, &addr.octets())
-                .attr(IFA_ADDRESS, &addr.octets()),
+        done(
+            s.request(
+                Msg::new(libc::RTM_NEWADDR, excl)
+                    .body(&ifa)
+                    .attr(IFA_LOCAL, &addr.octets())
+                    .attr(IFA_ADDRESS, &addr.octets()),
+            ),
         )
         .map_err(|e| format!("{ifname} address {addr}/{len}: {e}"))?;
         if let Some(gw) = gw {
@@ -247,17 +277,78 @@ pub fn configure_in(
                 0,
                 0,
             ];
-            s.request(
-                Msg::new(libc::RTM_NEWROUTE, excl)
-                    .body(&rt)
-                    .attr(RTA_GATEWAY, &gw.octets())
-                    .attr(RTA_OIF, &index.to_ne_bytes()),
+            done(
+                s.request(
+                    Msg::new(libc::RTM_NEWROUTE, excl)
+                        .body(&rt)
+                        .attr(RTA_GATEWAY, &gw.octets())
+                        .attr(RTA_OIF, &index.to_ne_bytes()),
+                ),
             )
             .map_err(|e| format!("{ifname} default route via {gw}: {e}"))?;
         }
         Ok(())
-    });
-    inside
-        .join()
-        .map_err(|_| "the namespace thread panicked".to_string())?
+    })
+}
+
+/// The MAC of interface `name` in the calling thread's namespace.
+fn mac_of(name: &str) -> io::Result<[u8; 6]> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a socket we just opened and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data (a name and a union of plain data); all zeros is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // At most 15 bytes: the name stays NUL-terminated.
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads `ifr_name` and writes the hardware address into `req`,
+    // which is a valid, writable ifreq for the duration of the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the union holds `ifru_hwaddr` (a sockaddr, plain
+    // data whichever member was written).
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
+}
+
+/// Deletes interface `ifname` in the namespace at `netns` (checked against `expect` as
+/// for [`configure_in`]) if it is there with MAC `mac`; returns whether it was. An
+/// interface of that name with another MAC is not touched.
+pub fn remove_in(
+    ifname: &str,
+    mac: [u8; 6],
+    netns: &Path,
+    expect: Option<(u64, u64)>,
+) -> Result<bool, String> {
+    let ifname = ifname.to_string();
+    in_netns(netns, expect, move || {
+        let index = match index_of(&ifname) {
+            Ok(i) => i,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        };
+        match mac_of(&ifname) {
+            Ok(m) if m == mac => {}
+            Ok(_) => return Ok(false),
+            // Gone between the two looks.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(false),
+            Err(e) => return Err(format!("{ifname} MAC: {e}")),
+        }
+        let mut s = Sock::open().map_err(|e| format!("netlink: {e}"))?;
+        match s.request(Msg::new(libc::RTM_DELLINK, 0).body(&ifinfo(index, 0, 0))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(format!("removing {ifname}: {e}")),
+        }
+    })
 }

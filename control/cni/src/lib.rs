@@ -544,6 +544,7 @@ mod tests {
             tap: Some("vh1".into()),
             socket: None,
             netns_id: None,
+            vm: false,
         };
         let fake: &'static Fake = Box::leak(Box::new(Fake {
             calls: RefCell::new(vec![]),

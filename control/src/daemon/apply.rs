@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use api::switch::SwitchSpec;
+use api::switch::{PortFailure, SwitchSpec};
 
 use super::procs::ProcRec;
 use super::state::{Persisted, PodRec};
@@ -138,15 +138,20 @@ impl Daemon {
     }
 
     pub(super) fn set_switch_config(&self, d: &SwitchSpec) -> Result<(), String> {
+        self.put_switch_config(d).map(drop)
+    }
+
+    /// Sends `d` to the switch; returns the ports that failed to open (the rest of the
+    /// configuration runs; the switch retries these).
+    pub(super) fn put_switch_config(&self, d: &SwitchSpec) -> Result<Vec<PortFailure>, String> {
         let body = serde_json::to_vec(d).map_err(|e| e.to_string())?;
         let reply: api::switch::ApplyReply =
             api::http::request(&self.switch_sock(), "PUT", "/v1/config", Some(&body))
                 .map_err(|e| format!("switch control: {e}"))?;
-        // The rest of the configuration runs; these ports are retried by the switch.
         for f in &reply.failed {
             tracing::warn!("switch port {} failed to open: {}", f.name, f.error);
         }
-        Ok(())
+        Ok(reply.failed)
     }
 
     pub(super) fn start_pod(&mut self, p: &PodPlan) -> Result<ProcRec, String> {

@@ -1,12 +1,16 @@
 //! CNI attachments: ports the daemon makes on the switch for containers (ADD, DEL, GC),
-//! and the checks of what a client may ask for.
+//! handing a sandbox's tap over to its VM, and the checks of what a client may ask for.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use api::switch::PortFailure;
+
 use super::{Daemon, GcRequest, PodNetwork};
-use crate::attach::{self, AttachError, AttachRequest, Attachment, Kind, NetnsId};
+use crate::attach::{
+    self, AttachError, AttachRequest, Attachment, Kind, NetnsId, CODE_SETUP, CODE_UNKNOWN_CONTAINER,
+};
 
 /// What became of a tap attachment's network namespace since its ADD.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +34,9 @@ pub(super) fn netns_id(path: &str) -> Option<NetnsId> {
     })
 }
 
-/// Whether `a`'s namespace is still the one of its ADD (`Same` for a non-tap).
+/// Whether `a`'s namespace is still the one of its ADD (`Same` for a non-tap). A tap
+/// handed over to its VM is still checked: its namespace is the sandbox's, and goes
+/// with it.
 pub(super) fn netns_now(a: &Attachment) -> NetnsNow {
     if a.request.kind != Kind::Tap {
         return NetnsNow::Same;
@@ -74,14 +80,15 @@ impl Daemon {
     }
 
     /// After the switch started anew: its taps are new devices in the pods' namespaces,
-    /// without MAC, address or route; give them theirs again.
+    /// without MAC, address or route; give them theirs again. (Those handed over to a VM
+    /// are vhost-user ports now: nothing to do in their namespaces.)
     pub(super) fn reconfigure_taps(&mut self) {
         self.prune_attachments();
         let taps: Vec<Attachment> = self
             .st
             .attachments
             .values()
-            .filter(|a| a.request.kind == Kind::Tap)
+            .filter(|a| a.kind() == Kind::Tap)
             .cloned()
             .collect();
         for a in taps {
@@ -98,8 +105,9 @@ impl Daemon {
         }
     }
 
-    /// Pushes the configuration with the current attachments to the switch.
-    pub(super) fn push_attachments(&mut self) -> Result<(), AttachError> {
+    /// Pushes the configuration with the current attachments to the switch; returns the
+    /// ports that failed to open (the switch retries them).
+    pub(super) fn push_attachments(&mut self) -> Result<Vec<PortFailure>, AttachError> {
         let (Some(t), Some(plan)) = (self.st.desired.clone(), self.plan.clone()) else {
             return Err(AttachError::new(11, "no topology is applied"));
         };
@@ -108,8 +116,8 @@ impl Daemon {
         }
         self.prune_attachments();
         let full = self.full_switch(&t, &plan);
-        self.set_switch_config(&full)
-            .map_err(|e| AttachError::new(attach::CODE_SETUP, format!("switch: {e}")))
+        self.put_switch_config(&full)
+            .map_err(|e| AttachError::new(CODE_SETUP, format!("switch: {e}")))
     }
 
     /// CNI ADD: a port on `req.network` for (`container`, `ifname`).
@@ -158,15 +166,10 @@ impl Daemon {
         attach::admit(&t, &existing, container, &req)?;
         let mut a = attach::allocate(&t, &existing, container, ifname, &req, &self.run)?;
         a.netns_id = ns_id;
-        if let Some(sock) = &a.socket {
-            if let Some(dir) = Path::new(sock).parent() {
-                let _ = std::fs::create_dir_all(dir);
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750));
-            }
-        }
+        make_socket_dir(&a);
         self.st.attachments.insert(key.clone(), a.clone());
         let t0 = Instant::now();
-        let mut r = self.push_attachments();
+        let mut r = self.push_attachments().map(drop);
         let t_switch = t0.elapsed();
         if r.is_ok() {
             if let (Kind::Tap, Some(ns)) = (a.request.kind, a.request.netns.as_deref()) {
@@ -193,6 +196,73 @@ impl Daemon {
         Ok(a)
     }
 
+    /// Hands `container`'s tap attachment `ifname` over to its VM
+    /// ([`api::attach::HandOverRequest`]): the switch port becomes vhost-user (same name,
+    /// MAC, address, port security), the tap leaves the namespace, and `state.json` says
+    /// so. Idempotent. Nothing changes unless a topology is applied and the switch runs;
+    /// a failure after that puts the tap attachment back (the record, the switch port,
+    /// and the tap's configuration if the switch made it anew) before returning.
+    pub(super) fn hand_over(
+        &mut self,
+        container: &str,
+        ifname: &str,
+    ) -> Result<Attachment, AttachError> {
+        attach::valid_key(container, ifname)?;
+        // A namespace gone or replaced since ADD drops the attachment first: the pod it
+        // belonged to is gone, and a replaced one is not touched.
+        self.prune_attachments();
+        let key = format!("{container}/{ifname}");
+        let old = self.st.attachments.get(&key).cloned().ok_or_else(|| {
+            AttachError::new(CODE_UNKNOWN_CONTAINER, format!("no attachment {key}"))
+        })?;
+        let new = attach::for_vm(&old, &self.run)?;
+        if new == old {
+            return Ok(old); // handed over before
+        }
+        if self.st.desired.is_none() || self.plan.is_none() {
+            return Err(AttachError::new(11, "no topology is applied"));
+        }
+        if !self.switch_alive() {
+            return Err(AttachError::new(11, "the switch is not running"));
+        }
+        let ns = old.request.netns.clone().unwrap_or_default();
+        make_socket_dir(&new);
+        self.st.attachments.insert(key.clone(), new.clone());
+        let t0 = Instant::now();
+        // One configuration: the switch closes the tap (which removes it from the
+        // namespace) and opens the socket in its place, under the same port name.
+        let r = self
+            .push_attachments()
+            .and_then(|failed| port_opened(&failed, &new.port))
+            .and_then(|()| attach::remove_tap(&old, &ns));
+        if let Err(e) = r {
+            self.st.attachments.insert(key.clone(), old.clone());
+            let back = self
+                .push_attachments()
+                .and_then(|failed| port_opened(&failed, &old.port))
+                .and_then(|()| attach::restore_tap(&old, &ns));
+            self.remove_socket_dir(&new);
+            self.persist(); // in case a prune on the way saved the record in between
+            let error = match back {
+                Ok(()) => format!("{}; {key} is the tap it was", e.error),
+                Err(b) => format!("{}; putting the tap back failed too: {}", e.error, b.error),
+            };
+            self.event(format!("handing {key} over to its VM failed: {error}"));
+            return Err(AttachError::new(e.code, error));
+        }
+        self.persist();
+        self.event(format!(
+            "handed {key} over to its VM: {} is vhost-user {} with {} and {} (tap removed) \
+             in {:.1} ms",
+            new.port,
+            new.socket.as_deref().unwrap_or(""),
+            new.mac,
+            new.address,
+            t0.elapsed().as_secs_f64() * 1e3
+        ));
+        Ok(new)
+    }
+
     pub(super) fn remove_socket_dir(&self, a: &Attachment) {
         if let Some(dir) = a.socket.as_deref().and_then(|s| Path::new(s).parent()) {
             let _ = std::fs::remove_dir(dir); // only when empty: other interfaces stay
@@ -205,7 +275,7 @@ impl Daemon {
         let Some(a) = self.st.attachments.remove(&key) else {
             return Ok(false);
         };
-        if let Err(e) = self.push_attachments() {
+        if let Err(e) = self.push_attachments().map(drop) {
             if self.switch_alive() {
                 self.st.attachments.insert(key, a);
                 return Err(e);
@@ -238,6 +308,25 @@ impl Daemon {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Makes the directory of `a`'s vhost-user socket (0750), if it has one.
+fn make_socket_dir(a: &Attachment) {
+    if let Some(dir) = a.socket.as_deref().and_then(|s| Path::new(s).parent()) {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750));
+    }
+}
+
+/// `Err` when switch port `port` is among those that failed to open.
+fn port_opened(failed: &[PortFailure], port: &str) -> Result<(), AttachError> {
+    match failed.iter().find(|f| f.name == port) {
+        Some(f) => Err(AttachError::new(
+            CODE_SETUP,
+            format!("switch port {port}: {}", f.error),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -286,4 +375,438 @@ pub(super) fn pod_network_names(v: &[PodNetwork]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hand-over against a fake switch (a control socket that records the specs it is
+    //! sent and, like the switch, holds a real tap in a scratch network namespace while
+    //! its port is a tap), so the rollback paths can be made to fail on purpose.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    use api::switch::{ApplyReply, Driver, SwitchSpec, VhostMode};
+    use pmd::tap::TapPort;
+
+    use super::*;
+    use crate::attach::CODE_NOT_A_TAP;
+    use crate::daemon::procs::{start_time, ProcRec, Procs};
+    use crate::daemon::state::Persisted;
+    use crate::plan::GuestImage;
+
+    const TOPOLOGY: &str = r#"
+networks:
+  - { name: n, tenant: t, cidrs: [10.0.0.0/24], vlan: 10, gateway: [10.0.0.254] }
+"#;
+
+    /// A network namespace of its own, held by a thread until the guard drops.
+    struct ScratchNetns {
+        path: String,
+        _stop: mpsc::Sender<()>,
+    }
+
+    fn scratch_netns() -> Result<ScratchNetns, String> {
+        let (tx, rx) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            // SAFETY: unshare changes this thread's network namespace only; the thread
+            // does nothing else until it ends.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let _ = tx.send(Err(std::io::Error::last_os_error().to_string()));
+                return;
+            }
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
+            let _ = tx.send(Ok(path));
+            let _ = stopped.recv();
+        });
+        let path = rx.recv().map_err(|e| e.to_string())??;
+        Ok(ScratchNetns { path, _stop: stop })
+    }
+
+    /// What the fake switch does with the next configuration.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Answer {
+        /// As the switch: a tap port opens its tap, a port that is no tap closes it.
+        Apply,
+        /// As `Apply`, but the tap stays (as a device nobody closed would).
+        KeepTap,
+        /// 422: the spec is refused whole, nothing changes.
+        Refuse,
+        /// As `Apply`, and every vhost-user port is reported as failed to open.
+        FailVhostUser,
+    }
+
+    #[derive(Default)]
+    struct FakeSwitch {
+        answers: VecDeque<Answer>,
+        specs: Vec<SwitchSpec>,
+        tap: Option<TapPort>,
+        taps_opened: usize,
+    }
+
+    fn put_config(sw: &Mutex<FakeSwitch>, body: &[u8]) -> api::http::Response {
+        let mut sw = sw.lock().unwrap_or_else(|p| p.into_inner());
+        let spec: SwitchSpec = match serde_json::from_slice(body) {
+            Ok(s) => s,
+            Err(e) => return api::http::Response::json(400, api::http::error_body(&e.to_string())),
+        };
+        sw.specs.push(spec.clone());
+        let answer = sw.answers.pop_front().unwrap_or(Answer::Apply);
+        if answer == Answer::Refuse {
+            return api::http::Response::json(422, api::http::error_body("refused by the test"));
+        }
+        let tap = spec.ports.iter().find_map(|p| match &p.driver {
+            Driver::Tap { name, netns } => Some((p.name.clone(), name.clone(), netns.clone())),
+            Driver::VhostUser { .. } => None,
+        });
+        match tap {
+            Some((port, name, netns)) if sw.tap.is_none() => {
+                match TapPort::new_in(&port, &name, netns.as_deref(), false) {
+                    Ok(t) => {
+                        sw.tap = Some(t);
+                        sw.taps_opened += 1;
+                    }
+                    Err(e) => {
+                        return api::http::Response::json(
+                            500,
+                            api::http::error_body(&e.to_string()),
+                        )
+                    }
+                }
+            }
+            Some(_) => {}
+            None if answer == Answer::KeepTap => {}
+            None => sw.tap = None,
+        }
+        let failed = spec
+            .ports
+            .iter()
+            .filter(|p| matches!(p.driver, Driver::VhostUser { .. }))
+            .filter(|_| answer == Answer::FailVhostUser)
+            .map(|p| PortFailure {
+                name: p.name.clone(),
+                error: "cannot listen (test)".into(),
+            })
+            .collect();
+        api::http::json(&ApplyReply {
+            generation: sw.specs.len() as u64,
+            failed,
+        })
+    }
+
+    fn fake_switch(sock: PathBuf) -> Arc<Mutex<FakeSwitch>> {
+        let sw = Arc::new(Mutex::new(FakeSwitch::default()));
+        let l = std::os::unix::net::UnixListener::bind(sock).expect("fake switch socket");
+        let s2 = sw.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                api::http::serve_one(c, Duration::from_secs(5), |r| {
+                    if r.method == "PUT" && r.path == "/v1/config" {
+                        put_config(&s2, &r.body)
+                    } else {
+                        api::http::Response::json(404, api::http::error_body("fake"))
+                    }
+                });
+            }
+        });
+        sw
+    }
+
+    /// A daemon on a fresh run directory with `TOPOLOGY` applied, its switch the fake (the
+    /// test process stands in as the switch's process), and a tap attachment `sb/eth0`
+    /// made by CNI ADD in a scratch namespace.
+    struct Fixture {
+        d: Daemon,
+        sw: Arc<Mutex<FakeSwitch>>,
+        tap: Attachment,
+        ns: ScratchNetns,
+        dir: PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(tag: &str) -> Result<Fixture, String> {
+        if !Path::new("/dev/net/tun").exists() {
+            return Err("no /dev/net/tun".into());
+        }
+        let ns = scratch_netns().map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        let dir = std::env::temp_dir().join(format!("vnfh-ho-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let sw = fake_switch(crate::plan::switch_socket(&dir));
+        let t = crate::topology::parse(TOPOLOGY)?;
+        let image = GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        };
+        let plan = crate::plan::plan(&t, &dir, &image)?;
+        let me = std::process::id() as i32;
+        let mut d = Daemon {
+            run: dir.clone(),
+            exe: "/bin/false".into(),
+            image,
+            st: Persisted {
+                desired: Some(t),
+                switch: Some(ProcRec {
+                    pid: me,
+                    start_time: start_time(me).ok_or("own start time")?,
+                    args: vec![],
+                }),
+                ..Persisted::default()
+            },
+            plan: Some(plan),
+            procs: Procs::default(),
+            not_before: HashMap::new(),
+            samples: VecDeque::new(),
+            unanswered_since: None,
+            events: VecDeque::new(),
+            removed_pods: Vec::new(),
+        };
+        let req = AttachRequest {
+            network: "n".into(),
+            netns: Some(ns.path.clone()),
+            kind: Kind::Tap,
+            pod: Some("default/sb".into()),
+            default_route: true,
+        };
+        let tap = d
+            .attach("sb", "eth0", req)
+            .map_err(|e| format!("ADD: {}", e.error))?;
+        Ok(Fixture {
+            d,
+            sw,
+            tap,
+            ns,
+            dir,
+        })
+    }
+
+    /// `ip ARGS` in the namespace at `ns`.
+    fn ip_in(ns: &str, args: &[&str]) -> (bool, String) {
+        let o = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("nsenter");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    macro_rules! fixture_or_skip {
+        ($tag:expr) => {
+            match fixture($tag) {
+                Ok(f) => f,
+                Err(e) => {
+                    println!("SKIPPED: {e}");
+                    return;
+                }
+            }
+        };
+    }
+
+    #[test]
+    fn a_handed_over_tap_is_a_vhost_user_port_with_its_mac_and_address_and_stays_one() {
+        let mut f = fixture_or_skip!("ok");
+        let a = f.tap.clone();
+        let (up, addrs) = ip_in(&f.ns.path, &["-4", "-o", "addr", "show", "eth0"]);
+        assert!(
+            up && addrs.contains(&a.address),
+            "ADD made the tap: {addrs}"
+        );
+        // The switch does not close the tap this time: the daemon removes what is left.
+        f.sw.lock().unwrap().answers.push_back(Answer::KeepTap);
+        let v = f.d.hand_over("sb", "eth0").expect("hand-over");
+        assert!(v.vm && v.kind() == Kind::VhostUser && v.tap.is_none());
+        let sock = v.socket.clone().expect("a socket");
+        assert!(
+            sock.starts_with(f.dir.join("cni").to_str().unwrap()),
+            "{sock}"
+        );
+        let dir_mode = std::fs::metadata(Path::new(&sock).parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o750);
+        // Everything else is the CNI ADD's.
+        let same = |x: &Attachment| {
+            (
+                x.container.clone(),
+                x.ifname.clone(),
+                x.request.clone(),
+                x.port.clone(),
+                x.mac.clone(),
+                x.address.clone(),
+                x.gateway.clone(),
+                x.netns_id,
+            )
+        };
+        assert_eq!(same(&v), same(&a));
+        assert_eq!(a.gateway.as_deref(), Some("10.0.0.254"));
+        // Nothing holds the pod IP in the sandbox's namespace any more.
+        let (there, _) = ip_in(&f.ns.path, &["link", "show", "eth0"]);
+        assert!(!there, "the tap is still in the namespace");
+        let (_, addrs) = ip_in(&f.ns.path, &["-4", "-o", "addr"]);
+        assert!(!addrs.contains("10.0.0."), "{addrs}");
+        // The switch got the same port as vhost-user server, with the same security.
+        let spec = f.sw.lock().unwrap().specs.last().cloned().unwrap();
+        let p = spec.ports.iter().find(|p| p.name == a.port).unwrap();
+        assert_eq!(
+            p.driver,
+            Driver::VhostUser {
+                path: sock.clone().into(),
+                mode: VhostMode::Server,
+                queues: 1,
+                max_memory_mib: None,
+            }
+        );
+        assert_eq!(p.mac, Some(a.mac.parse().unwrap()));
+        assert_eq!(
+            p.allowed_addresses,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(p.anti_spoofing);
+        assert_eq!(
+            p.vlan,
+            api::VlanMode::Access {
+                vlan: api::VlanId::new(10).unwrap()
+            }
+        );
+
+        // Twice: the same, and the switch is not asked again.
+        let pushes = f.sw.lock().unwrap().specs.len();
+        assert_eq!(f.d.hand_over("sb", "eth0").unwrap(), v);
+        assert_eq!(f.sw.lock().unwrap().specs.len(), pushes);
+
+        // state.json has it: a daemon reading it makes the vhost-user port, not the tap,
+        // and does not configure a tap in the namespace after a switch restart.
+        let saved: Persisted =
+            serde_json::from_slice(&std::fs::read(f.d.state_file()).unwrap()).unwrap();
+        assert_eq!(saved.attachments.get("sb/eth0"), Some(&v));
+        f.d.st = saved;
+        let (t, plan) = (f.d.st.desired.clone().unwrap(), f.d.plan.clone().unwrap());
+        let full = f.d.full_switch(&t, &plan);
+        let p = full.ports.iter().find(|p| p.name == a.port).unwrap();
+        assert!(matches!(p.driver, Driver::VhostUser { .. }), "{p:?}");
+        f.d.reconfigure_taps();
+        assert!(!ip_in(&f.ns.path, &["link", "show", "eth0"]).0);
+
+        // CNI DEL: the port goes, and the address is free for the next pod.
+        assert_eq!(f.d.detach("sb", "eth0"), Ok(true));
+        let spec = f.sw.lock().unwrap().specs.last().cloned().unwrap();
+        assert!(spec.ports.iter().all(|p| p.name != a.port));
+        assert!(!Path::new(&sock).parent().unwrap().exists());
+        let t = f.d.st.desired.clone().unwrap();
+        let next = attach::allocate(
+            &t,
+            &f.d.st.attachments.values().collect::<Vec<_>>(),
+            "next",
+            "eth0",
+            &a.request,
+            &f.dir,
+        )
+        .unwrap();
+        assert_eq!(next.address, a.address);
+        assert_eq!(f.d.detach("sb", "eth0"), Ok(false), "a second DEL");
+    }
+
+    #[test]
+    fn a_failed_hand_over_leaves_the_tap_attachment_as_it_was() {
+        let mut f = fixture_or_skip!("fail");
+        let a = f.tap.clone();
+        let state_before = std::fs::read(f.d.state_file()).unwrap();
+        let sock_dir = PathBuf::from(attach::for_vm(&a, &f.dir).unwrap().socket.unwrap())
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let tap_is_configured = |ns: &str| {
+            let (ok, addrs) = ip_in(ns, &["-o", "addr", "show", "eth0"]);
+            let (_, link) = ip_in(ns, &["-o", "link", "show", "eth0"]);
+            ok && addrs.contains(&a.address) && link.contains(&a.mac) && link.contains(",UP")
+        };
+        assert!(tap_is_configured(&f.ns.path));
+
+        // 1. The switch refuses the configuration: nothing changed anywhere.
+        f.sw.lock().unwrap().answers.push_back(Answer::Refuse);
+        let e = f.d.hand_over("sb", "eth0").unwrap_err();
+        assert_eq!(e.code, CODE_SETUP, "{e:?}");
+        assert!(e.error.contains("refused by the test"), "{e:?}");
+        assert!(e.error.contains("sb/eth0 is the tap it was"), "{e:?}");
+        assert_eq!(f.d.st.attachments.get("sb/eth0"), Some(&a));
+        assert_eq!(std::fs::read(f.d.state_file()).unwrap(), state_before);
+        assert!(!sock_dir.exists());
+        assert_eq!(
+            f.sw.lock().unwrap().taps_opened,
+            1,
+            "the tap was never closed"
+        );
+        assert!(tap_is_configured(&f.ns.path));
+
+        // 2. The switch closes the tap but cannot open the socket: the tap is made and
+        // configured again, with its MAC, address and route.
+        f.sw.lock()
+            .unwrap()
+            .answers
+            .push_back(Answer::FailVhostUser);
+        let e = f.d.hand_over("sb", "eth0").unwrap_err();
+        assert_eq!(e.code, CODE_SETUP, "{e:?}");
+        assert!(
+            e.error
+                .contains(&format!("switch port {}: cannot listen", a.port)),
+            "{e:?}"
+        );
+        assert!(e.error.contains("is the tap it was"), "{e:?}");
+        assert_eq!(f.d.st.attachments.get("sb/eth0"), Some(&a));
+        assert_eq!(std::fs::read(f.d.state_file()).unwrap(), state_before);
+        assert!(!sock_dir.exists());
+        let spec = f.sw.lock().unwrap().specs.last().cloned().unwrap();
+        let p = spec.ports.iter().find(|p| p.name == a.port).unwrap();
+        assert!(matches!(p.driver, Driver::Tap { .. }), "{p:?}");
+        assert_eq!(
+            f.sw.lock().unwrap().taps_opened,
+            2,
+            "the tap was made again"
+        );
+        assert!(tap_is_configured(&f.ns.path));
+        let (_, routes) = ip_in(&f.ns.path, &["route", "show", "default"]);
+        assert!(routes.contains("via 10.0.0.254 dev eth0"), "{routes}");
+
+        // 3. No switch: refused before anything is sent.
+        let pushes = f.sw.lock().unwrap().specs.len();
+        let sw = f.d.st.switch.take();
+        let e = f.d.hand_over("sb", "eth0").unwrap_err();
+        assert_eq!(e.code, 11, "{e:?}");
+        assert_eq!(f.sw.lock().unwrap().specs.len(), pushes);
+        f.d.st.switch = sw;
+
+        // Unknown attachments and vhost-user ones are refused with their own codes.
+        assert_eq!(
+            f.d.hand_over("nope", "eth0").unwrap_err().code,
+            CODE_UNKNOWN_CONTAINER
+        );
+        let mut vu = a.clone();
+        vu.request.kind = Kind::VhostUser;
+        vu.tap = None;
+        vu.socket = Some("/x.sock".into());
+        f.d.st.attachments.insert("sb/eth0".into(), vu);
+        assert_eq!(
+            f.d.hand_over("sb", "eth0").unwrap_err().code,
+            CODE_NOT_A_TAP
+        );
+        f.d.st.attachments.insert("sb/eth0".into(), a);
+        // It still hands over once the switch takes it.
+        assert!(f.d.hand_over("sb", "eth0").unwrap().vm);
+    }
 }

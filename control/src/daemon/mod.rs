@@ -36,9 +36,9 @@
 //!
 //! `procs` the processes (spawn, stop, start time); `state` `state.json` and adopting
 //! what it records; `apply` the steps with undo and `down`; `reconcile` the loop;
-//! `attachments` CNI attachments; `status` status and metrics; `auth` who may call
-//! the API; `routes` the HTTP API, each request parsed into a [`Route`] first. This
-//! module keeps the `Daemon`'s state and [`run`].
+//! `attachments` CNI attachments (and handing a sandbox's over to its VM); `status`
+//! status and metrics; `auth` who may call the API; `routes` the HTTP API, each request
+//! parsed into a [`Route`] first. This module keeps the `Daemon`'s state and [`run`].
 
 mod apply;
 mod attachments;

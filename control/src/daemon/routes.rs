@@ -8,7 +8,9 @@ use api::http::{self, json, Request, Response};
 use super::attachments::pod_network_names;
 use super::status::metrics;
 use super::{ApplyRequest, Daemon, GcRequest, PodNetwork, Refusal, API_VERSION};
-use crate::attach::{AttachError, AttachRequest};
+use crate::attach::{
+    AttachError, AttachRequest, HandOverRequest, CODE_NOT_A_TAP, CODE_UNKNOWN_CONTAINER,
+};
 use crate::topology::Network;
 
 /// The method of a request on a resource that takes several.
@@ -73,6 +75,13 @@ pub enum Route<'a> {
         /// What to do with it.
         verb: Verb,
     },
+    /// `POST /v1/attachments/CONTAINER/IFNAME/vm`: hand a sandbox's tap over to its VM.
+    HandOver {
+        /// The container (sandbox) id.
+        container: &'a str,
+        /// The interface in it.
+        ifname: &'a str,
+    },
 }
 
 /// Why a request has no route.
@@ -133,16 +142,22 @@ impl<'a> Route<'a> {
                     });
                 }
                 if let Some(rest) = path.strip_prefix("/v1/attachments/") {
-                    let Some((container, ifname)) = rest.split_once('/') else {
-                        return Err(NoRoute::NotFound(
-                            "expected /v1/attachments/CONTAINER/IFNAME".into(),
-                        ));
+                    let mut parts = rest.splitn(3, '/');
+                    return match (parts.next(), parts.next(), parts.next()) {
+                        (Some(container), Some(ifname), None) => Ok(Route::Attachment {
+                            container,
+                            ifname,
+                            verb: Verb::parse(method)?,
+                        }),
+                        (Some(container), Some(ifname), Some("vm")) => {
+                            only("POST", Route::HandOver { container, ifname })
+                        }
+                        _ => Err(NoRoute::NotFound(
+                            "expected /v1/attachments/CONTAINER/IFNAME or \
+                             /v1/attachments/CONTAINER/IFNAME/vm"
+                                .into(),
+                        )),
                     };
-                    return Ok(Route::Attachment {
-                        container,
-                        ifname,
-                        verb: Verb::parse(method)?,
-                    });
                 }
                 Err(NoRoute::NotFound(format!(
                     "no such endpoint {path} (API {API_VERSION})"
@@ -283,7 +298,10 @@ pub(super) fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             Some(a) => json(a),
             None => attach_error(
                 404,
-                AttachError::new(3, format!("no attachment {container}/{ifname}")),
+                AttachError::new(
+                    CODE_UNKNOWN_CONTAINER,
+                    format!("no attachment {container}/{ifname}"),
+                ),
             ),
         },
         Route::Attachment {
@@ -305,6 +323,28 @@ pub(super) fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             Ok(removed) => json(&serde_json::json!({ "removed": removed })),
             Err(e) => attach_error(422, e),
         },
+        Route::HandOver { container, ifname } => {
+            // No fields yet: an empty body is the empty request.
+            let body: &[u8] = if req.body.is_empty() {
+                b"{}"
+            } else {
+                &req.body
+            };
+            match serde_json::from_slice::<HandOverRequest>(body) {
+                Err(e) => attach_error(400, AttachError::new(7, format!("hand-over: {e}"))),
+                Ok(HandOverRequest {}) => match d.hand_over(container, ifname) {
+                    Ok(a) => json(&a),
+                    Err(e) => {
+                        let status = match e.code {
+                            CODE_UNKNOWN_CONTAINER => 404,
+                            CODE_NOT_A_TAP => 409,
+                            _ => 422,
+                        };
+                        attach_error(status, e)
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -341,6 +381,22 @@ mod tests {
                 verb: Verb::Delete
             }
         );
+        assert_eq!(
+            ok("POST", "/v1/attachments/c1/eth0/vm"),
+            Route::HandOver {
+                container: "c1",
+                ifname: "eth0"
+            }
+        );
+        // An interface may be called vm.
+        assert_eq!(
+            ok("GET", "/v1/attachments/c1/vm"),
+            Route::Attachment {
+                container: "c1",
+                ifname: "vm",
+                verb: Verb::Get
+            }
+        );
     }
 
     #[test]
@@ -355,6 +411,8 @@ mod tests {
             ("DELETE", "/v1/attachments"),
             ("POST", "/v1/attachments/c/eth0"),
             ("POST", "/v1/pod-networks/ns/pod"),
+            ("GET", "/v1/attachments/c/eth0/vm"),
+            ("PUT", "/v1/attachments/c/eth0/vm"),
         ] {
             assert_eq!(no(m, p), NoRoute::MethodNotAllowed, "{m} {p}");
         }
@@ -364,6 +422,8 @@ mod tests {
             ("GET", "/v1/pod-networks/ns/pod/x"),
             ("GET", "/v1/attachments/c1"),
             ("GET", "/v1/attachments/gc"),
+            ("POST", "/v1/attachments/c/eth0/x"),
+            ("POST", "/v1/attachments/c/eth0/vm/x"),
         ] {
             assert!(matches!(no(m, p), NoRoute::NotFound(_)), "{m} {p}");
         }
