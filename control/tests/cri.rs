@@ -346,7 +346,7 @@ fn containerd_pods_on_vnfhost_networks() {
 }
 
 #[test]
-fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
+fn the_vnfhost_runtime_handler_runs_containers_from_their_images_in_a_pod_vm() {
     skip!(unavailable());
     skip!(common::qemu::qemu_unavailable());
     if !shim_binary().exists() {
@@ -362,6 +362,17 @@ fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
     let _serial = common::serial();
     let node = Node::start("crivm");
     let s = node.sock.as_str();
+
+    // A runc pod on the same network, to reach the VM pod and be reached by it.
+    let r = tool(&["run", s, "runcpod", "default"]);
+    let runc_sandbox = r["id"].as_str().unwrap().to_string();
+    let runc_ip = tool(&["status", s, &runc_sandbox])["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let runc = tool(&["start", s, &runc_sandbox, "runcpod", "default", IMAGE]);
+    let runc = runc["id"].as_str().unwrap().to_string();
+
     let logs = node.dir.join("logs/vmpod");
     std::fs::create_dir_all(&logs).unwrap();
     let t = Instant::now();
@@ -374,20 +385,32 @@ fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
         logs.to_str().unwrap(),
     ]);
     let sandbox = r["id"].as_str().unwrap().to_string();
-    // The sandbox is a pod VM: its NIC is a vhost-user port on the pod's network.
-    let vm_port = node
+    let vm_ip = tool(&["status", s, &sandbox])["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The pod IP CRI reports is the VM's: the sandbox's attachment is now its vhost-user
+    // port, with the same address, and no second port was made.
+    let mine: Vec<Value> = node
         .attachments()
         .into_iter()
-        .find(|a| a["container"] == sandbox.as_str() && a["ifname"] == "vm0");
-    let vm_port = vm_port.expect("the sandbox's VM has a port on the switch");
-    assert_eq!(vm_port["request"]["kind"], "vhost-user", "{vm_port}");
+        .filter(|a| a["container"] == sandbox.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert!(mine[0]["socket"].is_string(), "{}", mine[0]);
+    assert!(
+        mine[0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{vm_ip}/")),
+        "{} vs {vm_ip}",
+        mine[0]
+    );
 
-    // Two containers run in it, one after the other; the VM boots under the first
-    // (QEMU with TCG here: seconds).
-    let run_container = |name: &str, cmd: &str| -> (Value, String) {
+    let container = |name: &str, cmd: &[&str]| -> String {
         let dir = logs.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let c = tool(&[
+        let mut args = vec![
             "start",
             s,
             &sandbox,
@@ -395,16 +418,17 @@ fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
             "default",
             IMAGE,
             dir.to_str().unwrap(),
-            "sh",
-            "-c",
-            cmd,
-        ]);
-        let cid = c["id"].as_str().unwrap().to_string();
+        ];
+        args.extend_from_slice(cmd);
+        tool(&args)["id"].as_str().unwrap().to_string()
+    };
+    let wait_exit = |cid: &str, name: &str| -> (Value, String) {
         let t = Instant::now();
         loop {
-            let st = tool(&["cstatus", s, &cid]);
+            let st = tool(&["cstatus", s, cid]);
             if st["state"] == "CONTAINER_EXITED" {
-                let log = std::fs::read_to_string(dir.join("main.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(logs.join(name).join("main.log")).unwrap_or_default();
                 return (st, log);
             }
             assert!(
@@ -415,26 +439,66 @@ fn the_vnfhost_runtime_handler_runs_a_container_in_a_pod_vm() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let (st, log) = run_container("a", "echo hello from a vnfhost pod VM; ip addr show eth0");
-    println!("sandbox + first container in a pod VM: {:?}", t.elapsed());
-    assert_eq!(st["exit_code"], 0, "{st}");
-    assert!(
-        log.contains(" stdout F hello from a vnfhost pod VM"),
-        "the container's line is not in its CRI log:\n{log}"
+
+    // 1. The image's own files and environment; stdout and stderr apart; its exit status.
+    let a = container(
+        "a",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/image-marker; echo var=$IMAGE_VAR; echo to-stderr >&2; hostname; exit 3",
+        ],
     );
-    // The VM's eth0 is that port, with an address of the pod's network.
-    let want = vm_port["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(log.contains(&format!("inet {want}/")), "{log}");
-    let (st, log) = run_container("b", "echo second; exit 3");
-    assert_eq!(st["exit_code"], 3, "{st}");
-    assert!(log.contains(" stdout F second"), "{log}");
+    let (st, log) = wait_exit(&a, "a");
+    println!("sandbox + first container in a pod VM: {:?}", t.elapsed());
+    assert_eq!(st["exit_code"], 3, "{st}\n{log}");
+    assert!(log.contains(" stdout F vnfhost test image"), "{log}");
+    assert!(log.contains(" stdout F var=from-the-image"), "{log}");
+    assert!(log.contains(" stderr F to-stderr"), "{log}");
+    assert!(!log.contains(" stdout F to-stderr"), "{log}");
+    assert!(log.contains(" stdout F vmpod"), "the pod's hostname: {log}");
+
+    // 2. A long-running container, and ExecSync into it.
+    let b = container("b", &["sleep", "3600"]);
+    let exec = |cmd: &[&str]| {
+        let mut args = vec!["exec", s, b.as_str()];
+        args.extend_from_slice(cmd);
+        tool(&args)
+    };
+    let r = exec(&["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(r["exit"], 7, "{r}");
+    assert_eq!(r["stdout"], "out\n", "{r}");
+    assert_eq!(r["stderr"], "err\n", "{r}");
+    let r = exec(&["cat", "/etc/image-marker"]);
+    assert_eq!(r["stdout"], "vnfhost test image\n", "{r}");
+    let r = exec(&["no-such-command"]);
+    assert_eq!(r["exit"], 127, "a command that is not found exits 127: {r}");
+    // Arguments reach the process as they are: quotes, $( ), tty control characters
+    // (^U kill, ^S stop, ^D), and 8 KiB in one argument; no shell parses them.
+    let hostile = format!(
+        "'q' \"d\" $(id) `id` ; \u{15}\u{13}\u{4} {}",
+        "x".repeat(8192)
+    );
+    let r = exec(&["printf", "%s", &hostile]);
+    assert_eq!(r["exit"], 0, "{r}");
+    assert_eq!(
+        r["stdout"].as_str().unwrap(),
+        hostile,
+        "arguments changed on the way"
+    );
+
+    // 3. Pods reach each other by the pod IPs CRI reports: VM → runc and runc → VM.
+    let ok = (0..5).any(|_| exec(&["ping", "-c", "1", "-W", "2", &runc_ip])["exit"] == 0);
+    assert!(ok, "the VM pod cannot ping the runc pod at {runc_ip}");
+    let r = tool(&["exec", s, &runc, "ping", "-c", "1", "-W", "2", &vm_ip]);
+    assert_eq!(
+        r["exit"], 0,
+        "the runc pod cannot ping the VM pod at {vm_ip}: {r}"
+    );
+
     tool(&["stop", s, &sandbox]);
     tool(&["rm", s, &sandbox]);
+    tool(&["stop", s, &runc_sandbox]);
+    tool(&["rm", s, &runc_sandbox]);
     assert!(node.attachments().is_empty(), "{:?}", node.attachments());
 }

@@ -7,8 +7,9 @@
 //!
 //! - **starting the sandbox** boots the VM (QEMU microvm: KVM where the CPU has it, TCG
 //!   otherwise) with the agent's virtio-serial port and [`podvm::vm::DEFAULT_SLOTS`]
-//!   disk slots. Its NIC is a vhost-user port on the switch on the pod's network. The
-//!   sandbox task's pid is the VM's.
+//!   disk slots. Its NIC is the sandbox's CNI attachment, handed over by the daemon as a
+//!   vhost-user port with the same MAC and address: the pod IP is the VM's. The sandbox
+//!   task's pid is the VM's.
 //! - **creating a container** turns its root file system (the mounts containerd hands
 //!   over) into a read-only ext4 image, cached per snapshot chain, copies it into a free
 //!   slot and has the guest agent make the container: the image under an overlay, its
@@ -82,6 +83,8 @@ struct State {
     vm: Option<Arc<PodVm>>,
     /// Why the VM cannot run containers (it ended).
     vm_dead: Option<String>,
+    /// The pod's hostname (from the sandbox's spec).
+    hostname: Option<String>,
 }
 
 #[derive(Clone)]
@@ -110,52 +113,23 @@ fn vm_dir(sandbox: &str) -> PathBuf {
     Path::new(&base).join(sandbox)
 }
 
-/// A call to the node's daemon; `None` when it cannot be reached.
-fn daemon(method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, serde_json::Value)> {
+/// The pod's network for the VM: the sandbox's CNI attachment is handed over to it (the
+/// same MAC and address, now a vhost-user port; nothing is left in the sandbox's network
+/// namespace), so the pod IP that CRI reports is the VM's. `None` when the pod has no
+/// vnfhost network (a host-network pod, or another CNI plugin). CNI DEL of the sandbox
+/// removes the port, as for any pod.
+fn vm_port(sandbox: &str) -> Result<Option<NetPort>, String> {
     let api = ::api::daemon::default_api_socket();
-    let (st, b) = ::api::http::call(&api, method, path, body, Duration::from_secs(30)).ok()?;
-    Some((
-        st,
-        serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
-    ))
-}
-
-/// A vhost-user port for the VM on the network of the sandbox's CNI attachment; `None`
-/// when the pod has no vnfhost network (a host-network pod, or another CNI plugin).
-fn vm_port(sandbox: &str, ifname: &str) -> Result<Option<NetPort>, String> {
-    let (st, list) =
-        daemon("GET", "/v1/attachments", None).ok_or("the vnfhost daemon cannot be reached")?;
-    if st != 200 {
-        return Err(format!("the vnfhost daemon answered {st}"));
-    }
-    let Some(network) = list.as_array().and_then(|l| {
-        l.iter()
-            .find(|a| a["container"] == sandbox && a["request"]["kind"] == "tap")
-            .and_then(|a| a["request"]["network"].as_str())
-            .map(String::from)
-    }) else {
+    let Some(a) = ::api::attach::hand_over_to_vm(&api, sandbox)? else {
         return Ok(None);
     };
-    let body = serde_json::json!({ "network": network, "kind": "vhost-user" }).to_string();
-    let (st, a) = daemon(
-        "PUT",
-        &format!("/v1/attachments/{sandbox}/{ifname}"),
-        Some(body.as_bytes()),
-    )
-    .ok_or("the vnfhost daemon cannot be reached")?;
-    if st != 200 {
-        return Err(format!("a port for the pod VM: {}", a["error"]));
-    }
-    let field = |k: &str| {
-        a[k].as_str()
-            .map(String::from)
-            .ok_or(format!("reply without {k}"))
-    };
     Ok(Some(NetPort {
-        socket: field("socket")?,
-        mac: field("mac")?,
-        address: field("address")?,
-        gateway: a["gateway"].as_str().map(String::from),
+        socket: a
+            .socket
+            .ok_or("the daemon handed over a port without a socket")?,
+        mac: a.mac,
+        address: a.address,
+        gateway: a.gateway,
     }))
 }
 
@@ -379,7 +353,7 @@ impl Service {
 
     /// Boots the sandbox's VM; returns its pid.
     fn boot(&self, sandbox: &str) -> Result<u32, String> {
-        let port = vm_port(sandbox, "vm0")?;
+        let port = vm_port(sandbox)?;
         if port.is_none() {
             eprintln!("vnfhost shim: sandbox {sandbox} has no vnfhost network; its VM has no NIC");
         }
@@ -393,24 +367,14 @@ impl Service {
         };
         let (vm, mut child) = match PodVm::boot(&cfg) {
             Ok(x) => x,
-            Err(e) => {
-                if port.is_some() {
-                    let _ = daemon("DELETE", &format!("/v1/attachments/{sandbox}/vm0"), None);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         let pid = vm.pid;
         self.lock().vm = Some(Arc::new(vm));
         let me = self.clone();
-        let sandbox = sandbox.to_string();
         std::thread::spawn(move || {
             let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
-            // Marked ended before anything slow: its pid is reaped and may be reused.
             me.vm_ended(code);
-            if port.is_some() {
-                let _ = daemon("DELETE", &format!("/v1/attachments/{sandbox}/vm0"), None);
-            }
         });
         Ok(pid)
     }
@@ -473,7 +437,19 @@ impl Service {
             id: id.to_string(),
             disk: agent::slot_serial(slot),
             process,
-            hostname: spec["hostname"].as_str().map(String::from),
+            // CRI puts the hostname in the sandbox's spec only; a container shares it
+            // (and gets it in /etc/hostname).
+            hostname: spec["hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty())
+                .map(String::from)
+                .or_else(|| self.lock().hostname.clone())
+                .or_else(|| {
+                    files
+                        .iter()
+                        .find(|f| f.path == "/etc/hostname")
+                        .map(|f| String::from_utf8_lossy(&f.content).trim().to_string())
+                }),
             files,
             volumes: vec![],
         };
@@ -626,6 +602,10 @@ impl shim::Task for Service {
             });
         }
         let pid = std::process::id();
+        self.lock().hostname = spec["hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(String::from);
         let t = Task {
             bundle: req.bundle.clone(),
             sandbox: true,

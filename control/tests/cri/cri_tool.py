@@ -25,7 +25,7 @@ import sys
 import tarfile
 import time
 
-APPLETS = ["sh", "sleep", "ping", "ip", "cat", "echo", "ls", "hostname", "true", "ifconfig"]
+APPLETS = ["sh", "sleep", "ping", "ip", "cat", "echo", "ls", "hostname", "true", "ifconfig", "id", "env", "printf", "wc"]
 
 
 def sha(b):
@@ -51,11 +51,17 @@ def image(out, name):
             info.type = tarfile.SYMTYPE
             info.linkname = "busybox"
             t.addfile(info)
+        # A file and a variable only this image has (VM pods must run the image itself).
+        marker = b"vnfhost test image\n"
+        info = tarfile.TarInfo("etc/image-marker")
+        info.size = len(marker)
+        info.mode = 0o644
+        t.addfile(info, io.BytesIO(marker))
     layer = layer_buf.getvalue()
     config = json.dumps({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin", "IMAGE_VAR=from-the-image"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(layer)]},
     }).encode()
     manifest = json.dumps({
