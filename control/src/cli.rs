@@ -15,6 +15,11 @@ commands:
   up FILE     apply a topology.yaml through the daemon (`up --check FILE`: only check it)
   down        stop the pods and the switch and remove what they left
   status      pods, ports with rates, drops by reason, router and polling-core load
+  run         run a container image in its own pod VM (`vnfhost run --help`)
+  exec        run a command in a pod's container (`-it` for a terminal)
+  logs        a pod's output (`-f` to follow)
+  ps          the pods `vnfhost run` made
+  rm          remove pods (`-f` stops a running one)
   vm run      run a pod VM in the foreground; its serial console is stdout
   vm payload  write a built-in guest payload used by tests and benchmarks
   bench       benchmarks (`bench p2p`, `bench vm`, `bench churn`), run by vnfhost-bench
@@ -59,6 +64,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         "bench" => ok(bench(rest)),
         "vm" => vm(rest),
+        "run" => crate::pod_cmd::run(rest),
+        "exec" => crate::pod_cmd::exec(rest),
+        "logs" => crate::pod_cmd::logs(rest),
+        "ps" => crate::pod_cmd::ps(rest),
+        "rm" => crate::pod_cmd::rm(rest),
+        // The keeper of a pod `vnfhost run` (or the daemon) made; not in the usage.
+        "pod" => match rest.split_first() {
+            Some((k, dir)) if k == "keep" => crate::pod_cmd::keep(dir.to_vec()),
+            _ => Err("pod: expected `pod keep DIR` (used by `vnfhost run`)".into()),
+        },
         "up" => ok(crate::ctl_cmd::up(rest)),
         "down" => ok(crate::ctl_cmd::down(rest)),
         "status" => ok(crate::ctl_cmd::status(rest)),

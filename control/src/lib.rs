@@ -10,6 +10,8 @@
 //!   the benchmark harness), which this crate does not link.
 //! - [`attach`]: the attachments (ports) the daemon makes for the CNI plugin.
 //! - [`console_log`]: `vnfhost console-log`, which keeps a pod's console with rotation.
+//! - [`pod_cmd`]: `vnfhost run`, `exec`, `logs`, `ps`, `rm`: container images in pod VMs
+//!   without Kubernetes (the VM and its agent are `vnfhost-podvm`'s).
 //! - [`args`]: what the commands' option parsers share. [`cli`] dispatches to the
 //!   commands; they depend on `args`, never on `cli` or on each other's parsers
 //!   (`tests/modules.rs` checks there is no import circle).
@@ -25,6 +27,7 @@ pub mod ctl_cmd;
 pub mod daemon;
 pub mod netlink;
 pub mod plan;
+pub mod pod_cmd;
 pub mod switch_cmd;
 pub mod topology;
 pub mod vm_cmd;

@@ -4,7 +4,8 @@ OCI image they run (no registry is reachable here).
 
 Each subcommand prints one JSON object on stdout:
 
-  image OUT.tar NAME                  build an OCI archive of /bin/busybox named NAME
+  image OUT.tar NAME [FMT [ARCH]]     build an archive of /bin/busybox named NAME: FMT oci
+                                      (default) or docker, ARCH amd64 (default) or another
   run SOCK NAME NAMESPACE [HANDLER [LOGDIR]]   RunPodSandbox; {"id", "seconds"}
   status SOCK ID                      PodSandboxStatus; {"state", "ip", "netns"}
   start SOCK SANDBOX POD NAMESPACE IMAGE [LOGDIR [CMD...]]
@@ -32,7 +33,7 @@ def sha(b):
     return hashlib.sha256(b).hexdigest()
 
 
-def image(out, name):
+def image(out, name, fmt="oci", arch="amd64"):
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"]:
@@ -59,7 +60,7 @@ def image(out, name):
         t.addfile(info, io.BytesIO(marker))
     layer = layer_buf.getvalue()
     config = json.dumps({
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin", "IMAGE_VAR=from-the-image"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(layer)]},
@@ -79,6 +80,20 @@ def image(out, name):
                        "annotations": {"io.containerd.image.name": name,
                                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]}}],
     }).encode()
+    if fmt == "docker":
+        # `docker save` layout: manifest.json naming the config and layer files.
+        with tarfile.open(out, mode="w") as t:
+            def add(path, data):
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                info.mode = 0o644
+                t.addfile(info, io.BytesIO(data))
+            cfg_name = sha(config) + ".json"
+            add(cfg_name, config)
+            add("layer0/layer.tar", layer)
+            add("manifest.json", json.dumps([{"Config": cfg_name, "RepoTags": [name],
+                                              "Layers": ["layer0/layer.tar"]}]).encode())
+        return {"image": name}
     with tarfile.open(out, mode="w") as t:
         def add(path, data):
             info = tarfile.TarInfo(path)
@@ -114,7 +129,7 @@ def sandbox_config(name, namespace, log_dir=""):
 def main(argv):
     cmd = argv[0]
     if cmd == "image":
-        return image(argv[1], argv[2])
+        return image(argv[1], argv[2], *argv[3:5])
     from cri_api.v1 import api_pb2 as pb
     rt = client(argv[1])
     if cmd == "run":

@@ -127,7 +127,47 @@ fn nonblocking(fd: RawFd) {
     }
 }
 
-/// A pseudo-terminal: (master, slave).
+/// A pseudo-terminal of the container whose first process is `pid` (its own devpts, so
+/// that `tty` and `ttyname` work inside it): (master, slave). The slave is opened from
+/// the master (TIOCGPTPEER), never by a path inside the container.
+fn openpty_in(pid: libc::pid_t, size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let ptmx = cstr(format!("/proc/{pid}/root/dev/pts/ptmx"))?;
+    // SAFETY: open and ioctls on descriptors we own; the winsize is a local.
+    unsafe {
+        let m = libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if m < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let m = OwnedFd::from_raw_fd(m);
+        let unlock: libc::c_int = 0;
+        check(libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &unlock))?;
+        let s = libc::ioctl(
+            m.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        if let Some((r, c)) = size {
+            let ws = libc::winsize {
+                ws_row: r,
+                ws_col: c,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+        Ok((m, s))
+    }
+}
+
+/// A pseudo-terminal of the guest's own devpts (for a container's first process, made
+/// before its namespaces exist): (master, slave).
 fn openpty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (0, 0);
     let ws = size.map(|(r, c)| libc::winsize {
@@ -176,6 +216,8 @@ struct Container {
     create: Create,
     /// The mount namespace of its first process, to find all its processes.
     mnt_ns: Option<String>,
+    /// Its volumes' disks (open), mount paths and whether read-only.
+    volumes: Vec<(File, String, bool)>,
 }
 
 struct Agent {
@@ -453,8 +495,22 @@ impl Agent {
         if c.process.args.is_empty() {
             return Err("the container's process has no args".into());
         }
-        if !c.volumes.is_empty() {
-            return Err("volumes are not supported by this agent yet".into());
+        let mut volumes = vec![];
+        for v in &c.volumes {
+            if !v.path.starts_with('/') || v.path.split('/').any(|s| s == "..") {
+                return Err(format!(
+                    "volume {:?}: not an absolute path without ..",
+                    v.path
+                ));
+            }
+            let dev = find_disk(&v.disk)?;
+            flush_buffers(&dev);
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!v.read_only)
+                .open(&dev)
+                .map_err(|e| format!("volume {}: {e}", dev.display()))?;
+            volumes.push((f, v.path.clone(), v.read_only));
         }
         for f in &c.files {
             if !f.path.starts_with('/') || f.path.split('/').any(|s| s == "..") {
@@ -516,6 +572,7 @@ impl Agent {
                 disk,
                 create: c,
                 mnt_ns: None,
+                volumes,
             },
         );
         Ok(())
@@ -530,9 +587,17 @@ impl Agent {
         let root = c.dir.join("root");
         let files = c.create.files.clone();
         let hostname = c.create.hostname.clone();
+        let vols: Vec<(RawFd, String, bool)> = c
+            .volumes
+            .iter()
+            .map(|(f, p, ro)| (f.as_raw_fd(), p.clone(), *ro))
+            .collect();
         let setup = move || -> std::io::Result<()> {
             enter_new_root(&root)?;
             container_mounts()?;
+            for (fd, path, ro) in &vols {
+                mount_volume(*fd, path, *ro)?;
+            }
             for f in &files {
                 put_file(f)?;
             }
@@ -604,13 +669,25 @@ impl Agent {
     /// session and terminal, the user, the working directory, and the executable.
     #[allow(clippy::type_complexity)]
     fn spawn(&mut self, p: u32, setup: Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>) {
+        let Some(container) = self.procs.get(&p).map(|pr| pr.container) else {
+            return;
+        };
+        // An exec's terminal comes from its container's devpts.
+        let in_container = self
+            .procs
+            .get(&container)
+            .filter(|_| container != p)
+            .and_then(|c| c.pid);
         let Some(pr) = self.procs.get_mut(&p) else {
             return;
         };
         let spec = pr.spec.clone();
         let result = (|| -> std::io::Result<(Stdio, Stdio, Stdio)> {
             if spec.terminal {
-                let (m, s) = openpty(spec.size)?;
+                let (m, s) = match in_container {
+                    Some(pid) => openpty_in(pid, spec.size)?,
+                    None => openpty(spec.size)?,
+                };
                 let out = m.try_clone()?;
                 let inp = m.try_clone()?;
                 nonblocking(out.as_raw_fd());
@@ -1091,6 +1168,22 @@ fn container_mounts() -> std::io::Result<()> {
         std::os::unix::fs::symlink(t, l)?;
     }
     Ok(())
+}
+
+/// In the child, inside its root: the disk open as `fd` (a volume) mounted at `path`.
+/// The device is reached through `/proc/self/fd`: the container's `/dev` has no disks.
+fn mount_volume(fd: RawFd, path: &str, ro: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    let src = format!("/proc/self/fd/{fd}");
+    let flags = libc::MS_NODEV | libc::MS_NOSUID | if ro { libc::MS_RDONLY } else { 0 };
+    let mut last = None;
+    for fs in ["ext4", "xfs", "btrfs", "erofs", "vfat"] {
+        match mount(&src, Path::new(path), fs, flags, "") {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no file system")))
 }
 
 /// In the child, inside its root (so a symlink in the image resolves inside it): one file.
