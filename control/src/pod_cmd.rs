@@ -166,6 +166,7 @@ fn current_state(dir: &Path) -> Option<PodState> {
     Some(st)
 }
 
+#[derive(Debug)]
 struct Opts {
     detach: bool,
     name: Option<String>,
@@ -666,17 +667,13 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             }
         });
     }
-    let (code, error) = loop {
-        match rx.recv() {
-            Ok(Ev::Exit(c)) => break (c, None),
-            Ok(Ev::VmEnded(c)) => {
-                break (
-                    137,
-                    Some(format!("the pod VM ended (status {c}) before its workload")),
-                )
-            }
-            Ok(Ev::Remove) | Err(_) => break (137, None),
-        }
+    let (code, error) = match rx.recv() {
+        Ok(Ev::Exit(c)) => (c, None),
+        Ok(Ev::VmEnded(c)) => (
+            137,
+            Some(format!("the pod VM ended (status {c}) before its workload")),
+        ),
+        Ok(Ev::Remove) | Err(_) => (137, None),
     };
     stop_vm(&vm);
     let _ = std::fs::remove_file(&sock);

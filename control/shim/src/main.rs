@@ -365,10 +365,7 @@ impl Service {
             slots: podvm::vm::DEFAULT_SLOTS,
             volumes: vec![],
         };
-        let (vm, mut child) = match PodVm::boot(&cfg) {
-            Ok(x) => x,
-            Err(e) => return Err(e),
-        };
+        let (vm, mut child) = PodVm::boot(&cfg)?;
         let pid = vm.pid;
         self.lock().vm = Some(Arc::new(vm));
         let me = self.clone();
