@@ -346,19 +346,24 @@ mod tests {
         let mut all = encode(Kind::Stdout, 7, b"hello");
         all.extend(encode(Kind::Exit, 7, &3i32.to_le_bytes()));
         let mut d = Decoder::default();
-        for b in &all {
-            assert!(d.next_frame().is_none());
+        let mut got = vec![];
+        for (i, b) in all.iter().enumerate() {
             d.push(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame() {
+                got.push((i, f.unwrap()));
+            }
         }
-        // The last byte completed the second frame; the first was complete before it.
-        let f = d.next_frame().unwrap().unwrap();
+        // Each frame comes out exactly when its last byte is in, not before.
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 4 + 5 + 5 - 1);
+        assert_eq!(got[1].0, all.len() - 1);
+        let f = &got[0].1;
         assert_eq!(
             (f.kind, f.proc_id, &f.payload[..]),
             (Kind::Stdout, 7, &b"hello"[..])
         );
-        let f = d.next_frame().unwrap().unwrap();
-        assert_eq!(f.kind, Kind::Exit);
-        assert!(d.next_frame().is_none());
+        assert_eq!(got[1].1.kind, Kind::Exit);
+        assert_eq!(got[1].1.payload, 3i32.to_le_bytes());
         let f = read_frame(&mut &encode(Kind::Hello, 0, b"")[..]).unwrap();
         assert_eq!(f.kind, Kind::Hello);
     }
