@@ -24,7 +24,10 @@ use api::switch::{
 };
 use api::values::{Prefix, VlanId, VlanMode};
 
-use crate::topology::{parse_memory, Cidr, HypervisorSpec, Protocol, RestartPolicy, Topology};
+use crate::pod_cmd::RunSpec;
+use crate::topology::{
+    parse_memory, Cidr, HypervisorSpec, PodCommand, Protocol, RestartPolicy, Topology,
+};
 pub use api::daemon::GuestImage;
 
 /// One pod as it runs.
@@ -43,7 +46,13 @@ pub struct PodPlan {
     pub console_log_max: u64,
     /// Its directory.
     pub dir: PathBuf,
+    /// An image pod's keeper spec: the file `args` names and its content, written
+    /// before the pod starts.
+    pub run_spec: Option<(PathBuf, String)>,
 }
+
+/// Where image pods' VMs keep their disk slots (on disk: the run directory is a tmpfs).
+pub const VM_STATE_DIR: &str = "/var/lib/vnfhost/topology-vm";
 
 /// Everything that runs for a topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,15 +290,67 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
             }
             ports.push(port);
         }
-        if let Some(c) = &pod.command {
-            append.push(format!("\"vnf.run={c}\""));
-        }
-        if !append.is_empty() {
-            args.extend(["--append".into(), append.join(" ")]);
+        let mut run_spec = None;
+        if let Some(image) = &pod.image {
+            // A container image: the keeper (`vnfhost pod keep SPEC`) runs it in a pod VM.
+            let net = pod.interfaces.first().map(|ifc| {
+                let ip = ifc.ips.iter().find(|i| !i.contains(':')).cloned();
+                let gw = nets.get(ifc.network.as_str()).and_then(|(n, _, _)| {
+                    n.gateway
+                        .iter()
+                        .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok())
+                        .cloned()
+                });
+                (
+                    dir.join("eth0.sock").display().to_string(),
+                    ifc.mac.clone(),
+                    ip.unwrap_or_default(),
+                    gw,
+                )
+            });
+            let spec = RunSpec {
+                name: pod.name.clone(),
+                image: image.clone(),
+                image_file: None,
+                process: None,
+                command: match &pod.command {
+                    Some(PodCommand::Args(a)) => a.clone(),
+                    _ => vec![],
+                },
+                env: pod.env.clone(),
+                mem_mib: mem >> 20,
+                cpus: (!pod.cpus.is_empty()).then(|| {
+                    pod.cpus
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+                net,
+                api: None,
+                volumes: pod
+                    .volumes
+                    .iter()
+                    .map(|v| (v.path.clone().into(), v.mount_path.clone(), v.read_only))
+                    .collect(),
+                vm_dir: Some(Path::new(VM_STATE_DIR).join(&pod.name)),
+            };
+            let json = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
+            let file = dir.join(format!("spec-{}.json", podvm::image::key(&[&json])));
+            args = vec!["pod".into(), "keep".into(), file.display().to_string()];
+            run_spec = Some((file, json));
+        } else {
+            if let Some(PodCommand::Line(c)) = &pod.command {
+                append.push(format!("\"vnf.run={c}\""));
+            }
+            if !append.is_empty() {
+                args.extend(["--append".into(), append.join(" ")]);
+            }
         }
         pods.push(PodPlan {
             name: pod.name.clone(),
             args,
+            run_spec,
             restart: pod.restart,
             ports,
             dir,

@@ -88,18 +88,27 @@ pub fn pods_dir() -> PathBuf {
         .unwrap_or_else(|| "/var/lib/vnfhost/pods".into())
 }
 
-/// What the keeper runs (`spec.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What the keeper runs (`spec.json`, or the file the daemon names for a topology pod).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// The pod's name.
     pub name: String,
-    /// The image's name.
+    /// The image: its name, or the reference to resolve when `image_file` is not given.
     pub image: String,
-    /// The image's ext4 file.
-    pub image_file: PathBuf,
-    /// The container's process.
-    pub process: Process,
+    /// The image's ext4 file, when already built.
+    #[serde(default)]
+    pub image_file: Option<PathBuf>,
+    /// The container's process, when already decided; else the image's, with
+    /// `command` and `env`.
+    #[serde(default)]
+    pub process: Option<Process>,
+    /// Arguments in place of the image's command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `KEY=VALUE` added to the image's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
     /// Guest RAM in MiB.
     pub mem_mib: u64,
     /// Host CPUs.
@@ -110,6 +119,9 @@ pub struct RunSpec {
     pub api: Option<PathBuf>,
     /// Volumes: host path, mount path, read-only.
     pub volumes: Vec<(PathBuf, String, bool)>,
+    /// Where the VM's files go (its disk slots: on disk, not tmpfs); default `DIR/vm`.
+    #[serde(default)]
+    pub vm_dir: Option<PathBuf>,
 }
 
 /// Where a pod is (`state.json`).
@@ -351,13 +363,16 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
         Ok(RunSpec {
             name: name.clone(),
             image: image.name.clone(),
-            image_file,
-            process,
+            image_file: Some(image_file),
+            process: Some(process),
+            command: vec![],
+            env: vec![],
             mem_mib: o.mem_mib,
             cpus: o.cpus.clone(),
             net,
             api: o.net.as_ref().map(|_| api.clone()),
             volumes: o.volumes.clone(),
+            vm_dir: None,
         })
     })();
     let spec = match made {
@@ -517,11 +532,19 @@ enum Ev {
 /// `vnfhost pod keep DIR`: the keeper (started by `vnfhost run`, or by the daemon for a
 /// topology pod with `image:`). Returns the workload's exit status.
 pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
-    let dir = PathBuf::from(args.into_iter().next().ok_or("pod keep: DIR is required")?);
+    let arg = PathBuf::from(args.into_iter().next().ok_or("pod keep: DIR is required")?);
+    // A directory with spec.json (`vnfhost run`), or a spec file in the pod's directory
+    // (the daemon's, named by its content so that a change restarts the pod).
+    let (dir, file) = if arg.is_dir() {
+        (arg.clone(), arg.join("spec.json"))
+    } else {
+        let dir = arg.parent().map(Path::to_path_buf).unwrap_or_default();
+        (dir, arg.clone())
+    };
     let spec: RunSpec = serde_json::from_slice(
-        &std::fs::read(dir.join("spec.json")).map_err(|e| format!("{}: {e}", dir.display()))?,
+        &std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?,
     )
-    .map_err(|e| format!("spec.json: {e}"))?;
+    .map_err(|e| format!("{}: {e}", file.display()))?;
     let me = std::process::id();
     let fail = |e: String| {
         write_state(
@@ -547,8 +570,18 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             address,
             gateway,
         });
+    // A topology pod's image is resolved (imported, built) here, at its start.
+    let (image_file, process) = match (&spec.image_file, &spec.process) {
+        (Some(f), Some(p)) => (f.clone(), p.clone()),
+        _ => {
+            let img = podvm::image::resolve(&spec.image).map_err(&fail)?;
+            let f = podvm::image::build(&img.rootfs, &img.key).map_err(&fail)?;
+            let p = image_process(&img.config, &spec.command, &spec.env).map_err(&fail)?;
+            (f, p)
+        }
+    };
     let cfg = podvm::vm::Config {
-        dir: dir.join("vm"),
+        dir: spec.vm_dir.clone().unwrap_or_else(|| dir.join("vm")),
         mem_mib: spec.mem_mib,
         cpus: spec.cpus.clone(),
         net: net.clone(),
@@ -573,7 +606,7 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
     };
     let started = (|| -> Result<(Arc<podvm::Agent>, u32), String> {
         let agent = vm.agent(Duration::from_secs(180))?;
-        let slot = vm.load(&spec.image_file)?;
+        let slot = vm.load(&image_file)?;
         let ip = net
             .as_ref()
             .map(|n| n.address.split('/').next().unwrap_or_default().to_string());
@@ -620,7 +653,7 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
         let create = agent::Create {
             id: spec.name.clone(),
             disk: agent::slot_serial(slot),
-            process: spec.process.clone(),
+            process: process.clone(),
             hostname: Some(spec.name.clone()),
             files,
             volumes: spec
@@ -659,11 +692,11 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
     let listener =
         UnixListener::bind(&sock).map_err(|e| fail(format!("{}: {e}", sock.display())))?;
     {
-        let (agent, tx) = (agent.clone(), tx.clone());
+        let (agent, tx, base) = (agent.clone(), tx.clone(), process.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (agent, tx) = (agent.clone(), tx.clone());
-                std::thread::spawn(move || serve(conn, &agent, p, &tx));
+                let (agent, tx, base) = (agent.clone(), tx.clone(), base.clone());
+                std::thread::spawn(move || serve(conn, &agent, p, &base, &tx));
             }
         });
     }
@@ -689,12 +722,18 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
     if let Some(api) = &spec.api {
         detach(api, &spec.name);
     }
-    let _ = std::fs::remove_dir_all(dir.join("vm"));
+    vm.remove_files();
     Ok(code)
 }
 
 /// One control connection: an exec, or a removal.
-fn serve(mut conn: UnixStream, agent: &Arc<podvm::Agent>, container: u32, tx: &mpsc::Sender<Ev>) {
+fn serve(
+    mut conn: UnixStream,
+    agent: &Arc<podvm::Agent>,
+    container: u32,
+    base: &Process,
+    tx: &mpsc::Sender<Ev>,
+) {
     let Ok(first) = agent::read_frame(&mut conn) else {
         return;
     };
@@ -704,8 +743,15 @@ fn serve(mut conn: UnixStream, agent: &Arc<podvm::Agent>, container: u32, tx: &m
             let _ = agent::write_frame(&mut conn, Kind::Ok, 0, &[]);
         }
         Kind::Exec => {
-            let process: Process = match serde_json::from_slice(&first.payload) {
-                Ok(p) => p,
+            let process: Process = match serde_json::from_slice::<Process>(&first.payload) {
+                Ok(p) => Process {
+                    env: base.env.clone(),
+                    cwd: base.cwd.clone(),
+                    uid: base.uid,
+                    gid: base.gid,
+                    additional_gids: base.additional_gids.clone(),
+                    ..p
+                },
                 Err(e) => {
                     let _ = agent::write_frame(&mut conn, Kind::Error, 0, e.to_string().as_bytes());
                     return;
@@ -763,13 +809,20 @@ fn serve(mut conn: UnixStream, agent: &Arc<podvm::Agent>, container: u32, tx: &m
     }
 }
 
+/// A pod's directory: one `vnfhost run` made, or a topology pod with `image:` that the
+/// daemon runs (under its run directory, `VNFHOST_RUN_DIR` or /run/vnfhost).
 fn pod_dir(name: &str) -> Result<PathBuf, String> {
     valid_name(name)?;
     let d = pods_dir().join(name);
-    if !d.join("spec.json").exists() {
-        return Err(format!("no pod named {name:?} (vnfhost ps lists them)"));
+    if d.join("spec.json").exists() {
+        return Ok(d);
     }
-    Ok(d)
+    let run = std::env::var_os("VNFHOST_RUN_DIR").unwrap_or_else(|| api::daemon::RUN_DIR.into());
+    let t = Path::new(&run).join("pods").join(name);
+    if t.join("state.json").exists() {
+        return Ok(t);
+    }
+    Err(format!("no pod named {name:?} (vnfhost ps lists them)"))
 }
 
 /// The local terminal's size (rows, columns).
@@ -845,21 +898,15 @@ pub fn exec(args: Vec<OsString>) -> Result<i32, String> {
         return Err("exec: -t needs -i (a terminal without stdin)".into());
     }
     let dir = pod_dir(&name)?;
-    let spec: RunSpec =
-        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
     let mut conn = UnixStream::connect(dir.join("ctl.sock"))
         .map_err(|e| format!("pod {name} is not running ({e})"))?;
+    // Environment, working directory and user are the container's (the keeper's).
     let process = Process {
         args: cmd,
-        env: spec.process.env.clone(),
-        cwd: spec.process.cwd.clone(),
-        uid: spec.process.uid,
-        gid: spec.process.gid,
-        additional_gids: vec![],
         terminal: tty,
         stdin: interactive,
         size: if tty { term_size() } else { None },
+        ..Default::default()
     };
     agent::write_frame(
         &mut conn,

@@ -273,13 +273,50 @@ pub struct Pod {
     /// Network interfaces, `eth0` first.
     #[serde(default)]
     pub interfaces: Vec<Interface>,
-    /// The workload: a shell command the guest's init runs (`vnf.run=`); the pod powers
-    /// off when it exits. Without it the guest runs its console shell.
+    /// The workload. Without `image`: a shell command the guest's init runs
+    /// (`vnf.run=`), and without it the guest runs its console shell. With `image`: the
+    /// container's arguments as a list (the image's entrypoint stays; no shell parses
+    /// them), and without it the image's own command. The pod ends when it exits, with
+    /// its status.
     #[serde(default)]
-    pub command: Option<String>,
+    pub command: Option<PodCommand>,
+    /// A container image to run in the pod VM (`oci-archive:PATH`,
+    /// `docker-archive:PATH`, or a name in the local image store), as `vnfhost run` does.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `KEY=VALUE` for the image's process (with `image`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Host files or block devices mounted in the container as disks (with `image`).
+    #[serde(default)]
+    pub volumes: Vec<PodVolume>,
     /// What the daemon does when the pod's VM exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+}
+
+/// A pod's `command:`: a shell line (guest image) or a list of arguments (`image:`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PodCommand {
+    /// `command: "ping -c 1 10.0.0.1"`.
+    Line(String),
+    /// `command: [ping, -c, "1", 10.0.0.1]`.
+    Args(Vec<String>),
+}
+
+/// A pod's volume: a host file or block device with a file system, as a virtio-blk disk.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PodVolume {
+    /// The host file or block device.
+    pub path: String,
+    /// Where it is mounted in the container.
+    #[serde(rename = "mountPath")]
+    pub mount_path: String,
+    /// Mounted read-only.
+    #[serde(default, rename = "readOnly")]
+    pub read_only: bool,
 }
 
 /// What the daemon does when a pod's VM exits (as Kubernetes' `restartPolicy`).
@@ -853,15 +890,102 @@ impl Topology {
                     format!("{:?} is empty or used twice", pod.name),
                 );
             }
-            if let Some(c) = &pod.command {
-                if c.trim().is_empty() || c.contains(['"', '\n', '\r']) || c.len() > 1024 {
+            match (&pod.command, &pod.image) {
+                (Some(PodCommand::Line(c)), None) => {
+                    if c.trim().is_empty() || c.contains(['"', '\n', '\r']) || c.len() > 1024 {
+                        bad(
+                            format!("{at}.command"),
+                            "must be one line of at most 1024 bytes without double quotes (it \
+                             goes on the kernel command line)"
+                                .into(),
+                        );
+                    }
+                }
+                (Some(PodCommand::Args(_)), None) => bad(
+                    format!("{at}.command"),
+                    "a list of arguments needs `image:`; without it, command is one shell line"
+                        .into(),
+                ),
+                (Some(PodCommand::Line(_)), Some(_)) => bad(
+                    format!("{at}.command"),
+                    "with `image:`, command is a list of arguments (no shell parses them), \
+                     e.g. [sh, -c, \"...\"]"
+                        .into(),
+                ),
+                (Some(PodCommand::Args(a)), Some(_)) if a.is_empty() || a[0].is_empty() => bad(
+                    format!("{at}.command"),
+                    "an empty list; leave it out to run the image's own command".into(),
+                ),
+                _ => {}
+            }
+            if let Some(img) = &pod.image {
+                if pod.kernel.is_some() || pod.initrd.is_some() {
                     bad(
-                        format!("{at}.command"),
-                        "must be one line of at most 1024 bytes without double quotes (it goes \
-                         on the kernel command line)"
+                        format!("{at}.image"),
+                        "an image pod boots vnfhost's guest image; kernel and initrd do not \
+                         apply"
                             .into(),
                     );
                 }
+                if pod.interfaces.len() > 1 {
+                    bad(
+                        format!("{at}.interfaces"),
+                        "an image pod has one interface so far".into(),
+                    );
+                }
+                if pod.hypervisor == HypervisorSpec::Kvm {
+                    bad(
+                        format!("{at}.hypervisor"),
+                        "image pods need the agent port and disks, which only the qemu \
+                         backend has so far"
+                            .into(),
+                    );
+                }
+                for (prefix, what) in [("oci-archive:", "OCI"), ("docker-archive:", "Docker")] {
+                    if let Some(path) = img.strip_prefix(prefix) {
+                        if !std::path::Path::new(path).is_file() {
+                            bad(
+                                format!("{at}.image"),
+                                format!("{what} archive {path:?} does not exist"),
+                            );
+                        }
+                    }
+                }
+                for (k, e) in pod.env.iter().enumerate() {
+                    if !e.contains('=') || e.starts_with('=') {
+                        bad(format!("{at}.env[{k}]"), format!("{e:?} is not KEY=VALUE"));
+                    }
+                }
+                for (k, v) in pod.volumes.iter().enumerate() {
+                    use std::os::unix::fs::FileTypeExt;
+                    match std::fs::metadata(&v.path) {
+                        Err(e) => bad(
+                            format!("{at}.volumes[{k}].path"),
+                            format!("{}: {e}", v.path),
+                        ),
+                        Ok(md) if !(md.is_file() || md.file_type().is_block_device()) => bad(
+                            format!("{at}.volumes[{k}].path"),
+                            format!(
+                                "{} is not a file or block device (host directories are not \
+                                 carried into a pod VM)",
+                                v.path
+                            ),
+                        ),
+                        Ok(_) => {}
+                    }
+                    if !v.mount_path.starts_with('/') || v.mount_path.split('/').any(|p| p == "..")
+                    {
+                        bad(
+                            format!("{at}.volumes[{k}].mountPath"),
+                            "must be absolute, without ..".into(),
+                        );
+                    }
+                }
+            } else if !pod.env.is_empty() || !pod.volumes.is_empty() {
+                bad(
+                    format!("{at}.image"),
+                    "env and volumes are for image pods (`image:`)".into(),
+                );
             }
             if pod.vcpus == 0 || pod.vcpus > 64 {
                 bad(
@@ -1101,6 +1225,66 @@ pods:
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn image_pods_are_checked_with_the_field_named() {
+        let yaml = |pod: &str| {
+            format!(
+                "switch: {{ cores: [1] }}\nnetworks:\n  - {{ name: n, tenant: t, cidrs: [10.0.0.0/24] }}\npods:\n  - {{ name: p, memory: 128Mi, {pod} }}\n"
+            )
+        };
+        let cases = [
+            (
+                "image: img, command: \"sh -c x\"",
+                "pods[0].command: with `image:`, command is a list",
+            ),
+            (
+                "command: [sh, -c, x]",
+                "pods[0].command: a list of arguments needs `image:`",
+            ),
+            ("image: img, command: []", "pods[0].command: an empty list"),
+            (
+                "image: img, hypervisor: kvm",
+                "pods[0].hypervisor: image pods need the agent port",
+            ),
+            (
+                "image: \"oci-archive:/no/such.tar\"",
+                "pods[0].image: OCI archive \"/no/such.tar\" does not exist",
+            ),
+            (
+                "image: img, env: [NOEQUALS]",
+                "pods[0].env[0]: \"NOEQUALS\" is not KEY=VALUE",
+            ),
+            (
+                "image: img, volumes: [{ path: /no/such, mountPath: /d }]",
+                "pods[0].volumes[0].path: /no/such",
+            ),
+            (
+                "image: img, volumes: [{ path: /etc, mountPath: /d }]",
+                "not carried into a pod VM",
+            ),
+            (
+                "image: img, volumes: [{ path: /etc/hostname, mountPath: d }]",
+                "pods[0].volumes[0].mountPath: must be absolute",
+            ),
+            (
+                "env: [A=1]",
+                "pods[0].image: env and volumes are for image pods",
+            ),
+        ];
+        for (pod, want) in cases {
+            let p = problems(&yaml(pod), HOST);
+            assert!(
+                p.iter().any(|x| x.contains(want)),
+                "{pod}: missing {want:?} in {p:#?}"
+            );
+        }
+        let ok = problems(
+            &yaml("image: img, command: [sh, -c, \"echo $A\"], env: [A=1]"),
+            HOST,
+        );
+        assert!(ok.is_empty(), "{ok:#?}");
     }
 
     #[test]

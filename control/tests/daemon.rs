@@ -595,3 +595,97 @@ fn on_failure_restarts_a_pod_whose_workload_failed() {
         d.log()
     );
 }
+
+/// A topology pod with `image:` runs that image in a pod VM (the keeper); its workload's
+/// exit status is the pod's, so `restart: on-failure` restarts one that exits 3 and leaves
+/// one that exits 0; a running one takes `vnfhost exec` by name.
+#[test]
+fn image_pods_follow_their_workloads_exit_status() {
+    skip!(common::qemu::qemu_unavailable());
+    let (kernel, initrd) = match common::qemu::guest_image() {
+        Ok(x) => x,
+        Err(e) => panic!("guest image: {e}"),
+    };
+    let _serial = common::serial();
+    let dir = common::TestDir::new("dimage").unwrap();
+    let run = dir.path().to_path_buf();
+    std::env::set_var("VNFHOST_GUEST_KERNEL", &kernel);
+    std::env::set_var("VNFHOST_GUEST_INITRD", &initrd);
+    std::env::set_var("VNFHOST_IMAGES", run.join("images"));
+    std::env::set_var("VNFHOST_CACHE", run.join("cache"));
+    let archive = run.join("bb.tar");
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cri/cri_tool.py"
+        ))
+        .args(["image", archive.to_str().unwrap(), "test/bb:1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let d = Daemon::start(&run, None);
+    let pod = |name: &str, cmd: &str, restart: &str| {
+        format!(
+            "  - name: {name}\n    memory: 128Mi\n    cpus: [0]\n    image: oci-archive:{}\n    \
+             command: {cmd}\n    env: [WHO={name}]\n    restart: {restart}\n",
+            archive.display()
+        )
+    };
+    let t = write(
+        &run,
+        "t.yaml",
+        &format!(
+            "switch: {{ cores: [1] }}\nnetworks:\n  - {{ name: n, tenant: t, cidrs: [10.0.0.0/24] }}\npods:\n{}{}{}",
+            pod("fails", "[sh, -c, 'cat /etc/image-marker; exit 3']", "on-failure"),
+            pod("works", "[sh, -c, 'echo $WHO']", "on-failure"),
+            pod("stays", "[sleep, '600']", "always"),
+        ),
+    );
+    let o = d.run(&["up", &t]);
+    assert!(o.status.success(), "{}", text(&o));
+    let by_name = |s: &Status, n: &str| s.pods.iter().find(|p| p.name == n).cloned().unwrap();
+    wait_for(
+        "fails restarted after exiting 3, works succeeded",
+        Duration::from_secs(300),
+        || {
+            let s = d.status();
+            by_name(&s, "fails").restarts >= 1 && by_name(&s, "works").phase == Phase::Succeeded
+        },
+        || d.log(),
+    );
+    let s = d.status();
+    use control::daemon::Exit;
+    assert_eq!(
+        by_name(&s, "fails").last_exit,
+        Some(Exit::Failed("exit status: 3".into())),
+        "{s:?}"
+    );
+    assert_eq!(by_name(&s, "works").last_exit, Some(Exit::Success), "{s:?}");
+    let out = |p: &str| {
+        std::fs::read_to_string(run.join("pods").join(p).join("container.log")).unwrap_or_default()
+    };
+    assert!(
+        out("fails").contains("stdout F vnfhost test image"),
+        "{}",
+        out("fails")
+    );
+    assert!(out("works").contains("stdout F works"), "{}", out("works"));
+    // exec by name into the running one, through the daemon's run directory.
+    let mut ok = false;
+    for _ in 0..100 {
+        let o = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+            .args(["exec", "stays", "--", "sh", "-c", "echo $WHO; exit 6"])
+            .env("VNFHOST_RUN_DIR", &run)
+            .output()
+            .unwrap();
+        if o.status.code() == Some(6) {
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "stays\n");
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok, "exec into the image pod never worked: {}", d.log());
+    let o = d.run(&["down"]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -156,6 +156,10 @@ impl Daemon {
 
     pub(super) fn start_pod(&mut self, p: &PodPlan) -> Result<ProcRec, String> {
         std::fs::create_dir_all(&p.dir).map_err(|e| format!("{}: {e}", p.dir.display()))?;
+        if let Some((file, json)) = &p.run_spec {
+            // The keeper's typed spec, named by its content (a change is a new file).
+            std::fs::write(file, json).map_err(|e| format!("{}: {e}", file.display()))?;
+        }
         // The console goes through a pipe to `vnfhost console-log`, which rotates it at
         // the topology's limit: a chatty guest takes bounded RAM in the run directory.
         let max = p.console_log_max;
