@@ -891,15 +891,15 @@ impl Topology {
                 );
             }
             match (&pod.command, &pod.image) {
-                (Some(PodCommand::Line(c)), None) => {
-                    if c.trim().is_empty() || c.contains(['"', '\n', '\r']) || c.len() > 1024 {
-                        bad(
-                            format!("{at}.command"),
-                            "must be one line of at most 1024 bytes without double quotes (it \
-                             goes on the kernel command line)"
-                                .into(),
-                        );
-                    }
+                (Some(PodCommand::Line(c)), None)
+                    if c.trim().is_empty() || c.contains(['"', '\n', '\r']) || c.len() > 1024 =>
+                {
+                    bad(
+                        format!("{at}.command"),
+                        "must be one line of at most 1024 bytes without double quotes (it goes \
+                         on the kernel command line)"
+                            .into(),
+                    );
                 }
                 (Some(PodCommand::Args(_)), None) => bad(
                     format!("{at}.command"),
