@@ -4,7 +4,8 @@
 //! Where the CPU has no vmx/svm, KVM here still runs these payloads (every instruction
 //! emulated), so the tests run; they are skipped, with the reason, only where `/dev/kvm`
 //! cannot be opened. Booting Linux under this backend needs hardware virtualization:
-//! `linux_boots_under_the_kvm_backend` checks it where it exists and is skipped otherwise.
+//! `linux_boots_under_the_kvm_backend` checks it where it exists and is skipped otherwise;
+//! `vm_nested.rs` checks it everywhere, inside a QEMU guest with an emulated AMD SVM.
 
 mod common;
 
@@ -558,8 +559,8 @@ fn linux_boots_under_the_kvm_backend() {
     skip!(kvm_unavailable());
     skip!((!vmm::hypervisor::hardware_virtualization()).then(|| {
         "this CPU has no vmx/svm: KVM emulates every instruction and a Linux boot under the kvm \
-         backend takes far too long (PEERS.md); checked only on hosts with hardware \
-         virtualization"
+         backend takes far too long (PEERS.md); checked here nested, under QEMU's emulated SVM \
+         (vm_nested.rs)"
             .to_string()
     }));
     let dir = TestDir::new("vm-linux").unwrap();

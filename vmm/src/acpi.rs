@@ -4,9 +4,16 @@
 //! parsing, so the VM describes itself the hardware-reduced ACPI way: an RSDP pointing to
 //! an XSDT with a FADT (flags `HW_REDUCED_ACPI`, a sleep control register for power-off and
 //! a reset register) and a MADT (one local APIC per vCPU, one IOAPIC); the FADT points to a
-//! DSDT that declares each virtio-mmio device (`_HID "LNRO0005"`, its MMIO window and its
-//! edge-triggered interrupt) and the `_S5` sleep state. The AML is encoded here by hand:
-//! the handful of opcodes it needs do not justify an AML crate.
+//! DSDT that declares the serial console (`PNP0501`, ports 0x3f8..0x400, GSI 4), each
+//! virtio-mmio device (`_HID "LNRO0005"`, its MMIO window and its edge-triggered
+//! interrupt) and the `_S5` sleep state. The AML is encoded here by hand: the handful of
+//! opcodes it needs do not justify an AML crate.
+//!
+//! Every device with an interrupt must be in the DSDT: on a hardware-reduced system Linux
+//! has no legacy PIC and no ISA IRQs, so an interrupt it is not told about through ACPI
+//! does not exist for it. (The serial console's output then still works, polled, from the
+//! kernel's `printk`, but `request_irq(4)` fails when userspace opens `ttyS0`, and all
+//! that userspace writes there is lost.)
 
 /// I/O port of the power device: the FADT's sleep control and reset register.
 pub const POWER_PORT: u16 = 0x3c0;
@@ -16,6 +23,9 @@ pub const RESET_VALUE: u8 = 0x1;
 pub const S5_SLP_TYP: u8 = 5;
 /// The `SLP_EN` bit of the sleep control register.
 pub const SLP_EN: u8 = 1 << 5;
+
+use crate::devices::serial::COM1;
+use crate::layout::SERIAL_IRQ;
 
 const OEM_ID: &[u8; 6] = b"VNFHST";
 const OEM_TABLE: &[u8; 8] = b"VNFHOST ";
@@ -171,6 +181,39 @@ fn aml_buffer(bytes: &[u8]) -> Vec<u8> {
     aml_pkg(&[0x11], &body)
 }
 
+/// A compressed EISA id (`EisaId ("PNP0501")`): three letters in 5 bits each, then four
+/// hex digits, stored big-endian in an AML integer.
+fn eisa_id(id: &[u8; 7]) -> u32 {
+    let letter = |c: u8| u32::from(c - b'@') & 0x1f;
+    let hex = |c: u8| char::from(c).to_digit(16).expect("EISA product id is hex");
+    let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
+    let product = id[3..].iter().fold(0, |a, &c| (a << 4) | hex(c));
+    ((vendor << 16) | product).swap_bytes()
+}
+
+/// Extended interrupt descriptor: consumer, edge, active high, exclusive; one GSI.
+fn res_interrupt(res: &mut Vec<u8>, gsi: u32) {
+    res.extend_from_slice(&[0x89, 6, 0, 0x03, 1]);
+    res.extend_from_slice(&gsi.to_le_bytes());
+}
+
+/// The 16550 console: `Device (COM1)`, `PNP0501`, its eight ports and its interrupt.
+fn com1() -> Vec<u8> {
+    let mut res = Vec::new();
+    // I/O port descriptor: 16-bit decode, minimum = maximum base, alignment 1, 8 ports.
+    res.extend_from_slice(&[0x47, 0x01]);
+    res.extend_from_slice(&COM1.to_le_bytes());
+    res.extend_from_slice(&COM1.to_le_bytes());
+    res.extend_from_slice(&[1, 8]);
+    res_interrupt(&mut res, SERIAL_IRQ);
+    res.extend_from_slice(&[0x79, 0]); // end tag
+    let mut body = b"COM1".to_vec();
+    body.extend(aml_name(b"_HID", &aml_int(eisa_id(b"PNP0501"))));
+    body.extend(aml_name(b"_UID", &aml_int(0)));
+    body.extend(aml_name(b"_CRS", &aml_buffer(&res)));
+    aml_pkg(&[0x5b, 0x82], &body)
+}
+
 fn virtio_device(index: usize, d: &MmioDevice) -> Vec<u8> {
     let name = format!("V{index:03}");
     let seg: [u8; 4] = name.as_bytes().try_into().expect("V + 3 digits");
@@ -179,9 +222,7 @@ fn virtio_device(index: usize, d: &MmioDevice) -> Vec<u8> {
     res.extend_from_slice(&[0x86, 9, 0, 1]);
     res.extend_from_slice(&(d.addr as u32).to_le_bytes());
     res.extend_from_slice(&d.len.to_le_bytes());
-    // Extended interrupt: consumer, edge, active high, exclusive; one GSI.
-    res.extend_from_slice(&[0x89, 6, 0, 0x03, 1]);
-    res.extend_from_slice(&d.irq.to_le_bytes());
+    res_interrupt(&mut res, d.irq);
     res.extend_from_slice(&[0x79, 0]); // end tag
     let mut body = seg.to_vec();
     body.extend(aml_name(b"_HID", &aml_string("LNRO0005")));
@@ -193,6 +234,7 @@ fn virtio_device(index: usize, d: &MmioDevice) -> Vec<u8> {
 fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     let mut t = Sdt::new(b"DSDT", 2);
     let mut sb = b"\\_SB_".to_vec();
+    sb.extend(com1());
     for (i, d) in devices.iter().enumerate() {
         sb.extend(virtio_device(i, d));
     }
@@ -303,10 +345,18 @@ mod tests {
         assert_eq!(sigs, [*b"XSDT", *b"DSDT", *b"FACP", *b"APIC"]);
         let dsdt = &t[1].1;
         assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
+        assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         // Two local APICs (type 0) and one IOAPIC (type 1) after the 44-byte MADT header.
         let madt = &t[3].1;
         assert_eq!(madt.len(), 44 + 8 * 2 + 12);
         assert!(bytes.len() < (crate::layout::ACPI_END - crate::layout::ACPI_ADDR) as usize);
+    }
+
+    #[test]
+    fn eisa_ids_compress_like_iasl() {
+        // iasl: EisaId ("PNP0501") = 0x0105D041, EisaId ("PNP0A03") = 0x030AD041.
+        assert_eq!(eisa_id(b"PNP0501"), 0x0105_d041);
+        assert_eq!(eisa_id(b"PNP0A03"), 0x030a_d041);
     }
 
     #[test]

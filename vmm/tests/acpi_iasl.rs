@@ -54,6 +54,12 @@ fn iasl_disassembles_the_tables_and_finds_the_devices() {
         text += &dsl;
     }
     for want in [
+        // The console, so that Linux maps its interrupt (hardware-reduced: no ISA IRQs).
+        "Device (COM1)",
+        "EisaId (\"PNP0501\")",
+        "IO (Decode16,",
+        "0x03F8,             // Range Minimum",
+        "0x00000004,",
         "Device (V000)",
         "Device (V001)",
         "\"LNRO0005\"",
