@@ -523,6 +523,9 @@ impl LogWriter {
     }
 }
 
+/// A signal set moved into the thread that waits for it.
+struct SigSet(libc::sigset_t);
+
 enum Ev {
     Exit(i32),
     VmEnded(i32),
@@ -545,6 +548,30 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
         &std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?,
     )
     .map_err(|e| format!("{}: {e}", file.display()))?;
+    let (tx, rx) = mpsc::channel::<Ev>();
+    // SIGTERM or SIGINT to the keeper (the daemon stopping the pod, `rm -f`, Ctrl-C)
+    // removes the pod like `rm`: the VM stopped first, nothing left running.
+    {
+        let t = tx.clone();
+        // SAFETY: a signal set built with sigemptyset/sigaddset; blocking them in this
+        // thread before any other starts makes every thread inherit the mask, and the
+        // waiting thread takes them with sigwait. Children get an empty mask (std
+        // resets it before exec).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let set = SigSet(set);
+            std::thread::spawn(move || {
+                let set = set;
+                let mut sig = 0;
+                libc::sigwait(&set.0, &mut sig);
+                let _ = t.send(Ev::Remove);
+            });
+        }
+    }
     let me = std::process::id();
     let fail = |e: String| {
         write_state(
@@ -591,10 +618,10 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             .iter()
             .map(|(p, _, ro)| (p.clone(), *ro))
             .collect(),
+        die_with_owner: true,
     };
     let (vm, mut child) = PodVm::boot(&cfg).map_err(&fail)?;
     let vm = Arc::new(vm);
-    let (tx, rx) = mpsc::channel::<Ev>();
     let t = tx.clone();
     std::thread::spawn(move || {
         let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
@@ -669,6 +696,7 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
         };
         let p = agent.create(&create, handler)?;
         agent.start(p)?;
+        vm.reclaim_boot_memory();
         Ok((agent, p))
     })();
     let (agent, p) = match started {
@@ -700,15 +728,32 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             }
         });
     }
-    let (code, error) = match rx.recv() {
-        Ok(Ev::Exit(c)) => (c, None),
+    let (code, error, vm_running) = match rx.recv() {
+        Ok(Ev::Exit(c)) => (c, None, true),
         Ok(Ev::VmEnded(c)) => (
             137,
             Some(format!("the pod VM ended (status {c}) before its workload")),
+            false,
         ),
-        Ok(Ev::Remove) | Err(_) => (137, None),
+        Ok(Ev::Remove) | Err(_) => (137, None, true),
     };
-    stop_vm(&vm);
+    if vm_running {
+        stop_vm(&vm);
+        // Its end, or a SIGKILL after 3 s: no VM outlives its keeper.
+        let t = std::time::Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ev::VmEnded(_)) => break,
+                _ if t.elapsed() > Duration::from_secs(3) => {
+                    // SAFETY: kill(2) on the VM this keeper started; not yet reaped.
+                    unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+                    let _ = rx.recv_timeout(Duration::from_secs(2));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
     let _ = std::fs::remove_file(&sock);
     write_state(
         &dir,

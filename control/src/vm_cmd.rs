@@ -38,6 +38,10 @@ options:
   --console FILE    write the console to FILE (kvm only)
   --agent PATH      serve the guest agent's virtio-serial port (vnfhost.agent)
                     on the Unix socket PATH (qemu only, for now)
+  --free-page-reporting
+                    a virtio-balloon with free page reporting: RAM the guest
+                    frees goes back to the host (qemu only, for now)
+  --qmp PATH         QEMU's monitor (QMP) on the Unix socket PATH (qemu only)
   --disk SPEC       repeatable; SPEC is PATH[,ro][,serial=S]: a virtio-blk
                     disk (a file or block device); S defaults to diskN
                     (qemu only, for now)
@@ -184,6 +188,8 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
             console_input: true,
             agent: None,
             disks: vec![],
+            free_page_reporting: false,
+            qmp: None,
         },
         cmdline_given: false,
         append: vec![],
@@ -220,6 +226,8 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
             Long("net") => a.vm.nets.push(parse_net(&value(&mut p, "--net")?)?),
             Long("console") => a.console = Some(value(&mut p, "--console")?.into()),
             Long("agent") => a.vm.agent = Some(value(&mut p, "--agent")?.into()),
+            Long("free-page-reporting") => a.vm.free_page_reporting = true,
+            Long("qmp") => a.vm.qmp = Some(value(&mut p, "--qmp")?.into()),
             Long("disk") => {
                 let n = a.vm.disks.len();
                 a.vm.disks.push(parse_disk(&value(&mut p, "--disk")?, n)?)
@@ -241,11 +249,19 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
 /// when it died. Stopped by SIGINT or SIGTERM: 0.
 pub fn run(mut a: RunArgs) -> Result<i32, String> {
     let (backend, why) = match a.hypervisor {
-        Choice::Auto if a.vm.agent.is_some() || !a.vm.disks.is_empty() => (
-            Backend::Qemu,
-            "auto: an agent port and disks are devices of the qemu backend only, for now"
-                .to_string(),
-        ),
+        Choice::Auto
+            if a.vm.agent.is_some()
+                || !a.vm.disks.is_empty()
+                || a.vm.free_page_reporting
+                || a.vm.qmp.is_some() =>
+        {
+            (
+                Backend::Qemu,
+                "auto: an agent port, disks and free page reporting are devices of the qemu \
+                 backend only, for now"
+                    .to_string(),
+            )
+        }
         c => hypervisor::resolve(c),
     };
     if !a.cmdline_given {

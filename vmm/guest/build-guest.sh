@@ -29,7 +29,7 @@ meta_pkg="linux-image-cloud-amd64"
 # Loaded in this order by /init (each one's dependencies come first).
 modules=(virtio_ring virtio failover net_failover virtio_net virtio_mmio
          virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         virtio_console virtio_blk overlay erofs)
+         virtio_console virtio_blk overlay erofs virtio_balloon)
 
 print_paths() {
     echo "VNFHOST_GUEST_KERNEL=$kernel"

@@ -20,6 +20,14 @@ fn fmt_mac(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// TCG's options: `VNFHOST_TCG_TB_MIB` sets the translation cache (experiment).
+fn tcg_accel() -> String {
+    match std::env::var("VNFHOST_TCG_TB_MIB") {
+        Ok(v) => format!("tcg,tb-size={v}"),
+        Err(_) => "tcg".into(),
+    }
+}
+
 /// The QEMU command line for `cfg`.
 pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
     let kvm = hardware_virtualization();
@@ -43,7 +51,7 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
     };
     let mut cmd = Command::new(QEMU_BIN);
     cmd.args(["-M", "microvm,memory-backend=mem"])
-        .args(["-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-accel", &if kvm { "kvm".to_string() } else { tcg_accel() }])
         .args(["-cpu", if kvm { "host" } else { "max" }])
         .args(["-m", &format!("{mib}M"), "-smp", &cfg.vcpus.to_string()])
         .args(["-object", &backend]);
@@ -102,6 +110,15 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
                 "-device",
                 &format!("virtserialport,chardev=agent,name={}", ::agent::PORT_NAME),
             ]);
+    }
+    if cfg.free_page_reporting {
+        cmd.args([
+            "-device",
+            "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
+        ]);
+    }
+    if let Some(q) = &cfg.qmp {
+        cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", path_arg(q)?)]);
     }
     for (i, d) in cfg.disks.iter().enumerate() {
         cmd.args([

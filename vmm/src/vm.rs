@@ -62,6 +62,13 @@ pub struct VmConfig {
     pub agent: Option<PathBuf>,
     /// Block devices (virtio-blk).
     pub disks: Vec<DiskConfig>,
+    /// A virtio-balloon device with free page reporting: the guest hands back the RAM it
+    /// freed (after boot: the kernel's decompression, the initramfs), and the host
+    /// releases it (qemu backend).
+    pub free_page_reporting: bool,
+    /// A QMP socket QEMU serves (qemu backend): the pod VM's owner inflates and deflates
+    /// the balloon through it once the guest has booted.
+    pub qmp: Option<PathBuf>,
 }
 
 /// One `--disk` of a VM.
@@ -250,7 +257,11 @@ impl Vm {
     pub fn new(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmError> {
         let started = Instant::now();
         validate(cfg)?;
-        if cfg.agent.is_some() || !cfg.disks.is_empty() {
+        if cfg.agent.is_some()
+            || !cfg.disks.is_empty()
+            || cfg.free_page_reporting
+            || cfg.qmp.is_some()
+        {
             return Err(VmError::Config(
                 "an agent port (--agent) and disks (--disk) are not supported by the kvm backend yet; use --hypervisor qemu".into(),
             ));

@@ -53,6 +53,8 @@ fn debian_bzimage_and_initramfs_load_where_linux_expects_them() {
         console_input: false,
         agent: None,
         disks: vec![],
+        free_page_reporting: false,
+        qmp: None,
     };
     let ram = GuestRam::new(cfg.mem, false, false).unwrap();
     let ((entry, header), initrd_at) = vmm::vm::load(&cfg, &ram).unwrap();
@@ -90,6 +92,8 @@ fn an_initrd_that_does_not_fit_is_refused_with_the_reason() {
         nets: vec![],
         pit: false,
         console_input: false,
+        free_page_reporting: false,
+        qmp: None,
         agent: None,
         disks: vec![],
     };

@@ -364,6 +364,8 @@ impl Service {
             net: port.clone(),
             slots: podvm::vm::DEFAULT_SLOTS,
             volumes: vec![],
+            // Booted from a ttrpc worker thread, which may end before the pod does.
+            die_with_owner: false,
         };
         let (vm, mut child) = PodVm::boot(&cfg)?;
         let pid = vm.pid;
@@ -668,6 +670,9 @@ impl shim::Task for Service {
             let (agent, p) = self.container_agent(&req.id).map_err(err)?;
             let stdin = self.lock().tasks[&req.id].main.stdin.clone();
             agent.start(p).map_err(err)?;
+            if let Ok(vm) = self.vm() {
+                vm.reclaim_boot_memory();
+            }
             self.pump_stdin(&stdin, agent, p);
             self.vm().map(|vm| vm.pid).unwrap_or(0)
         };

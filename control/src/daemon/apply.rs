@@ -215,6 +215,9 @@ impl Daemon {
         if let Some(rec) = self.st.pods.get_mut(name).and_then(|r| r.proc.take()) {
             self.procs.stop(&rec, Duration::from_secs(5));
         }
+        // An image pod's disk slots, which a keeper stopped while it was starting could
+        // not remove itself (its VM died with it).
+        let _ = std::fs::remove_dir_all(Path::new(crate::plan::VM_STATE_DIR).join(name));
     }
 
     /// Applies `t`; on failure the previous state is restored and the error says what

@@ -17,10 +17,13 @@ const USAGE: &str = "\
 usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
        vnfhost bench vm [options]
        vnfhost bench churn [options]
+       vnfhost bench pod [--rounds N] [--warmup N] [--out DIR]
 
   p2p    forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
   vm     pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
   churn  the largest gap in a flow while the switch's spec changes
+  pod    pod start and memory per pod: VM pods (CRI and `vnfhost run`) against runc
+         pods in one containerd (perf/pod_bench.py, with the CRI client's venv)
 
 `vnfhost bench p2p --help` (vm, churn) lists a benchmark's options.
 ";
@@ -105,6 +108,8 @@ fn main() {
         vm(args.split_off(1))
     } else if first == "churn" {
         churn(args.split_off(1))
+    } else if first == "pod" {
+        pod(args.split_off(1))
     } else {
         parse(args).and_then(|p| match p {
             Some((c, out)) => run(&c, &out),
@@ -343,6 +348,30 @@ pub fn run(cfg: &P2pConfig, out: &PathBuf) -> Result<(), String> {
         out.display()
     );
     Ok(())
+}
+
+/// `vnfhost bench pod`: runs `perf/pod_bench.py` with the CRI client's venv (containerd
+/// is driven over CRI from Python, as the tests drive it).
+pub fn pod(args: Vec<OsString>) -> Result<(), String> {
+    let cache = std::env::var_os("VNFHOST_CACHE").unwrap_or_else(|| "/var/cache/vnfhost".into());
+    let python = PathBuf::from(cache).join("venv/bin/python");
+    if !python.exists() {
+        return Err(format!(
+            "{} missing (scripts/setup.sh makes the CRI client's venv)",
+            python.display()
+        ));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pod_bench.py");
+    let st = std::process::Command::new(&python)
+        .arg(script)
+        .args(args)
+        .status()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("pod_bench.py: {st}"))
+    }
 }
 
 /// `vnfhost bench vm [--trials N] [--create N] [--cpu N] [--out DIR]`.
