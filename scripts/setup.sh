@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PKGS=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
       qemu-system-x86 busybox-static kmod cpio iproute2 procps
       openvswitch-switch-dpdk acpica-tools
-      containerd runc containernetworking-plugins etcd-server python3-venv util-linux)
+      containerd runc containernetworking-plugins etcd-server python3-venv util-linux
+      e2fsprogs tar)
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup.sh: run as root (it installs packages and reserves hugepages)" >&2

@@ -66,7 +66,7 @@ pub fn vnfhost_bin() -> PathBuf {
 }
 
 /// What the guest keeps while its balloon is inflated, at least.
-const RECLAIM_FLOOR_MIB: u64 = 48;
+pub const RECLAIM_FLOOR_MIB: u64 = 48;
 
 /// Gives the host back the guest RAM that booting touched and the guest then freed (the
 /// compressed and the unpacked kernel, the initramfs): about 60 MB of a 256 MiB pod. Free
