@@ -350,7 +350,8 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
     let image = podvm::image::resolve(&image_ref)?;
     let image_file = podvm::image::build(&image.rootfs, &image.key)?;
     let process = image_process(&image.config, &o.cmd, &o.env)?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Closed to others: its control socket runs commands as root in the pod.
+    podvm::vm::private_dir(&dir)?;
     let api = o
         .api
         .clone()

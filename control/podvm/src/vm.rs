@@ -124,6 +124,15 @@ pub fn reclaim(qmp: &Path, mem_mib: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes `dir` (and its parents) and closes it to everyone but its owner: the agent's
+/// socket in it runs commands as root inside the pod, QMP drives the VM.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// The serial of volume `i`.
 pub fn volume_serial(i: usize) -> String {
     format!("vnfvol{i}")
@@ -144,7 +153,7 @@ impl PodVm {
     /// Makes the slots and starts the VM; returns at once, with the child to wait for.
     /// The guest is ready when [`PodVm::agent`] answers.
     pub fn boot(cfg: &Config) -> Result<(PodVm, Child), String> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        private_dir(&cfg.dir)?;
         let image = api::daemon::GuestImage::from_env();
         let sock = cfg.dir.join("agent.sock");
         let _ = std::fs::remove_file(&sock);

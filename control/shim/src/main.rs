@@ -403,13 +403,13 @@ impl Service {
         }
     }
 
-    /// Makes container `id` in the guest.
+    /// Makes container `id` in the guest; returns its task's pid (the VM's).
     fn create_container(
         &self,
         id: &str,
         req: &api::CreateTaskRequest,
         spec: &serde_json::Value,
-    ) -> Result<Proc, String> {
+    ) -> Result<u32, String> {
         let mut process = podvm::spec::process(&spec["process"])?;
         process.terminal = req.terminal;
         process.stdin = !req.stdin.is_empty();
@@ -471,17 +471,7 @@ impl Service {
                         slot: Some(slot),
                     },
                 );
-                Ok(Proc {
-                    stdin: String::new(),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    phase: Phase::Created,
-                    pid: vm.pid,
-                    exit_status: 0,
-                    exited_at: None,
-                    agent_proc: Some(p),
-                    process: agent::Process::default(),
-                })
+                Ok(vm.pid)
             }
             Err(e) => {
                 vm.free(slot);
@@ -592,11 +582,11 @@ impl shim::Task for Service {
             .ok_or_else(|| err(format!("{}: no readable config.json", req.bundle)))?;
         let sandbox = spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox";
         if !sandbox {
-            let p = self
+            let pid = self
                 .create_container(&req.id, &req, &spec)
                 .map_err(|e| err(format!("vnfhost pod VM: {e}")))?;
             return Ok(api::CreateTaskResponse {
-                pid: p.pid,
+                pid,
                 ..Default::default()
             });
         }

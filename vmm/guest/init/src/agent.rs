@@ -226,6 +226,8 @@ struct Agent {
     procs: HashMap<u32, Proc>,
     containers: HashMap<u32, Container>,
     sigfd: OwnedFd,
+    /// Read buffer for the port and the processes' output, reused.
+    buf: Vec<u8>,
 }
 
 /// Runs the agent on `port` for ever.
@@ -261,6 +263,7 @@ pub fn run(port: &Path) -> ! {
         procs: HashMap::new(),
         containers: HashMap::new(),
         sigfd,
+        buf: vec![0u8; proto::MAX_DATA],
     };
     crate::console("VNFHOST-AGENT-READY");
     loop {
@@ -366,14 +369,13 @@ impl Agent {
     }
 
     fn read_port(&mut self) {
-        let mut buf = vec![0u8; 256 << 10];
         loop {
-            match self.port.read(&mut buf) {
+            match self.port.read(&mut self.buf) {
                 Ok(0) => {
                     std::thread::sleep(Duration::from_millis(100));
                     break;
                 }
-                Ok(n) => self.dec.push(&buf[..n]),
+                Ok(n) => self.dec.push(&self.buf[..n]),
                 Err(_) => break,
             }
         }
@@ -870,7 +872,12 @@ impl Agent {
 
     /// Forwards what process `p` wrote on `fd`.
     fn pump(&mut self, p: u32, fd: RawFd) {
-        let mut buf = vec![0u8; proto::MAX_DATA];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.pump_with(p, fd, &mut buf);
+        self.buf = buf;
+    }
+
+    fn pump_with(&mut self, p: u32, fd: RawFd, buf: &mut [u8]) {
         let Some(pr) = self.procs.get(&p) else {
             return;
         };
