@@ -308,3 +308,86 @@ fn read_loop(mut r: UnixStream, shared: &Shared) {
     lock(&shared.st).gone = Some(why);
     shared.cv.notify_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    fn fake_guest(
+        name: &str,
+        serve: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("agent-client-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                serve(s);
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_guest_that_speaks_garbage_is_an_error_not_a_hang_or_panic() {
+        let p = fake_guest("garbage", |mut s| {
+            let mut b = [0u8; 64];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(&u32::MAX.to_le_bytes());
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let e = Agent::connect(&p, Duration::from_secs(5)).err().unwrap();
+        assert!(e.contains("frame length"), "{e}");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn replies_output_and_exits_reach_the_right_process() {
+        let p = fake_guest("echo", |mut s| {
+            let mut r = s.try_clone().unwrap();
+            loop {
+                let Ok(f) = read_frame(&mut r) else { return };
+                match f.kind {
+                    Kind::Hello => write_frame(&mut s, Kind::Ok, 0, crate::VERSION.as_bytes()),
+                    Kind::Exec => {
+                        // Output and exit for the process, an event for an unknown one,
+                        // then the reply.
+                        let _ = write_frame(&mut s, Kind::Stdout, 999, b"stray");
+                        let _ = write_frame(&mut s, Kind::Stdout, f.proc_id, b"out");
+                        let _ = write_frame(&mut s, Kind::Stderr, f.proc_id, b"err");
+                        let _ = write_frame(&mut s, Kind::Exit, f.proc_id, &7i32.to_le_bytes());
+                        write_frame(&mut s, Kind::Ok, f.proc_id, b"")
+                    }
+                    _ => write_frame(&mut s, Kind::Error, f.proc_id, b"no"),
+                }
+                .unwrap();
+            }
+        });
+        let a = Agent::connect(&p, Duration::from_secs(5)).unwrap();
+        let got = Arc::new(Mutex::new(Vec::<String>::new()));
+        let g = got.clone();
+        let proc_id = a
+            .exec(
+                1,
+                &Process {
+                    args: vec!["x".into()],
+                    ..Default::default()
+                },
+                Box::new(move |ev| g.lock().unwrap().push(format!("{ev:?}"))),
+            )
+            .unwrap();
+        assert_eq!(proc_id, 1);
+        assert_eq!(
+            *got.lock().unwrap(),
+            [
+                "Stdout([111, 117, 116])",
+                "Stderr([101, 114, 114])",
+                "Exit(7)"
+            ]
+        );
+        assert_eq!(a.signal(proc_id, 9).unwrap_err(), "no");
+        let _ = std::fs::remove_file(p);
+    }
+}
