@@ -365,8 +365,19 @@ pub fn call(
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    (&s).write_all(head.as_bytes())?;
-    (&s).write_all(body)?;
+    // A server that refuses a request before reading it (403 to a stranger) answers and
+    // closes: the write then fails with a broken pipe, but the answer is there to read.
+    let sent = (&s)
+        .write_all(head.as_bytes())
+        .and_then(|()| (&s).write_all(body));
+    match sent {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        r => r?,
+    }
     let mut r = BufReader::new(&s);
     let (start, length) = read_head(&mut r)?;
     let status = start
@@ -433,6 +444,29 @@ mod tests {
         );
         assert_eq!(r.query, "dry=1");
         assert_eq!(r.body, b"{}");
+    }
+
+    #[test]
+    fn an_answer_before_the_request_was_read_is_not_lost_to_a_broken_pipe() {
+        let dir = std::env::temp_dir().join(format!("http-refuse-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("s");
+        let _ = std::fs::remove_file(&sock);
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            // Answer and close without reading a byte of the request.
+            let _ = (&s).write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 29\r\n\r\n{\"error\":\"permission denied\"}",
+            );
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // A body big enough that the write cannot finish into a closed socket's buffer.
+        let big = vec![b'x'; 1 << 20];
+        let (status, body) = call(&sock, "PUT", "/x", Some(&big), Duration::from_secs(5)).unwrap();
+        assert_eq!(status, 403);
+        assert!(String::from_utf8_lossy(&body).contains("permission denied"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
