@@ -297,6 +297,14 @@ fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), String> {
     .map(drop)
 }
 
+/// An archive's file name without its extension: the image's name when it names none.
+fn file_stem(archive: &Path) -> String {
+    archive
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Unpacks an archive into the store.
 pub fn import(archive: &Path, format: Format) -> Result<Stored, String> {
     let archive = archive
@@ -329,12 +337,7 @@ fn import_in(archive: &Path, format: Format, work: &Path, base: &Path) -> Result
                 .as_str()
                 .or(ann["org.opencontainers.image.ref.name"].as_str())
                 .map(String::from)
-                .unwrap_or_else(|| {
-                    archive
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                });
+                .unwrap_or_else(|| file_stem(archive));
             let digest = m["digest"].as_str().unwrap_or_default().to_string();
             let manifest = read_json(&blob(&x, &digest)?)?;
             let config = blob(
@@ -357,12 +360,7 @@ fn import_in(archive: &Path, format: Format, work: &Path, base: &Path) -> Result
             let name = m["RepoTags"][0]
                 .as_str()
                 .map(String::from)
-                .unwrap_or_else(|| {
-                    archive
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                });
+                .unwrap_or_else(|| file_stem(archive));
             let rel = |v: &serde_json::Value| -> Result<PathBuf, String> {
                 let s = v.as_str().ok_or("manifest.json: a path is missing")?;
                 inside(&x, s)

@@ -77,6 +77,19 @@ struct Task {
     slot: Option<usize>,
 }
 
+impl Task {
+    /// Its container's process (`exec_id` empty) or one of its execs.
+    fn proc(&self, exec_id: &str) -> Result<&Proc, String> {
+        if exec_id.is_empty() {
+            Ok(&self.main)
+        } else {
+            self.execs
+                .get(exec_id)
+                .ok_or_else(|| format!("no exec {exec_id}"))
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<String, Task>,
@@ -497,13 +510,7 @@ impl Service {
         let p = {
             let st = self.lock();
             let t = st.tasks.get(id).ok_or(format!("no task {id}"))?;
-            let pr = if exec_id.is_empty() {
-                &t.main
-            } else {
-                t.execs
-                    .get(exec_id)
-                    .ok_or(format!("no exec {exec_id} in {id}"))?
-            };
+            let pr = t.proc(exec_id)?;
             pr.agent_proc
                 .ok_or(format!("{id}/{exec_id} has not started"))?
         };
@@ -737,13 +744,7 @@ impl shim::Task for Service {
             .tasks
             .get(&req.id)
             .ok_or_else(|| err(format!("no task {}", req.id)))?;
-        let p = if req.exec_id.is_empty() {
-            &t.main
-        } else {
-            t.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?
-        };
+        let p = t.proc(&req.exec_id).map_err(err)?;
         let status = match p.phase {
             Phase::Created => api::Status::CREATED,
             Phase::Running => api::Status::RUNNING,
@@ -769,13 +770,10 @@ impl shim::Task for Service {
         let (lock, cv) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let p = st.tasks.get(&req.id).and_then(|t| {
-                if req.exec_id.is_empty() {
-                    Some(&t.main)
-                } else {
-                    t.execs.get(&req.exec_id)
-                }
-            });
+            let p = st
+                .tasks
+                .get(&req.id)
+                .and_then(|t| t.proc(&req.exec_id).ok());
             match p {
                 None => return Err(err(format!("no task {} {}", req.id, req.exec_id))),
                 Some(p) if p.phase == Phase::Stopped => {
@@ -797,13 +795,7 @@ impl shim::Task for Service {
                 .tasks
                 .get(&req.id)
                 .ok_or_else(|| err(format!("no task {}", req.id)))?;
-            let p = if req.exec_id.is_empty() {
-                &t.main
-            } else {
-                t.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| err(format!("no exec {}", req.exec_id)))?
-            };
+            let p = t.proc(&req.exec_id).map_err(err)?;
             (t.sandbox, p.phase, p.agent_proc)
         };
         match (sandbox, phase) {
