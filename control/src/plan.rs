@@ -334,6 +334,12 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                     .map(|v| (v.path.clone().into(), v.mount_path.clone(), v.read_only))
                     .collect(),
                 vm_dir: Some(Path::new(VM_STATE_DIR).join(&pod.name)),
+                // `auto` keeps QEMU for image pods: it gives back the RAM the guest's
+                // boot freed, which the kvm backend cannot.
+                hypervisor: match pod.hypervisor {
+                    HypervisorSpec::Auto => None,
+                    _ => Some(hypervisor.into()),
+                },
             };
             let json = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
             let file = dir.join(format!("spec-{}.json", podvm::image::key(&[&json])));

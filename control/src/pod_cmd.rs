@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 /// `vnfhost run --help`.
 pub const RUN_USAGE: &str = "\
 usage: vnfhost run [-d] [--name N] --image REF [--net NETWORK] [--cpus LIST]
-                   [--mem SIZE] [-e K=V]... [-v PATH:MOUNTPATH[:ro]]... [-- CMD...]
+                   [--mem SIZE] [--hypervisor H] [-e K=V]... [-v PATH:MOUNTPATH[:ro]]...
+                   [-- CMD...]
 
 Runs a container image in its own pod VM. REF is oci-archive:PATH, docker-archive:PATH
 (imported into the local store, /var/lib/vnfhost/images), or the name of an image
@@ -43,6 +44,9 @@ options:
                       vhost-user port and an address); default: no network
   --cpus LIST         host CPUs for the VM
   --mem SIZE          guest RAM (default 256M)
+  --hypervisor H      qemu (default: QEMU microvm, which gives back the RAM the
+                      guest's boot freed), kvm (vnfhost's own monitor: no balloon),
+                      or auto (kvm where the CPU has vmx/svm, else qemu)
   -e, --env K=V       an environment variable (repeatable)
   -v, --volume PATH:MOUNTPATH[:ro]
                       a host file or block device (with a file system) as a disk
@@ -122,6 +126,9 @@ pub struct RunSpec {
     /// Where the VM's files go (its disk slots: on disk, not tmpfs); default `DIR/vm`.
     #[serde(default)]
     pub vm_dir: Option<PathBuf>,
+    /// `auto`, `kvm` or `qemu`; default `qemu`.
+    #[serde(default)]
+    pub hypervisor: Option<String>,
 }
 
 /// Where a pod is (`state.json`).
@@ -186,6 +193,7 @@ struct Opts {
     net: Option<String>,
     cpus: Option<String>,
     mem_mib: u64,
+    hypervisor: Option<String>,
     env: Vec<String>,
     volumes: Vec<(PathBuf, String, bool)>,
     api: Option<PathBuf>,
@@ -207,6 +215,7 @@ fn parse_run(args: Vec<OsString>) -> Result<Option<Opts>, String> {
         net: None,
         cpus: None,
         mem_mib: 256,
+        hypervisor: None,
         env: vec![],
         volumes: vec![],
         api: None,
@@ -227,6 +236,11 @@ fn parse_run(args: Vec<OsString>) -> Result<Option<Opts>, String> {
             "--net" => o.net = Some(val("--net")?),
             "--cpus" => o.cpus = Some(val("--cpus")?),
             "--api" => o.api = Some(val("--api")?.into()),
+            "--hypervisor" => {
+                let h = val("--hypervisor")?;
+                h.parse::<podvm::vm::Hypervisor>()?;
+                o.hypervisor = Some(h);
+            }
             "--mem" => {
                 let v = val("--mem")?;
                 let b = crate::vm_cmd::parse_size(&v).map_err(|e| format!("--mem: {e}"))?;
@@ -374,6 +388,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
             api: o.net.as_ref().map(|_| api.clone()),
             volumes: o.volumes.clone(),
             vm_dir: None,
+            hypervisor: o.hypervisor.clone(),
         })
     })();
     let spec = match made {
@@ -620,6 +635,10 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             .map(|(p, _, ro)| (p.clone(), *ro))
             .collect(),
         die_with_owner: true,
+        hypervisor: match &spec.hypervisor {
+            Some(h) => h.parse().map_err(&fail)?,
+            None => podvm::vm::Hypervisor::Qemu,
+        },
     };
     let (vm, mut child) = PodVm::boot(&cfg).map_err(&fail)?;
     let vm = Arc::new(vm);
@@ -1213,6 +1232,12 @@ mod tests {
         .unwrap();
         assert!(o.detach);
         assert_eq!(o.cmd, ["sh", "-c", "echo $K"]);
+        assert_eq!(o.hypervisor, None);
+        let o = parse_run(os(&["--image", "x", "--hypervisor", "kvm"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.hypervisor.as_deref(), Some("kvm"));
+        assert!(parse_run(os(&["--image", "x", "--hypervisor", "xen"])).is_err());
         assert!(parse_run(os(&["--image", "x", "-e", "novalue"])).is_err());
         assert!(parse_run(os(&["--image", "x", "stray"]))
             .unwrap_err()

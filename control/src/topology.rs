@@ -933,14 +933,6 @@ impl Topology {
                         "an image pod has one interface so far".into(),
                     );
                 }
-                if pod.hypervisor == HypervisorSpec::Kvm {
-                    bad(
-                        format!("{at}.hypervisor"),
-                        "image pods need the agent port and disks, which only the qemu \
-                         backend has so far"
-                            .into(),
-                    );
-                }
                 for (prefix, what) in [("oci-archive:", "OCI"), ("docker-archive:", "Docker")] {
                     if let Some(path) = img.strip_prefix(prefix) {
                         if !std::path::Path::new(path).is_file() {
@@ -1244,10 +1236,6 @@ pods:
                 "pods[0].command: a list of arguments needs `image:`",
             ),
             ("image: img, command: []", "pods[0].command: an empty list"),
-            (
-                "image: img, hypervisor: kvm",
-                "pods[0].hypervisor: image pods need the agent port",
-            ),
             (
                 "image: \"oci-archive:/no/such.tar\"",
                 "pods[0].image: OCI archive \"/no/such.tar\" does not exist",

@@ -37,14 +37,14 @@ options:
                     to it; `packed` offers packed virtqueues (qemu only)
   --console FILE    write the console to FILE (kvm only)
   --agent PATH      serve the guest agent's virtio-serial port (vnfhost.agent)
-                    on the Unix socket PATH (qemu only, for now)
+                    on the Unix socket PATH
   --free-page-reporting
                     a virtio-balloon with free page reporting: RAM the guest
-                    frees goes back to the host (qemu only, for now)
-  --qmp PATH         QEMU's monitor (QMP) on the Unix socket PATH (qemu only)
+                    frees goes back to the host (qemu only; auto picks qemu)
+  --qmp PATH        QEMU's monitor (QMP) on the Unix socket PATH (qemu only;
+                    auto picks qemu)
   --disk SPEC       repeatable; SPEC is PATH[,ro][,serial=S]: a virtio-blk
                     disk (a file or block device); S defaults to diskN
-                    (qemu only, for now)
   -h, --help        this text
 
 Exits 0 when the guest powers off or resets, 1 when it dies. A guest whose init runs a
@@ -249,19 +249,10 @@ pub fn parse_run(args: Vec<OsString>) -> Result<Parsed<RunArgs>, String> {
 /// when it died. Stopped by SIGINT or SIGTERM: 0.
 pub fn run(mut a: RunArgs) -> Result<i32, String> {
     let (backend, why) = match a.hypervisor {
-        Choice::Auto
-            if a.vm.agent.is_some()
-                || !a.vm.disks.is_empty()
-                || a.vm.free_page_reporting
-                || a.vm.qmp.is_some() =>
-        {
-            (
-                Backend::Qemu,
-                "auto: an agent port, disks and free page reporting are devices of the qemu \
-                 backend only, for now"
-                    .to_string(),
-            )
-        }
+        Choice::Auto if a.vm.free_page_reporting || a.vm.qmp.is_some() => (
+            Backend::Qemu,
+            "auto: free page reporting and QMP are the qemu backend's only".to_string(),
+        ),
         c => hypervisor::resolve(c),
     };
     if !a.cmdline_given {

@@ -7,6 +7,12 @@
 //! vhost-user port and a tap port, and runs `vnfhost vm run --hypervisor kvm` for the pod
 //! (L2, the guest image of `vmm/guest/build-guest.sh`). The pod's console is forwarded to
 //! L1's console, which is QEMU's stdout here.
+//!
+//! Then a container image runs in L1 under the `kvm` backend as `vnfhost run` runs it: a
+//! BusyBox OCI image imported and built into ext4 on this host, copied into L1's
+//! initramfs as `vnfhost run`'s image store and cache; the pod VM gets its image on a
+//! virtio-blk disk and is driven over the agent's virtio-console port, both served by the
+//! `kvm` backend; `vnfhost exec` reaches the running container through the same port.
 
 mod common;
 
@@ -18,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::qemu::{guest_image, qemu_unavailable, QEMU_BIN, READY_MARKER};
-use common::{skip, TestDir};
+use common::{find_in_path, skip, TestDir};
 
 /// The L1 CPU: QEMU's baseline model with SVM, plus the x86-64-v2 instructions the pod's
 /// kernel modules (`crc32c-intel` needs SSE4.2) and glibc's string functions expect of
@@ -30,8 +36,8 @@ const L1_MEM_MB: u32 = 1536;
 const HOST_IP: &str = "10.0.0.1";
 /// The pod's address.
 const POD_IP: &str = "10.0.0.2";
-/// How long the whole nested run may take on a loaded two-core machine (about 15 s idle).
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long the whole nested run may take on a loaded two-core machine (about 35 s idle).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Lines the L1 guest prints (`build-nested.sh` and the scenario below).
 const L1_READY: &str = "VNFHOST-L1-READY";
@@ -43,9 +49,24 @@ const L2_EXIT: &str = "VNFHOST-L2-EXIT status=";
 const TYPED: &str = "typed-into-the-console";
 const READ_BACK: &str = "pod-console-read:";
 
+/// The container image (`control/tests/cri/cri_tool.py image`: BusyBox and a marker
+/// file), the pod that runs it, and what the scenario prints about it.
+const IMAGE: &str = "test/busybox:1";
+const IMAGE_MARKER: &str = "vnfhost test image";
+const POD: &str = "img";
+const IMG_START: &str = "VNFHOST-IMG-START";
+const EXEC_OUT: &str = "exec-in-the-pod:";
+const EXEC_EXIT: &str = "VNFHOST-EXEC-EXIT status=";
+const RUN_EXIT: &str = "VNFHOST-RUN-EXIT status=";
+const RUN_OUT_BEGIN: &str = "VNFHOST-RUN-STDOUT-BEGIN";
+const RUN_OUT_END: &str = "VNFHOST-RUN-STDOUT-END";
+const POD_VM_LOG: &str = "--- the pod VM's console:";
+
 /// What L1 runs: the switch with the pod's vhost-user port and a tap port whose kernel
 /// side has [`HOST_IP`], then the pod, whose workload reads a line from its console (typed
-/// once the pod printed its ready line) and pings [`HOST_IP`].
+/// once the pod printed its ready line) and pings [`HOST_IP`]. Then the image pod:
+/// `vnfhost run --hypervisor kvm` in the foreground, its container waiting for a file
+/// that `vnfhost exec` makes, then printing [`IMAGE_MARKER`] and exiting 3.
 fn scenario() -> String {
     format!(
         r#"set -u
@@ -85,9 +106,96 @@ kill $sw
 wait $sw
 echo "--- switch log:"
 cat /run/switch.log
-exit $st
+
+# The image pod: the store and the built ext4 came with the initramfs (--extra).
+export VNFHOST_IMAGES=/images VNFHOST_CACHE=/cache VNFHOST_PODS=/tmp/pods \
+    VNFHOST_GUEST_KERNEL=/l2/vmlinuz VNFHOST_GUEST_INITRD=/l2/initramfs.cpio.gz
+echo {IMG_START}
+vnfhost run --hypervisor kvm --name {POD} --image {IMAGE} -- \
+    sh -c 'until [ -e /tmp/go ]; do sleep 0.1; done; cat /etc/image-marker; exit 3' \
+    >/run/run.out 2>/run/run.err &
+run=$!
+i=0
+until grep -q '"running"' /tmp/pods/{POD}/state.json 2>/dev/null; do
+    if ! kill -0 $run 2>/dev/null || [ $i -gt 1800 ]; then break; fi
+    i=$((i + 1))
+    sleep 0.1
+done
+# The pod's files go with it: its VM's console (the `vnfhost vm run` log) is kept now.
+cp /tmp/pods/{POD}/vm/console.log /run/pod-vm.log
+vnfhost exec {POD} -- sh -c 'echo {EXEC_OUT}$(hostname); touch /tmp/go'
+echo "{EXEC_EXIT}$?"
+wait $run
+rst=$?
+echo "{RUN_EXIT}$rst"
+echo {RUN_OUT_BEGIN}
+cat /run/run.out
+echo {RUN_OUT_END}
+echo "--- vnfhost run's stderr:"
+cat /run/run.err
+echo "--- the pod's keeper:"
+cat /tmp/pods/{POD}/keeper.log
+echo "{POD_VM_LOG}"
+cat /run/pod-vm.log
+[ "$st" = 0 ] || exit $st
+[ "$rst" = 3 ] || exit 1
+exit 0
 "#
     )
+}
+
+/// `Some(reason)` when this host lacks what the image pod needs here: the image is made
+/// by `cri_tool.py`, imported with `tar` and built with `mkfs.ext4` on this host.
+fn image_tools_missing() -> Option<String> {
+    ["python3", "tar", "mkfs.ext4"]
+        .into_iter()
+        .find(|t| find_in_path(t).is_none())
+        .map(|t| format!("{t} not found (the image pod's image is built on this host)"))
+}
+
+/// Imports the BusyBox image and builds its ext4 on this host, as `vnfhost run` would,
+/// and lays out what it needs in L1: `images/NAME/image.json` (the store, without the
+/// unpacked tree: the ext4 is built) and `cache/images/KEY.ext4`. Returns that tree, for
+/// `build-nested.sh --extra`.
+fn image_files(dir: &TestDir) -> PathBuf {
+    let archive = dir.join("image.tar");
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cri/cri_tool.py");
+    let o = Command::new("python3")
+        .arg(tool)
+        .arg("image")
+        .arg(&archive)
+        .arg(IMAGE)
+        .output()
+        .expect("run cri_tool.py");
+    assert!(o.status.success(), "cri_tool.py image: {o:?}");
+    // podvm finds the store and the cache through the environment: set for the import
+    // and the build only (no other thread runs yet), then put back, so that the guest
+    // image keeps coming from the usual cache.
+    let vars = ["VNFHOST_IMAGES", "VNFHOST_CACHE"];
+    let saved: Vec<_> = vars.iter().map(std::env::var_os).collect();
+    std::env::set_var("VNFHOST_IMAGES", dir.join("host-images"));
+    std::env::set_var("VNFHOST_CACHE", dir.join("host-cache"));
+    let built = podvm::image::import(&archive, podvm::image::Format::Oci).and_then(|img| {
+        let ext4 = podvm::image::build(&img.rootfs, &img.key)?;
+        Ok((img, ext4))
+    });
+    for (k, v) in vars.iter().zip(saved) {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    let (img, ext4) = built.unwrap_or_else(|e| panic!("the image on this host: {e}"));
+    let extra = dir.join("l1-files");
+    let store = img.rootfs.parent().expect("the image's directory");
+    let name = store.file_name().expect("the image's store name");
+    let l1_store = extra.join("images").join(name);
+    let l1_cache = extra.join("cache/images");
+    std::fs::create_dir_all(&l1_store).unwrap();
+    std::fs::create_dir_all(&l1_cache).unwrap();
+    std::fs::copy(store.join("image.json"), l1_store.join("image.json")).unwrap();
+    std::fs::copy(&ext4, l1_cache.join(ext4.file_name().unwrap())).unwrap();
+    extra
 }
 
 /// `Some(reason)` when the Debian kernel package the guests run cannot be had: the guest
@@ -114,8 +222,9 @@ fn kernel_package_missing(err: &str) -> Option<String> {
     })
 }
 
-/// Runs `build-nested.sh` for this scenario; returns the L1 `(kernel, initrd)`.
-fn build_l1(dir: &TestDir) -> (PathBuf, PathBuf) {
+/// Runs `build-nested.sh` for this scenario with the files `extra`; returns the L1
+/// `(kernel, initrd)`.
+fn build_l1(dir: &TestDir, extra: &Path) -> (PathBuf, PathBuf) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/guest/build-nested.sh");
     let scen = dir.join("scenario.sh");
     std::fs::write(&scen, scenario()).unwrap();
@@ -126,6 +235,8 @@ fn build_l1(dir: &TestDir) -> (PathBuf, PathBuf) {
         .arg(env!("CARGO_BIN_EXE_vnfhost"))
         .arg("--scenario")
         .arg(&scen)
+        .arg("--extra")
+        .arg(extra)
         .arg("--out")
         .arg(&initrd)
         .stdin(Stdio::null())
@@ -241,16 +352,25 @@ fn at(seen: &[(&str, Duration)], marker: &str) -> Option<Duration> {
     seen.iter().find(|(m, _)| *m == marker).map(|(_, t)| *t)
 }
 
+/// The text between the first `begin` line and the next `end` line of `c`.
+fn between<'a>(c: &'a str, begin: &str, end: &str) -> Option<&'a str> {
+    let from = c.find(&format!("{begin}\n"))? + begin.len() + 1;
+    let len = c[from..].find(&format!("{end}\n"))?;
+    Some(&c[from..from + len])
+}
+
 #[test]
-fn a_linux_pod_boots_under_the_kvm_backend_nested_and_pings_through_the_switch() {
+fn a_linux_pod_boots_under_the_kvm_backend_nested_pings_and_runs_an_image() {
     skip!(qemu_unavailable());
+    skip!(image_tools_missing());
     if let Err(e) = guest_image() {
         skip!(kernel_package_missing(&e));
         panic!("guest image: {e}");
     }
     let dir = TestDir::new("nested").unwrap();
     let t = Instant::now();
-    let (kernel, initrd) = build_l1(&dir);
+    let extra = image_files(&dir);
+    let (kernel, initrd) = build_l1(&dir, &extra);
     let build = t.elapsed();
 
     let mut l1 = L1::spawn(&dir, &kernel, &initrd);
@@ -260,6 +380,9 @@ fn a_linux_pod_boots_under_the_kvm_backend_nested_and_pings_through_the_switch()
         READY_MARKER,
         vmm::guest::WORKLOAD_EXIT,
         L2_EXIT,
+        IMG_START,
+        EXEC_EXIT,
+        RUN_EXIT,
     ]);
     let c = l1.console();
     assert!(!c.contains(L1_FAILED), "L1 failed:\n{c}");
@@ -289,19 +412,52 @@ fn a_linux_pod_boots_under_the_kvm_backend_nested_and_pings_through_the_switch()
         c.contains(&format!("{L2_EXIT}0\n")),
         "`vnfhost vm run` did not exit 0:\n{c}"
     );
+
+    // The image pod, under the kvm backend (its VM said which), reached through the
+    // agent's port: exec ran in the container (its hostname is the pod's name) and
+    // released it; `vnfhost run` printed the image's own file and exited with the
+    // container's status.
+    assert!(
+        c.contains(IMG_START),
+        "L1 did not start the image pod:\n{c}"
+    );
+    let pod_vm_log = c.split_once(POD_VM_LOG).map_or("", |(_, l)| l);
+    assert!(
+        pod_vm_log.contains("hypervisor: kvm (asked for"),
+        "the image pod's VM did not run under the kvm backend:\n{c}"
+    );
+    assert!(
+        c.contains(&format!("{EXEC_OUT}{POD}\n")) && c.contains(&format!("{EXEC_EXIT}0\n")),
+        "`vnfhost exec` into the image pod failed:\n{c}"
+    );
+    assert_eq!(
+        between(&c, RUN_OUT_BEGIN, RUN_OUT_END),
+        Some(&*format!("{IMAGE_MARKER}\n")),
+        "`vnfhost run` did not print the image's marker file:\n{c}"
+    );
+    assert!(
+        c.contains(&format!("{RUN_EXIT}3\n")),
+        "`vnfhost run` did not exit with the container's status 3:\n{c}"
+    );
     assert!(c.contains("VNFHOST-L1-EXIT status=0"), "{c}");
 
     let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     let start = at(&seen, L2_START);
     let since_start = |m: &str| at(&seen, m).zip(start).map(|(t, s)| t - s);
+    let img = at(&seen, IMG_START);
+    let since_img = |m: &str| at(&seen, m).zip(img).map(|(t, s)| t - s);
     println!(
-        "TIMING: L1 image {:.1}s; L1 boot to KVM loaded {:.1}s; pod (L2) under the kvm \
-         backend: boot to {READY_MARKER} {:.1}s, whole run (boot, 3 pings, power-off) \
-         {:.1}s; whole QEMU run {:.1}s (TCG with SVM, wall clock of this host)",
+        "TIMING: image and L1 initramfs {:.1}s; L1 boot to KVM loaded {:.1}s; pod (L2) \
+         under the kvm backend: boot to {READY_MARKER} {:.1}s, whole run (boot, 3 pings, \
+         power-off) {:.1}s; image pod under the kvm backend: vnfhost run to the exec's \
+         end {:.1}s, to its exit {:.1}s; whole QEMU run {:.1}s (TCG with SVM, wall clock \
+         of this host)",
         build.as_secs_f64(),
         secs(at(&seen, L1_READY)),
         secs(since_start(READY_MARKER)),
         secs(since_start(L2_EXIT)),
+        secs(since_img(EXEC_EXIT)),
+        secs(since_img(RUN_EXIT)),
         secs(at(&seen, "QEMU exited")),
     );
 }

@@ -4,7 +4,7 @@
 # backend inside. That is how a Linux boot under the `kvm` backend is tested on hosts whose
 # KVM has no hardware virtualization.
 #
-#   build-nested.sh --vnfhost BIN --scenario FILE --out INITRD
+#   build-nested.sh --vnfhost BIN --scenario FILE [--extra DIR] --out INITRD
 #
 # INITRD is three concatenated newc archives, which the kernel unpacks in order:
 #  1. the base, cached in ${VNFHOST_CACHE:-/var/cache/vnfhost}/nested/ and rebuilt only
@@ -18,7 +18,9 @@
 #  2. BIN as /bin/vnfhost (debug info stripped when objcopy exists) and the shared
 #     libraries `ldd` lists for it, at the same paths (made every time: a fraction of a
 #     second);
-#  3. FILE as /scenario.
+#  3. FILE as /scenario;
+#  4. with --extra, the tree under DIR at / (files the scenario needs: an image store, a
+#     built ext4 image).
 # Uncompressed: the L2 images are compressed already, and gunzip is slow under TCG.
 # Quiet on success: prints only
 #   VNFHOST_NESTED_KERNEL=<path>
@@ -35,18 +37,20 @@ modules=(kvm-amd tun)
 
 die() { echo "build-nested.sh: $*" >&2; exit 1; }
 
-vnfhost="" scenario="" initrd=""
+vnfhost="" scenario="" initrd="" extra=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --vnfhost) vnfhost="${2:-}"; shift 2 ;;
         --scenario) scenario="${2:-}"; shift 2 ;;
+        --extra) extra="${2:-}"; shift 2 ;;
         --out) initrd="${2:-}"; shift 2 ;;
-        *) die "usage: $0 --vnfhost BIN --scenario FILE --out INITRD" ;;
+        *) die "usage: $0 --vnfhost BIN --scenario FILE [--extra DIR] --out INITRD" ;;
     esac
 done
 [[ -x "$vnfhost" ]] || die "--vnfhost: ${vnfhost:-(missing)} is not an executable"
 [[ -f "$scenario" ]] || die "--scenario: ${scenario:-(missing)} is not a file"
 [[ -n "$initrd" ]] || die "--out INITRD is required"
+[[ -z "$extra" || -d "$extra" ]] || die "--extra: $extra is not a directory"
 for tool in cpio depmod modprobe dpkg ldd sha256sum; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
@@ -173,6 +177,10 @@ mkdir -p "$(dirname "$initrd")"
     cat "$base"
     (cd "$bin" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet)
     (cd "$work/scenario" && echo scenario | cpio -o -H newc --quiet)
+    if [[ -n "$extra" ]]; then
+        (cd "$extra" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
+            | cpio --null -o -H newc --quiet)
+    fi
 } >"$initrd.tmp"
 mv -f "$initrd.tmp" "$initrd"
 echo "VNFHOST_NESTED_KERNEL=$kernel"

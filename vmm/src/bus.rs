@@ -8,20 +8,22 @@ use crate::devices::ioapic::{self, Ioapic};
 use crate::devices::legacy;
 use crate::devices::serial::{Console, COM1};
 use crate::devices::vhost_net::VhostNet;
-use crate::devices::virtio_mmio::MmioTransport;
+use crate::devices::virtio_mmio::{MmioSlot, MmioTransport};
 use crate::devices::Action;
 use crate::layout;
 use crate::memory::GuestRam;
 
-/// A virtio-mmio device on the bus.
+/// A virtio-net device (its vhost-user monitor needs the type).
 pub type NetDevice = Arc<Mutex<MmioTransport<VhostNet>>>;
+/// A virtio-mmio device on the bus, whatever it is.
+pub type VirtioDevice = Arc<Mutex<dyn MmioSlot>>;
 
 /// The devices of one VM.
 pub struct Bus {
     /// COM1.
     pub serial: Mutex<Console>,
     /// virtio-mmio devices, in slot order.
-    pub virtio: Vec<NetDevice>,
+    pub virtio: Vec<VirtioDevice>,
     /// The userspace IOAPIC (split irqchip); `None` when KVM emulates PIC and IOAPIC.
     pub ioapic: Option<Mutex<Ioapic>>,
     /// Guest RAM, kept mapped for as long as anything here (the IOAPIC holds the VM fd)
@@ -47,7 +49,7 @@ impl Bus {
     /// with guest memory `ram`.
     pub fn new(
         serial: Console,
-        virtio: Vec<NetDevice>,
+        virtio: Vec<VirtioDevice>,
         ioapic: Option<Ioapic>,
         ram: Arc<GuestRam>,
     ) -> Bus {
@@ -110,7 +112,7 @@ impl Bus {
         }
     }
 
-    fn virtio_at(&self, addr: u64) -> Option<(&NetDevice, u64)> {
+    fn virtio_at(&self, addr: u64) -> Option<(&VirtioDevice, u64)> {
         let off = addr.checked_sub(layout::VIRTIO_MMIO_BASE)?;
         let slot = (off / layout::VIRTIO_MMIO_SIZE) as usize;
         self.virtio

@@ -6,8 +6,9 @@
 //!
 //! - **`kvm`**, this crate's own monitor ([`vm::Vm`]): KVM through `kvm-ioctls`, guest RAM
 //!   in one shared memfd (huge pages optional), x86-64 long-mode or PVH boot of an ELF or
-//!   bzImage kernel with an initramfs, ACPI tables, a 16550 console, and virtio-mmio
-//!   network devices that are vhost-user frontends ([`devices`]).
+//!   bzImage kernel with an initramfs, ACPI tables, a 16550 console, virtio-mmio network
+//!   devices that are vhost-user frontends, and the image pods' virtio-blk disks and
+//!   agent port (virtio-console) served by the VMM itself ([`devices`]).
 //! - **`qemu`**: QEMU `-M microvm` with the same memory and vhost-user set-up
 //!   ([`qemu`]), for hosts where KVM is not hardware-accelerated.
 //!

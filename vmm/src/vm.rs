@@ -19,7 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi;
 use crate::boot::{self, Entry};
-use crate::bus::{Bus, NetDevice};
+use crate::bus::{Bus, NetDevice, VirtioDevice};
+use crate::devices::block::Block;
+use crate::devices::console::{self, Console};
 use crate::devices::ioapic::{self, Ioapic};
 use crate::devices::serial;
 use crate::devices::vhost_net::{self, NetConfig, VhostNet};
@@ -116,6 +118,17 @@ pub enum VmError {
     /// A network device.
     #[error(transparent)]
     Net(#[from] vhost_net::NetError),
+    /// The agent's port.
+    #[error(transparent)]
+    Agent(#[from] console::ConsoleError),
+    /// A disk cannot be opened.
+    #[error("--disk {path}: {source}")]
+    Disk {
+        /// The file or block device.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Another host error.
     #[error("{0}: {1}")]
     Os(&'static str, std::io::Error),
@@ -154,6 +167,8 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     cpus: Vec<usize>,
     bus: Arc<Bus>,
+    /// The network devices of `bus`, for their vhost-user monitors.
+    nets: Vec<NetDevice>,
     ram: Arc<GuestRam>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -257,13 +272,9 @@ impl Vm {
     pub fn new(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmError> {
         let started = Instant::now();
         validate(cfg)?;
-        if cfg.agent.is_some()
-            || !cfg.disks.is_empty()
-            || cfg.free_page_reporting
-            || cfg.qmp.is_some()
-        {
+        if cfg.free_page_reporting || cfg.qmp.is_some() {
             return Err(VmError::Config(
-                "an agent port (--agent) and disks (--disk) are not supported by the kvm backend yet; use --hypervisor qemu".into(),
+                "free page reporting (--free-page-reporting) and QMP (--qmp) are QEMU's; use --hypervisor qemu".into(),
             ));
         }
         if cfg.nets.iter().any(|n| n.packed) {
@@ -329,23 +340,25 @@ impl Vm {
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(kvm_err("register serial irqfd"))?;
         let console = serial::console(serial_irq, console);
-        let mut virtio: Vec<NetDevice> = vec![];
+        let mut virtio: Vec<VirtioDevice> = vec![];
+        let mut nets: Vec<NetDevice> = vec![];
         let mut acpi_devs = vec![];
-        for (slot, net) in cfg.nets.iter().enumerate() {
-            let base = layout::virtio_mmio_addr(slot);
-            let irq = VIRTIO_IRQ_BASE + slot as u32;
-            let call = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Os("eventfd", e))?;
-            vm.register_irqfd(&call, irq)
-                .map_err(kvm_err("register virtio irqfd"))?;
-            let mut kicks = vec![];
-            for q in 0..2u32 {
-                let kick =
-                    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Os("eventfd", e))?;
-                vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q)
-                    .map_err(kvm_err("register queue ioeventfd"))?;
-                kicks.push(kick);
-            }
+        // Slots in this order: NICs, the agent's port, disks.
+        let mut slot = |queues: u32| -> Result<(EventFd, EventFd, Vec<EventFd>), VmError> {
+            let n = acpi_devs.len();
+            let base = layout::virtio_mmio_addr(n);
+            let irq = VIRTIO_IRQ_BASE + n as u32;
+            let (call, kicks) = slot_fds(&vm, base, irq, queues)?;
             let irq_fd = call.try_clone().map_err(|e| VmError::Os("eventfd", e))?;
+            acpi_devs.push(acpi::MmioDevice {
+                addr: base,
+                len: VIRTIO_MMIO_SIZE as u32,
+                irq,
+            });
+            Ok((call, irq_fd, kicks))
+        };
+        for net in &cfg.nets {
+            let (call, irq_fd, kicks) = slot(2)?;
             let dev = VhostNet::new(
                 net.clone(),
                 Arc::clone(&ram),
@@ -353,12 +366,28 @@ impl Vm {
                 call,
                 Duration::from_secs(5),
             )?;
+            let dev = Arc::new(Mutex::new(MmioTransport::new(dev, irq_fd)));
+            nets.push(Arc::clone(&dev));
+            virtio.push(dev);
+        }
+        if let Some(path) = &cfg.agent {
+            let (call, irq_fd, kicks) = slot(console::QUEUES as u32)?;
+            let dev = Console::new(path.clone(), Arc::clone(&ram), kicks, call)?;
             virtio.push(Arc::new(Mutex::new(MmioTransport::new(dev, irq_fd))));
-            acpi_devs.push(acpi::MmioDevice {
-                addr: base,
-                len: VIRTIO_MMIO_SIZE as u32,
-                irq,
-            });
+        }
+        for disk in &cfg.disks {
+            let (call, irq_fd, kicks) = slot(1)?;
+            let kick = kicks
+                .into_iter()
+                .next()
+                .ok_or(VmError::Config("no kick".into()))?;
+            let dev = Block::new(disk.clone(), Arc::clone(&ram), kick, call).map_err(|e| {
+                VmError::Disk {
+                    path: disk.path.clone(),
+                    source: e,
+                }
+            })?;
+            virtio.push(Arc::new(Mutex::new(MmioTransport::new(dev, irq_fd))));
         }
 
         // Tables and boot information.
@@ -417,6 +446,7 @@ impl Vm {
             vcpus,
             cpus: cfg.cpus.clone(),
             bus: Arc::new(Bus::new(console, virtio, ioapic, Arc::clone(&ram))),
+            nets,
             ram,
             stop: Arc::new(AtomicBool::new(false)),
             started,
@@ -443,7 +473,7 @@ impl Vm {
     /// Runs the vCPUs until the guest ends; returns how it ended.
     pub fn run(&mut self) -> Result<VmExit, VmError> {
         install_kick_handler();
-        for d in &self.bus.virtio {
+        for d in &self.nets {
             let d = Arc::clone(d);
             let stop = Arc::clone(&self.stop);
             std::thread::Builder::new()
@@ -515,10 +545,7 @@ impl Vm {
         }
         let _ = self.bus.serial.lock().map(|mut s| s.writer_mut().flush());
         for d in &self.bus.virtio {
-            d.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .device_mut()
-                .close();
+            d.lock().unwrap_or_else(|e| e.into_inner()).close();
         }
         let (pio, mmio) = (
             self.bus.unhandled_pio.load(Ordering::Relaxed),
@@ -533,6 +560,27 @@ impl Vm {
         tracing::debug!("VM ran for {:?}", self.started.elapsed());
         result
     }
+}
+
+/// The irqfd of the virtio-mmio device at `base` on GSI `irq`, and an ioeventfd on its
+/// `QueueNotify` for each of its `queues`.
+fn slot_fds(
+    vm: &VmFd,
+    base: u64,
+    irq: u32,
+    queues: u32,
+) -> Result<(EventFd, Vec<EventFd>), VmError> {
+    let call = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Os("eventfd", e))?;
+    vm.register_irqfd(&call, irq)
+        .map_err(kvm_err("register virtio irqfd"))?;
+    let mut kicks = vec![];
+    for q in 0..queues {
+        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Os("eventfd", e))?;
+        vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q)
+            .map_err(kvm_err("register queue ioeventfd"))?;
+        kicks.push(kick);
+    }
+    Ok((call, kicks))
 }
 
 /// Feeds stdin to the serial console's receive FIFO until EOF.

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::client::Agent;
+use vmm::hypervisor::Backend;
+/// Which hypervisor runs a pod VM (`auto`, `kvm`, `qemu`; parsed with `str::parse`).
+pub use vmm::hypervisor::Choice as Hypervisor;
 
 /// Disk slots per VM: the containers a pod can have at once.
 pub const DEFAULT_SLOTS: usize = 4;
@@ -46,6 +49,11 @@ pub struct Config {
     /// owner whose main thread boots it and lives as long as the pod (`vnfhost run`'s
     /// keeper), so that a killed owner leaves no VM behind.
     pub die_with_owner: bool,
+    /// The hypervisor. `auto` is resolved here (`kvm` where the CPU has vmx/svm), because
+    /// the two differ in what the pod gets: with `qemu` the guest gives back the RAM its
+    /// boot freed (free page reporting, and a balloon [`PodVm::reclaim_boot_memory`]
+    /// drives over QMP); the `kvm` backend has neither, and starts faster and smaller.
+    pub hypervisor: Hypervisor,
 }
 
 /// The `vnfhost` binary: `VNFHOST_BIN`, else next to this program, else from `PATH`.
@@ -140,8 +148,12 @@ pub fn volume_serial(i: usize) -> String {
 
 /// A booted pod VM.
 pub struct PodVm {
-    /// The VM process (QEMU, which `vnfhost vm run` becomes).
+    /// The VM process (`vnfhost vm run`, or QEMU which it becomes).
     pub pid: u32,
+    /// The backend that runs it.
+    pub backend: Backend,
+    /// QEMU's QMP socket (qemu backend).
+    qmp: Option<PathBuf>,
     mem_mib: u64,
     reclaimed: std::sync::atomic::AtomicBool,
     dir: PathBuf,
@@ -157,8 +169,10 @@ impl PodVm {
         let image = api::daemon::GuestImage::from_env();
         let sock = cfg.dir.join("agent.sock");
         let _ = std::fs::remove_file(&sock);
+        let (backend, _) = vmm::hypervisor::resolve(cfg.hypervisor);
         let mut cmd = Command::new(vnfhost_bin());
-        cmd.args(["vm", "run", "--hypervisor", "qemu"])
+        cmd.args(["vm", "run", "--hypervisor"])
+            .arg(backend.to_string())
             .arg("--mem")
             .arg(format!("{}M", cfg.mem_mib))
             .arg("--kernel")
@@ -166,11 +180,12 @@ impl PodVm {
             .arg("--initrd")
             .arg(&image.initrd)
             .arg("--agent")
-            .arg(&sock)
+            .arg(&sock);
+        let qmp = (backend == Backend::Qemu).then(|| cfg.dir.join("qmp.sock"));
+        if let Some(q) = &qmp {
             // What the guest frees after boot goes back to the host.
-            .arg("--free-page-reporting")
-            .arg("--qmp")
-            .arg(cfg.dir.join("qmp.sock"));
+            cmd.arg("--free-page-reporting").arg("--qmp").arg(q);
+        }
         if let Some(c) = &cfg.cpus {
             cmd.arg("--cpus").arg(c);
         }
@@ -240,6 +255,8 @@ impl PodVm {
         Ok((
             PodVm {
                 pid: child.id(),
+                backend,
+                qmp,
                 mem_mib: cfg.mem_mib,
                 reclaimed: Default::default(),
                 dir: cfg.dir.clone(),
@@ -269,14 +286,18 @@ impl PodVm {
     /// Gives back, in the background and once, the RAM the guest's boot touched and
     /// freed ([`reclaim`]). Called by the owner once the first container runs: inflating
     /// the balloon costs the guest CPU time that would otherwise delay the container.
+    /// Nothing to do without QEMU's QMP socket (the `kvm` backend has no balloon).
     pub fn reclaim_boot_memory(&self) {
+        let Some(qmp) = self.qmp.clone() else {
+            return;
+        };
         if self
             .reclaimed
             .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
-        let (qmp, mem) = (self.dir.join("qmp.sock"), self.mem_mib);
+        let mem = self.mem_mib;
         std::thread::spawn(move || {
             if let Err(e) = reclaim(&qmp, mem) {
                 eprintln!("vnfhost: giving back the pod VM's boot memory: {e}");

@@ -379,6 +379,8 @@ impl Service {
             volumes: vec![],
             // Booted from a ttrpc worker thread, which may end before the pod does.
             die_with_owner: false,
+            // QEMU gives back the RAM the guest's boot freed (free page reporting).
+            hypervisor: podvm::vm::Hypervisor::Qemu,
         };
         let (vm, mut child) = PodVm::boot(&cfg)?;
         let pid = vm.pid;

@@ -29,7 +29,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::virtio_mmio::{MmioTransport, QueueConfig, VirtioDevice};
+use super::virtio_mmio::{read_config_bytes, MmioTransport, QueueConfig, VirtioDevice};
 use crate::memory::GuestRam;
 
 /// Largest queue the device accepts.
@@ -133,35 +133,9 @@ impl VhostNet {
             source,
         };
         let listener = if cfg.server {
-            use std::os::unix::fs::FileTypeExt;
-            if let Ok(md) = std::fs::symlink_metadata(&cfg.path) {
-                if !md.file_type().is_socket() {
-                    return Err(sock_err(
-                        "bind",
-                        io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            "the path exists and is not a socket; refusing to replace it",
-                        ),
-                    ));
-                }
-            }
-            if UnixStream::connect(&cfg.path).is_ok() {
-                return Err(sock_err(
-                    "bind",
-                    io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "a server already listens there (the switch?); add `,client` to \
-                         connect to it instead",
-                    ),
-                ));
-            }
-            // Nobody listens: a stale socket from an earlier run.
-            let _ = std::fs::remove_file(&cfg.path);
-            let l = UnixListener::bind(&cfg.path).map_err(|e| sock_err("bind", e))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(0o660))
-                .map_err(|e| sock_err("chmod 0660", e))?;
-            Some(l)
+            let busy = "a server already listens there (the switch?); add `,client` to \
+                        connect to it instead";
+            Some(super::listen(&cfg.path, 0o660, busy).map_err(|(what, e)| sock_err(what, e))?)
         } else {
             None
         };
@@ -462,14 +436,7 @@ impl VirtioDevice for VhostNet {
         };
         cfg[6..8].copy_from_slice(&status.to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
@@ -533,6 +500,10 @@ impl VirtioDevice for VhostNet {
 
     fn needs_reset(&self) -> bool {
         self.needs_reset
+    }
+
+    fn close(&mut self) {
+        VhostNet::close(self)
     }
 }
 

@@ -97,6 +97,43 @@ pub trait VirtioDevice: Send {
     fn notify(&mut self, queue: u16);
     /// Whether the device is in an error state the driver must reset.
     fn needs_reset(&self) -> bool;
+    /// The VM is ending: close connections, remove sockets the device listens on.
+    fn close(&mut self) {}
+}
+
+/// A virtio-mmio window on the bus, whatever the device behind it.
+pub trait MmioSlot: Send {
+    /// A guest read at `offset` in the window.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write at `offset` in the window.
+    fn write(&mut self, offset: u64, data: &[u8]);
+    /// The VM is ending ([`VirtioDevice::close`]).
+    fn close(&mut self);
+}
+
+impl<D: VirtioDevice> MmioSlot for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+    fn close(&mut self) {
+        self.dev.close()
+    }
+}
+
+/// Answers a read of `data.len()` bytes at `offset` of a configuration space whose bytes
+/// are `cfg`; bytes past its end read as 0.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| cfg.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
 }
 
 /// The transport of one device.
