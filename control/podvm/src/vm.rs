@@ -7,9 +7,72 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::client::Agent;
-use vmm::hypervisor::Backend;
+
 /// Which hypervisor runs a pod VM (`auto`, `kvm`, `qemu`; parsed with `str::parse`).
-pub use vmm::hypervisor::Choice as Hypervisor;
+/// The same choice as `vnfhost vm run --hypervisor`, kept here so that this crate (and
+/// the shim that links it) does not link the VMM: the VM is a `vnfhost vm run` process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypervisor {
+    /// `kvm` where the CPU has hardware virtualization, `qemu` otherwise.
+    Auto,
+    /// vnfhost's own KVM monitor.
+    Kvm,
+    /// QEMU microvm.
+    Qemu,
+}
+
+impl std::str::FromStr for Hypervisor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Hypervisor, String> {
+        match s {
+            "auto" => Ok(Hypervisor::Auto),
+            "kvm" => Ok(Hypervisor::Kvm),
+            "qemu" => Ok(Hypervisor::Qemu),
+            _ => Err(format!("--hypervisor {s:?}: expected auto, kvm or qemu")),
+        }
+    }
+}
+
+/// The backend that runs a pod VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// vnfhost's own KVM monitor.
+    Kvm,
+    /// QEMU microvm.
+    Qemu,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kvm => "kvm",
+            Backend::Qemu => "qemu",
+        })
+    }
+}
+
+impl Hypervisor {
+    /// The backend: `auto` is `kvm` where the first CPU's flags in `/proc/cpuinfo` have
+    /// `vmx` or `svm` (as `vnfhost vm run` decides), `qemu` otherwise.
+    pub fn backend(self) -> Backend {
+        match self {
+            Hypervisor::Kvm => Backend::Kvm,
+            Hypervisor::Qemu => Backend::Qemu,
+            Hypervisor::Auto => {
+                let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                let hw = flags
+                    .lines()
+                    .find(|l| l.starts_with("flags"))
+                    .is_some_and(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+                if hw {
+                    Backend::Kvm
+                } else {
+                    Backend::Qemu
+                }
+            }
+        }
+    }
+}
 
 /// Disk slots per VM: the containers a pod can have at once.
 pub const DEFAULT_SLOTS: usize = 4;
@@ -169,7 +232,7 @@ impl PodVm {
         let image = api::daemon::GuestImage::from_env();
         let sock = cfg.dir.join("agent.sock");
         let _ = std::fs::remove_file(&sock);
-        let (backend, _) = vmm::hypervisor::resolve(cfg.hypervisor);
+        let backend = cfg.hypervisor.backend();
         let mut cmd = Command::new(vnfhost_bin());
         cmd.args(["vm", "run", "--hypervisor"])
             .arg(backend.to_string())

@@ -287,6 +287,11 @@ impl Agent {
                     };
                     // SAFETY: one pollfd.
                     unsafe { libc::poll(&mut pfd, 1, 1000) };
+                    if pfd.revents & libc::POLLHUP != 0 {
+                        // No host on the other end: what it would have read is lost, and
+                        // the loop goes on serving the processes (no spinning here).
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 // The host is not connected: what it would have read is lost.
