@@ -644,7 +644,12 @@ impl shim::Task for Service {
             let (agent, container) = self.container_agent(&req.id).map_err(err)?;
             let h = {
                 let st = self.lock();
-                let e = &st.tasks[&req.id].execs[&req.exec_id];
+                let e = st
+                    .tasks
+                    .get(&req.id)
+                    .ok_or_else(|| err(format!("no task {}", req.id)))?
+                    .proc(&req.exec_id)
+                    .map_err(err)?;
                 self.handler(&req.id, &req.exec_id, e).map_err(err)?
             };
             let p = agent.exec(container, &process, h).map_err(err)?;
@@ -667,7 +672,12 @@ impl shim::Task for Service {
             self.boot(&req.id).map_err(err)?
         } else {
             let (agent, p) = self.container_agent(&req.id).map_err(err)?;
-            let stdin = self.lock().tasks[&req.id].main.stdin.clone();
+            let stdin = self
+                .lock()
+                .tasks
+                .get(&req.id)
+                .map(|t| t.main.stdin.clone())
+                .ok_or_else(|| err(format!("no task {}", req.id)))?;
             agent.start(p).map_err(err)?;
             if let Ok(vm) = self.vm() {
                 vm.reclaim_boot_memory();
