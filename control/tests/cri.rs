@@ -487,7 +487,45 @@ fn the_vnfhost_runtime_handler_runs_containers_from_their_images_in_a_pod_vm() {
         "arguments changed on the way"
     );
 
-    // 3. Pods reach each other by the pod IPs CRI reports: VM → runc and runc → VM.
+    // 3. A third container of the same pod VM, from another image: its own files.
+    let other = node.dir.join("other.tar");
+    tool(&[
+        "image",
+        other.to_str().unwrap(),
+        "docker.io/vnfhost/other:2",
+        "oci",
+        "amd64",
+        "the other image",
+    ]);
+    let o = Command::new("ctr")
+        .args(["-a", s, "-n", "k8s.io", "images", "import"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ctr import: {o:?}");
+    let dir = logs.join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = tool(&[
+        "start",
+        s,
+        &sandbox,
+        "vmpod",
+        "default",
+        "docker.io/vnfhost/other:2",
+        dir.to_str().unwrap(),
+        "cat",
+        "/etc/image-marker",
+    ]);
+    let (st, log) = wait_exit(c["id"].as_str().unwrap(), "c");
+    assert_eq!(st["exit_code"], 0, "{st}");
+    assert!(log.contains(" stdout F the other image"), "{log}");
+    // ... while the first image's container still sees its own.
+    assert_eq!(
+        exec(&["cat", "/etc/image-marker"])["stdout"],
+        "vnfhost test image\n"
+    );
+
+    // 4. Pods reach each other by the pod IPs CRI reports: VM → runc and runc → VM.
     let ok = (0..5).any(|_| exec(&["ping", "-c", "1", "-W", "2", &runc_ip])["exit"] == 0);
     assert!(ok, "the VM pod cannot ping the runc pod at {runc_ip}");
     let r = tool(&["exec", s, &runc, "ping", "-c", "1", "-W", "2", &vm_ip]);

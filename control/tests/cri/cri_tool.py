@@ -4,8 +4,10 @@ OCI image they run (no registry is reachable here).
 
 Each subcommand prints one JSON object on stdout:
 
-  image OUT.tar NAME [FMT [ARCH]]     build an archive of /bin/busybox named NAME: FMT oci
-                                      (default) or docker, ARCH amd64 (default) or another
+  image OUT.tar NAME [FMT [ARCH [MARKER]]]
+                                      build an archive of /bin/busybox named NAME: FMT oci
+                                      (default) or docker, ARCH amd64 (default) or another,
+                                      MARKER the text of its /etc/image-marker
   run SOCK NAME NAMESPACE [HANDLER [LOGDIR]]   RunPodSandbox; {"id", "seconds"}
   status SOCK ID                      PodSandboxStatus; {"state", "ip", "netns"}
   start SOCK SANDBOX POD NAMESPACE IMAGE [LOGDIR [CMD...]]
@@ -33,7 +35,7 @@ def sha(b):
     return hashlib.sha256(b).hexdigest()
 
 
-def image(out, name, fmt="oci", arch="amd64"):
+def image(out, name, fmt="oci", arch="amd64", marker="vnfhost test image"):
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"]:
@@ -53,7 +55,7 @@ def image(out, name, fmt="oci", arch="amd64"):
             info.linkname = "busybox"
             t.addfile(info)
         # A file and a variable only this image has (VM pods must run the image itself).
-        marker = b"vnfhost test image\n"
+        marker = (marker + "\n").encode()
         info = tarfile.TarInfo("etc/image-marker")
         info.size = len(marker)
         info.mode = 0o644
@@ -129,7 +131,7 @@ def sandbox_config(name, namespace, log_dir=""):
 def main(argv):
     cmd = argv[0]
     if cmd == "image":
-        return image(argv[1], argv[2], *argv[3:5])
+        return image(argv[1], argv[2], *argv[3:6])
     from cri_api.v1 import api_pb2 as pb
     rt = client(argv[1])
     if cmd == "run":
