@@ -32,3 +32,27 @@ pub fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
     s.parse()
         .map_err(|_| format!("{flag}: {s:?} is not a number"))
 }
+
+/// Starts this `vnfhost` binary with `args` in a session of its own (so it outlives the
+/// command that starts it: the daemon for `up`, a pod's keeper for `run`), stdin from
+/// /dev/null, stdout and stderr to `log`.
+pub fn spawn_detached(
+    args: &[&std::ffi::OsStr],
+    log: std::fs::File,
+) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| e.to_string())
+}

@@ -210,7 +210,6 @@ pub fn up(args: Vec<OsString>) -> Result<(), String> {
 /// Starts `vnfhost daemon` for the API socket `api` (its run directory is the socket's
 /// directory), in a session of its own, logging to `RUN/daemon.log`; waits for its API.
 fn start_daemon(api: &Path) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     let run = api
         .parent()
         .filter(|_| api.file_name() == Some("api.sock".as_ref()))
@@ -228,24 +227,11 @@ fn start_daemon(api: &Path) -> Result<(), String> {
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("daemon")
-        .arg("--run-dir")
-        .arg(run)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the daemon outlives this command.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting the daemon: {e}"))?;
+    let mut child = crate::args::spawn_detached(
+        &["daemon".as_ref(), "--run-dir".as_ref(), run.as_os_str()],
+        log,
+    )
+    .map_err(|e| format!("starting the daemon: {e}"))?;
     let t = std::time::Instant::now();
     while std::os::unix::net::UnixStream::connect(api).is_err() {
         if let Ok(Some(st)) = child.try_wait() {

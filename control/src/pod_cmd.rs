@@ -405,24 +405,9 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
     .map_err(|e| e.to_string())?;
     // The keeper: its own session, so it outlives this command.
     let log = File::create(dir.join("keeper.log")).map_err(|e| e.to_string())?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = std::process::Command::new(me);
-    cmd.args(["pod", "keep"])
-        .arg(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("starting the pod's keeper: {e}"))?;
+    let child =
+        crate::args::spawn_detached(&["pod".as_ref(), "keep".as_ref(), dir.as_os_str()], log)
+            .map_err(|e| format!("starting the pod's keeper: {e}"))?;
     write_state(
         &dir,
         &PodState {

@@ -90,6 +90,15 @@ impl Task {
     }
 }
 
+impl State {
+    /// Task `id`.
+    fn task(&self, id: &str) -> Result<&Task, shim::protos::ttrpc::Error> {
+        self.tasks
+            .get(id)
+            .ok_or_else(|| err(format!("no task {id}")))
+    }
+}
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<String, Task>,
@@ -625,10 +634,7 @@ impl shim::Task for Service {
     ) -> TtrpcResult<api::StartResponse> {
         let (sandbox, exec) = {
             let st = self.lock();
-            let t = st
-                .tasks
-                .get(&req.id)
-                .ok_or_else(|| err(format!("no task {}", req.id)))?;
+            let t = st.task(&req.id)?;
             let exec = if req.exec_id.is_empty() {
                 None
             } else {
@@ -644,12 +650,7 @@ impl shim::Task for Service {
             let (agent, container) = self.container_agent(&req.id).map_err(err)?;
             let h = {
                 let st = self.lock();
-                let e = st
-                    .tasks
-                    .get(&req.id)
-                    .ok_or_else(|| err(format!("no task {}", req.id)))?
-                    .proc(&req.exec_id)
-                    .map_err(err)?;
+                let e = st.task(&req.id)?.proc(&req.exec_id).map_err(err)?;
                 self.handler(&req.id, &req.exec_id, e).map_err(err)?
             };
             let p = agent.exec(container, &process, h).map_err(err)?;
@@ -752,10 +753,7 @@ impl shim::Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let st = self.lock();
-        let t = st
-            .tasks
-            .get(&req.id)
-            .ok_or_else(|| err(format!("no task {}", req.id)))?;
+        let t = st.task(&req.id)?;
         let p = t.proc(&req.exec_id).map_err(err)?;
         let status = match p.phase {
             Phase::Created => api::Status::CREATED,
@@ -803,10 +801,7 @@ impl shim::Task for Service {
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let (sandbox, phase, agent_proc) = {
             let st = self.lock();
-            let t = st
-                .tasks
-                .get(&req.id)
-                .ok_or_else(|| err(format!("no task {}", req.id)))?;
+            let t = st.task(&req.id)?;
             let p = t.proc(&req.exec_id).map_err(err)?;
             (t.sandbox, p.phase, p.agent_proc)
         };
@@ -906,10 +901,7 @@ impl shim::Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
-        let t = st
-            .tasks
-            .get(&req.id)
-            .ok_or_else(|| err(format!("no task {}", req.id)))?;
+        let t = st.task(&req.id)?;
         let mut info = shim::protos::types::task::ProcessInfo::new();
         info.pid = t.main.pid;
         Ok(api::PidsResponse {
