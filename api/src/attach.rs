@@ -71,6 +71,10 @@ pub struct Attachment {
     pub address: String,
     /// The network's IPv4 gateway.
     pub gateway: Option<String>,
+    /// The interface's MTU when it is not 1500: on a VXLAN network, the uplink's less
+    /// the encapsulation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// The tap's name, in the pod's namespace (`tap`).
     pub tap: Option<String>,
     /// The vhost-user socket (`vhost-user`).
@@ -315,6 +319,7 @@ mod tests {
             mac: "02:76:6e:00:00:01".into(),
             address: "10.0.0.1/24".into(),
             gateway: Some("10.0.0.254".into()),
+            mtu: None,
             tap: Some(ifname.into()),
             socket: None,
             netns_id: None,

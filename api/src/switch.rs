@@ -27,6 +27,27 @@ pub struct SwitchSpec {
     /// Security groups, referenced by ports.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroupSpec>,
+    /// The uplink to the underlay, which `vxlan` ports tunnel through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkSpec>,
+}
+
+/// The switch's uplink: a host interface it shares with the kernel (`AF_PACKET`), and
+/// this node's tunnel address on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSpec {
+    /// The host interface (in the switch's network namespace).
+    pub interface: String,
+    /// This node's VTEP address: one of the interface's IPv4 addresses.
+    pub address: std::net::Ipv4Addr,
+    /// The UDP port of the overlay. Default 4789 (VXLAN's).
+    #[serde(default = "vxlan_port")]
+    pub udp_port: u16,
+}
+
+fn vxlan_port() -> u16 {
+    4789
 }
 
 /// One port.
@@ -109,6 +130,15 @@ pub enum Driver {
         /// Network namespace to create it in (a path such as `/var/run/netns/X`).
         #[serde(default)]
         netns: Option<PathBuf>,
+    },
+    /// A VXLAN tunnel to another node's VTEP on one VNI, through the uplink. Its VLAN
+    /// must be an access VLAN (the network the VNI carries); it needs no port security
+    /// (what enters through it was checked by the sending node's).
+    Vxlan {
+        /// The remote VTEP.
+        remote: std::net::Ipv4Addr,
+        /// The VXLAN network identifier, 1..=16777215.
+        vni: u32,
     },
 }
 
@@ -292,6 +322,63 @@ pub struct SwitchCounters {
     pub router_drops: BTreeMap<String, u64>,
     /// Per polling core.
     pub cores: Vec<CoreCounters>,
+    /// The uplink and its tunnels, when the spec has an uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayCounters>,
+}
+
+/// The uplink and the tunnels through it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverlayCounters {
+    /// The host interface.
+    pub interface: String,
+    /// This node's VTEP address.
+    pub address: String,
+    /// Why the uplink is not open (it is retried), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// The pods' MTU on tunnelled networks: `mtu` less the encapsulation (50).
+    pub pod_mtu: u32,
+    /// Frames the uplink received (tunnelled datagrams to this node only: the rest is
+    /// the kernel's) and sent.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Uplink drops by reason (non-zero ones).
+    pub drops: BTreeMap<String, u64>,
+    /// Frames decapsulated into a network.
+    pub decapsulated: u64,
+    /// Frames not decapsulated, by reason (`not_vxlan`, `unknown_vni`, `unknown_vtep`).
+    pub decap_drops: BTreeMap<String, u64>,
+    /// One per tunnel port.
+    pub tunnels: Vec<TunnelStatus>,
+}
+
+/// One tunnel: a remote VTEP on one VNI.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// The port's name.
+    pub port: String,
+    /// The remote VTEP.
+    pub remote: String,
+    /// The VNI.
+    pub vni: u32,
+    /// The underlay next hop (the VTEP itself when on-link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The next hop's MAC, once the kernel's neighbour table has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mac: Option<Mac>,
+    /// Why it cannot send, if it cannot (no route, a route through another interface,
+    /// the neighbour not resolved yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The reply to `PUT /v1/config`: the spec was taken; these ports failed to open.

@@ -241,6 +241,11 @@ impl Prefix {
         shorter.contains(longer.addr)
     }
 
+    /// Whether every address of `o` is inside this prefix.
+    pub fn contains_prefix(&self, o: &Prefix) -> bool {
+        o.len >= self.len && self.contains(o.addr)
+    }
+
     /// Whether `a` (same family) is inside the prefix.
     pub fn contains(&self, a: IpAddr) -> bool {
         let ((n, wn), (x, wx)) = (Self::bits(self.addr), Self::bits(a));

@@ -115,10 +115,23 @@ pub fn allocate(
                 ),
             )
         })?;
-    let IpAddr::V4(base) = cidr.addr else {
+    // This node's block of the prefix, when nodes share the network.
+    let block = match net.pool.as_deref().map(Cidr::parse) {
+        Some(Ok(p)) if p.addr.is_ipv4() => p,
+        _ => cidr,
+    };
+    let IpAddr::V4(base) = block.addr else {
         unreachable!("filtered to IPv4")
     };
+    // Never the network's own first and last address, wherever the block lies.
+    let net_mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
+    let IpAddr::V4(net_base) = cidr.addr else {
+        unreachable!("filtered to IPv4")
+    };
+    let net_first = u32::from(net_base) & net_mask;
     let mut used: Vec<Ipv4Addr> = net.gateway.iter().filter_map(|g| g.parse().ok()).collect();
+    used.push(Ipv4Addr::from(net_first));
+    used.push(Ipv4Addr::from(net_first | !net_mask));
     for p in &t.pods {
         for i in p.interfaces.iter().filter(|i| i.network == net.name) {
             used.extend(i.ips.iter().filter_map(|a| Cidr::parse(a).ok()).filter_map(
@@ -134,17 +147,17 @@ pub fn allocate(
             used.push(ip);
         }
     }
-    let size = 1u64 << (32 - u32::from(cidr.len));
-    // The network's first address, whatever host bits the prefix was written with.
-    let mask = u32::MAX.checked_shl(32 - u32::from(cidr.len)).unwrap_or(0);
+    let size = 1u64 << (32 - u32::from(block.len));
+    // The block's first address, whatever host bits the prefix was written with.
+    let mask = u32::MAX.checked_shl(32 - u32::from(block.len)).unwrap_or(0);
     let start = u32::from(base) & mask;
-    let address = (1..size.saturating_sub(1))
+    let address = (0..size)
         .map(|i| Ipv4Addr::from(start.wrapping_add(i as u32)))
         .find(|a| !used.contains(a))
         .ok_or_else(|| {
             AttachError::new(
                 CODE_POOL_EXHAUSTED,
-                format!("network {}: no free address in {}", net.name, cidr.addr),
+                format!("network {}: no free address in {block}", net.name),
             )
         })?;
     let h = hash(container, ifname);
@@ -185,6 +198,9 @@ pub fn allocate(
             .iter()
             .find(|g| g.parse::<Ipv4Addr>().is_ok())
             .cloned(),
+        mtu: net
+            .vni
+            .and_then(|_| t.overlay_mtu(&crate::topology::Host::current())),
         tap,
         socket,
         netns_id: None,
@@ -402,6 +418,7 @@ fn set_up_tap(a: &Attachment, netns: &str, again: bool) -> Result<(), AttachErro
             .as_deref()
             .filter(|_| a.request.default_route)
             .and_then(|g| g.parse().ok()),
+        mtu: a.mtu,
     };
     let expect = a.netns_id.map(|id| (id.dev, id.ino));
     crate::netlink::configure_in(&p, Path::new(netns), expect, again).map_err(fail)
@@ -552,7 +569,8 @@ limits: { ports_per_pod: 3, ports_per_namespace: 4, ports_per_tenant: 7 }
         assert!(t
             .check(crate::topology::Host {
                 cpus: 64,
-                free_hugepages: 0
+                free_hugepages: 0,
+                interface: crate::topology::interface_facts,
             })
             .is_empty());
         let run = Path::new("/run/vnfhost");
@@ -628,6 +646,7 @@ limits: { ports_per_pod: 3, ports_per_namespace: 4, ports_per_tenant: 7 }
             .check(crate::topology::Host {
                 cpus: 64,
                 free_hugepages: 0,
+                interface: crate::topology::interface_facts,
             })
             .iter()
             .map(|p| p.to_string())

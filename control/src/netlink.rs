@@ -17,6 +17,7 @@ use std::path::Path;
 
 const NLMSG_ERROR: u16 = 2;
 const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_OIF: u16 = 4;
@@ -180,6 +181,8 @@ pub struct PodInterface<'a> {
     pub address: (Ipv4Addr, u8),
     /// The default gateway.
     pub gateway: Option<Ipv4Addr>,
+    /// Its MTU, when the network's is not 1500 (a VXLAN network's).
+    pub mtu: Option<u32>,
 }
 
 /// Runs `f` on a short-lived thread that has entered the network namespace at `netns`,
@@ -231,6 +234,7 @@ pub fn configure_in(
     again: bool,
 ) -> Result<(), String> {
     let (ifname, mac, (addr, len), gw) = (p.ifname.to_string(), p.mac, p.address, p.gateway);
+    let mtu = p.mtu;
     // EEXIST from an address or route request: already there.
     let done = move |r: io::Result<()>| match r {
         Err(e) if again && e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -245,6 +249,14 @@ pub fn configure_in(
                 .attr(IFLA_ADDRESS, &mac),
         )
         .map_err(|e| format!("{ifname} MAC: {e}"))?;
+        if let Some(mtu) = mtu {
+            s.request(
+                Msg::new(libc::RTM_NEWLINK, 0)
+                    .body(&ifinfo(index, 0, 0))
+                    .attr(IFLA_MTU, &mtu.to_ne_bytes()),
+            )
+            .map_err(|e| format!("{ifname} MTU {mtu}: {e}"))?;
+        }
         let up = libc::IFF_UP as u32;
         s.request(Msg::new(libc::RTM_NEWLINK, 0).body(&ifinfo(index, up, up)))
             .map_err(|e| format!("{ifname} up: {e}"))?;

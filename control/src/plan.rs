@@ -11,8 +11,11 @@
 //! | port of a pod's interface *j* | switch port `POD.ethJ`, vhost-user socket `RUN/pods/POD/ethJ.sock` (the switch listens, the VM connects and reconnects) |
 //! | pod console and VMM log | `RUN/pods/POD/console.log` (rotated to `console.log.1` at `limits.console_log_max` by `vnfhost console-log`), `RUN/pods/POD/vmm.log` (rotated the same way) |
 //!
-//! Each network is a VLAN (untagged: VLAN 1); each router is a routing domain with an
-//! interface on each of its networks at the network's gateway addresses.
+//! Each network is a VLAN (untagged: VLAN 1; a VXLAN network an internal VLAN, see
+//! [`Topology::vlan_of`]); each router is a routing domain with an interface on each of
+//! its networks at the network's gateway addresses. With `switch.uplink`, each VXLAN
+//! network gets a tunnel port per remote VTEP, named `vx.VNI.ADDRESS`, and pods on it
+//! are told the uplink's MTU less 50.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,13 +23,13 @@ use std::path::{Path, PathBuf};
 
 use api::switch::{
     Driver, PortSpec, Protocol as ApiProtocol, RouteSpec, RouterInterfaceSpec, RouterSpec,
-    RuleSpec, SecurityGroupSpec, SwitchSpec, VhostMode,
+    RuleSpec, SecurityGroupSpec, SwitchSpec, UplinkSpec, VhostMode,
 };
 use api::values::{Prefix, VlanId, VlanMode};
 
 use crate::pod_cmd::RunSpec;
 use crate::topology::{
-    parse_memory, Cidr, HypervisorSpec, PodCommand, Protocol, RestartPolicy, Topology,
+    parse_memory, Cidr, Host, HypervisorSpec, PodCommand, Protocol, RestartPolicy, Topology,
 };
 pub use api::daemon::GuestImage;
 
@@ -111,8 +114,13 @@ fn group_spec(g: &crate::topology::SecurityGroup) -> Result<SecurityGroupSpec, S
     })
 }
 
-/// The plan for `t`, which must have passed [`Topology::check`].
-pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String> {
+/// The switch port of the tunnel to `remote` on `vni`.
+pub fn tunnel_port(vni: u32, remote: std::net::Ipv4Addr) -> String {
+    format!("vx.{vni}.{remote}")
+}
+
+/// The plan for `t`, which must have passed [`Topology::check`] on `host`.
+pub fn plan(t: &Topology, run: &Path, image: &GuestImage, host: &Host) -> Result<Plan, String> {
     let mut switch_args = vec![
         "switch".to_string(),
         "--control".into(),
@@ -134,13 +142,52 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
             .iter()
             .map(|c| Cidr::parse(c))
             .collect::<Result<Vec<_>, _>>()?;
-        if n.vni.is_some() {
-            return Err(format!("network {}: VXLAN is not built yet", n.name));
-        }
-        nets.insert(n.name.as_str(), (n, n.vlan.unwrap_or(1), cidrs));
+        let vlan = t
+            .vlan_of(&n.name)
+            .ok_or_else(|| format!("network {}: no VLAN left to carry it", n.name))?;
+        nets.insert(n.name.as_str(), (n, vlan, cidrs));
     }
 
     let mut sw = SwitchSpec::default();
+    // The overlay: the uplink, and a tunnel per (VXLAN network, remote VTEP).
+    let overlay_mtu = t.overlay_mtu(host);
+    if let Some(u) = &t.switch.uplink {
+        let address = t
+            .vtep_address(host)
+            .ok_or_else(|| format!("switch.uplink: no tunnel address on {}", u.interface))?;
+        sw.uplink = Some(UplinkSpec {
+            interface: u.interface.clone(),
+            address,
+            udp_port: u.udp_port,
+        });
+        let mut vxlan: Vec<_> = t
+            .networks
+            .iter()
+            .filter_map(|n| Some((n.vni?, n.name.as_str())))
+            .collect();
+        vxlan.sort_unstable();
+        for (vni, name) in vxlan {
+            let vlan = nets.get(name).map(|(_, v, _)| *v).unwrap_or(1);
+            for v in &t.vteps {
+                let remote: std::net::Ipv4Addr = v
+                    .address
+                    .parse()
+                    .map_err(|_| format!("vtep {}: address {}", v.name, v.address))?;
+                sw.ports.push(PortSpec {
+                    name: tunnel_port(vni, remote),
+                    driver: Driver::Vxlan { remote, vni },
+                    mac: None,
+                    vlan: VlanMode::Access {
+                        vlan: VlanId::new(vlan).ok_or_else(|| format!("VLAN {vlan}"))?,
+                    },
+                    allowed_addresses: Vec::new(),
+                    anti_spoofing: false,
+                    router: false,
+                    security_groups: Vec::new(),
+                });
+            }
+        }
+    }
     for r in &t.routers {
         let mut rs = RouterSpec {
             name: r.name.clone(),
@@ -271,9 +318,13 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage) -> Result<Plan, String
                 security_groups: ifc.security_groups.clone(),
             };
             sw.ports.push(spec);
+            let mtu = match (n.vni, overlay_mtu) {
+                (Some(_), Some(m)) => format!(",mtu={m}"),
+                _ => String::new(),
+            };
             args.extend([
                 "--net".into(),
-                format!("vhost-user={},client,mac={}", sock.display(), ifc.mac),
+                format!("vhost-user={},client,mac={}{mtu}", sock.display(), ifc.mac),
             ]);
             if j == 0 {
                 // The guest's init configures eth0 and the default route.
@@ -384,11 +435,12 @@ mod tests {
             kernel: "/k".into(),
             initrd: "/i".into(),
         };
-        let p = plan(&t, Path::new("/run/vnfhost"), &img).unwrap();
+        let host = Host::current();
+        let p = plan(&t, Path::new("/run/vnfhost"), &img, &host).unwrap();
         assert!(p.switch.ports.iter().all(|p| !p.router), "router is opt-in");
         let mut t2 = t.clone();
         t2.pods[0].interfaces[0].router = true;
-        let p2 = plan(&t2, Path::new("/run/vnfhost"), &img).unwrap();
+        let p2 = plan(&t2, Path::new("/run/vnfhost"), &img, &host).unwrap();
         assert!(
             p2.switch.ports[0].router,
             "an interface marked router plans a router port"

@@ -45,6 +45,49 @@ pub struct Topology {
     /// Bounds on what tenants' pods may take of the node.
     #[serde(default)]
     pub limits: Limits,
+    /// The other nodes' tunnel endpoints: every network with a `vni` is carried to each
+    /// (needs `switch.uplink`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vteps: Vec<Vtep>,
+}
+
+/// Another node's VXLAN tunnel endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Vtep {
+    /// The node's name.
+    pub name: String,
+    /// Its tunnel address (IPv4).
+    pub address: String,
+}
+
+/// The switch's uplink to the other nodes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkTopo {
+    /// The host interface the tunnels leave through; it stays the kernel's.
+    pub interface: String,
+    /// This node's tunnel address; default the interface's first IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The overlay's UDP port.
+    #[serde(default = "vxlan_port")]
+    pub udp_port: u16,
+}
+
+fn vxlan_port() -> u16 {
+    4789
+}
+
+/// What this node's host knows of an interface: its MTU and IPv4 addresses.
+pub type InterfaceFacts = (u32, Vec<std::net::Ipv4Addr>);
+
+/// The facts of interface `name` on this node (in the calling thread's network
+/// namespace), or `None` when it does not exist.
+pub fn interface_facts(name: &str) -> Option<InterfaceFacts> {
+    pmd::afpacket::interface_info(name)
+        .ok()
+        .map(|i| (i.mtu, i.ipv4))
 }
 
 /// Bounds on what one pod, or the pods of one Kubernetes namespace, may take.
@@ -117,6 +160,9 @@ pub struct SwitchSpec {
     /// Longest idle sleep of a polling loop, µs.
     #[serde(default = "default_idle")]
     pub idle_max_us: u64,
+    /// The uplink to other nodes (VXLAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkTopo>,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -133,6 +179,7 @@ impl Default for SwitchSpec {
             cores: default_cores(),
             hugepages: false,
             idle_max_us: default_idle(),
+            uplink: None,
         }
     }
 }
@@ -150,9 +197,14 @@ pub struct Network {
     /// 802.1Q VLAN id (1..=4094); exclusive with `vni`.
     #[serde(default)]
     pub vlan: Option<u16>,
-    /// VXLAN network identifier (1..=16777215); exclusive with `vlan`.
+    /// VXLAN network identifier (1..=16777215); exclusive with `vlan`. The network
+    /// spans every node with the same VNI.
     #[serde(default)]
     pub vni: Option<u32>,
+    /// The block of the network's prefix this node hands out addresses from (default:
+    /// the whole first IPv4 prefix). Nodes sharing a VNI network take disjoint blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Gateway addresses (the router's address on this network), one per family.
     #[serde(default)]
     pub gateway: Vec<String>,
@@ -432,6 +484,8 @@ pub struct Host {
     pub cpus: usize,
     /// Free 2 MiB huge pages.
     pub free_hugepages: u64,
+    /// Looks an interface up (the uplink's).
+    pub interface: fn(&str) -> Option<InterfaceFacts>,
 }
 
 impl Host {
@@ -440,7 +494,44 @@ impl Host {
         Host {
             cpus: pmd::sched::online_cpus(),
             free_hugepages: vmm::memory::free_huge_pages(),
+            interface: interface_facts,
         }
+    }
+}
+
+impl Topology {
+    /// The VLAN that carries network `name` in the switch: its `vlan`, VLAN 1 when it
+    /// has neither `vlan` nor `vni`, and for a VXLAN network an internal VLAN, the
+    /// lowest that no `vlan` takes, in order of VNI (VLANs never leave the node).
+    pub fn vlan_of(&self, name: &str) -> Option<u16> {
+        let n = self.networks.iter().find(|n| n.name == name)?;
+        match (n.vlan, n.vni) {
+            (Some(v), _) => Some(v),
+            (None, None) => Some(1),
+            (None, Some(vni)) => {
+                let taken: HashSet<u16> = self.networks.iter().filter_map(|n| n.vlan).collect();
+                let mut vnis: Vec<u32> = self.networks.iter().filter_map(|n| n.vni).collect();
+                vnis.sort_unstable();
+                let rank = vnis.iter().position(|&v| v == vni)?;
+                (2..=4094u16).filter(|v| !taken.contains(v)).nth(rank)
+            }
+        }
+    }
+
+    /// This node's tunnel address: `switch.uplink.address`, or the first IPv4 address
+    /// of the uplink interface.
+    pub fn vtep_address(&self, host: &Host) -> Option<std::net::Ipv4Addr> {
+        let u = self.switch.uplink.as_ref()?;
+        match &u.address {
+            Some(a) => a.parse().ok(),
+            None => (host.interface)(&u.interface).and_then(|(_, a)| a.first().copied()),
+        }
+    }
+
+    /// The pods' MTU on VXLAN networks: the uplink's less the encapsulation (50).
+    pub fn overlay_mtu(&self, host: &Host) -> Option<u32> {
+        let u = self.switch.uplink.as_ref()?;
+        (host.interface)(&u.interface).map(|(mtu, _)| mtu.saturating_sub(50))
     }
 }
 
@@ -680,10 +771,12 @@ impl Topology {
                             format!("VNI {v} is already network {other:?}'s"),
                         );
                     }
-                    bad(
-                        format!("{at}.vni"),
-                        "VXLAN is not built yet; give the network a vlan".into(),
-                    );
+                    if self.switch.uplink.is_none() {
+                        bad(
+                            format!("{at}.vni"),
+                            "a VXLAN network needs switch.uplink to reach the other nodes".into(),
+                        );
+                    }
                 }
                 (None, None) => {}
             }
@@ -711,7 +804,103 @@ impl Topology {
                     ),
                 }
             }
+            if let Some(p) = &n.pool {
+                match Cidr::parse(p) {
+                    Ok(c) if c.addr.is_ipv4() && cidrs.iter().any(|n| n.contains_prefix(&c)) => {}
+                    Ok(c) => bad(
+                        format!("{at}.pool"),
+                        format!("{c} is not inside the network's IPv4 prefixes"),
+                    ),
+                    Err(e) => bad(format!("{at}.pool"), e),
+                }
+            }
             nets.insert(n.name.as_str(), (n, cidrs));
+        }
+        if let Some(u) = &self.switch.uplink {
+            match (host.interface)(&u.interface) {
+                None => bad(
+                    "switch.uplink.interface".into(),
+                    format!("no interface {:?} on this node", u.interface),
+                ),
+                Some((mtu, addrs)) => {
+                    match &u.address {
+                        None if addrs.is_empty() => bad(
+                            "switch.uplink.address".into(),
+                            format!(
+                                "interface {} has no IPv4 address; give one or say address:",
+                                u.interface
+                            ),
+                        ),
+                        None => {}
+                        Some(a) => match a.parse::<std::net::Ipv4Addr>() {
+                            Ok(a) if addrs.contains(&a) => {}
+                            Ok(a) => bad(
+                                "switch.uplink.address".into(),
+                                format!(
+                                    "{a} is not an address of {} on this node (it has {})",
+                                    u.interface,
+                                    if addrs.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        addrs
+                                            .iter()
+                                            .map(|a| a.to_string())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    }
+                                ),
+                            ),
+                            Err(_) => bad(
+                                "switch.uplink.address".into(),
+                                format!("{a:?} is not an IPv4 address"),
+                            ),
+                        },
+                    }
+                    if mtu < 68 + 50 {
+                        bad(
+                            "switch.uplink.interface".into(),
+                            format!("MTU {mtu} leaves no room for VXLAN's 50 bytes"),
+                        );
+                    }
+                }
+            }
+            if u.udp_port == 0 {
+                bad("switch.uplink.udp_port".into(), "0 is not a port".into());
+            }
+        }
+        let local = self.vtep_address(&host);
+        let mut vtep_names = HashSet::new();
+        let mut vtep_addrs = HashSet::new();
+        for (i, v) in self.vteps.iter().enumerate() {
+            let at = format!("vteps[{i}]");
+            if self.switch.uplink.is_none() {
+                bad(at.clone(), "VTEPs need switch.uplink to be reached".into());
+            }
+            if v.name.is_empty() || !vtep_names.insert(v.name.as_str()) {
+                bad(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", v.name),
+                );
+            }
+            match v.address.parse::<std::net::Ipv4Addr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => bad(
+                    format!("{at}.address"),
+                    format!("{a} is not a unicast address"),
+                ),
+                Ok(a) if Some(a) == local => bad(
+                    format!("{at}.address"),
+                    format!("{a} is this node's own tunnel address"),
+                ),
+                Ok(a) => {
+                    if !vtep_addrs.insert(a) {
+                        bad(format!("{at}.address"), format!("{a} is listed twice"));
+                    }
+                }
+                Err(_) => bad(
+                    format!("{at}.address"),
+                    format!("{:?} is not an IPv4 address", v.address),
+                ),
+            }
         }
         // Prefixes of one tenant must not overlap (tenants are separate address spaces).
         let list: Vec<(usize, &Network, &Vec<Cidr>)> = self
@@ -1119,9 +1308,15 @@ impl Topology {
 mod tests {
     use super::*;
 
+    /// `eth0` (MTU 1500, 192.168.1.10) is this test host's only interface.
+    fn test_interface(name: &str) -> Option<InterfaceFacts> {
+        (name == "eth0").then(|| (1500, vec!["192.168.1.10".parse().unwrap()]))
+    }
+
     const HOST: Host = Host {
         cpus: 2,
         free_hugepages: 512,
+        interface: test_interface,
     };
 
     const GOOD: &str = r#"
@@ -1335,6 +1530,7 @@ pods:
         let few = Host {
             cpus: 2,
             free_hugepages: 10,
+            interface: test_interface,
         };
         let p = problems(GOOD, few);
         assert!(

@@ -31,7 +31,7 @@ options:
   --prealloc        allocate all guest RAM before the guest starts
   --pit             emulate the legacy 8254 timer (kvm; off: Linux uses the
                     LAPIC timer and kvm-clock)
-  --net SPEC        repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC]
+  --net SPEC        repeatable; SPEC is vhost-user=PATH[,client][,mac=MAC][,mtu=N]
                     [,packed]: the VM listens on PATH (pair with the
                     switch's `,client` port), or with `client` connects
                     to it; `packed` offers packed virtqueues (qemu only)
@@ -102,22 +102,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Parses `vhost-user=PATH[,client|,server][,mac=MAC][,packed]`.
+/// Parses `vhost-user=PATH[,client|,server][,mac=MAC][,mtu=N][,packed]`.
 pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut path = None;
     let mut server = true;
     let mut mac = None;
     let mut packed = false;
+    let mut mtu = None;
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("vhost-user", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
             Some(("mac", m)) => mac = Some(parse_mac(m)?),
+            Some(("mtu", m)) => match m.parse::<u16>() {
+                Ok(m) if m >= 68 => mtu = Some(m),
+                _ => return Err(format!("--net {s:?}: mtu={m} is not in 68..=65535")),
+            },
             None if part == "client" => server = false,
             None if part == "server" => server = true,
             None if part == "packed" => packed = true,
             _ => {
                 return Err(format!(
-                "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC][,packed])"
+                "--net {s:?}: unknown part {part:?} (expected vhost-user=PATH[,client][,mac=MAC][,mtu=N][,packed])"
             ))
             }
         }
@@ -135,6 +140,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
         server,
         mac,
         packed,
+        mtu,
     })
 }
 

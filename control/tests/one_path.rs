@@ -67,7 +67,7 @@ fn options_and_the_daemons_spec_give_the_same_switch() {
         kernel: "/unused".into(),
         initrd: "/unused".into(),
     };
-    let p = plan(&t, run, &image).expect("plans");
+    let p = plan(&t, run, &image, &control::topology::Host::current()).expect("plans");
     let sock = run.join("ctl.sock");
     let s1 = |i: usize| {
         run.join(format!("pods/p{i}/eth0.sock"))

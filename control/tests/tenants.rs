@@ -146,13 +146,14 @@ fn no_frame_from_tenant_red_reaches_tenant_blue() {
     let host = control::topology::Host {
         cpus: 2,
         free_hugepages: 0,
+        interface: control::topology::interface_facts,
     };
     assert_eq!(t.check(host), vec![], "overlapping tenants are allowed");
     let image = GuestImage {
         kernel: "/unused".into(),
         initrd: "/unused".into(),
     };
-    let p = plan(&t, run, &image).expect("plans");
+    let p = plan(&t, run, &image, &host).expect("plans");
     let sw = start_switch(run, &p.switch_args);
     let body = serde_json::to_vec(&p.switch).unwrap();
     let r: ApplyReply = request(&sw.sock, "PUT", "/v1/config", Some(&body)).expect("applies");

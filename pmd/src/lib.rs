@@ -1,7 +1,8 @@
 //! Poll-mode drivers and the core runtime of vnfhost.
 //!
 //! `unsafe` is denied in the crate and allowed only in the modules that must touch raw
-//! memory or the system: memory ([`mem`] with [`mem::GuestSlice`], [`fault`],
+//! memory or the system: the uplink's ring and socket ([`afpacket`]), memory ([`mem`]
+//! with [`mem::GuestSlice`], [`fault`],
 //! [`pool`], the frame batch in [`port`]), rings ([`vring`], and the driver side in
 //! [`virtio_user`]), [`sync`], and the system ([`sys`], [`hint`], the `SCM_RIGHTS`
 //! messaging of [`vhost_proto`]). The two port drivers deny it too, except for a few
@@ -19,11 +20,15 @@
 //! - [`virtio_user`]: the virtio-user frontend port (the VM side, for tests and the
 //!   traffic generator);
 //! - [`tap`]: a kernel tap interface as a port;
+//! - [`afpacket`]: the uplink, a host interface shared with the kernel through an
+//!   `AF_PACKET` socket (`TPACKET_V3` receive ring, batched transmit);
 //! - [`sched`]: polling threads pinned to cores, with idle back-off;
 //! - [`hint`]: cache prefetch hints for the fast path;
 //! - [`sys`]: safe wrappers over the system calls the drivers make.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod afpacket;
 #[allow(unsafe_code)]
 pub mod fault;
 pub mod frame;

@@ -181,6 +181,32 @@ impl RxBatch {
         (head, tail)
     }
 
+    /// Drops the first `n` bytes of frame `i` (an outer tunnel header) and copies the
+    /// head of what is left aside again, so the frame is decided and sent as the inner
+    /// frame. False, and nothing changed, when the frame is not longer than `n`. The
+    /// head is read anew from where the frame was received: meant for frames in the
+    /// switch's own memory (the uplink's ring), not in a guest's.
+    ///
+    /// # Panics
+    /// When `i >= len()`.
+    #[inline]
+    pub fn strip_front(&mut self, i: usize, n: usize) -> bool {
+        let (p, l) = self.frames[..self.len][i];
+        if (l as usize) <= n {
+            return false;
+        }
+        let l = l - n as u32;
+        // `push`'s contract keeps the original l + n bytes at `p` readable until `clear`;
+        // the new range is a suffix of them.
+        let p = p.wrapping_add(n);
+        let h = (l as usize).min(HEAD_SNAPSHOT);
+        // SAFETY: as above, h <= l readable bytes at p; h <= HEAD_SNAPSHOT, the size of
+        // the destination.
+        unsafe { copy_small(p, self.heads[i].as_mut_ptr(), h) };
+        self.frames[i] = (p, l);
+        true
+    }
+
     /// Forgets all frames.
     #[inline]
     pub fn clear(&mut self) {

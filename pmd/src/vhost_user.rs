@@ -146,7 +146,12 @@ pub enum VhostUserError {
 /// transmit fills them in avail order and gives back the tail it cannot use), so we may
 /// promise it. DPDK's virtio PMD then recycles its descriptors by position, a
 /// markedly cheaper path than its free-list one.
+///
+/// `VIRTIO_NET_F_MTU`: the MTU itself is the frontend's to tell its guest (QEMU's
+/// `host_mtu`, on a VXLAN network the uplink's less 50); QEMU passes the feature on only
+/// when the backend offers it, and the switch needs nothing else for it.
 const OFFERED_FEATURES: u64 = virtio::F_VERSION_1
+    | virtio::NET_F_MTU
     | virtio::F_IN_ORDER
     | virtio::F_RING_PACKED
     | virtio::NET_F_MRG_RXBUF

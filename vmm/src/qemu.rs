@@ -90,9 +90,10 @@ pub fn command(cfg: &VmConfig) -> Result<Command, VmError> {
             .args([
                 "-device",
                 &format!(
-                    "virtio-net-device,netdev=n{i},mac={}{}",
+                    "virtio-net-device,netdev=n{i},mac={}{}{}",
                     fmt_mac(mac),
-                    if n.packed { ",packed=on" } else { "" }
+                    if n.packed { ",packed=on" } else { "" },
+                    n.mtu.map(|m| format!(",host_mtu={m}")).unwrap_or_default()
                 ),
             ]);
     }

@@ -346,11 +346,15 @@ pub enum DropReason {
     /// router), or one that cannot be checked (fragmented, not whole in the private
     /// copy, behind extension headers the check does not follow).
     SpoofedNd,
+    /// Between two ports of the split-horizon group (tunnels to other nodes): each
+    /// node delivers to its own ports, so a frame from one tunnel never leaves by
+    /// another.
+    SplitHorizon,
 }
 
 impl DropReason {
     /// Every reason, in the stable order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::UnknownPort,
         DropReason::PortDown,
         DropReason::TooShort,
@@ -368,6 +372,7 @@ impl DropReason {
         DropReason::SpoofedArp,
         DropReason::SecurityGroup,
         DropReason::SpoofedNd,
+        DropReason::SplitHorizon,
     ];
 
     /// Number of reasons.
@@ -393,6 +398,7 @@ impl DropReason {
             DropReason::SpoofedArp => "spoofed_arp",
             DropReason::SecurityGroup => "security_group",
             DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::SplitHorizon => "split_horizon",
         }
     }
 
@@ -879,6 +885,8 @@ pub struct Bridge {
     members: Box<[u64]>,
     /// Row `vid`, bit `p`: port `p` sends `vid` untagged.
     untagged: Box<[u64]>,
+    /// Bit `p`: port `p` is in the split-horizon group (a tunnel to another node).
+    horizon: Box<[u64]>,
     fdb: Fdb,
     counters: BridgeCounters,
     memo: Memo,
@@ -1024,6 +1032,7 @@ impl Bridge {
             words,
             members: prefaulted(VLAN_IDS * words),
             untagged: prefaulted(VLAN_IDS * words),
+            horizon: vec![0; words].into_boxed_slice(),
             fdb: Fdb::new(config.fdb_capacity, config.fdb_max_age)?,
             counters: BridgeCounters::default(),
             memo: Memo::default(),
@@ -1148,6 +1157,7 @@ impl Bridge {
     pub fn remove_port(&mut self, port: PortId) -> Result<PortCounters, BridgeError> {
         let i = self.slot(port)?;
         let removed = self.ports[i].take().ok_or(BridgeError::NoSuchPort(port))?;
+        set_bit(&mut self.horizon[i / 64], 1u64 << (i % 64), false);
         if removed.filter.as_ref().is_some_and(|f| f.default_deny) {
             self.filtered_ports = self.filtered_ports.saturating_sub(1);
         }
@@ -1426,12 +1436,26 @@ impl Bridge {
         staging: &mut [Vec<TxSel>],
         to_router: &mut Vec<ToRouter>,
     ) {
-        let n = batch.len();
+        self.forward_range(in_port, batch, 0..batch.len(), now, staging, to_router)
+    }
+
+    /// [`forward_burst`](Self::forward_burst) over the frames `range` of `batch` only
+    /// (the run of a decapsulated burst that came through one tunnel).
+    pub fn forward_range(
+        &mut self,
+        in_port: PortId,
+        batch: &RxBatch,
+        range: std::ops::Range<usize>,
+        now: u64,
+        staging: &mut [Vec<TxSel>],
+        to_router: &mut Vec<ToRouter>,
+    ) {
+        let n = range.end.min(batch.len());
         let mut keys = [None; BURST];
-        for (i, k) in keys.iter_mut().enumerate().take(n) {
+        for (i, k) in keys.iter_mut().enumerate().take(n).skip(range.start) {
             *k = flow_key(batch.head(i));
         }
-        let mut i = 0;
+        let mut i = range.start;
         while i < n {
             let verdict = self.forward_head(
                 in_port,
@@ -1590,6 +1614,9 @@ impl Bridge {
                     return Err(DropReason::SamePort);
                 }
                 let (w, bit) = (usize::from(p) / 64, 1u64 << (p % 64));
+                if self.horizon[w] & bit != 0 && self.in_horizon(in_port) {
+                    return Err(DropReason::SplitHorizon);
+                }
                 if self.members.get(row + w).is_some_and(|m| m & bit != 0) {
                     let untagged = self.untagged.get(row + w).is_some_and(|u| u & bit != 0);
                     let edit = edit_for(tagged, untagged, vid);
@@ -1615,10 +1642,14 @@ impl Bridge {
         let (mut copies, mut refused) = (0u16, 0u16);
         let in_word = usize::from(in_port.0) / 64;
         let in_bit = 1u64 << (in_port.0 % 64);
+        let from_tunnel = self.in_horizon(in_port);
         for w in 0..self.words {
             let mut members = self.members[row + w];
             if w == in_word {
                 members &= !in_bit;
+            }
+            if from_tunnel {
+                members &= !self.horizon[w];
             }
             let untagged = self.untagged[row + w];
             while members != 0 {
@@ -1666,6 +1697,24 @@ impl Bridge {
         } else {
             Ok(Forwarded::Flooded { copies })
         }
+    }
+
+    /// Whether `port` is in the split-horizon group.
+    #[inline(always)]
+    fn in_horizon(&self, port: PortId) -> bool {
+        let p = usize::from(port.0);
+        self.horizon
+            .get(p / 64)
+            .is_some_and(|w| w & (1u64 << (p % 64)) != 0)
+    }
+
+    /// Puts `port` in the split-horizon group (tunnels to other nodes: a frame that
+    /// came from one is never sent to another, flooded or not), or takes it out.
+    pub fn set_horizon(&mut self, port: PortId, on: bool) -> Result<(), BridgeError> {
+        let i = self.slot(port)?;
+        set_bit(&mut self.horizon[i / 64], 1u64 << (i % 64), on);
+        self.memo = Memo::default();
+        Ok(())
     }
 
     /// Sends one copy, unless the port's security group refuses it (counted); returns

@@ -31,6 +31,7 @@
 
 pub mod bridge;
 pub mod fdb;
+pub mod overlay;
 pub mod router;
 pub mod service;
 pub mod switch;

@@ -53,6 +53,7 @@ use crate::bridge::{
     stage_into, Bridge, BridgeConfig, DropReason, IngressFilter, Learnt, PortId, PortSecurity,
     ToRouter, Vid, VlanMode,
 };
+use crate::overlay::{Decap, DecapDrop};
 use crate::router::{NeighbourNote, RouteDrop, Router, Verdict, GEN_MAX};
 use crate::wire::EthernetAddress;
 use pmd::port::LocalFrames;
@@ -86,6 +87,8 @@ pub struct SwitchPort {
     pub security: Option<PortSecurity>,
     /// Security group: what it may be sent.
     pub filter: Option<IngressFilter>,
+    /// In the split-horizon group: a tunnel to another node (see [`crate::overlay`]).
+    pub horizon: bool,
 }
 
 /// What the bridge knows of a port.
@@ -94,6 +97,7 @@ struct PortConf {
     vlan: VlanMode,
     security: Option<PortSecurity>,
     filter: Option<IngressFilter>,
+    horizon: bool,
 }
 
 /// Configuration of the switch runtime.
@@ -169,6 +173,10 @@ pub struct SwitchStats {
     pub route_drops: Vec<(&'static str, u64)>,
     /// Per polling core, in configuration order.
     pub cores: Vec<CoreStats>,
+    /// Frames from the uplink decapsulated.
+    pub decapsulated: u64,
+    /// Uplink frames not decapsulated: (reason name, count).
+    pub decap_drops: Vec<(&'static str, u64)>,
 }
 
 /// Load of one polling core.
@@ -208,6 +216,9 @@ struct CoreCounters {
     route_drops: [AtomicU64; 5],
     /// The longest time the core spent taking in changes between two bursts, ns.
     change_ns_max: AtomicU64,
+    /// Frames from the uplink decapsulated, and dropped by [`DecapDrop`] reason.
+    decapsulated: AtomicU64,
+    decap_drops: [AtomicU64; DecapDrop::COUNT],
 }
 
 /// Frames the router generates during one burst (ARP, ICMP), with their VLANs.
@@ -268,6 +279,7 @@ struct CoreChange {
     ops: Arc<[PortOp]>,
     rxqs: Vec<(usize, u16)>,
     routers: Option<RouterSet>,
+    decap: Option<Option<Arc<Decap>>>,
 }
 
 struct CoreTask {
@@ -299,6 +311,10 @@ struct CoreTask {
     shared: u64,
     /// Counters of router replicas replaced or removed: (forwarded, generated, drops).
     retired: (u64, u64, [u64; 5]),
+    /// The uplink and its tunnels, on the core that reads the uplink.
+    decap: Option<Arc<Decap>>,
+    decapsulated: u64,
+    decap_drops: [u64; DecapDrop::COUNT],
 }
 
 impl CoreTask {
@@ -328,6 +344,12 @@ impl CoreTask {
         }
         self.counters.floods.store(c.floods, Ordering::Relaxed);
         self.counters.shared.store(self.shared, Ordering::Relaxed);
+        self.counters
+            .decapsulated
+            .store(self.decapsulated, Ordering::Relaxed);
+        for (a, v) in self.counters.decap_drops.iter().zip(self.decap_drops) {
+            a.store(v, Ordering::Relaxed);
+        }
         let (mut fwd, mut gen, mut drops) = self.retired;
         for r in &self.routers {
             let rc = r.counters();
@@ -358,13 +380,16 @@ impl CoreTask {
             // none of these fails; a refusal would leave that one port as it was.
             let _ = match op {
                 PortOp::Remove(id) => self.bridge.remove_port(*id).map(drop),
-                PortOp::Add(id, conf) => self.bridge.add_port_with(
-                    *id,
-                    conf.vlan.clone(),
-                    conf.security.clone(),
-                    conf.filter.clone(),
-                    false,
-                ),
+                PortOp::Add(id, conf) => self
+                    .bridge
+                    .add_port_with(
+                        *id,
+                        conf.vlan.clone(),
+                        conf.security.clone(),
+                        conf.filter.clone(),
+                        false,
+                    )
+                    .and_then(|()| self.bridge.set_horizon(*id, conf.horizon)),
                 PortOp::Set(id, conf) => self.conf_port(*id, conf),
             };
             let id = match op {
@@ -382,6 +407,9 @@ impl CoreTask {
         self.staging
             .resize_with(n, || Vec::with_capacity(pmd::port::BURST));
         self.rxqs = c.rxqs;
+        if let Some(d) = c.decap {
+            self.decap = d;
+        }
         if let Some(set) = c.routers {
             let mut old: Vec<Option<Router>> = std::mem::take(&mut self.routers)
                 .into_iter()
@@ -443,7 +471,7 @@ impl CoreTask {
         if self.bridge.port(id).map(|p| p.filter()) != Some(conf.filter.as_ref()) {
             self.bridge.set_ingress_filter(id, conf.filter.clone())?;
         }
-        Ok(())
+        self.bridge.set_horizon(id, conf.horizon)
     }
 
     /// Takes in what the other cores learnt.
@@ -492,6 +520,136 @@ impl Drop for CoreTask {
     }
 }
 
+/// The stages after L2 over one burst: the router over the frames L2 handed it, one
+/// `tx_burst` per output port, then what the routers generated, out through the bridge.
+struct L3Stage<'a> {
+    ports: &'a [Option<Arc<dyn Port>>],
+    txq: u16,
+    staging: &'a mut Vec<Vec<TxSel>>,
+    routers: &'a mut Vec<Router>,
+    router_of: &'a [u8; 4096],
+    generated: &'a mut Generated,
+    to_router: &'a mut Vec<ToRouter>,
+}
+
+impl L3Stage<'_> {
+    #[inline(always)]
+    fn run(&mut self, bridge: &mut Bridge, b: &mut RxBatch, now: u64) {
+        let L3Stage {
+            ports,
+            txq,
+            staging,
+            routers,
+            router_of,
+            generated,
+            to_router,
+        } = self;
+        let txq = *txq;
+        for &ToRouter {
+            idx,
+            vid,
+            l3,
+            flooded,
+        } in to_router.iter()
+        {
+            let i = usize::from(idx);
+            let len = b.frame_len(i);
+            let Some(r) = router_of
+                .get(usize::from(vid.get()))
+                .and_then(|&k| routers.get_mut(usize::from(k)))
+            else {
+                continue;
+            };
+            let g = generated.frames.batch().len();
+            let buf = &mut generated.scratch;
+            let l3 = usize::from(l3);
+            let head = b.head(i);
+            // The router reads a working copy (up to GEN_MAX bytes: head first, so
+            // what was decided on stays what is sent, then the rest read once from
+            // the frame) when it needs more than the head (ICMP and ICMPv6:
+            // neighbour discovery, echo), and always for a frame that was also
+            // flooded: that one's head is staged for its own VLAN and must not be
+            // rewritten. Otherwise it rewrites the head in place.
+            let icmp = (head.get(l3 - 2..l3) == Some(&[0x86, 0xdd][..])
+                && head.get(l3 + 6) == Some(&58))
+                || (head.get(l3 - 2..l3) == Some(&[0x08, 0x00][..])
+                    && head.get(l3 + 9) == Some(&1));
+            let verdict = if flooded || (icmp && len > head.len()) {
+                let mut work = [0u8; GEN_MAX];
+                let n = len.min(GEN_MAX);
+                let h = head.len().min(n);
+                work[..h].copy_from_slice(&head[..h]);
+                if let Some(rest) = b.frame(i).get(h, n - h) {
+                    rest.read_into(&mut work[h..n]);
+                }
+                let v = r.input(vid, &mut work[..n], l3, now, buf);
+                match v {
+                    // A flooded frame is never routed (the router refuses too).
+                    Verdict::Forward { .. } if flooded => Verdict::Drop(RouteDrop::ForUs),
+                    Verdict::Forward { .. } => {
+                        b.head_mut(i).copy_from_slice(&work[..h]);
+                        v
+                    }
+                    v => v,
+                }
+            } else {
+                r.input(vid, b.head_mut(i), l3, now, buf)
+            };
+            match verdict {
+                Verdict::Forward { vid } => {
+                    let _ = bridge.forward_routed(
+                        vid,
+                        b.head(i),
+                        len,
+                        now,
+                        &mut stage_into(staging, i),
+                    );
+                }
+                Verdict::Reply { vid, len } => {
+                    if generated.frames.push(&buf[..len.min(GEN_MAX)]) {
+                        generated.vids[g] = Some(vid);
+                    }
+                }
+                Verdict::Drop(_) => {}
+            }
+        }
+        for (o, sel) in staging.iter_mut().enumerate() {
+            if !sel.is_empty() {
+                if let Some(Some(p)) = ports.get(o) {
+                    p.tx_burst(txq, b, sel);
+                }
+                sel.clear();
+            }
+        }
+        // What the router generated: out through the bridge like any frame.
+        let gb = generated.frames.batch();
+        if gb.is_empty() {
+            return;
+        }
+        for k in 0..gb.len() {
+            let Some(vid) = generated.vids[k] else {
+                continue;
+            };
+            let _ = bridge.forward_routed(
+                vid,
+                gb.head(k),
+                gb.frame_len(k),
+                now,
+                &mut stage_into(staging, k),
+            );
+        }
+        for (o, sel) in staging.iter_mut().enumerate() {
+            if !sel.is_empty() {
+                if let Some(Some(p)) = ports.get(o) {
+                    p.tx_burst(txq, gb, sel);
+                }
+                sel.clear();
+            }
+        }
+        generated.frames.clear();
+    }
+}
+
 impl PollTask for CoreTask {
     fn poll(&mut self) -> usize {
         self.polls = self.polls.wrapping_add(1);
@@ -533,122 +691,69 @@ impl PollTask for CoreTask {
             generated,
             start,
             to_router,
+            decap,
+            decapsulated,
+            decap_drops,
             ..
         } = self;
+        let ports: &Vec<Option<Arc<dyn Port>>> = ports;
+        let mut l3 = L3Stage {
+            ports,
+            txq: *txq,
+            staging,
+            routers,
+            router_of,
+            generated,
+            to_router,
+        };
         let mut total = 0;
         for &(pi, q) in rxqs.iter() {
             let inp = PortId(pi as u16);
-            let txq = *txq;
             let Some(port) = ports.get(pi).and_then(Option::as_ref) else {
                 continue;
             };
             total += port.poll_rx(q, batch, &mut |b: &mut RxBatch| {
                 let now = start.elapsed().as_nanos() as u64;
                 // Stage L2 over the whole burst; then L3 over the frames it handed on.
-                to_router.clear();
-                bridge.forward_burst(inp, b, now, staging, to_router);
-                for &ToRouter {
-                    idx,
-                    vid,
-                    l3,
-                    flooded,
-                } in to_router.iter()
-                {
-                    let i = usize::from(idx);
-                    let len = b.frame_len(i);
-                    let Some(r) = router_of
-                        .get(usize::from(vid.get()))
-                        .and_then(|&k| routers.get_mut(usize::from(k)))
-                    else {
-                        continue;
-                    };
-                    let g = generated.frames.batch().len();
-                    let buf = &mut generated.scratch;
-                    let l3 = usize::from(l3);
-                    let head = b.head(i);
-                    // The router reads a working copy (up to GEN_MAX bytes: head first, so
-                    // what was decided on stays what is sent, then the rest read once from
-                    // the frame) when it needs more than the head (ICMP and ICMPv6:
-                    // neighbour discovery, echo), and always for a frame that was also
-                    // flooded: that one's head is staged for its own VLAN and must not be
-                    // rewritten. Otherwise it rewrites the head in place.
-                    let icmp = (head.get(l3 - 2..l3) == Some(&[0x86, 0xdd][..])
-                        && head.get(l3 + 6) == Some(&58))
-                        || (head.get(l3 - 2..l3) == Some(&[0x08, 0x00][..])
-                            && head.get(l3 + 9) == Some(&1));
-                    let verdict = if flooded || (icmp && len > head.len()) {
-                        let mut work = [0u8; GEN_MAX];
-                        let n = len.min(GEN_MAX);
-                        let h = head.len().min(n);
-                        work[..h].copy_from_slice(&head[..h]);
-                        if let Some(rest) = b.frame(i).get(h, n - h) {
-                            rest.read_into(&mut work[h..n]);
-                        }
-                        let v = r.input(vid, &mut work[..n], l3, now, buf);
-                        match v {
-                            // A flooded frame is never routed (the router refuses too).
-                            Verdict::Forward { .. } if flooded => Verdict::Drop(RouteDrop::ForUs),
-                            Verdict::Forward { .. } => {
-                                b.head_mut(i).copy_from_slice(&work[..h]);
-                                v
-                            }
-                            v => v,
-                        }
-                    } else {
-                        r.input(vid, b.head_mut(i), l3, now, buf)
-                    };
-                    match verdict {
-                        Verdict::Forward { vid } => {
-                            let _ = bridge.forward_routed(
-                                vid,
-                                b.head(i),
-                                len,
-                                now,
-                                &mut stage_into(staging, i),
-                            );
-                        }
-                        Verdict::Reply { vid, len } => {
-                            if generated.frames.push(&buf[..len.min(GEN_MAX)]) {
-                                generated.vids[g] = Some(vid);
+                l3.to_router.clear();
+                bridge.forward_burst(inp, b, now, l3.staging, l3.to_router);
+                l3.run(bridge, b, now);
+            });
+        }
+        if let Some(d) = decap.as_ref() {
+            total += d.uplink.port.poll_rx(0, batch, &mut |b: &mut RxBatch| {
+                let now = start.elapsed().as_nanos() as u64;
+                let n = b.len();
+                // Each frame's tunnel port, its outer headers stripped in place.
+                let mut from = [None; pmd::port::BURST];
+                for (i, f) in from.iter_mut().enumerate().take(n) {
+                    match d.classify(b.head(i), b.frame_len(i)) {
+                        Ok((p, outer)) => {
+                            if b.strip_front(i, outer) {
+                                *f = Some(p);
+                            } else {
+                                decap_drops[DecapDrop::NotVxlan as usize] += 1;
                             }
                         }
-                        Verdict::Drop(_) => {}
+                        Err(why) => decap_drops[why as usize] += 1,
                     }
                 }
-                for (o, sel) in staging.iter_mut().enumerate() {
-                    if !sel.is_empty() {
-                        if let Some(p) = &ports[o] {
-                            p.tx_burst(txq, b, sel);
-                        }
-                        sel.clear();
-                    }
-                }
-                // What the router generated: out through the bridge like any frame.
-                let gb = generated.frames.batch();
-                if gb.is_empty() {
-                    return;
-                }
-                for k in 0..gb.len() {
-                    let Some(vid) = generated.vids[k] else {
+                l3.to_router.clear();
+                let mut i = 0;
+                while i < n {
+                    let Some(p) = from[i] else {
+                        i += 1;
                         continue;
                     };
-                    let _ = bridge.forward_routed(
-                        vid,
-                        gb.head(k),
-                        gb.frame_len(k),
-                        now,
-                        &mut stage_into(staging, k),
-                    );
-                }
-                for (o, sel) in staging.iter_mut().enumerate() {
-                    if !sel.is_empty() {
-                        if let Some(p) = &ports[o] {
-                            p.tx_burst(txq, gb, sel);
-                        }
-                        sel.clear();
+                    let mut j = i + 1;
+                    while j < n && from[j] == Some(p) {
+                        j += 1;
                     }
+                    *decapsulated += (j - i) as u64;
+                    bridge.forward_range(p, b, i..j, now, l3.staging, l3.to_router);
+                    i = j;
                 }
-                generated.frames.clear();
+                l3.run(bridge, b, now);
             });
         }
         if !self.peers.is_empty() {
@@ -668,6 +773,9 @@ pub struct Change {
     pub remove: Vec<PortId>,
     /// The new routers, in order, if they change.
     pub routers: Option<Vec<RouterChange>>,
+    /// The uplink's decapsulation, if it changes (`Some(None)` removes it). The first
+    /// polling core reads the uplink.
+    pub decap: Option<Option<Arc<Decap>>>,
 }
 
 /// One router of a new router set.
@@ -736,6 +844,8 @@ pub struct Switch {
     generation: u64,
     /// Ports removed, closed once every core has taken generation `.0`.
     retired: Vec<(u64, Arc<dyn Port>)>,
+    /// The uplink's decapsulation the first core runs.
+    decap: Option<Arc<Decap>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -822,6 +932,7 @@ impl Switch {
             posted: posted.clone(),
             generation: 0,
             retired: Vec::new(),
+            decap: None,
             stop: stop.clone(),
             threads: Vec::new(),
         };
@@ -866,6 +977,9 @@ impl Switch {
                     .collect(),
                 shared: 0,
                 retired: (0, 0, [0; 5]),
+                decap: None,
+                decapsulated: 0,
+                decap_drops: [0; DecapDrop::COUNT],
             };
             let h = spawn_poll_thread(
                 format!("pmd{ci}"),
@@ -965,6 +1079,7 @@ impl Switch {
                 vlan: sp.vlan,
                 security: sp.security,
                 filter: sp.filter,
+                horizon: sp.horizon,
             };
             match &mut slots[i] {
                 Some(s) if Arc::ptr_eq(&s.port, &sp.port) => {
@@ -1007,8 +1122,11 @@ impl Switch {
         }
         // Ids were checked to be below MAX_SWITCH_PORTS, so the table holds no more.
         self.slots = slots;
-        if ops.is_empty() && tables.is_none() {
+        if ops.is_empty() && tables.is_none() && change.decap.is_none() {
             return Ok(t0.elapsed());
+        }
+        if let Some(d) = &change.decap {
+            self.decap = d.clone();
         }
         // Post each core its copy.
         self.generation += 1;
@@ -1060,6 +1178,11 @@ impl Switch {
                 ops: ops.clone(),
                 rxqs,
                 routers,
+                // The first core reads the uplink; the others never do.
+                decap: match &change.decap {
+                    Some(d) if k == 0 => Some(d.clone()),
+                    _ => None,
+                },
             };
             match core.changes.try_send(c) {
                 Ok(()) => {}
@@ -1124,7 +1247,12 @@ impl Switch {
         let mut drops = [0u64; DropReason::COUNT];
         let (mut floods, mut shared, mut routed, mut generated) = (0, 0, 0, 0);
         let mut rdrops = [0u64; 5];
+        let (mut decapsulated, mut ddrops) = (0u64, [0u64; DecapDrop::COUNT]);
         for c in self.cores.iter().map(|c| &c.counters) {
+            decapsulated += c.decapsulated.load(Ordering::Relaxed);
+            for (d, a) in ddrops.iter_mut().zip(c.decap_drops.iter()) {
+                *d += a.load(Ordering::Relaxed);
+            }
             for (d, a) in drops.iter_mut().zip(c.drops.iter()) {
                 *d += a.load(Ordering::Relaxed);
             }
@@ -1171,6 +1299,11 @@ impl Switch {
                         stalled: c.stalled(i),
                     }
                 })
+                .collect(),
+            decapsulated,
+            decap_drops: DecapDrop::ALL
+                .iter()
+                .map(|r| (r.as_str(), ddrops[*r as usize]))
                 .collect(),
         }
     }

@@ -79,6 +79,7 @@ fn switch_process() {
             },
             security: None,
             filter: None,
+            horizon: false,
         })
         .collect();
     // The polling core on the last CPU, the generator on the first (see `pin`).

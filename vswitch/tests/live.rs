@@ -24,6 +24,7 @@ fn port(name: &str, path: &std::path::Path, vid: u16) -> SwitchPort {
         },
         security: None,
         filter: None,
+        horizon: false,
     }
 }
 
@@ -360,6 +361,7 @@ fn a_stuck_core_is_reported_and_changes_do_not_wait_for_it() {
         },
         security: None,
         filter: None,
+        horizon: false,
     };
     let mut sw = Switch::start(&SwitchConfig::default(), vec![wedge]).expect("sw");
     let stalled = |sw: &Switch| sw.stats().cores[0].stalled;

@@ -176,6 +176,10 @@ fn result(attached: &[Attachment], version: &str, netns: Option<&str>) -> Value 
             (None, Some(ns)) => iface["sandbox"] = json!(ns),
             (None, None) => {}
         }
+        // CNI 1.1 reports an interface's MTU; earlier versions have no field for it.
+        if let (Some(m), "1.1.0") = (a.mtu, version) {
+            iface["mtu"] = json!(m);
+        }
         interfaces.push(iface);
         let mut ip = json!({ "address": a.address, "interface": k });
         if let Some(gw) = &a.gateway {
@@ -541,6 +545,7 @@ mod tests {
             mac: "02:76:6e:00:00:01".into(),
             address: "10.0.0.2/24".into(),
             gateway: Some("10.0.0.254".into()),
+            mtu: None,
             tap: Some("vh1".into()),
             socket: None,
             netns_id: None,

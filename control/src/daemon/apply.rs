@@ -114,7 +114,7 @@ impl Daemon {
                 .networks
                 .iter()
                 .find(|n| n.name == a.request.network)
-                .map(|n| n.vlan.unwrap_or(1))
+                .and_then(|n| t.vlan_of(&n.name))
                 .unwrap_or(1);
             match attach::port_spec(a, vlan) {
                 Ok(p) => d.ports.push(p),
@@ -234,7 +234,7 @@ impl Daemon {
                 problems: problems.iter().map(|p| p.to_string()).collect(),
             });
         }
-        let new = plan::plan(&t, &self.run, &self.image).map_err(|e| Refusal {
+        let new = plan::plan(&t, &self.run, &self.image, &self.host()).map_err(|e| Refusal {
             error: e,
             problems: vec![],
         })?;

@@ -463,7 +463,7 @@ networks:
         }
         let tap = spec.ports.iter().find_map(|p| match &p.driver {
             Driver::Tap { name, netns } => Some((p.name.clone(), name.clone(), netns.clone())),
-            Driver::VhostUser { .. } => None,
+            Driver::VhostUser { .. } | Driver::Vxlan { .. } => None,
         });
         match tap {
             Some((port, name, netns)) if sw.tap.is_none() => {
@@ -549,7 +549,7 @@ networks:
             kernel: "/k".into(),
             initrd: "/i".into(),
         };
-        let plan = crate::plan::plan(&t, &dir, &image)?;
+        let plan = crate::plan::plan(&t, &dir, &image, &crate::topology::Host::current())?;
         let me = std::process::id() as i32;
         let mut d = Daemon {
             run: dir.clone(),

@@ -124,7 +124,7 @@ impl Daemon {
             }
         }
         if let Some(t) = self.st.desired.clone() {
-            match plan::plan(&t, &self.run, &self.image) {
+            match plan::plan(&t, &self.run, &self.image, &self.host()) {
                 Ok(p) => self.plan = Some(p),
                 Err(e) => self.event(format!("the recorded topology does not plan: {e}")),
             }

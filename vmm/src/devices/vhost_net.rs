@@ -56,6 +56,9 @@ pub struct NetConfig {
     /// Offer the guest packed virtqueues (`VIRTIO_F_RING_PACKED`). Only the QEMU backend
     /// does so far; the `kvm` backend refuses it.
     pub packed: bool,
+    /// The network's MTU, told to the guest (`VIRTIO_NET_F_MTU`): on a VXLAN network the
+    /// uplink's less the encapsulation.
+    pub mtu: Option<u16>,
 }
 
 /// Errors while attaching a backend.
@@ -414,7 +417,12 @@ impl VirtioDevice for VhostNet {
     }
 
     fn features(&self) -> u64 {
-        (self.backend_features & BACKEND_FEATURES) | OWN_FEATURES
+        let mtu = if self.cfg.mtu.is_some() {
+            virtio::NET_F_MTU
+        } else {
+            0
+        };
+        (self.backend_features & BACKEND_FEATURES) | OWN_FEATURES | mtu
     }
 
     fn num_queues(&self) -> usize {
@@ -426,8 +434,9 @@ impl VirtioDevice for VhostNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_net_config { mac[6]; le16 status; le16 max_virtqueue_pairs; }
-        let mut cfg = [0u8; 10];
+        // struct virtio_net_config { mac[6]; le16 status; le16 max_virtqueue_pairs;
+        // le16 mtu; }
+        let mut cfg = [0u8; 12];
         cfg[..6].copy_from_slice(&self.mac);
         let status = if self.link_up {
             virtio::NET_S_LINK_UP
@@ -436,6 +445,7 @@ impl VirtioDevice for VhostNet {
         };
         cfg[6..8].copy_from_slice(&status.to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&self.cfg.mtu.unwrap_or(1500).to_le_bytes());
         read_config_bytes(&cfg, offset, data);
     }
 

@@ -143,6 +143,54 @@ fn flood_respects_split_horizon_and_vlans() {
 }
 
 #[test]
+fn tunnels_flood_to_local_ports_only_and_never_to_each_other() {
+    // Ports 0 and 1 are local pods; 2 and 3 tunnels to two other nodes; all on VLAN 10.
+    let mut b = bridge_with(&[
+        (0, access(10)),
+        (1, access(10)),
+        (2, access(10)),
+        (3, access(10)),
+    ]);
+    b.set_horizon(PortId(2), true).unwrap();
+    b.set_horizon(PortId(3), true).unwrap();
+    // A local broadcast is replicated to every tunnel (head-end replication).
+    let (_, sent) = send(&mut b, 0, &untagged(BCAST, mac(1)), 0);
+    assert_eq!(
+        sent,
+        [
+            (1, VlanEdit::Keep),
+            (2, VlanEdit::Keep),
+            (3, VlanEdit::Keep)
+        ]
+    );
+    // One from a tunnel reaches the local ports, never the other tunnel.
+    let (_, sent) = send(&mut b, 2, &untagged(BCAST, mac(9)), 0);
+    assert_eq!(sent, [(0, VlanEdit::Keep), (1, VlanEdit::Keep)]);
+    // A MAC learnt behind tunnel 3 is not reached from tunnel 2 either.
+    let _ = send(&mut b, 3, &untagged(mac(1), mac(8)), 0);
+    assert_eq!(
+        send(&mut b, 2, &untagged(mac(8), mac(9)), 0),
+        (Err(DropReason::SplitHorizon), vec![])
+    );
+    // From a local port it is unicast into that tunnel.
+    assert_eq!(
+        send(&mut b, 0, &untagged(mac(8), mac(1)), 0).1,
+        [(3, VlanEdit::Keep)]
+    );
+    // Out of the group, port 3 gets floods from port 2 again.
+    b.set_horizon(PortId(3), false).unwrap();
+    let (_, sent) = send(&mut b, 2, &untagged(BCAST, mac(9)), 1);
+    assert_eq!(
+        sent,
+        [
+            (0, VlanEdit::Keep),
+            (1, VlanEdit::Keep),
+            (3, VlanEdit::Keep)
+        ]
+    );
+}
+
+#[test]
 fn ports_beyond_the_first_bitmap_word_are_flooded() {
     let mut b = Bridge::new(BridgeConfig {
         max_ports: 200,
@@ -557,7 +605,8 @@ fn drop_reasons_have_stable_unique_names() {
             "spoofed_ip",
             "spoofed_arp",
             "security_group",
-            "spoofed_nd"
+            "spoofed_nd",
+            "split_horizon"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -14,22 +14,30 @@
 //!   applied;
 //! - a port no longer in the spec is removed and closed;
 //! - a router whose interfaces and routes did not change keeps running with its
-//!   neighbour table; a changed one takes over its predecessor's neighbours.
+//!   neighbour table; a changed one takes over its predecessor's neighbours;
+//! - the uplink opens when the spec names one (and is retried like a port when it
+//!   cannot); `vxlan` ports tunnel through it, and a change of the uplink reopens them.
+//!   [`retry`](Managed::retry) also refreshes each tunnel's next hop from the kernel's
+//!   routes and neighbours.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::switch::{
-    ApplyReply, CoreCounters, Driver, PortCounters, PortFailure, PortState, SwitchCounters,
-    SwitchSpec, VhostMode,
+    ApplyReply, CoreCounters, Driver, OverlayCounters, PortCounters, PortFailure, PortState,
+    SwitchCounters, SwitchSpec, TunnelStatus, UplinkSpec, VhostMode,
 };
+use api::values::Mac;
+use pmd::afpacket::{AfPacketPort, UplinkConfig};
 use pmd::port::{Port, PortDrop};
 use pmd::tap::TapPort;
 use pmd::vhost_user::{Mode, VhostUserConfig, VhostUserPort};
 
 use super::spec::{self, CheckedPort};
 use crate::bridge::PortId;
+use crate::overlay::{Decap, NextHop, Uplink, VxlanPort};
 use crate::switch::{continuity, Change, Switch, SwitchConfig, SwitchError, SwitchPort};
 
 /// First retry of a port that failed to open; doubles up to [`RETRY_MAX`].
@@ -37,9 +45,26 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Opens the driver of one port.
-pub fn open_port(p: &CheckedPort, hugepages: bool) -> Result<Arc<dyn Port>, String> {
-    Ok(match &p.driver {
+/// An opened driver, and the same driver as a tunnel when it is one.
+type Opened = (Arc<dyn Port>, Option<Arc<VxlanPort>>);
+
+/// The tunnels the first core decapsulates into: (VNI, remote VTEP, port).
+type Tunnels = Vec<(u32, Ipv4Addr, PortId)>;
+
+/// Opens the driver of one port; a `vxlan` port needs the open uplink.
+fn open_port(
+    p: &CheckedPort,
+    hugepages: bool,
+    uplink: Option<&Arc<Uplink>>,
+) -> Result<Opened, String> {
+    if let Driver::Vxlan { remote, vni } = &p.driver {
+        let Some(u) = uplink else {
+            return Err("the uplink is not open".into());
+        };
+        let t = Arc::new(VxlanPort::new(&p.name, u.clone(), *vni, *remote));
+        return Ok((t.clone(), Some(t)));
+    }
+    let port: Arc<dyn Port> = match &p.driver {
         Driver::VhostUser {
             path,
             mode,
@@ -64,7 +89,34 @@ pub fn open_port(p: &CheckedPort, hugepages: bool) -> Result<Arc<dyn Port>, Stri
             TapPort::new_in(&p.name, name, netns.as_deref(), hugepages)
                 .map_err(|e| e.to_string())?,
         ),
+        Driver::Vxlan { .. } => unreachable!("opened above"),
+    };
+    Ok((port, None))
+}
+
+/// Opens the uplink of `spec`.
+fn open_uplink(spec: &UplinkSpec) -> Result<Arc<Uplink>, String> {
+    let port = AfPacketPort::open(&UplinkConfig {
+        name: "uplink".into(),
+        ifname: spec.interface.clone(),
+        local: spec.address,
+        udp_port: spec.udp_port,
     })
+    .map_err(|e| format!("uplink: {e}"))?;
+    Ok(Arc::new(Uplink {
+        port,
+        local: spec.address,
+        udp_port: spec.udp_port,
+    }))
+}
+
+/// The uplink as the service keeps it.
+struct UplinkState {
+    spec: UplinkSpec,
+    open: Option<Arc<Uplink>>,
+    error: Option<String>,
+    next: Instant,
+    wait: Duration,
 }
 
 /// A port whose driver is open.
@@ -72,6 +124,8 @@ struct Open {
     id: PortId,
     spec: CheckedPort,
     port: Arc<dyn Port>,
+    /// The same driver, when it is a tunnel.
+    tunnel: Option<Arc<VxlanPort>>,
 }
 
 /// A port whose driver could not open.
@@ -94,6 +148,12 @@ pub struct Managed {
     /// a removed port's id is reused as late as possible (its FDB entries are swept
     /// meanwhile instead of flushed on the polling core).
     next_id: usize,
+    uplink: Option<UplinkState>,
+    /// The uplink (by address) and the tunnels the first core decapsulates into, as
+    /// last posted.
+    decap: Option<(usize, Tunnels)>,
+    /// Each tunnel's next hop, as last resolved.
+    hops: HashMap<String, NextHop>,
 }
 
 /// The first id at or after `from` (wrapping) for which `used` is false.
@@ -108,6 +168,7 @@ fn switch_port(c: &CheckedPort, port: Arc<dyn Port>) -> SwitchPort {
         vlan: c.vlan.clone(),
         security: c.security.clone(),
         filter: c.filter.clone(),
+        horizon: c.horizon,
     }
 }
 
@@ -130,6 +191,9 @@ impl Managed {
             failed: HashMap::new(),
             last_change: Duration::ZERO,
             next_id: 0,
+            uplink: None,
+            decap: None,
+            hops: HashMap::new(),
         })
     }
 
@@ -152,9 +216,11 @@ impl Managed {
         let mut closing: Vec<Open> = Vec::new();
         let wanted: HashMap<&str, &CheckedPort> =
             checked.ports.iter().map(|p| (p.name.as_str(), p)).collect();
+        // A changed uplink takes its tunnels with it: they reopen on the new one.
+        let uplink_changed = self.uplink.as_ref().map(|u| &u.spec) != spec.uplink.as_ref();
         for (name, o) in self.open.drain() {
             match wanted.get(name.as_str()) {
-                Some(w) if same_driver(&o.spec, w) => {
+                Some(w) if same_driver(&o.spec, w) && !(uplink_changed && o.tunnel.is_some()) => {
                     keep.insert(name, o);
                 }
                 _ => closing.push(o),
@@ -183,6 +249,35 @@ impl Managed {
             }
             drop(closing);
         }
+        if uplink_changed {
+            // The old uplink goes with the last tunnel and the decapsulation that hold it.
+            if self.decap.is_some() {
+                let r = self.switch.apply(Change {
+                    decap: Some(None),
+                    ..Change::default()
+                });
+                if let Err(e) = r {
+                    self.open = keep;
+                    return Err(e.to_string());
+                }
+                self.decap = None;
+            }
+            self.uplink = spec.uplink.as_ref().map(|u| {
+                let (open, error) = match open_uplink(u) {
+                    Ok(o) => (Some(o), None),
+                    Err(e) => (None, Some(e)),
+                };
+                UplinkState {
+                    spec: u.clone(),
+                    open,
+                    error,
+                    next: Instant::now() + RETRY_FIRST,
+                    wait: RETRY_FIRST,
+                }
+            });
+            self.hops.clear();
+        }
+        let uplink = self.uplink.as_ref().and_then(|u| u.open.clone());
         let mut failed = HashMap::new();
         let mut opened: Vec<Open> = Vec::new();
         for p in &checked.ports {
@@ -195,8 +290,8 @@ impl Managed {
                 failed.insert(p.name.clone(), self.failure(p, "no free port id".into()));
                 continue;
             };
-            match open_port(p, self.hugepages) {
-                Ok(port) => {
+            match open_port(p, self.hugepages, uplink.as_ref()) {
+                Ok((port, tunnel)) => {
                     used[i] = true;
                     self.next_id = i + 1;
                     let id = PortId(i as u16);
@@ -205,6 +300,7 @@ impl Managed {
                         id,
                         spec: p.clone(),
                         port,
+                        tunnel,
                     });
                 }
                 Err(e) => {
@@ -220,6 +316,11 @@ impl Managed {
                 .enumerate()
                 .all(|(k, r)| r.same && r.from == Some(k));
         change.routers = (!unchanged).then_some(routers);
+        let tunnels = keep
+            .values()
+            .chain(opened.iter())
+            .filter_map(|o| o.tunnel.as_ref().map(|t| (t.vni(), t.remote(), o.id)));
+        change.decap = self.decap_change(uplink.as_ref(), tunnels);
         match self.switch.apply(change) {
             Ok(took) => self.last_change = took,
             Err(e) => {
@@ -234,6 +335,7 @@ impl Managed {
         self.open = keep;
         self.failed = failed;
         self.spec = spec;
+        self.refresh_next_hops();
         for (n, f) in &self.failed {
             tracing::warn!("port {n}: {}; retrying in {:?}", f.error, f.wait);
         }
@@ -270,8 +372,112 @@ impl Managed {
         }
     }
 
-    /// Opens again the failed ports whose back-off has passed; returns how many opened.
+    /// The decapsulation change for `tunnels` over `uplink`, if it differs from what
+    /// the first core runs (and records it as posted).
+    fn decap_change(
+        &mut self,
+        uplink: Option<&Arc<Uplink>>,
+        tunnels: impl Iterator<Item = (u32, Ipv4Addr, PortId)>,
+    ) -> Option<Option<Arc<Decap>>> {
+        // With an uplink but no tunnel yet, the uplink is still read, so that what
+        // arrives is counted (as unknown) rather than left in the ring.
+        let want = uplink.map(|u| {
+            let mut t: Tunnels = tunnels.collect();
+            t.sort_unstable();
+            (Arc::as_ptr(u) as usize, t)
+        });
+        if want == self.decap {
+            return None;
+        }
+        self.decap = want.clone();
+        Some(
+            uplink
+                .zip(want)
+                .map(|(u, (_, t))| Arc::new(Decap::new(u.clone(), t))),
+        )
+    }
+
+    /// Opens the uplink again when it failed and its back-off has passed; then the
+    /// tunnels that failed for want of it open on the retry of ports.
+    fn retry_uplink(&mut self) {
+        let now = Instant::now();
+        let Some(u) = self.uplink.as_mut() else {
+            return;
+        };
+        if u.open.is_some() || u.next > now {
+            return;
+        }
+        match open_uplink(&u.spec) {
+            Ok(o) => {
+                tracing::info!("uplink {}: opened on retry", u.spec.interface);
+                u.open = Some(o);
+                u.error = None;
+                u.wait = RETRY_FIRST;
+                // Every tunnel waiting for it is due now.
+                for f in self.failed.values_mut() {
+                    if matches!(f.spec.driver, Driver::Vxlan { .. }) {
+                        f.next = now;
+                    }
+                }
+            }
+            Err(e) => {
+                u.wait = (u.wait * 2).min(RETRY_MAX);
+                u.next = now + u.wait;
+                if u.error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("{e}; retrying");
+                }
+                u.error = Some(e);
+            }
+        }
+    }
+
+    /// Resolves each tunnel's next hop from the kernel's tables and hands changes to
+    /// the tunnel ports.
+    fn refresh_next_hops(&mut self) {
+        let Some(ifname) = self
+            .uplink
+            .as_ref()
+            .filter(|u| u.open.is_some())
+            .map(|u| u.spec.interface.clone())
+        else {
+            return;
+        };
+        for o in self.open.values() {
+            let Some(t) = &o.tunnel else { continue };
+            let hop = crate::overlay::resolve(t.remote(), &ifname);
+            let mac = match &hop {
+                NextHop::Resolved { mac, .. } => Some(*mac),
+                _ => None,
+            };
+            if t.next_hop() != mac {
+                match &hop {
+                    NextHop::Resolved { via, mac } => tracing::info!(
+                        "tunnel {}: {} via {via} ({})",
+                        o.spec.name,
+                        t.remote(),
+                        Mac(*mac)
+                    ),
+                    NextHop::Pending { via } => {
+                        tracing::info!("tunnel {}: resolving {via}", o.spec.name)
+                    }
+                    NextHop::Unreachable(e) => tracing::warn!("tunnel {}: {e}", o.spec.name),
+                }
+                t.set_next_hop(mac);
+            }
+            self.hops.insert(o.spec.name.clone(), hop);
+        }
+    }
+
+    /// Opens again the failed ports whose back-off has passed (the uplink first), and
+    /// refreshes the tunnels' next hops; returns how many ports opened.
     pub fn retry(&mut self) -> usize {
+        self.retry_uplink();
+        let n = self.retry_ports();
+        self.refresh_next_hops();
+        n
+    }
+
+    fn retry_ports(&mut self) -> usize {
         let now = Instant::now();
         let due: Vec<String> = self
             .failed
@@ -293,17 +499,29 @@ impl Managed {
                 continue;
             };
             let id = PortId(i as u16);
-            let opened = open_port(&f.spec, self.hugepages).and_then(|port| {
-                self.switch
-                    .apply(Change {
-                        set: vec![(id, switch_port(&f.spec, port.clone()))],
-                        ..Change::default()
-                    })
-                    .map(|_| port)
-                    .map_err(|e| e.to_string())
-            });
+            let uplink = self.uplink.as_ref().and_then(|u| u.open.clone());
+            let opened =
+                open_port(&f.spec, self.hugepages, uplink.as_ref()).and_then(|(port, tunnel)| {
+                    let mut tunnels: Tunnels = self
+                        .open
+                        .values()
+                        .filter_map(|o| o.tunnel.as_ref().map(|t| (t.vni(), t.remote(), o.id)))
+                        .collect();
+                    if let Some(t) = &tunnel {
+                        tunnels.push((t.vni(), t.remote(), id));
+                    }
+                    let decap = self.decap_change(uplink.as_ref(), tunnels.into_iter());
+                    self.switch
+                        .apply(Change {
+                            set: vec![(id, switch_port(&f.spec, port.clone()))],
+                            decap,
+                            ..Change::default()
+                        })
+                        .map(|_| (port, tunnel))
+                        .map_err(|e| e.to_string())
+                });
             match opened {
-                Ok(port) => {
+                Ok((port, tunnel)) => {
                     tracing::info!("port {name}: opened on retry");
                     self.next_id = i + 1;
                     self.open.insert(
@@ -312,6 +530,7 @@ impl Managed {
                             id,
                             spec: f.spec,
                             port,
+                            tunnel,
                         },
                     );
                     n += 1;
@@ -403,7 +622,70 @@ impl Managed {
                     stalled_ms: c.stalled.as_millis() as u64,
                 })
                 .collect(),
+            overlay: self.overlay_counters(&st),
         }
+    }
+
+    /// The uplink's and the tunnels' state, when the spec has an uplink.
+    fn overlay_counters(&self, st: &crate::switch::SwitchStats) -> Option<OverlayCounters> {
+        let u = self.uplink.as_ref()?;
+        let mut c = OverlayCounters {
+            interface: u.spec.interface.clone(),
+            address: u.spec.address.to_string(),
+            error: u.error.clone(),
+            decapsulated: st.decapsulated,
+            decap_drops: st
+                .decap_drops
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect(),
+            ..OverlayCounters::default()
+        };
+        if let Some(o) = &u.open {
+            let s = o.port.stats();
+            c.mtu = o.port.info().mtu;
+            c.pod_mtu = o.pod_mtu();
+            c.rx_packets = s.rx_packets;
+            c.rx_bytes = s.rx_bytes;
+            c.tx_packets = s.tx_packets;
+            c.tx_bytes = s.tx_bytes;
+            c.drops = PortDrop::ALL
+                .iter()
+                .map(|d| (d.as_str().to_string(), s.drops[*d as usize]))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+        }
+        let mut tunnels: Vec<TunnelStatus> = self
+            .open
+            .iter()
+            .filter_map(|(name, o)| {
+                let t = o.tunnel.as_ref()?;
+                let hop = self.hops.get(name);
+                Some(TunnelStatus {
+                    port: name.clone(),
+                    remote: t.remote().to_string(),
+                    vni: t.vni(),
+                    via: match hop {
+                        Some(NextHop::Resolved { via, .. } | NextHop::Pending { via }) => {
+                            Some(via.to_string())
+                        }
+                        _ => None,
+                    },
+                    next_hop_mac: t.next_hop().map(Mac),
+                    error: match hop {
+                        Some(NextHop::Pending { via }) => {
+                            Some(format!("the neighbour {via} is not resolved yet"))
+                        }
+                        Some(NextHop::Unreachable(e)) => Some(e.clone()),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
+        tunnels.sort_by(|a, b| a.port.cmp(&b.port));
+        c.tunnels = tunnels;
+        Some(c)
     }
 
     /// Stops the cores, then closes every port.

@@ -29,6 +29,8 @@ pub struct CheckedPort {
     pub security: Option<PortSecurity>,
     /// The union of its security groups, if it has any.
     pub filter: Option<IngressFilter>,
+    /// A tunnel to another node: in the split-horizon group.
+    pub horizon: bool,
 }
 
 /// A spec that passed every check.
@@ -151,6 +153,23 @@ fn check_port(
                 ));
             }
         }
+        Driver::Vxlan { vni, .. } => {
+            if !(1..=crate::overlay::VNI_MAX).contains(vni) {
+                return Err(format!(
+                    "{at}.driver.vxlan.vni: {vni} is outside 1..=16777215"
+                ));
+            }
+            if !matches!(p.vlan, ApiVlanMode::Access { .. }) {
+                return Err(format!(
+                    "{at}.vlan: a vxlan port carries one network, so it is an access port"
+                ));
+            }
+            if !p.security_groups.is_empty() {
+                return Err(format!(
+                    "{at}.security_groups: a vxlan port takes none (groups apply on the pods' own ports, on every node)"
+                ));
+            }
+        }
         Driver::Tap { name, netns } => {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
                 return Err(format!(
@@ -182,7 +201,9 @@ fn check_port(
             "{at}.allowed_addresses: anti_spoofing is off, so they would not be enforced"
         ));
     }
-    let security = p.anti_spoofing.then(|| PortSecurity {
+    let tunnel = matches!(p.driver, Driver::Vxlan { .. });
+    // What enters through a tunnel was held to port security on the node that sent it.
+    let security = (p.anti_spoofing && !tunnel).then(|| PortSecurity {
         mac: EthernetAddress(mac.0),
         ips: p.allowed_addresses.clone(),
         router: p.router,
@@ -194,6 +215,7 @@ fn check_port(
         vlan,
         security,
         filter: union(&found),
+        horizon: tunnel,
     })
 }
 
@@ -273,7 +295,25 @@ pub fn check(spec: &SwitchSpec) -> Result<Checked, String> {
             return Err(format!("{at}.name: defined twice"));
         }
     }
+    if let Some(u) = &spec.uplink {
+        let n = &u.interface;
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) {
+            return Err(format!(
+                "uplink.interface: {n:?} is not an interface name (1-15 bytes, no '/' or space)"
+            ));
+        }
+        if u.udp_port == 0 {
+            return Err("uplink.udp_port: 0 is not a port".into());
+        }
+        if u.address.is_unspecified() || u.address.is_multicast() || u.address.is_broadcast() {
+            return Err(format!(
+                "uplink.address: {} is not a unicast address",
+                u.address
+            ));
+        }
+    }
     let mut names = HashSet::new();
+    let mut tunnels = HashMap::new();
     let mut ports = Vec::new();
     for (k, p) in spec.ports.iter().enumerate() {
         if !valid_port_name(&p.name) {
@@ -285,6 +325,23 @@ pub fn check(spec: &SwitchSpec) -> Result<Checked, String> {
         let at = format!("ports[{k}] ({})", p.name);
         if !names.insert(p.name.as_str()) {
             return Err(format!("{at}.name: used twice"));
+        }
+        if let Driver::Vxlan { remote, vni } = &p.driver {
+            let Some(u) = &spec.uplink else {
+                return Err(format!(
+                    "{at}.driver.vxlan: the spec has no uplink to tunnel through"
+                ));
+            };
+            if *remote == u.address || remote.is_unspecified() || remote.is_multicast() {
+                return Err(format!(
+                    "{at}.driver.vxlan.remote: {remote} is not another node's unicast address"
+                ));
+            }
+            if let Some(other) = tunnels.insert((*remote, *vni), p.name.as_str()) {
+                return Err(format!(
+                    "{at}.driver.vxlan: port {other} already tunnels VNI {vni} to {remote}"
+                ));
+            }
         }
         ports.push(check_port(p, &at, &groups)?);
     }

@@ -25,6 +25,7 @@ pub fn two_port_switch(tag: &str) -> (Switch, VirtioUser, VirtioUser) {
             vlan: VlanMode::Access { vid: Vid::MIN },
             security: None,
             filter: None,
+            horizon: false,
         })
         .collect();
     let sw = Switch::start(&SwitchConfig::default(), ports).expect("switch");

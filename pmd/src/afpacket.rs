@@ -1,0 +1,682 @@
+//! The uplink: a port on a host interface through an `AF_PACKET` socket, which shares
+//! the interface with the kernel instead of taking it away. The node keeps its address,
+//! ARP and routes (a VPP- or DPDK-owned NIC takes them all with it); the socket sees
+//! only what a classic BPF filter lets through, the overlay's UDP datagrams to the
+//! node's tunnel address, and sends whole frames past the kernel's qdisc.
+//!
+//! - **Receive:** a `TPACKET_V3` ring mapped into the switch. The kernel fills blocks
+//!   of variable-size frames and hands a block over when it is full or after
+//!   [`BLOCK_TIMEOUT_MS`]; a burst takes frames straight from the ring (no copy, no
+//!   system call) and gives blocks back once the burst is over. The timeout is the cost
+//!   of V3 at low rates: a lone frame waits up to 1 ms for its block.
+//! - **Transmit:** one `sendmmsg` per burst, each frame gathered by the kernel from the
+//!   pieces (a prebuilt prefix such as a tunnel header, the switch's head copy, the rest
+//!   in the sender's memory), so no user-space copy is made.
+//! - **The kernel's side:** a UDP socket bound to the tunnel address and port with a
+//!   filter that drops everything, so the kernel neither queues the datagrams it also
+//!   sees nor answers them with ICMP port unreachable.
+//!
+//! `unsafe` here: the ring's mapping and the reads of its headers (block and frame
+//! headers the kernel wrote, bounds-checked against the block before use), and the
+//! socket calls, each with its reason.
+
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::mem::Mapping;
+use crate::port::{
+    edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+};
+use crate::sync::QueueCell;
+
+/// Bytes of one ring block.
+pub const BLOCK_SIZE: u32 = 1 << 18;
+/// Blocks in the receive ring (4 MiB).
+pub const BLOCKS: u32 = 16;
+/// How long the kernel keeps a block that is not full before handing it over, ms.
+pub const BLOCK_TIMEOUT_MS: u32 = 1;
+/// The longest prefix [`AfPacketPort::tx_prefixed`] puts before a frame.
+pub const PREFIX_MAX: usize = 64;
+
+const TPACKET_V3: libc::c_int = 2;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const ETH_P_IP: u16 = 0x0800;
+/// Offsets in `struct tpacket_block_desc` (version, offset_to_priv, then `tpacket_hdr_v1`).
+const BLK_STATUS: usize = 8;
+const BLK_NUM_PKTS: usize = 12;
+const BLK_FIRST: usize = 16;
+/// Offsets in `struct tpacket3_hdr`.
+const PKT_NEXT: usize = 0;
+const PKT_SNAPLEN: usize = 12;
+const PKT_LEN: usize = 16;
+const PKT_MAC: usize = 24;
+const PKT_HDR: usize = 48;
+
+/// Errors opening an uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// No such interface in this network namespace.
+    #[error("interface {0:?} does not exist in this network namespace")]
+    NoInterface(String),
+    /// The tunnel address is not one of the interface's.
+    #[error("{addr} is not an address of interface {ifname} (it has {have})")]
+    NotLocal {
+        /// The interface.
+        ifname: String,
+        /// The address asked for.
+        addr: Ipv4Addr,
+        /// What it has.
+        have: String,
+    },
+    /// A system call failed.
+    #[error("uplink {ifname}: {what}: {source}")]
+    Os {
+        /// The interface.
+        ifname: String,
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What an uplink is opened with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// The port's name (counters, logs).
+    pub name: String,
+    /// The host interface.
+    pub ifname: String,
+    /// The node's tunnel address: received datagrams must be to it, and it must be an
+    /// address of the interface.
+    pub local: Ipv4Addr,
+    /// The overlay's UDP port (VXLAN: 4789).
+    pub udp_port: u16,
+}
+
+/// Facts about a host interface, read when the uplink opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// Its index.
+    pub index: u32,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// Reads `ifname`'s index, MAC, MTU and IPv4 addresses in the calling thread's
+/// network namespace.
+pub fn interface_info(ifname: &str) -> Result<InterfaceInfo, UplinkError> {
+    let os = |what, source| UplinkError::Os {
+        ifname: ifname.into(),
+        what,
+        source,
+    };
+    if ifname.is_empty() || ifname.len() > 15 {
+        return Err(UplinkError::NoInterface(ifname.into()));
+    }
+    let c = CString::new(ifname).map_err(|_| UplinkError::NoInterface(ifname.into()))?;
+    // SAFETY: reads a NUL-terminated name we own.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(UplinkError::NoInterface(ifname.into()));
+    }
+    let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(|e| os("socket", e))?;
+    let mut req = IfReq::new(ifname);
+    ioctl(&sock, libc::SIOCGIFHWADDR, &mut req).map_err(|e| os("SIOCGIFHWADDR", e))?;
+    let mut mac = [0u8; 6];
+    // The hardware address is a sockaddr: family (2 bytes), then the address.
+    mac.copy_from_slice(&req.data[2..8]);
+    let mut req = IfReq::new(ifname);
+    ioctl(&sock, libc::SIOCGIFMTU, &mut req).map_err(|e| os("SIOCGIFMTU", e))?;
+    let mtu = u32::from_ne_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
+    Ok(InterfaceInfo {
+        index,
+        mac,
+        mtu,
+        ipv4: ipv4_addresses(ifname).map_err(|e| os("getifaddrs", e))?,
+    })
+}
+
+/// The IPv4 addresses of `ifname`, in the kernel's order.
+pub fn ipv4_addresses(ifname: &str) -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: p is a node of the list getifaddrs made, alive until freeifaddrs; its
+        // name is NUL-terminated and its address, when set, is a sockaddr of the family
+        // it says (sockaddr_in for AF_INET).
+        unsafe {
+            let ifa = &*p;
+            if !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == ifname.as_bytes()
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            p = ifa.ifa_next;
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// `struct ifreq`: a name and 24 bytes of union.
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(ifname: &str) -> IfReq {
+        let mut r = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
+        let n = ifname.len().min(15);
+        r.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+        r
+    }
+}
+
+fn ioctl(fd: &OwnedFd, req: libc::c_ulong, r: &mut IfReq) -> std::io::Result<()> {
+    // SAFETY: the SIOCGIF* requests used here read and write a struct ifreq (40 bytes),
+    // which IfReq lays out; fd is a socket we own.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), req, r as *mut IfReq) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) creates a descriptor, which we own from here on.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> std::io::Result<()> {
+    // SAFETY: passes a pointer to a live T and its size; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockFilter {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+/// `struct sock_fprog`.
+#[repr(C)]
+struct SockFprog {
+    len: u16,
+    filter: *const SockFilter,
+}
+
+fn attach_filter(fd: RawFd, prog: &[SockFilter]) -> std::io::Result<()> {
+    let f = SockFprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &f)
+}
+
+const fn ins(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
+    SockFilter { code, jt, jf, k }
+}
+
+/// The uplink's filter: untagged IPv4, to `local`, UDP, not a fragment, to `port`.
+fn tunnel_filter(local: Ipv4Addr, port: u16) -> [SockFilter; 13] {
+    const LDH_ABS: u16 = 0x28;
+    const LDW_ABS: u16 = 0x20;
+    const LDB_ABS: u16 = 0x30;
+    const JEQ: u16 = 0x15;
+    const JSET: u16 = 0x45;
+    const LDX_MSH: u16 = 0xb1;
+    const LDH_IND: u16 = 0x48;
+    const RET: u16 = 0x06;
+    [
+        ins(LDH_ABS, 0, 0, 12),           // 0: ethertype
+        ins(JEQ, 0, 10, 0x0800),          // 1: IPv4, else drop (12)
+        ins(LDW_ABS, 0, 0, 30),           // 2: destination address
+        ins(JEQ, 0, 8, u32::from(local)), // 3
+        ins(LDB_ABS, 0, 0, 23),           // 4: protocol
+        ins(JEQ, 0, 6, 17),               // 5: UDP
+        ins(LDH_ABS, 0, 0, 20),           // 6: flags and fragment offset
+        ins(JSET, 4, 0, 0x3fff),          // 7: a fragment: drop
+        ins(LDX_MSH, 0, 0, 14),           // 8: X = IP header length
+        ins(LDH_IND, 0, 0, 16),           // 9: UDP destination port
+        ins(JEQ, 0, 1, u32::from(port)),  // 10
+        ins(RET, 0, 0, u32::MAX),         // 11: the whole frame
+        ins(RET, 0, 0, 0),                // 12: drop
+    ]
+}
+
+/// Where receive stands in the ring.
+struct RxCursor {
+    /// The block being read.
+    block: u32,
+    /// Whether it has been taken from the kernel.
+    open: bool,
+    /// Frames left in it, and the offset of the next one.
+    left: u32,
+    off: u32,
+}
+
+/// An `AF_PACKET` uplink port; see the module docs.
+pub struct AfPacketPort {
+    name: String,
+    ifname: String,
+    info: InterfaceInfo,
+    sock: OwnedFd,
+    ring: Mapping,
+    rx: QueueCell<RxCursor>,
+    tx_lock: QueueCell<()>,
+    rx_ctr: QueueCounters,
+    tx_ctr: QueueCounters,
+    /// Keeps the tunnel port bound so that the kernel neither queues nor refuses it.
+    _guard: OwnedFd,
+}
+
+impl AfPacketPort {
+    /// Opens the uplink on `cfg.ifname` in the calling thread's network namespace.
+    pub fn open(cfg: &UplinkConfig) -> Result<AfPacketPort, UplinkError> {
+        let ifname = cfg.ifname.clone();
+        let os = |what, source| UplinkError::Os {
+            ifname: ifname.clone(),
+            what,
+            source,
+        };
+        let info = interface_info(&cfg.ifname)?;
+        if !info.ipv4.contains(&cfg.local) {
+            return Err(UplinkError::NotLocal {
+                ifname: cfg.ifname.clone(),
+                addr: cfg.local,
+                have: if info.ipv4.is_empty() {
+                    "no IPv4 address".into()
+                } else {
+                    info.ipv4
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            });
+        }
+        // The kernel's side first: if the port is taken (a kernel vxlan device), fail
+        // before anything else is set up.
+        let guard = socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(|e| os("socket", e))?;
+        attach_filter(guard.as_raw_fd(), &[ins(0x06, 0, 0, 0)])
+            .map_err(|e| os("filter the guard socket", e))?;
+        // A switch that reopens its uplink binds again before the old guard is closed
+        // (the old one closes once every core has let go of it); a kernel vxlan
+        // device's socket does not share the port, so it is still refused.
+        setsockopt(
+            guard.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &1i32,
+        )
+        .map_err(|e| os("SO_REUSEADDR", e))?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: cfg.udp_port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(cfg.local).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: binds our socket to a sockaddr_in on the stack, its size given.
+        if unsafe {
+            libc::bind(
+                guard.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        } < 0
+        {
+            return Err(os(
+                "bind the tunnel port (is a kernel vxlan device using it?)",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // Protocol 0: the socket receives nothing until it is bound, below, after the
+        // filter and the ring are in place.
+        let sock = socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map_err(|e| os("socket", e))?;
+        let fd = sock.as_raw_fd();
+        attach_filter(fd, &tunnel_filter(cfg.local, cfg.udp_port))
+            .map_err(|e| os("SO_ATTACH_FILTER", e))?;
+        setsockopt(fd, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
+            .map_err(|e| os("PACKET_VERSION", e))?;
+        // Our own transmissions are not for us (kernel 4.20+; older ones see them and the
+        // filter drops them: their destination is the remote node).
+        let _ = setsockopt(fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
+        // Frames go straight to the driver; the switch has its own queues.
+        let _ = setsockopt(fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
+        let req = [
+            BLOCK_SIZE,
+            BLOCKS,
+            2048,
+            BLOCK_SIZE / 2048 * BLOCKS,
+            BLOCK_TIMEOUT_MS,
+            0,
+            0,
+        ];
+        setsockopt(fd, libc::SOL_PACKET, PACKET_RX_RING, &req)
+            .map_err(|e| os("PACKET_RX_RING", e))?;
+        let ring = Mapping::map_fd(fd, u64::from(BLOCK_SIZE * BLOCKS), 0)
+            .map_err(|e| os("mmap the ring", std::io::Error::other(e.to_string())))?;
+        let sll = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: ETH_P_IP.to_be(),
+            sll_ifindex: info.index as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        // SAFETY: binds our socket to a sockaddr_ll on the stack, its size given.
+        if unsafe {
+            libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        } < 0
+        {
+            return Err(os("bind", std::io::Error::last_os_error()));
+        }
+        Ok(AfPacketPort {
+            name: cfg.name.clone(),
+            ifname: cfg.ifname.clone(),
+            info,
+            sock,
+            ring,
+            rx: QueueCell::new(RxCursor {
+                block: 0,
+                open: false,
+                left: 0,
+                off: 0,
+            }),
+            tx_lock: QueueCell::new(()),
+            rx_ctr: QueueCounters::default(),
+            tx_ctr: QueueCounters::default(),
+            _guard: guard,
+        })
+    }
+
+    /// The interface as it was when the port opened.
+    pub fn info(&self) -> &InterfaceInfo {
+        &self.info
+    }
+
+    /// The interface's name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The status word of block `b`.
+    fn status(&self, b: u32) -> &AtomicU32 {
+        let off = (b * BLOCK_SIZE) as usize + BLK_STATUS;
+        // SAFETY: b < BLOCKS, so the word lies inside the ring; it is 4-aligned (blocks
+        // are page-aligned); the kernel and we access it only as a 32-bit word.
+        unsafe { &*(self.ring.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// A 32-bit field of the ring at byte `off`, which the caller checked lies inside.
+    fn word(&self, off: usize) -> u32 {
+        debug_assert!(off + 4 <= self.ring.len());
+        // SAFETY: in bounds (checked by the callers against the block), read unaligned:
+        // the kernel wrote it before handing the block over (acquire on its status).
+        unsafe { std::ptr::read_unaligned(self.ring.as_ptr().add(off) as *const u32) }
+    }
+
+    /// Transmits the selected frames of `src`, each behind its prefix (`prefix[k]` for
+    /// `sel[k]`, `prefix_len` bytes of it), in one `sendmmsg`. Returns how many were
+    /// sent; the others are counted as drops (a frame too big for the interface as
+    /// `frame_too_big`, a full queue as `no_rx_buffer`).
+    pub fn tx_prefixed(
+        &self,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        prefix_len: usize,
+    ) -> usize {
+        let plen = prefix_len.min(PREFIX_MAX);
+        let _g = self.tx_lock.lock();
+        let mut n = sel.len().min(BURST);
+        if plen > 0 {
+            n = n.min(prefix.len());
+        }
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iov = [[empty; 5]; BURST];
+        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+        let mut msgs: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
+        let mut tags = [[0u8; 4]; BURST];
+        let mut bytes = [0u64; BURST];
+        for k in 0..n {
+            let s = sel[k];
+            let (head, tail) = src.parts(usize::from(s.idx));
+            let flen = head.len() + tail.len();
+            let (pieces, m) = edited_pieces(head, tail, s.edit, &mut tags[k]);
+            let mut c = 0;
+            if plen > 0 {
+                iov[k][0] = libc::iovec {
+                    iov_base: prefix[k].as_ptr() as *mut _,
+                    iov_len: plen,
+                };
+                c = 1;
+            }
+            for p in &pieces[..m] {
+                if p.is_empty() {
+                    continue;
+                }
+                let (b, l) = p.raw();
+                iov[k][c] = libc::iovec {
+                    iov_base: b as *mut _,
+                    iov_len: l,
+                };
+                c += 1;
+            }
+            bytes[k] = (plen + edited_len(flen, s.edit)) as u64;
+            msgs[k].msg_hdr.msg_iov = iov[k].as_mut_ptr();
+            msgs[k].msg_hdr.msg_iovlen = c;
+        }
+        let (mut sent, mut nbytes, mut at) = (0usize, 0u64, 0usize);
+        while at < n {
+            // SAFETY: msgs[at..n] describe live iovecs of live bytes (the prefixes, our
+            // tag copies and head copies, guest bytes a GuestSlice vouches for, all
+            // borrowed for this call), which the kernel only reads; the socket is bound,
+            // so no address is needed.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.sock.as_raw_fd(),
+                    msgs[at..].as_mut_ptr(),
+                    (n - at) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                let r = r as usize;
+                nbytes += bytes[at..at + r].iter().sum::<u64>();
+                sent += r;
+                at += r;
+                continue;
+            }
+            // The frame at `at` failed: drop it and go on with the next, unless the
+            // queue is full, which drops the rest of the burst.
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EMSGSIZE) => {
+                    self.tx_ctr.drop_n(PortDrop::FrameTooBig, 1);
+                    at += 1;
+                }
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                    self.tx_ctr.drop_n(PortDrop::NoRxBuffer, (n - at) as u64);
+                    break;
+                }
+                _ => {
+                    self.tx_ctr.drop_n(PortDrop::NotReady, 1);
+                    at += 1;
+                }
+            }
+        }
+        self.tx_ctr.add(sent as u64, nbytes);
+        sent
+    }
+}
+
+impl Port for AfPacketPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_pairs(&self) -> u16 {
+        1
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn poll_rx(&self, q: u16, batch: &mut RxBatch, f: &mut dyn FnMut(&mut RxBatch)) -> usize {
+        if q != 0 {
+            return 0;
+        }
+        let Some(mut cur) = self.rx.try_lock() else {
+            return 0;
+        };
+        batch.clear();
+        let bs = BLOCK_SIZE as usize;
+        // Blocks fully read during this burst, given back after it.
+        let mut done = 0u32;
+        let mut bytes = 0u64;
+        while !batch.is_full() {
+            if !cur.open {
+                if self.status(cur.block).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+                    break;
+                }
+                let base = (cur.block * BLOCK_SIZE) as usize;
+                cur.left = self.word(base + BLK_NUM_PKTS);
+                cur.off = self.word(base + BLK_FIRST);
+                cur.open = true;
+            }
+            let base = (cur.block * BLOCK_SIZE) as usize;
+            let off = cur.off as usize;
+            if cur.left == 0 || off < BLK_FIRST || off + PKT_HDR > bs {
+                // Read whole (or a header the kernel could not have written: skip the
+                // rest of the block rather than read outside it).
+                cur.open = false;
+                cur.block = (cur.block + 1) % BLOCKS;
+                done += 1;
+                if done == BLOCKS {
+                    break;
+                }
+                continue;
+            }
+            let h = base + off;
+            let snap = self.word(h + PKT_SNAPLEN) as usize;
+            let len = self.word(h + PKT_LEN) as usize;
+            let mac = usize::from(self.word(h + PKT_MAC) as u16);
+            let next = self.word(h + PKT_NEXT) as usize;
+            cur.left -= 1;
+            cur.off = if next == 0 {
+                u32::MAX
+            } else {
+                (off + next) as u32
+            };
+            if cur.left == 0 {
+                cur.off = u32::MAX;
+            }
+            if off + mac + snap > bs || snap < 14 {
+                self.rx_ctr.drop_n(PortDrop::RxRunt, 1);
+                continue;
+            }
+            if snap < len {
+                self.rx_ctr.drop_n(PortDrop::RxTooBig, 1);
+                continue;
+            }
+            bytes += snap as u64;
+            // SAFETY: the frame lies inside block `cur.block` (checked above), which we
+            // hold (status USER) until it is given back after `f` returns, and the batch
+            // is cleared before that.
+            unsafe { batch.push(self.ring.as_ptr().add(h + mac), snap as u32) };
+        }
+        let n = batch.len();
+        if n > 0 {
+            f(batch);
+        }
+        batch.clear();
+        // Give back the blocks read whole, oldest first.
+        let first = (cur.block + BLOCKS - done % BLOCKS) % BLOCKS;
+        for k in 0..done {
+            self.status((first + k) % BLOCKS)
+                .store(TP_STATUS_KERNEL, Ordering::Release);
+        }
+        self.rx_ctr.add(n as u64, bytes);
+        n
+    }
+
+    fn tx_burst(&self, _q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
+        self.tx_prefixed(src, sel, &[], 0)
+    }
+
+    fn stats(&self) -> PortStats {
+        let (rp, rb, rd) = self.rx_ctr.read();
+        let (tp, tb, td) = self.tx_ctr.read();
+        let mut s = PortStats {
+            rx_packets: rp,
+            rx_bytes: rb,
+            tx_packets: tp,
+            tx_bytes: tb,
+            ..Default::default()
+        };
+        for i in 0..PortDrop::COUNT {
+            s.drops[i] = rd[i] + td[i];
+        }
+        s
+    }
+}
