@@ -486,7 +486,10 @@ fn bad_overlay_input_is_refused_with_the_field_named_and_nothing_changes() {
     // The daemon samples the switch's counters every second.
     let t = Instant::now();
     while status(&d.1)["overlay"]["interface"] != "up0" {
-        assert!(t.elapsed() < Duration::from_secs(10), "no overlay in the status");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no overlay in the status"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let generation = status(&d.1)["generation"].clone();

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::mem::Mapping;
 use crate::port::{
     edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+    PREFIX_MAX,
 };
 use crate::sync::QueueCell;
 
@@ -44,8 +45,6 @@ pub const BLOCK_SIZE: u32 = 1 << 18;
 pub const BLOCKS: u32 = 16;
 /// How long the kernel keeps a block that is not full before handing it over, ms.
 pub const BLOCK_TIMEOUT_MS: u32 = 1;
-/// The longest prefix [`AfPacketPort::tx_prefixed`] puts before a frame.
-pub const PREFIX_MAX: usize = 64;
 
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_RX_RING: libc::c_int = 5;
@@ -729,6 +728,17 @@ impl Port for AfPacketPort {
 
     fn tx_burst(&self, _q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
         self.tx_prefixed(src, sel, &[], 0)
+    }
+
+    fn tx_burst_prefixed(
+        &self,
+        _q: u16,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        prefix_len: usize,
+    ) -> usize {
+        self.tx_prefixed(src, sel, prefix, prefix_len)
     }
 
     fn stats(&self) -> PortStats {
