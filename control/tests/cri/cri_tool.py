@@ -25,7 +25,9 @@ import json
 import sys
 import time
 
-# The archive writer the node image uses too (deploy/build-node-image.sh).
+# The archive writer the node image uses too (deploy/build-node-image.sh); no
+# deploy/__pycache__ left behind by the tests.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "deploy"))
 import oci_archive  # noqa: E402
 
