@@ -13,7 +13,9 @@ use vswitch::switch::{Switch, SwitchConfig};
 
 use std::ffi::OsString;
 
-use vswitch::service::args::{parse_port, parse_route, parse_router_if, parse_security_group};
+use vswitch::service::args::{
+    parse_port, parse_route, parse_router_if, parse_security_group, parse_uplink,
+};
 
 use crate::args::{number, unexpected, value, Parsed};
 
@@ -247,6 +249,11 @@ options:
   --hugepages            put packet buffers on hugepages (falls back with a warning)
   --fdb-size N           FDB entries per core (default 8192, like OVS)
   --fdb-age SECONDS      FDB entry lifetime (default 300)
+  --uplink SPEC          the underlay VXLAN tunnels go through: IFNAME,address=ADDR
+                         [,udp-port=P] (a host interface, shared with the kernel
+                         through AF_PACKET), or NAME,vhost-user=PATH,address=ADDR,
+                         mac=MAC,next-hop-mac=MAC[,mtu=N]; tunnels are ports
+                         NAME,vxlan=REMOTE,vni=N[,vlan=VID]
   --router-if SPEC       repeatable; a router interface between VLANs:
                          vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]; it
                          answers ARP, neighbour solicitations and pings for
@@ -318,6 +325,12 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<Parsed<SwitchArgs>, String> {
                 a.spec.ports.push(spec);
             }
             Long("stats") => a.stats = true,
+            Long("uplink") => {
+                if a.spec.uplink.is_some() {
+                    return Err("--uplink: given twice".into());
+                }
+                a.spec.uplink = Some(parse_uplink(&value(&mut p, "--uplink")?)?);
+            }
             Long("security-group") => {
                 let g = parse_security_group(&value(&mut p, "--security-group")?)?;
                 if a.spec.security_groups.iter().any(|h| h.name == g.name) {

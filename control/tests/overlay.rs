@@ -528,3 +528,67 @@ fn bad_overlay_input_is_refused_with_the_field_named_and_nothing_changes() {
     }
     drop(d);
 }
+
+#[test]
+fn pod_vms_on_two_nodes_reach_each_other_and_are_told_the_mtu() {
+    common::skip!(common::qemu::qemu_unavailable());
+    let (kernel, initrd) = match common::qemu::guest_image() {
+        Ok(x) => x,
+        Err(e) => panic!("guest image: {e}"),
+    };
+    let _serial = common::serial();
+    std::env::set_var("VNFHOST_GUEST_KERNEL", &kernel);
+    std::env::set_var("VNFHOST_GUEST_INITRD", &initrd);
+    let tag = format!("oq{}", std::process::id() % 10000);
+    let u = Underlay::new(&tag, 2);
+    let dir = common::TestDir::new("overlay-vm").unwrap();
+    let runs = [dir.join("n0"), dir.join("n1")];
+    let mut daemons = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        std::fs::create_dir_all(run).unwrap();
+        daemons.push(daemon_in(&u.nodes[i].0, run));
+    }
+    // vm0 on node 0 prints the MTU its NIC was given, then pings vm1 on node 1.
+    let vm = |i: usize, command: &str| {
+        format!(
+            "pods:\n  - name: vm{i}\n    hypervisor: qemu\n    memory: 192Mi\n    cpus: [1]\n    \
+             restart: never\n{command}    interfaces: [{{ network: red, mac: \"52:54:00:00:01:0{i}\", \
+             ips: [10.1.0.{}/24] }}]\n",
+            10 + 64 * i
+        )
+    };
+    let cmd0 = "    command: \"cat /sys/class/net/eth0/mtu; ping -c 60 -i 0.5 10.1.0.74\"\n";
+    up(
+        &runs[0],
+        &daemons[0].1,
+        &node_topology(0, &[("n1", "192.168.77.2")], &vm(0, cmd0)),
+    )
+    .unwrap();
+    up(
+        &runs[1],
+        &daemons[1].1,
+        &node_topology(1, &[("n0", "192.168.77.1")], &vm(1, "")),
+    )
+    .unwrap();
+    // A CNI pod on node 0 reaches the VM on node 1 too.
+    let (red0, _) = pod(format!("{tag}-r0"), "red", &daemons[0].1);
+    ping_until(&red0, "10.1.0.74", Duration::from_secs(90));
+    let console = runs[0].join("pods/vm0/console.log");
+    let t = Instant::now();
+    loop {
+        let c = std::fs::read_to_string(&console).unwrap_or_default();
+        if c.contains("bytes from 10.1.0.74") {
+            assert!(
+                c.lines().any(|l| l.trim() == "1450"),
+                "the VM's NIC was not told MTU 1450:\n{c}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "vm0 got no answer from vm1 across the nodes:\n{c}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(daemons);
+}

@@ -132,6 +132,7 @@ fn trial(cfg: &ChurnConfig, changes: u32, k: u32) -> Result<ChurnTrial, String> 
         server: false,
         l3: false,
         packed: false,
+        tunnel: None,
     })
     .map_err(|e| format!("generator: {e}"))?;
     gen.teach();

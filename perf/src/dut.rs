@@ -27,6 +27,12 @@ pub enum DutKind {
     /// Open vSwitch with DPDK doing the same with OpenFlow: `mod_dl_src`,
     /// `mod_dl_dst`, `dec_ttl`, `output`.
     OvsL3,
+    /// `vnfhost switch` with a VXLAN tunnel: port 0 a pod, port 1 the uplink (over
+    /// vhost-user) to the remote VTEP the generator plays.
+    VnfhostVxlan,
+    /// Open vSwitch with DPDK's userspace tunnelling doing the same: `br-int` with the
+    /// pod port and a `vxlan` port (`tnl_push`/`tnl_pop`), `br-phy` with the uplink.
+    OvsVxlan,
 }
 
 impl DutKind {
@@ -41,6 +47,8 @@ impl DutKind {
             DutKind::VnfhostL3 => "vnfhost-l3",
             DutKind::VnfhostL3Big => "vnfhost-l3-100k",
             DutKind::OvsL3 => "ovs-l3",
+            DutKind::VnfhostVxlan => "vnfhost-vxlan",
+            DutKind::OvsVxlan => "ovs-vxlan",
         }
     }
 
@@ -50,7 +58,7 @@ impl DutKind {
     }
 
     /// Every DUT.
-    pub const ALL: [DutKind; 8] = [
+    pub const ALL: [DutKind; 10] = [
         DutKind::Vnfhost,
         DutKind::TestpmdIo,
         DutKind::TestpmdMac,
@@ -59,6 +67,8 @@ impl DutKind {
         DutKind::VnfhostL3,
         DutKind::VnfhostL3Big,
         DutKind::OvsL3,
+        DutKind::VnfhostVxlan,
+        DutKind::OvsVxlan,
     ];
 
     /// The L2 DUTs (what `bench p2p` runs by default).
@@ -92,7 +102,7 @@ impl DutKind {
     pub fn generator_listens(self) -> bool {
         matches!(
             self,
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan
         )
     }
 }
@@ -142,13 +152,15 @@ pub fn in_path(name: &str) -> bool {
 /// Why `kind` cannot run here, if it cannot.
 pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
     match kind {
-        DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big if !vnfhost.is_file() => {
+        DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big | DutKind::VnfhostVxlan
+            if !vnfhost.is_file() =>
+        {
             Some(format!("{} not found", vnfhost.display()))
         }
         DutKind::TestpmdIo | DutKind::TestpmdMac if !in_path("dpdk-testpmd") => {
             Some("dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-vhost23)".into())
         }
-        DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3
+        DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan
             if !Path::new(OVS_VSWITCHD).is_file() =>
         {
             Some(
@@ -222,7 +234,10 @@ impl RunningDut {
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut huge_mount = None;
         let mut cmd = match cfg.kind {
-            DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big => {
+            DutKind::Vnfhost
+            | DutKind::VnfhostL3
+            | DutKind::VnfhostL3Big
+            | DutKind::VnfhostVxlan => {
                 let mut c = Command::new(&cfg.vnfhost);
                 c.args([
                     "switch",
@@ -237,7 +252,27 @@ impl RunningDut {
                 if let Some(sock) = &cfg.control {
                     c.arg("--control").arg(sock);
                 }
-                if cfg.kind.is_l3() {
+                if cfg.kind == DutKind::VnfhostVxlan {
+                    let m = |b: [u8; 6]| {
+                        b.iter()
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    };
+                    use crate::gen::{TUN_DUT_IP, TUN_DUT_MAC, TUN_GEN_IP, TUN_GEN_MAC, TUN_VNI};
+                    let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+                    c.arg("--port")
+                        .arg(format!("p0,vhost-user={}", p0.display()));
+                    c.arg("--uplink").arg(format!(
+                        "up,vhost-user={},address={},mac={},next-hop-mac={},mtu=2000",
+                        p1.display(),
+                        ip(TUN_DUT_IP),
+                        m(TUN_DUT_MAC),
+                        m(TUN_GEN_MAC)
+                    ));
+                    c.arg("--port")
+                        .arg(format!("vx,vxlan={},vni={TUN_VNI}", ip(TUN_GEN_IP)));
+                } else if cfg.kind.is_l3() {
                     // Two networks and a router between them, as a tenant would have.
                     c.arg("--port")
                         .arg(format!("p0,vhost-user={},vlan=10", p0.display()));
@@ -262,7 +297,7 @@ impl RunningDut {
                 }
                 c
             }
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 => {
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan => {
                 huge_mount = if cfg.hugepages {
                     mount_hugetlbfs(&cfg.dir)
                 } else {
@@ -421,6 +456,11 @@ impl RunningDut {
         if let Some(m) = self.huge_mount.take() {
             let _ = Command::new("umount").arg(&m).status();
         }
+        // The tunnel DUT's namespace, if it made one.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &crate::ovs::netns_name()])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -42,6 +42,51 @@ pub struct GenConfig {
     pub l3: bool,
     /// Packed virtqueues instead of split ones.
     pub packed: bool,
+    /// The tunnel benchmark: which side of the DUT's VXLAN tunnel the generator
+    /// transmits on (`None`: plain frames both ways).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// The generator's side of a VXLAN tunnel benchmark: the receiving port (`rx`) or the
+/// transmitting one (`tx`) is the DUT's uplink, and the generator is the remote VTEP
+/// behind it ([`TUN_GEN_IP`], VNI [`TUN_VNI`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// Plain frames go in; they come back encapsulated (the DUT encapsulates).
+    Encap,
+    /// Encapsulated frames go in; they come back plain (the DUT decapsulates).
+    Decap,
+}
+
+/// The DUT's uplink MAC in the tunnel benchmark.
+pub const TUN_DUT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x99, 0x01];
+/// The generator's (the remote VTEP's) MAC.
+pub const TUN_GEN_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x99, 0x02];
+/// The DUT's tunnel address.
+pub const TUN_DUT_IP: [u8; 4] = [192, 168, 99, 1];
+/// The generator's tunnel address.
+pub const TUN_GEN_IP: [u8; 4] = [192, 168, 99, 2];
+/// The VNI of the benchmark's network.
+pub const TUN_VNI: u32 = 100;
+/// Bytes VXLAN adds over IPv4.
+pub const TUN_OVERHEAD: usize = 50;
+
+/// Writes VXLAN's outer headers (from the generator's VTEP to the DUT's) for an inner
+/// frame of `inner` bytes at `b[..50]`.
+fn write_outer(b: &mut [u8], inner: usize, sport: u16) {
+    let mut h = [0u8; TUN_OVERHEAD];
+    h[..6].copy_from_slice(&TUN_DUT_MAC);
+    h[6..12].copy_from_slice(&TUN_GEN_MAC);
+    h[12..14].copy_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 34];
+    write_ipv4(&mut ip, inner + TUN_OVERHEAD, TUN_GEN_IP, TUN_DUT_IP);
+    h[14..34].copy_from_slice(&ip[14..34]);
+    h[34..36].copy_from_slice(&sport.to_be_bytes());
+    h[36..38].copy_from_slice(&4789u16.to_be_bytes());
+    h[38..40].copy_from_slice(&((inner + 16) as u16).to_be_bytes());
+    h[42] = 0x08;
+    h[46..49].copy_from_slice(&TUN_VNI.to_be_bytes()[1..]);
+    b[..TUN_OVERHEAD].copy_from_slice(&h);
 }
 
 /// The router's MAC in L3 mode (vnfhost's default router MAC).
@@ -135,6 +180,7 @@ pub struct Generator {
     seq: u32,
     tsc_hz: f64,
     l3: bool,
+    tunnel: Option<Tunnel>,
 }
 
 /// Measures the time-stamp counter's rate against the monotonic clock (50 ms).
@@ -171,16 +217,40 @@ impl Generator {
             seq: 0,
             tsc_hz: tsc_hz(),
             l3: cfg.l3,
+            tunnel: cfg.tunnel,
         })
+    }
+
+    /// Switches the direction of a tunnel benchmark on the same connections: the ports
+    /// trade places (the uplink becomes the transmitting one, or the receiving one).
+    pub fn set_tunnel(&mut self, t: Tunnel) {
+        if self.tunnel.is_some_and(|c| c != t) {
+            std::mem::swap(&mut self.tx, &mut self.rx);
+        }
+        self.tunnel = Some(t);
+    }
+
+    /// Sets the frame length (without FCS) of the next trials.
+    pub fn set_frame_len(&mut self, len: usize) {
+        self.frame_len = len.clamp(60, 2030);
     }
 
     /// Sends a few frames from the receiving side so a learning switch knows `DST` (and,
     /// in L3 mode, a router learns that [`L3_DST_IP`] is at `DST`).
     pub fn teach(&mut self) {
-        let mut f = vec![0u8; 60];
-        f[..6].copy_from_slice(&SRC);
-        f[6..12].copy_from_slice(&DST);
-        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        // Behind the tunnel, DST is learnt from a frame that came through it.
+        let o = if self.tunnel == Some(Tunnel::Encap) {
+            TUN_OVERHEAD
+        } else {
+            0
+        };
+        let mut f = vec![0u8; 60 + o];
+        if o > 0 {
+            write_outer(&mut f, 60, 49152);
+        }
+        f[o..o + 6].copy_from_slice(&SRC);
+        f[o + 6..o + 12].copy_from_slice(&DST);
+        f[o + 12..o + 14].copy_from_slice(&[0x88, 0xb5]);
         if self.l3 {
             f[..6].copy_from_slice(&ROUTER_MAC);
             f[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -213,8 +283,21 @@ impl Generator {
         let flows = self.flows;
         let hz = self.tsc_hz;
         let l3 = self.l3;
-        // Where the sequence number and stamp sit: after the Ethernet or IPv4 header.
+        // Where the sequence number and stamp sit: after the Ethernet or IPv4 header,
+        // of the inner frame when it comes back encapsulated.
         let at = if l3 { 34 } else { 14 };
+        // Outer headers on what is sent, and on what comes back.
+        let tx_o = if self.tunnel == Some(Tunnel::Decap) {
+            TUN_OVERHEAD
+        } else {
+            0
+        };
+        let rx_at = at
+            + if self.tunnel == Some(Tunnel::Encap) {
+                TUN_OVERHEAD
+            } else {
+                0
+            };
         let mut t = Trial::default();
         let mut last_seq: Option<u32> = None;
         let start = Instant::now();
@@ -229,6 +312,7 @@ impl Generator {
                 t.gaps_over_50us += u64::from(gap > 50_000);
             }
             last_rx = Some(now);
+            let at = rx_at;
             if f.len() >= at + 12 {
                 let s = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
                 if let Some(l) = last_seq {
@@ -268,6 +352,11 @@ impl Generator {
                     } else {
                         fixed
                     };
+                    if tx_o > 0 {
+                        // One flow's worth of outer source port per inner flow.
+                        write_outer(b, len, 49152 | (seq % flows) as u16 & 0x3fff);
+                    }
+                    let b = &mut b[tx_o..];
                     b[..6].copy_from_slice(&DST);
                     // Flows differ in the low 3 bytes of the source MAC, in a locally
                     // administered range (02:01:...) that never meets DST.
@@ -286,7 +375,7 @@ impl Generator {
                     }
                     b[at..at + 4].copy_from_slice(&seq.to_be_bytes());
                     b[at + 4..at + 12].copy_from_slice(&tsc().to_le_bytes());
-                    len
+                    len + tx_o
                 });
                 self.seq = self.seq.wrapping_add(n as u32);
                 t.sent += n as u64;

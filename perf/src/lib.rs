@@ -19,4 +19,5 @@ pub mod ndr;
 mod ovs;
 pub mod p2p;
 pub mod plot;
+pub mod tunnel;
 pub mod vmstart;

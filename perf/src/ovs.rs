@@ -50,6 +50,144 @@ pub fn pmd_stats(dir: &Path) -> Result<String, String> {
     )
 }
 
+/// The network namespace the tunnel DUT's `ovs-vswitchd` runs in.
+pub fn netns_name() -> String {
+    format!("vnfbench-ovs{}", std::process::id())
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+/// OVS's userspace tunnelling, as its documentation sets it up: `br-int` with the pod
+/// port `p0` and a `vxlan` port, flows between them; `br-phy` (NORMAL) with the uplink
+/// `p1`, the tunnel address on its LOCAL port, and the remote VTEP's MAC in its
+/// neighbour cache. The address and the MACs are the generator's tunnel constants.
+fn tunnel_bridges(d: &Path, p0: &Path, p1: &Path, ns: &str) -> Result<(), String> {
+    use crate::gen::{TUN_DUT_IP, TUN_DUT_MAC, TUN_GEN_IP, TUN_GEN_MAC, TUN_VNI};
+    let m = |b: [u8; 6]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+    let netdev = "datapath_type=netdev";
+    vsctl(
+        d,
+        &["add-br", "br-int", "--", "set", "bridge", "br-int", netdev],
+    )?;
+    let path0 = format!("options:vhost-server-path={}", p0.display());
+    vsctl(
+        d,
+        &[
+            "add-port",
+            "br-int",
+            "p0",
+            "--",
+            "set",
+            "Interface",
+            "p0",
+            "type=dpdkvhostuserclient",
+            &path0,
+        ],
+    )?;
+    let (remote, local, key) = (
+        format!("options:remote_ip={}", ip(TUN_GEN_IP)),
+        format!("options:local_ip={}", ip(TUN_DUT_IP)),
+        format!("options:key={TUN_VNI}"),
+    );
+    vsctl(
+        d,
+        &[
+            "add-port",
+            "br-int",
+            "vx0",
+            "--",
+            "set",
+            "Interface",
+            "vx0",
+            "type=vxlan",
+            &remote,
+            &local,
+            &key,
+        ],
+    )?;
+    let hw = format!("other_config:hwaddr={}", m(TUN_DUT_MAC));
+    vsctl(
+        d,
+        &[
+            "add-br", "br-phy", "--", "set", "bridge", "br-phy", netdev, &hw,
+        ],
+    )?;
+    let path1 = format!("options:vhost-server-path={}", p1.display());
+    vsctl(
+        d,
+        &[
+            "add-port",
+            "br-phy",
+            "p1",
+            "--",
+            "set",
+            "Interface",
+            "p1",
+            "type=dpdkvhostuserclient",
+            &path1,
+            "mtu_request=2000",
+        ],
+    )?;
+    run("ip", &["-n", ns, "link", "set", "br-phy", "up"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", ip(TUN_DUT_IP)),
+            "dev",
+            "br-phy",
+        ],
+    )?;
+    let t = format!("--target={}", d.join("ovs-vswitchd.ctl").display());
+    tool(
+        d,
+        "ovs-appctl",
+        &[
+            &t,
+            "tnl/arp/set",
+            "br-phy",
+            &ip(TUN_GEN_IP),
+            &m(TUN_GEN_MAC),
+        ],
+    )?;
+    let br = format!("unix:{}", d.join("br-int.mgmt").display());
+    tool(d, "ovs-ofctl", &["del-flows", &br])?;
+    tool(
+        d,
+        "ovs-ofctl",
+        &["add-flow", &br, "in_port=p0,actions=output:vx0"],
+    )?;
+    tool(
+        d,
+        "ovs-ofctl",
+        &["add-flow", &br, "in_port=vx0,actions=output:p0"],
+    )?;
+    Ok(())
+}
+
 /// Starts ovsdb-server and ovs-vswitchd-dpdk in `cfg.dir`, adds the bridge and ports,
 /// and (for [`DutKind::OvsFlows`]) replaces NORMAL with two in_port flows. The daemons
 /// are pushed onto `kids` as they start, so a failure half-way still stops them.
@@ -120,14 +258,30 @@ pub fn start(
             ),
         ],
     )?;
-    kids.push(spawn(
+    // The tunnel DUT's bridge port takes an address; in a namespace of its own it
+    // touches nothing of the host's.
+    let tunnel = cfg.kind == DutKind::OvsVxlan;
+    let ns = netns_name();
+    let mut vswitchd = if tunnel {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        run("ip", &["netns", "add", &ns])?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns, OVS_VSWITCHD]);
+        c
+    } else {
         Command::new(OVS_VSWITCHD)
+    };
+    kids.push(spawn(
+        vswitchd
             .arg(format!("unix:{}", d.join("db.sock").display()))
             .arg(format!(
                 "--unixctl={}",
                 d.join("ovs-vswitchd.ctl").display()
             )),
     )?);
+    if tunnel {
+        return tunnel_bridges(d, p0, p1, &ns);
+    }
     vsctl(
         d,
         &[

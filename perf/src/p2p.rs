@@ -489,6 +489,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                             server: dut.generator_listens(),
                             l3: dut.is_l3(),
                             packed: cfg.packed,
+                            tunnel: None,
                         };
                         let mut g = Generator::connect(&gcfg)
                             .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;

@@ -283,6 +283,54 @@ pub fn metrics(s: &Status) -> String {
             .map(|p| (format!("pod=\"{}\"", esc(&p.name)), p.restarts.to_string()))
             .collect(),
     );
+    if let Some(v) = &s.overlay {
+        let up = format!("interface=\"{}\"", esc(&v.interface));
+        family(
+            "vnfhost_uplink_packets_total",
+            "counter",
+            "Frames the uplink received (tunnelled to this node) and sent.",
+            vec![
+                (format!("{up},direction=\"rx\""), v.rx_packets.to_string()),
+                (format!("{up},direction=\"tx\""), v.tx_packets.to_string()),
+            ],
+        );
+        family(
+            "vnfhost_uplink_drops_total",
+            "counter",
+            "Frames the uplink dropped (frame_too_big: larger than the underlay's MTU), and \
+             frames not decapsulated (not_vxlan, unknown_vni, unknown_vtep), by reason.",
+            v.drops
+                .iter()
+                .chain(v.decap_drops.iter())
+                .map(|(r, n)| (format!("{up},reason=\"{}\"", esc(r)), n.to_string()))
+                .collect(),
+        );
+        family(
+            "vnfhost_vxlan_decapsulated_total",
+            "counter",
+            "Frames from other nodes decapsulated into a network.",
+            vec![(up.clone(), v.decapsulated.to_string())],
+        );
+        family(
+            "vnfhost_vxlan_tunnel_up",
+            "gauge",
+            "1 while a tunnel's underlay next hop is resolved.",
+            v.tunnels
+                .iter()
+                .map(|t| {
+                    (
+                        format!(
+                            "port=\"{}\",vni=\"{}\",remote=\"{}\"",
+                            esc(&t.port),
+                            t.vni,
+                            esc(&t.remote)
+                        ),
+                        u8::from(t.next_hop_mac.is_some()).to_string(),
+                    )
+                })
+                .collect(),
+        );
+    }
     o
 }
 

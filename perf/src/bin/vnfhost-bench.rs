@@ -17,15 +17,40 @@ const USAGE: &str = "\
 usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
        vnfhost bench vm [options]
        vnfhost bench churn [options]
+       vnfhost bench tunnel [options]
        vnfhost bench pod [--rounds N] [--warmup N] [--out DIR]
 
   p2p    forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
   vm     pod VM monitor: vnfhost's kvm backend against QEMU microvm, same payload
   churn  the largest gap in a flow while the switch's spec changes
+  tunnel VXLAN encapsulation and decapsulation on one core: vnfhost against OVS-DPDK's
+         userspace tunnelling
   pod    pod start and memory per pod: VM pods (CRI and `vnfhost run`) against runc
          pods in one containerd (perf/pod_bench.py, with the CRI client's venv)
 
-`vnfhost bench p2p --help` (vm, churn) lists a benchmark's options.
+`vnfhost bench p2p --help` (vm, churn, tunnel) lists a benchmark's options.
+";
+
+/// `vnfhost-bench tunnel --help`.
+const TUNNEL_USAGE: &str = "\
+usage: vnfhost bench tunnel [options]
+
+One core of the DUT encapsulates a pod's frames into VXLAN (encap) and decapsulates
+the remote VTEP's (decap); vnfhost and OVS-DPDK (tnl_push/tnl_pop) take turns round by
+round, each direction its own maximum-receive-rate trial. Our generator plays the pod
+and the remote VTEP.
+
+options:
+  --frames LIST    inner frame sizes on the wire (default 64,1518)
+  --rounds N       counted rounds (default 5)
+  --warmup N       rounds run first and not counted (default 1)
+  --seconds S      seconds per trial (default 2)
+  --dut-core N     the DUT's core (default 0)
+  --gen-core N     the generator's core (default 1)
+  --no-hugepages   no hugepages for the DUTs and the generator (OVS-DPDK then
+                   cannot start)
+  --out DIR        where tunnel.md goes (default bench-results)
+  -h, --help       this text
 ";
 
 /// `vnfhost-bench churn --help`.
@@ -108,6 +133,8 @@ fn main() {
         vm(args.split_off(1))
     } else if first == "churn" {
         churn(args.split_off(1))
+    } else if first == "tunnel" {
+        tunnel(args.split_off(1))
     } else if first == "pod" {
         pod(args.split_off(1))
     } else {
@@ -292,10 +319,13 @@ fn install_peers(cfg: &P2pConfig) -> Result<(), String> {
             DutKind::TestpmdIo | DutKind::TestpmdMac => {
                 pkgs.extend(["dpdk-dev", "librte-net-vhost23", "librte-mempool-ring23"])
             }
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 => {
+            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan => {
                 pkgs.push("openvswitch-switch-dpdk")
             }
-            DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big => {}
+            DutKind::Vnfhost
+            | DutKind::VnfhostL3
+            | DutKind::VnfhostL3Big
+            | DutKind::VnfhostVxlan => {}
         }
     }
     pkgs.sort_unstable();
@@ -431,6 +461,77 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
 
 /// `vnfhost bench churn [--rate MPPS] [--changes N] [--duration S] [--trials N]
 /// [--dut-core N] [--gen-core N]`: the largest gap in a flow while other ports change.
+fn tunnel(args: Vec<OsString>) -> Result<(), String> {
+    use lexopt::Arg::*;
+    let mut cfg = perf::tunnel::TunnelConfig {
+        vnfhost: vnfhost()?,
+        dut_core: 0,
+        gen_core: 1,
+        frame_sizes: vec![64, 1518],
+        rounds: 5,
+        warmup: 1,
+        trial: Duration::from_secs(2),
+        dir: std::env::temp_dir().join(format!("vnfhost-tunnel-{}", std::process::id())),
+        // OVS-DPDK's EAL refuses to start without them (--no-huge with --in-memory).
+        hugepages: true,
+    };
+    let mut out = PathBuf::from("bench-results");
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        let key = match arg {
+            Long(k) => k.to_string(),
+            Short('h') => "help".into(),
+            other => return Err(format!("bench tunnel: {} (see --help)", other.unexpected())),
+        };
+        if key == "help" {
+            print!("{TUNNEL_USAGE}");
+            return Ok(());
+        }
+        if key == "no-hugepages" {
+            cfg.hugepages = false;
+            continue;
+        }
+        let v = p
+            .value()
+            .map_err(|e| format!("--{key}: {e}"))?
+            .into_string()
+            .map_err(|_| format!("--{key}: not UTF-8"))?;
+        let num = |max: f64| -> Result<f64, String> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0 && *x <= max)
+                .ok_or(format!("--{key}: {v:?} is not a number in 0..={max}"))
+        };
+        match key.as_str() {
+            "frames" => {
+                cfg.frame_sizes = v
+                    .split(',')
+                    .map(|f| match f.trim().parse::<usize>() {
+                        Ok(n) if (64..=1518).contains(&n) => Ok(n),
+                        _ => Err(format!("--frames: {f:?} is not a size in 64..=1518")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "rounds" => cfg.rounds = num(100.0)?.max(1.0) as u32,
+            "warmup" => cfg.warmup = num(100.0)? as u32,
+            "seconds" => cfg.trial = Duration::from_secs_f64(num(600.0)?.max(0.5)),
+            "dut-core" => cfg.dut_core = num(1023.0)? as usize,
+            "gen-core" => cfg.gen_core = num(1023.0)? as usize,
+            "out" => out = PathBuf::from(&v),
+            _ => return Err(format!("bench tunnel: unknown option --{key} (see --help)")),
+        }
+    }
+    let r = perf::tunnel::run(&cfg, &mut |l| eprintln!("{l}"))?;
+    let md = r.markdown(&cfg);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let f = out.join("tunnel.md");
+    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
+    print!("{md}");
+    eprintln!("bench: wrote {}", f.display());
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    Ok(())
+}
+
 fn churn(args: Vec<OsString>) -> Result<(), String> {
     use lexopt::Arg::*;
     let mut cfg = perf::churn::ChurnConfig {

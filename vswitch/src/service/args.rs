@@ -12,6 +12,10 @@
 //!   lets send router advertisements and redirects.
 //!   A value that must hold a comma (a socket path) cannot be given here; the spec
 //!   (`PUT /v1/config`) carries any path.
+//!   A tunnel to another node is `--port NAME,vxlan=REMOTE,vni=N[,vlan=VID]` (needs
+//!   `--uplink`).
+//! - `--uplink IFNAME,address=ADDR[,udp-port=P]`, or over vhost-user
+//!   `--uplink NAME,vhost-user=PATH,address=ADDR,mac=MAC,next-hop-mac=MAC[,mtu=N]`.
 //! - `--router-if vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]` and
 //!   `--route PREFIX/LEN,via=ADDR`: one router.
 //! - `--security-group NAME[,deny],RULE…` with RULE `any`, `icmp`, `tcp[:PORTS]` or
@@ -54,6 +58,7 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         ));
     }
     let (mut path, mut tap, mut client, mut queues) = (None, None, false, 1u16);
+    let (mut vxlan, mut vni) = (None, None);
     let mut max_memory_mib = None;
     let (mut netns, mut mac_, mut anti_spoofing, mut router) = (None, None, None, false);
     let (mut access, mut trunk, mut native) = (None, None, None);
@@ -70,6 +75,20 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         };
         match k {
             "vhost-user" => path = Some(PathBuf::from(need(v)?)),
+            "vxlan" => {
+                let a = need(v)?;
+                vxlan =
+                    Some(a.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                        format!("--port {name}: vxlan={a:?} is not an IPv4 address")
+                    })?);
+            }
+            "vni" => {
+                let a = need(v)?;
+                vni = Some(
+                    a.parse::<u32>()
+                        .map_err(|_| format!("--port {name}: vni={a:?} is not a number"))?,
+                );
+            }
             "tap" => tap = Some(need(v)?),
             "netns" => netns = Some(PathBuf::from(need(v)?)),
             "client" if v.is_none() => client = true,
@@ -123,6 +142,15 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         }
     }
     let driver = match (path, tap) {
+        (None, None) if vxlan.is_some() => Driver::Vxlan {
+            remote: vxlan.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            vni: vni.ok_or_else(|| format!("--port {name}: vxlan needs vni=N"))?,
+        },
+        _ if vxlan.is_some() || vni.is_some() => {
+            return Err(format!(
+                "--port {name}: vxlan=REMOTE,vni=N is a driver of its own"
+            ))
+        }
         (Some(_), None) if netns.is_some() => {
             return Err(format!("--port {name}: netns applies to tap ports only"))
         }
@@ -167,6 +195,64 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         router,
         allowed_addresses: ips,
         security_groups: groups,
+    })
+}
+
+/// Parses one `--uplink` value.
+pub fn parse_uplink(s: &str) -> Result<api::switch::UplinkSpec, String> {
+    let mut it = s.split(',');
+    let name = it.next().unwrap_or("").trim().to_string();
+    if name.is_empty() || name.contains('=') {
+        return Err(format!(
+            "--uplink {s:?}: must start with the interface name"
+        ));
+    }
+    let (mut address, mut udp_port, mut path) = (None, 4789u16, None);
+    let (mut mac_, mut next_hop, mut mtu) = (None, None, 1500u32);
+    for part in it {
+        match part.split_once('=') {
+            Some(("address", v)) => {
+                address = Some(
+                    v.parse::<std::net::Ipv4Addr>()
+                        .map_err(|_| format!("--uplink: address={v:?} is not an IPv4 address"))?,
+                )
+            }
+            Some(("udp-port", v)) => {
+                udp_port = v
+                    .parse()
+                    .map_err(|_| format!("--uplink: udp-port={v:?} is not a port"))?
+            }
+            Some(("vhost-user", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
+            Some(("mac", v)) => mac_ = Some(mac(v, "mac")?),
+            Some(("next-hop-mac", v)) => next_hop = Some(mac(v, "next-hop-mac")?),
+            Some(("mtu", v)) => {
+                mtu = v
+                    .parse()
+                    .map_err(|_| format!("--uplink: mtu={v:?} is not a number"))?
+            }
+            _ => return Err(format!("--uplink {s:?}: unknown part {part:?}")),
+        }
+    }
+    let address = address.ok_or_else(|| format!("--uplink {s:?}: address=ADDR is missing"))?;
+    let vhost_user = match (path, mac_, next_hop) {
+        (None, None, None) => None,
+        (Some(path), Some(mac), Some(next_hop_mac)) => Some(api::switch::VhostUplinkSpec {
+            path,
+            mac,
+            next_hop_mac,
+            mtu,
+        }),
+        _ => {
+            return Err(format!(
+                "--uplink {s:?}: vhost-user=PATH needs mac= and next-hop-mac= (and they need it)"
+            ))
+        }
+    };
+    Ok(api::switch::UplinkSpec {
+        interface: name,
+        address,
+        udp_port,
+        vhost_user,
     })
 }
 
