@@ -400,6 +400,41 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
     );
     assert_eq!(a.tunnels(), ["vx.1000.10.99.0.2", "vx.2000.10.99.0.2"]);
 
+    // Bad overlays are refused by the daemon with the field named, and nothing changes.
+    let before = a.get("/v1/overlay");
+    for (body, want) in [
+        (
+            json!({"uplink": {"interface": "nope0"}, "vteps": []}),
+            "overlay.uplink.interface: no interface \"nope0\" on this node",
+        ),
+        (
+            json!({"uplink": {"interface": "ul0", "address": "10.99.0.9"}}),
+            "overlay.uplink.address: 10.99.0.9 is not an address of ul0",
+        ),
+        (
+            json!({"uplink": {"interface": "ul0"}, "vteps": [{"name": "me", "address": "10.99.0.1"}]}),
+            "overlay.vteps[0].address: 10.99.0.1 is this node's own tunnel address",
+        ),
+    ] {
+        let (st, reply) = api::http::call(
+            &a.api,
+            "PUT",
+            "/v1/overlay",
+            Some(body.to_string().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let reply: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+        let named = reply["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.as_str().is_some_and(|p| p.starts_with(want)));
+        assert!(st == 422 && named, "{st} {reply}");
+        assert_eq!(a.get("/v1/overlay"), before);
+        assert_eq!(a.tunnels(), ["vx.1000.10.99.0.2", "vx.2000.10.99.0.2"]);
+    }
+
     // node-b leaves while its controller still runs: node-a reclaims its VTEP and
     // block, the condition node-b reported goes, and node-b's controller takes none back.
     kubectl(&["delete", "node", "node-b"]);
