@@ -7,8 +7,8 @@
 //!   annotation on its own Node.
 //! - This node's daemon gets the other nodes' VTEPs, sorted by name, and with
 //!   `--uplink IFNAME` its uplink, whose address is this node's VTEP. It is told again
-//!   whenever that changes, and retried every [`RETRY`] while it refuses or cannot be
-//!   reached.
+//!   whenever that changes, retried every [`RETRY`] while it refuses or cannot be
+//!   reached, and told again when it says otherwise (checked as often).
 //! - A Node deleted: the other nodes drop its VTEP, and its blocks (`status.blocks`) and
 //!   finalizer are removed from every Network (any controller may; each removal is an
 //!   update with the read `resourceVersion`, retried on conflict). After each full list
@@ -98,9 +98,15 @@ pub fn facts_of(n: &Node) -> NodeFacts {
 }
 
 /// The overlay of node `me`: the other nodes' VTEPs by name, and with `uplink` this
-/// node's uplink at its own VTEP.
-pub fn overlay_for(view: &NodeView, me: Option<&str>, uplink: Option<&str>) -> Overlay {
-    let own = me.and_then(|m| view.nodes.get(m)).and_then(|f| f.vtep);
+/// node's uplink at its own VTEP (`vtep`, the one it publishes, else the one its Node
+/// gives).
+pub fn overlay_for(
+    view: &NodeView,
+    me: Option<&str>,
+    uplink: Option<&str>,
+    vtep: Option<Ipv4Addr>,
+) -> Overlay {
+    let own = vtep.or_else(|| me.and_then(|m| view.nodes.get(m)).and_then(|f| f.vtep));
     Overlay {
         uplink: uplink.map(|i| OverlayUplink {
             interface: i.to_string(),
@@ -153,7 +159,21 @@ pub async fn watch_nodes(w: NodeWatch) {
                 Some(ev) => Some(ev),
                 None => return,
             },
-            _ = retry.tick() => None,
+            _ = retry.tick() => {
+                // A daemon that lost what it was told (a fresh run directory) is told
+                // again.
+                if let Some(o) = &sent {
+                    let r = daemon(w.api.clone(), "GET", "/v1/overlay".into(), None).await;
+                    let now = match r {
+                        Ok((200, body)) => serde_json::from_str::<Overlay>(&body).ok(),
+                        _ => None,
+                    };
+                    if now.as_ref() != Some(o) {
+                        sent = None;
+                    }
+                }
+                None
+            }
         };
         let mut gone = Vec::new();
         let mut listed = false;
@@ -213,7 +233,7 @@ pub async fn watch_nodes(w: NodeWatch) {
         let overlay = {
             let v = w.view.lock().unwrap_or_else(|p| p.into_inner());
             v.synced
-                .then(|| overlay_for(&v, w.node.as_deref(), w.uplink.as_deref()))
+                .then(|| overlay_for(&v, w.node.as_deref(), w.uplink.as_deref(), w.vtep))
         };
         if let Some(o) = overlay.filter(|o| sent.as_ref() != Some(o)) {
             let body = serde_json::to_vec(&o).unwrap_or_default();
@@ -433,7 +453,7 @@ mod tests {
                 },
             );
         }
-        let o = overlay_for(&v, Some("a"), Some("eth1"));
+        let o = overlay_for(&v, Some("a"), Some("eth1"), None);
         assert_eq!(
             o.uplink,
             Some(OverlayUplink {
@@ -448,10 +468,18 @@ mod tests {
                 address: "10.0.0.2".into()
             }]
         );
-        let o = overlay_for(&v, Some("b"), None);
+        let o = overlay_for(&v, Some("b"), None, None);
         assert_eq!(o.uplink, None);
         assert_eq!(o.vteps[0].name, "a");
+        // --vtep: the uplink's address before the Node's annotation says so.
+        let o = overlay_for(
+            &v,
+            Some("a"),
+            Some("eth1"),
+            Some("10.1.1.1".parse().unwrap()),
+        );
+        assert_eq!(o.uplink.unwrap().address.as_deref(), Some("10.1.1.1"));
         // A node that does not know itself (no --node) lists everyone.
-        assert_eq!(overlay_for(&v, None, None).vteps.len(), 2);
+        assert_eq!(overlay_for(&v, None, None, None).vteps.len(), 2);
     }
 }

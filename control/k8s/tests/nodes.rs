@@ -9,7 +9,9 @@
 //! - A tenant network with a `vni` gives each node its own block, recorded in
 //!   `status.blocks`; each daemon's pool is its node's block.
 //! - Each daemon's overlay lists the other node's VTEP (its InternalIP) and its own
-//!   uplink at its own.
+//!   uplink at its own; a bad overlay (no such interface, an address not on it, this
+//!   node's own VTEP) is refused with the field named and changes nothing; one the
+//!   daemon lost is told again.
 //! - Pods (CNI ADD with `vnfhost-cni`) get addresses from their node's share and reach
 //!   the other node's pods over VXLAN.
 //! - A Node deleted: its VTEP, tunnels, blocks and finalizer are reclaimed by the other
@@ -434,6 +436,28 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         assert_eq!(a.get("/v1/overlay"), before);
         assert_eq!(a.tunnels(), ["vx.1000.10.99.0.2", "vx.2000.10.99.0.2"]);
     }
+    // A daemon that loses what it was told (here: the VTEPs, by hand) is told again;
+    // without its uplink its VXLAN networks could not run, so that is refused.
+    let put = |body: Value| {
+        api::http::call(
+            &a.api,
+            "PUT",
+            "/v1/overlay",
+            Some(body.to_string().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(put(json!({})), 422);
+    let st = put(json!({"uplink": {"interface": "ul0", "address": "10.99.0.1"}}));
+    assert_eq!(st, 200);
+    wait(
+        "the overlay told again",
+        Duration::from_secs(30),
+        || a.get("/v1/overlay") == before && a.tunnels().len() == 2,
+        logs,
+    );
 
     // node-b leaves while its controller still runs: node-a reclaims its VTEP and
     // block, the condition node-b reported goes, and node-b's controller takes none back.
