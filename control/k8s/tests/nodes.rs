@@ -8,8 +8,9 @@
 //!   does not get the network.
 //! - A tenant network with a `vni` gives each node its own block, recorded in
 //!   `status.blocks`; each daemon's pool is its node's block.
-//! - Each daemon's overlay lists the other node's VTEP (its InternalIP) and its own
-//!   uplink at its own; a bad overlay (no such interface, an address not on it, this
+//! - Each daemon's overlay lists the other node's VTEP (node-a's published with
+//!   `--vtep` in its Node's annotation, node-b's InternalIP) and its own uplink at its
+//!   own; a bad overlay (no such interface, an address not on it, this
 //!   node's own VTEP) is refused with the field named and changes nothing; one the
 //!   daemon lost is told again.
 //! - Pods (CNI ADD with `vnfhost-cni`) get addresses from their node's share and reach
@@ -230,7 +231,7 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         vnfhost.exists(),
         "build the workspace first (cargo test --workspace does)"
     );
-    let start_node = |name: &str, underlay: &str, peer: &str| -> Node {
+    let start_node = |name: &str, underlay: &str, vtep: Option<&str>, peer: &str| -> Node {
         let ns = Netns::new(format!("vk{}{pid}", &name[name.len() - 1..]));
         ip(&[
             "link", "add", "ul0", "netns", &ns.0, "type", "veth", "peer", "name", peer, "netns",
@@ -245,6 +246,9 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
             "dev",
             "ul0",
         ]);
+        if let Some(v) = vtep {
+            ip(&["-n", &ns.0, "addr", "add", &format!("{v}/24"), "dev", "ul0"]);
+        }
         ip(&["-n", &ns.0, "link", "set", "ul0", "up"]);
         ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
         ip(&["-n", &hub.0, "link", "set", peer, "master", "br0", "up"]);
@@ -281,7 +285,8 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
                     api.to_str().unwrap(),
                     "--uplink",
                     "ul0",
-                ]),
+                ])
+                .args(vtep.iter().flat_map(|v| ["--vtep", v])),
             &run_dir.with_extension("controller.log"),
         );
         Node {
@@ -302,8 +307,10 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         "10.99.0.2",
         "a Node's status is kept at create"
     );
-    let a = start_node("node-a", "10.99.0.1", "pa");
-    let mut b = start_node("node-b", "10.99.0.2", "pb");
+    // node-a publishes a VTEP of its own (a second address on its uplink); node-b's is
+    // its InternalIP.
+    let a = start_node("node-a", "10.99.0.1", Some("10.99.0.11"), "pa");
+    let mut b = start_node("node-b", "10.99.0.2", None, "pb");
     let (log_a, log_b) = (a.log_file(), b.log_file());
     let logs = || {
         let read = |f: &PathBuf| std::fs::read_to_string(f).unwrap_or_default();
@@ -395,12 +402,22 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         "overlays",
         Duration::from_secs(60),
         || {
-            overlay_of(&a, "10.99.0.1", Some(("node-b", "10.99.0.2")))
-                && overlay_of(&b, "10.99.0.2", Some(("node-a", "10.99.0.1")))
+            overlay_of(&a, "10.99.0.11", Some(("node-b", "10.99.0.2")))
+                && overlay_of(&b, "10.99.0.2", Some(("node-a", "10.99.0.11")))
         },
         logs,
     );
     assert_eq!(a.tunnels(), ["vx.1000.10.99.0.2", "vx.2000.10.99.0.2"]);
+    // node-b does not carry the default network (its podCIDR was refused).
+    assert_eq!(b.tunnels(), ["vx.2000.10.99.0.11"]);
+    assert_eq!(
+        jsonpath(
+            "node",
+            "node-a",
+            "{.metadata.annotations.vnfhost\\.io/vtep}"
+        ),
+        "10.99.0.11"
+    );
 
     // Bad overlays are refused by the daemon with the field named, and nothing changes.
     let before = a.get("/v1/overlay");
@@ -450,7 +467,7 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         .0
     };
     assert_eq!(put(json!({})), 422);
-    let st = put(json!({"uplink": {"interface": "ul0", "address": "10.99.0.1"}}));
+    let st = put(json!({"uplink": {"interface": "ul0", "address": "10.99.0.11"}}));
     assert_eq!(st, 200);
     wait(
         "the overlay told again",
@@ -466,7 +483,7 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         "node-b reclaimed",
         Duration::from_secs(60),
         || {
-            overlay_of(&a, "10.99.0.1", None)
+            overlay_of(&a, "10.99.0.11", None)
                 && blocks().as_object().is_some_and(|m| m.len() == 1)
                 && ready("default") == "True/Applied"
         },
@@ -486,8 +503,8 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
                 && blocks().as_object().is_some_and(|m| m.len() == 2)
                 && b.pool("red-app").as_ref()
                     == blocks()["node-b"].as_str().map(String::from).as_ref()
-                && overlay_of(&a, "10.99.0.1", Some(("node-b", "10.99.0.2")))
-                && overlay_of(&b, "10.99.0.2", Some(("node-a", "10.99.0.1")))
+                && overlay_of(&a, "10.99.0.11", Some(("node-b", "10.99.0.2")))
+                && overlay_of(&b, "10.99.0.2", Some(("node-a", "10.99.0.11")))
         },
         logs,
     );
@@ -554,7 +571,7 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
         "node-b reclaimed by node-a",
         Duration::from_secs(60),
         || {
-            overlay_of(&a, "10.99.0.1", None)
+            overlay_of(&a, "10.99.0.11", None)
                 && a.tunnels().is_empty()
                 && blocks().as_object().is_some_and(|m| m.len() == 1)
                 && !fin("red-app").contains("node-b")
