@@ -11,7 +11,7 @@ PKGS=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
       qemu-system-x86 busybox-static kmod cpio iproute2 procps
       openvswitch-switch-dpdk acpica-tools
       containerd runc containernetworking-plugins etcd-server python3-venv util-linux
-      e2fsprogs tar)
+      e2fsprogs tar iputils-ping ethtool)
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup.sh: run as root (it installs packages and reserves hugepages)" >&2

@@ -224,6 +224,9 @@ pub struct Status {
     pub router_generated: u64,
     /// Router drops by reason.
     pub router_drops: BTreeMap<String, u64>,
+    /// The uplink and its tunnels to other nodes, when the topology has an uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<crate::switch::OverlayCounters>,
     /// Recent events, oldest first, each `UNIXTIME message`.
     pub events: Vec<String>,
 }

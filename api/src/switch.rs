@@ -44,6 +44,30 @@ pub struct UplinkSpec {
     /// The UDP port of the overlay. Default 4789 (VXLAN's).
     #[serde(default = "vxlan_port")]
     pub udp_port: u16,
+    /// Instead of the host interface: a vhost-user socket (the switch listens) whose
+    /// peer is the underlay, a router VM or a traffic generator. No kernel knows its
+    /// addresses, so they are given; `interface` is then only the uplink's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUplinkSpec>,
+}
+
+/// An uplink over vhost-user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUplinkSpec {
+    /// The socket.
+    pub path: PathBuf,
+    /// The uplink's MAC (the tunnels' outer source).
+    pub mac: Mac,
+    /// The underlay next hop's MAC (every tunnel's outer destination).
+    pub next_hop_mac: Mac,
+    /// The underlay's MTU. Default 1500.
+    #[serde(default = "mtu_1500")]
+    pub mtu: u32,
+}
+
+fn mtu_1500() -> u32 {
+    1500
 }
 
 fn vxlan_port() -> u16 {

@@ -422,6 +422,47 @@ pub fn render(s: &Status) -> String {
         s.floods,
         join_counts(&s.bridge_drops)
     );
+    if let Some(v) = &s.overlay {
+        let _ = writeln!(
+            o,
+            "uplink: {} {} (MTU {}, pods {}){}: rx {}, tx {}, decapsulated {}, drops [{}{}{}]",
+            v.interface,
+            v.address,
+            v.mtu,
+            v.pod_mtu,
+            v.error
+                .as_deref()
+                .map(|e| format!(" NOT OPEN: {e}"))
+                .unwrap_or_default(),
+            v.rx_packets,
+            v.tx_packets,
+            v.decapsulated,
+            join_counts(&v.drops),
+            if v.drops.is_empty() || v.decap_drops.is_empty() {
+                ""
+            } else {
+                ", "
+            },
+            join_counts(&v.decap_drops)
+        );
+        for t in &v.tunnels {
+            let _ = writeln!(
+                o,
+                "  tunnel {:<22} VNI {:<8} to {:<15} {}",
+                t.port,
+                t.vni,
+                t.remote,
+                match (&t.next_hop_mac, &t.error) {
+                    (Some(m), _) => format!(
+                        "via {} ({m})",
+                        t.via.as_deref().unwrap_or(t.remote.as_str())
+                    ),
+                    (None, Some(e)) => format!("DOWN: {e}"),
+                    (None, None) => "not resolved yet".into(),
+                }
+            );
+        }
+    }
     o
 }
 

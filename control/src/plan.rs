@@ -159,6 +159,7 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage, host: &Host) -> Result
             interface: u.interface.clone(),
             address,
             udp_port: u.udp_port,
+            vhost_user: None,
         });
         let mut vxlan: Vec<_> = t
             .networks

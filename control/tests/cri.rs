@@ -10,10 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::skip;
+use common::{skip, spawn, wait_socket, Proc};
 use serde_json::Value;
 
 const IMAGE: &str = "docker.io/vnfhost/busybox:1";
@@ -64,47 +64,6 @@ fn tool(args: &[&str]) -> Value {
     });
     assert!(o.status.success(), "cri_tool {args:?}: {v}");
     v
-}
-
-/// Kills a child on drop (containerd, the daemon).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_socket(p: &Path, log: &Path) {
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(p).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{} did not appear: {}",
-            p.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f);
-    common::qemu::set_pdeathsig(cmd);
-    Proc(cmd.spawn().unwrap())
 }
 
 /// A node: the vnfhost daemon with a topology of two tenants that use the same prefix,

@@ -15,6 +15,13 @@
 //! - **The kernel's side:** a UDP socket bound to the tunnel address and port with a
 //!   filter that drops everything, so the kernel neither queues the datagrams it also
 //!   sees nor answers them with ICMP port unreachable.
+//! - **Offloads:** the socket asks for a `virtio_net_hdr` before each frame
+//!   (`PACKET_VNET_HDR`). A frame that never crossed a wire (a veth underlay, a sender
+//!   on this host) may carry a checksum the kernel left for the hardware to finish: the
+//!   driver finishes it in the ring before the switch sees the frame. A segmentation
+//!   offload super-frame (GSO) cannot be forwarded as one frame and is dropped, counted
+//!   as `rx_too_big`; frames from a NIC never are one (the kernel does not aggregate
+//!   plain UDP).
 //!
 //! `unsafe` here: the ring's mapping and the reads of its headers (block and frame
 //! headers the kernel wrote, bounds-checked against the block before use), and the
@@ -28,6 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::mem::Mapping;
 use crate::port::{
     edited_len, edited_pieces, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST,
+    PREFIX_MAX,
 };
 use crate::sync::QueueCell;
 
@@ -37,11 +45,13 @@ pub const BLOCK_SIZE: u32 = 1 << 18;
 pub const BLOCKS: u32 = 16;
 /// How long the kernel keeps a block that is not full before handing it over, ms.
 pub const BLOCK_TIMEOUT_MS: u32 = 1;
-/// The longest prefix [`AfPacketPort::tx_prefixed`] puts before a frame.
-pub const PREFIX_MAX: usize = 64;
 
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `struct virtio_net_hdr`, before each frame in both directions.
+const VNET_HDR: usize = 10;
+const VNET_F_NEEDS_CSUM: u8 = 1;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -387,6 +397,9 @@ impl AfPacketPort {
             .map_err(|e| os("SO_ATTACH_FILTER", e))?;
         setsockopt(fd, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
             .map_err(|e| os("PACKET_VERSION", e))?;
+        // Before the ring: the kernel refuses it after.
+        setsockopt(fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1i32)
+            .map_err(|e| os("PACKET_VNET_HDR", e))?;
         // Our own transmissions are not for us (kernel 4.20+; older ones see them and the
         // filter drops them: their destination is the remote node).
         let _ = setsockopt(fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
@@ -491,7 +504,9 @@ impl AfPacketPort {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        let mut iov = [[empty; 5]; BURST];
+        let mut iov = [[empty; 6]; BURST];
+        // No offload asked of the kernel: every frame is whole and checksummed.
+        let vnet = [0u8; VNET_HDR];
         // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
         let mut msgs: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
         let mut tags = [[0u8; 4]; BURST];
@@ -501,13 +516,17 @@ impl AfPacketPort {
             let (head, tail) = src.parts(usize::from(s.idx));
             let flen = head.len() + tail.len();
             let (pieces, m) = edited_pieces(head, tail, s.edit, &mut tags[k]);
-            let mut c = 0;
+            iov[k][0] = libc::iovec {
+                iov_base: vnet.as_ptr() as *mut _,
+                iov_len: VNET_HDR,
+            };
+            let mut c = 1;
             if plen > 0 {
-                iov[k][0] = libc::iovec {
+                iov[k][1] = libc::iovec {
                     iov_base: prefix[k].as_ptr() as *mut _,
                     iov_len: plen,
                 };
-                c = 1;
+                c = 2;
             }
             for p in &pieces[..m] {
                 if p.is_empty() {
@@ -567,6 +586,24 @@ impl AfPacketPort {
         self.tx_ctr.add(sent as u64, nbytes);
         sent
     }
+}
+
+/// Completes a partial checksum: the field at `at` holds the pseudo-header's sum, and
+/// the one's-complement sum of `frame[start..]` (that field included) is written there.
+fn finish_checksum(frame: &mut [u8], start: usize, at: usize) {
+    let mut sum: u64 = 0;
+    let mut words = frame[start..].chunks_exact(2);
+    for w in &mut words {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 impl Port for AfPacketPort {
@@ -635,9 +672,38 @@ impl Port for AfPacketPort {
                 self.rx_ctr.drop_n(PortDrop::RxRunt, 1);
                 continue;
             }
-            if snap < len {
+            if snap < len || mac < PKT_HDR + VNET_HDR {
                 self.rx_ctr.drop_n(PortDrop::RxTooBig, 1);
                 continue;
+            }
+            let frame = h + mac;
+            let mut v = [0u8; VNET_HDR];
+            // SAFETY: the header lies right before the frame, inside the block
+            // (mac >= PKT_HDR + VNET_HDR).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.ring.as_ptr().add(frame - VNET_HDR),
+                    v.as_mut_ptr(),
+                    VNET_HDR,
+                )
+            };
+            if v[1] != 0 {
+                // A GSO super-frame.
+                self.rx_ctr.drop_n(PortDrop::RxTooBig, 1);
+                continue;
+            }
+            if v[0] & VNET_F_NEEDS_CSUM != 0 {
+                let start = usize::from(u16::from_le_bytes([v[6], v[7]]));
+                let at = start + usize::from(u16::from_le_bytes([v[8], v[9]]));
+                if at + 2 > snap {
+                    self.rx_ctr.drop_n(PortDrop::RxRunt, 1);
+                    continue;
+                }
+                // SAFETY: frame..frame + snap lies inside the block we hold; nothing else
+                // reads or writes it meanwhile (the kernel handed the block over).
+                let bytes =
+                    unsafe { std::slice::from_raw_parts_mut(self.ring.as_ptr().add(frame), snap) };
+                finish_checksum(bytes, start, at);
             }
             bytes += snap as u64;
             // SAFETY: the frame lies inside block `cur.block` (checked above), which we
@@ -664,6 +730,17 @@ impl Port for AfPacketPort {
         self.tx_prefixed(src, sel, &[], 0)
     }
 
+    fn tx_burst_prefixed(
+        &self,
+        _q: u16,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        prefix_len: usize,
+    ) -> usize {
+        self.tx_prefixed(src, sel, prefix, prefix_len)
+    }
+
     fn stats(&self) -> PortStats {
         let (rp, rb, rd) = self.rx_ctr.read();
         let (tp, tb, td) = self.tx_ctr.read();
@@ -678,5 +755,42 @@ impl Port for AfPacketPort {
             s.drops[i] = rd[i] + td[i];
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_checksum_verifies() {
+        // An IPv4 header whose checksum field holds 0 (no pseudo-header part): finished,
+        // the one's-complement sum of the whole header is 0xffff.
+        let mut h = [
+            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 1, 0, 1, 10, 1, 0, 64,
+        ];
+        finish_checksum(&mut h, 0, 10);
+        let sum: u32 = h
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff);
+        // Odd lengths pad with a zero byte.
+        let mut o = [1u8, 2, 3, 0, 0];
+        finish_checksum(&mut o, 0, 3);
+        assert_eq!(u16::from_be_bytes([o[3], o[4]]), !(0x0102u16 + 0x0300));
+    }
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let e = AfPacketPort::open(&UplinkConfig {
+            name: "u".into(),
+            ifname: "vnfh-nope0".into(),
+            local: Ipv4Addr::new(192, 0, 2, 1),
+            udp_port: 4789,
+        })
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("vnfh-nope0"), "{e}");
     }
 }

@@ -214,6 +214,9 @@ impl RxBatch {
     }
 }
 
+/// The longest prefix [`Port::tx_burst_prefixed`] puts before a frame.
+pub const PREFIX_MAX: usize = 64;
+
 /// Longest frame a [`LocalFrames`] holds.
 pub const LOCAL_MAX: usize = 128;
 
@@ -465,6 +468,21 @@ pub trait Port: Send + Sync {
     /// frame's VLAN edit. Returns how many were delivered; the rest are dropped and
     /// counted by the port.
     fn tx_burst(&self, q: u16, src: &RxBatch, sel: &[TxSel]) -> usize;
+
+    /// As [`tx_burst`](Self::tx_burst), each frame `sel[k]` behind the first
+    /// `prefix_len` bytes of `prefix[k]` (a tunnel's outer headers), written in the same
+    /// copy. Only ports that can be an uplink implement it; the others deliver nothing.
+    fn tx_burst_prefixed(
+        &self,
+        q: u16,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        prefix_len: usize,
+    ) -> usize {
+        let _ = (q, src, sel, prefix, prefix_len);
+        0
+    }
 
     /// The port's counters.
     fn stats(&self) -> PortStats;

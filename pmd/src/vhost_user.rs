@@ -42,7 +42,7 @@ use crate::mem::{GuestMemory, GuestRegion, GuestSlice};
 use crate::pool::{BufPool, MAX_FRAME};
 use crate::port::{
     edited_len, edited_pieces, Piece, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel,
-    BURST,
+    BURST, PREFIX_MAX,
 };
 use crate::ratelimit::RateLimit;
 use crate::sync::QueueCell;
@@ -251,6 +251,134 @@ pub struct VhostUserPort {
 }
 
 impl VhostUserPort {
+    /// Transmit with an optional prefix before each frame (`prefix[k][..plen]` for
+    /// `sel[k]`; `plen` 0: none).
+    fn tx(
+        &self,
+        q: u16,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        plen: usize,
+    ) -> usize {
+        let qi = usize::from(q % self.shared.queue_pairs);
+        let ctr = &self.shared.tx_ctr[qi];
+        let mut g = self.shared.tx[qi].lock();
+        let Vq {
+            ring,
+            hdr_len,
+            mrg_rxbuf,
+            chain,
+            ..
+        } = &mut *g;
+        let Some(ring) = ring.as_mut() else {
+            ctr.drop_n(PortDrop::NotReady, sel.len() as u64);
+            return 0;
+        };
+        let (hdr_len, mrg) = (*hdr_len, *mrg_rxbuf);
+        let mut sent = 0usize;
+        let mut bytes = 0u64;
+        let mut pushed = 0u16;
+        // Descriptors first, then the buffers they point to, taken for writing: the
+        // copies below then find their lines owned instead of each waiting in the store
+        // buffer for the guest's core to give its line up.
+        let want = sel.len().min(usize::from(u16::MAX)) as u16;
+        ring.walk_ahead(want, true, 2);
+        let ready = want.min(ring.pending());
+        ring.prefetch_used(ready);
+        let mut hdr = [0u8; 12];
+        virtio::write_net_hdr(&mut hdr, 1);
+        let hdr = &hdr[..hdr_len];
+        // In three passes over runs of frames that each fit the first buffer of their
+        // chain (what Linux and DPDK post): take the chains, copy the frames, write the
+        // used elements. The guest-memory stores then go out back to back and never
+        // hold up the descriptor walks behind them in the store buffer.
+        let mut taken = [(0u16, std::ptr::null_mut::<u8>(), 0u32); BURST];
+        let mut i = 0;
+        while i < sel.len() {
+            let mut n = 0;
+            while n < BURST && i + n < sel.len() {
+                let s = sel[i + n];
+                let flen = plen + edited_len(src.frame_len(usize::from(s.idx)), s.edit);
+                match ring.pop(true, chain) {
+                    None => break,
+                    Some(Ok(head)) => match chain.segs().first() {
+                        Some(&(p, l)) if l as usize >= hdr_len + flen => {
+                            taken[n] = (head, p, l);
+                            n += 1;
+                        }
+                        _ => {
+                            ring.unpop(1);
+                            break;
+                        }
+                    },
+                    Some(Err(_)) => {
+                        ring.unpop(1);
+                        break;
+                    }
+                }
+            }
+            let mut lens = [0u32; BURST];
+            for (k, (&(_, p, l), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
+                let s = sel[i + k];
+                #[allow(unsafe_code)] // see the module docs
+                // SAFETY: (p, l) is the first buffer of a chain of the ring we hold,
+                // translated and checked by the walk in pass one (kept as an address
+                // because the chain was reused for the next frames).
+                let dst = unsafe { GuestSlice::new(p, l as usize) };
+                // The switch decided on the head copy; transmit that copy, then the rest.
+                let (head, tail) = src.parts(usize::from(s.idx));
+                let mut tag = [0u8; 4];
+                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
+                let mut off = dst.write_at(0, hdr);
+                if plen > 0 {
+                    off += dst.write_at(off, &prefix[i + k][..plen]);
+                }
+                for piece in &fp[..fnp] {
+                    off += piece.copy_to(0, &dst, off);
+                }
+                *len = off as u32;
+                bytes += (off - hdr_len) as u64;
+            }
+            for (&(head, _, _), &len) in taken[..n].iter().zip(lens.iter()) {
+                ring.push_used(head, len);
+            }
+            pushed += n as u16;
+            sent += n;
+            i += n;
+            if i < sel.len() {
+                // This frame needs the general walk (a chain of several buffers, merged
+                // buffers, a bad chain) or finds no buffer at all.
+                let s = sel[i];
+                let (head, tail) = src.parts(usize::from(s.idx));
+                let mut tag = [0u8; 4];
+                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
+                let pre: &[u8] = match prefix.get(i) {
+                    Some(p) if plen > 0 => &p[..plen],
+                    _ => &[],
+                };
+                let pieces = [Piece::Own(hdr), Piece::Own(pre), fp[0], fp[1], fp[2], fp[3]];
+                let flen = plen + edited_len(head.len() + tail.len(), s.edit);
+                let (p, ok) = self.tx_general(ring, chain, &pieces[..2 + fnp], mrg, ctr);
+                pushed += p;
+                if ok {
+                    sent += 1;
+                    bytes += flen as u64;
+                }
+                i += 1;
+            }
+        }
+        let signal = pushed > 0 && ring.publish();
+        // Walk the next burst's chains now and ask for their buffers: the lines then
+        // move over while the core polls and forwards, instead of while it copies.
+        ring.walk_ahead(BURST as u16, true, 2);
+        if signal {
+            g.signal();
+        }
+        ctr.add(sent as u64, bytes);
+        sent
+    }
+
     /// Creates the port and starts its control thread. In server mode the socket exists
     /// when this returns.
     pub fn new(cfg: VhostUserConfig) -> Result<VhostUserPort, VhostUserError> {
@@ -1298,115 +1426,19 @@ impl Port for VhostUserPort {
     }
 
     fn tx_burst(&self, q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
-        let qi = usize::from(q % self.shared.queue_pairs);
-        let ctr = &self.shared.tx_ctr[qi];
-        let mut g = self.shared.tx[qi].lock();
-        let Vq {
-            ring,
-            hdr_len,
-            mrg_rxbuf,
-            chain,
-            ..
-        } = &mut *g;
-        let Some(ring) = ring.as_mut() else {
-            ctr.drop_n(PortDrop::NotReady, sel.len() as u64);
-            return 0;
-        };
-        let (hdr_len, mrg) = (*hdr_len, *mrg_rxbuf);
-        let mut sent = 0usize;
-        let mut bytes = 0u64;
-        let mut pushed = 0u16;
-        // Descriptors first, then the buffers they point to, taken for writing: the
-        // copies below then find their lines owned instead of each waiting in the store
-        // buffer for the guest's core to give its line up.
-        let want = sel.len().min(usize::from(u16::MAX)) as u16;
-        ring.walk_ahead(want, true, 2);
-        let ready = want.min(ring.pending());
-        ring.prefetch_used(ready);
-        let mut hdr = [0u8; 12];
-        virtio::write_net_hdr(&mut hdr, 1);
-        let hdr = &hdr[..hdr_len];
-        // In three passes over runs of frames that each fit the first buffer of their
-        // chain (what Linux and DPDK post): take the chains, copy the frames, write the
-        // used elements. The guest-memory stores then go out back to back and never
-        // hold up the descriptor walks behind them in the store buffer.
-        let mut taken = [(0u16, std::ptr::null_mut::<u8>(), 0u32); BURST];
-        let mut i = 0;
-        while i < sel.len() {
-            let mut n = 0;
-            while n < BURST && i + n < sel.len() {
-                let s = sel[i + n];
-                let flen = edited_len(src.frame_len(usize::from(s.idx)), s.edit);
-                match ring.pop(true, chain) {
-                    None => break,
-                    Some(Ok(head)) => match chain.segs().first() {
-                        Some(&(p, l)) if l as usize >= hdr_len + flen => {
-                            taken[n] = (head, p, l);
-                            n += 1;
-                        }
-                        _ => {
-                            ring.unpop(1);
-                            break;
-                        }
-                    },
-                    Some(Err(_)) => {
-                        ring.unpop(1);
-                        break;
-                    }
-                }
-            }
-            let mut lens = [0u32; BURST];
-            for (k, (&(_, p, l), len)) in taken[..n].iter().zip(lens.iter_mut()).enumerate() {
-                let s = sel[i + k];
-                #[allow(unsafe_code)] // see the module docs
-                // SAFETY: (p, l) is the first buffer of a chain of the ring we hold,
-                // translated and checked by the walk in pass one (kept as an address
-                // because the chain was reused for the next frames).
-                let dst = unsafe { GuestSlice::new(p, l as usize) };
-                // The switch decided on the head copy; transmit that copy, then the rest.
-                let (head, tail) = src.parts(usize::from(s.idx));
-                let mut tag = [0u8; 4];
-                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
-                let mut off = dst.write_at(0, hdr);
-                for piece in &fp[..fnp] {
-                    off += piece.copy_to(0, &dst, off);
-                }
-                *len = off as u32;
-                bytes += (off - hdr_len) as u64;
-            }
-            for (&(head, _, _), &len) in taken[..n].iter().zip(lens.iter()) {
-                ring.push_used(head, len);
-            }
-            pushed += n as u16;
-            sent += n;
-            i += n;
-            if i < sel.len() {
-                // This frame needs the general walk (a chain of several buffers, merged
-                // buffers, a bad chain) or finds no buffer at all.
-                let s = sel[i];
-                let (head, tail) = src.parts(usize::from(s.idx));
-                let mut tag = [0u8; 4];
-                let (fp, fnp) = edited_pieces(head, tail, s.edit, &mut tag);
-                let pieces = [Piece::Own(hdr), fp[0], fp[1], fp[2], fp[3]];
-                let flen = edited_len(head.len() + tail.len(), s.edit);
-                let (p, ok) = self.tx_general(ring, chain, &pieces[..1 + fnp], mrg, ctr);
-                pushed += p;
-                if ok {
-                    sent += 1;
-                    bytes += flen as u64;
-                }
-                i += 1;
-            }
-        }
-        let signal = pushed > 0 && ring.publish();
-        // Walk the next burst's chains now and ask for their buffers: the lines then
-        // move over while the core polls and forwards, instead of while it copies.
-        ring.walk_ahead(BURST as u16, true, 2);
-        if signal {
-            g.signal();
-        }
-        ctr.add(sent as u64, bytes);
-        sent
+        self.tx(q, src, sel, &[], 0)
+    }
+
+    fn tx_burst_prefixed(
+        &self,
+        q: u16,
+        src: &RxBatch,
+        sel: &[TxSel],
+        prefix: &[[u8; PREFIX_MAX]],
+        prefix_len: usize,
+    ) -> usize {
+        let n = sel.len().min(prefix.len());
+        self.tx(q, src, &sel[..n], prefix, prefix_len.min(PREFIX_MAX))
     }
 
     fn stats(&self) -> PortStats {

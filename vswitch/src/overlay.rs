@@ -30,8 +30,9 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pmd::afpacket::{AfPacketPort, PREFIX_MAX};
-use pmd::port::{edited_len, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST};
+use pmd::port::{
+    edited_len, Port, PortDrop, PortStats, QueueCounters, RxBatch, TxSel, BURST, PREFIX_MAX,
+};
 
 use crate::bridge::PortId;
 
@@ -48,20 +49,27 @@ pub const VNI_MAX: u32 = (1 << 24) - 1;
 const UNRESOLVED: u64 = 0;
 const RESOLVED: u64 = 1 << 48;
 
-/// The uplink as the tunnels share it.
+/// The uplink as the tunnels share it: a host interface through `AF_PACKET`, or a
+/// vhost-user port whose peer is the underlay (a router VM, a traffic generator).
 pub struct Uplink {
     /// The driver.
-    pub port: AfPacketPort,
+    pub port: Arc<dyn Port>,
+    /// The uplink's MAC: the outer source.
+    pub mac: [u8; 6],
+    /// The underlay's MTU.
+    pub mtu: u32,
     /// This node's tunnel address.
     pub local: Ipv4Addr,
     /// The UDP port tunnels are sent to and received on.
     pub udp_port: u16,
+    /// The next hop's MAC when no kernel table knows it (a vhost-user uplink).
+    pub next_hop: Option<[u8; 6]>,
 }
 
 impl Uplink {
     /// The MTU of the pods' networks: the uplink's less the encapsulation.
     pub fn pod_mtu(&self) -> u32 {
-        self.port.info().mtu.saturating_sub(MTU_OVERHEAD)
+        self.mtu.saturating_sub(MTU_OVERHEAD)
     }
 }
 
@@ -128,7 +136,7 @@ impl VxlanPort {
     fn template(&self, dst_mac: [u8; 6]) -> ([u8; OVERHEAD], u32) {
         let mut h = [0u8; OVERHEAD];
         h[0..6].copy_from_slice(&dst_mac);
-        h[6..12].copy_from_slice(&self.uplink.port.info().mac);
+        h[6..12].copy_from_slice(&self.uplink.mac);
         h[12..14].copy_from_slice(&[0x08, 0x00]);
         // IPv4: version 4, IHL 5; DF (the switch never fragments); TTL 64; UDP.
         h[14] = 0x45;
@@ -200,7 +208,7 @@ impl Port for VxlanPort {
         0
     }
 
-    fn tx_burst(&self, _q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
+    fn tx_burst(&self, q: u16, src: &RxBatch, sel: &[TxSel]) -> usize {
         let n = sel.len().min(BURST);
         let Some(mac) = self.next_hop() else {
             self.ctr.drop_n(PortDrop::NotReady, n as u64);
@@ -218,7 +226,7 @@ impl Port for VxlanPort {
         let sent = self
             .uplink
             .port
-            .tx_prefixed(src, &sel[..n], &pre[..n], OVERHEAD);
+            .tx_burst_prefixed(q, src, &sel[..n], &pre[..n], OVERHEAD);
         if sent < n {
             self.ctr.drop_n(PortDrop::NoRxBuffer, (n - sent) as u64);
         }

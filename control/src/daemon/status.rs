@@ -88,6 +88,7 @@ impl Daemon {
             routed: counters.routed,
             router_generated: counters.router_generated,
             router_drops: counters.router_drops,
+            overlay: counters.overlay,
             events: self.events.iter().cloned().collect(),
         }
     }
@@ -323,6 +324,7 @@ mod tests {
             routed: 0,
             router_generated: 0,
             router_drops: BTreeMap::new(),
+            overlay: None,
             events: vec![],
         };
         let m = metrics(&s);

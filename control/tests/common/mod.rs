@@ -4,6 +4,8 @@
 //! - [`testpmd`]: DPDK `dpdk-testpmd` as a vhost-user back end or as virtio-user VMs.
 //! - [`switch`]: `vnfhost switch` as a child process.
 //! - [`TestDir`], [`serial`], [`find_in_path`], [`cni_binary`] and the [`skip!`] macro.
+//! - [`spawn`], [`Proc`] and [`wait_socket`]: a service (containerd, the daemon) as a child
+//!   with its output in a log, stopped on drop.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod cni;
@@ -13,8 +15,10 @@ pub mod switch;
 pub mod testpmd;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Prints `SKIPPED: <reason>` and returns from the test when the `Option<String>` it is
 /// given is `Some(reason)`. Example: `skip!(common::qemu::qemu_unavailable());`
@@ -98,5 +102,50 @@ impl Drop for TestDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+/// A child process stopped on drop: SIGTERM, then SIGKILL after 10 s.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with no input and its stdout and stderr in the file `log`; it is killed
+/// if the test's thread ends first.
+pub fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    qemu::set_pdeathsig(cmd);
+    Proc(cmd.spawn().unwrap())
+}
+
+/// Waits up to 20 s for a Unix socket at `p` to accept a connection; panics with the
+/// server's `log` otherwise.
+pub fn wait_socket(p: &Path, log: &Path) {
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(p).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} did not appear: {}",
+            p.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

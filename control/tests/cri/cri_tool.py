@@ -20,92 +20,31 @@ Each subcommand prints one JSON object on stdout:
 
 The CRI stubs come from the PyPI package container-runtime-interface-api.
 """
-import hashlib
-import io
 import os
 import json
 import sys
-import tarfile
 import time
+
+# The archive writer the node image uses too (deploy/build-node-image.sh); no
+# deploy/__pycache__ left behind by the tests.
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "deploy"))
+import oci_archive  # noqa: E402
 
 APPLETS = ["sh", "sleep", "ping", "ip", "cat", "echo", "ls", "hostname", "true", "ifconfig", "id", "env", "printf", "wc"]
 
 
-def sha(b):
-    return hashlib.sha256(b).hexdigest()
-
-
 def image(out, name, fmt="oci", arch="amd64", marker="vnfhost test image"):
-    layer_buf = io.BytesIO()
-    with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"]:
-            info = tarfile.TarInfo(d)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o1777 if d == "tmp" else 0o755
-            t.addfile(info)
-        with open("/bin/busybox", "rb") as f:
-            data = f.read()
-        info = tarfile.TarInfo("bin/busybox")
-        info.size = len(data)
-        info.mode = 0o755
-        t.addfile(info, io.BytesIO(data))
-        for a in APPLETS:
-            info = tarfile.TarInfo("bin/" + a)
-            info.type = tarfile.SYMTYPE
-            info.linkname = "busybox"
-            t.addfile(info)
-        # A file and a variable only this image has (VM pods must run the image itself).
-        marker = (marker + "\n").encode()
-        info = tarfile.TarInfo("etc/image-marker")
-        info.size = len(marker)
-        info.mode = 0o644
-        t.addfile(info, io.BytesIO(marker))
-    layer = layer_buf.getvalue()
-    config = json.dumps({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin", "IMAGE_VAR=from-the-image"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(layer)]},
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": "sha256:" + sha(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": "sha256:" + sha(layer), "size": len(layer)}],
-    }).encode()
-    index = json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": "sha256:" + sha(manifest), "size": len(manifest),
-                       "annotations": {"io.containerd.image.name": name,
-                                       "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]}}],
-    }).encode()
-    if fmt == "docker":
-        # `docker save` layout: manifest.json naming the config and layer files.
-        with tarfile.open(out, mode="w") as t:
-            def add(path, data):
-                info = tarfile.TarInfo(path)
-                info.size = len(data)
-                info.mode = 0o644
-                t.addfile(info, io.BytesIO(data))
-            cfg_name = sha(config) + ".json"
-            add(cfg_name, config)
-            add("layer0/layer.tar", layer)
-            add("manifest.json", json.dumps([{"Config": cfg_name, "RepoTags": [name],
-                                              "Layers": ["layer0/layer.tar"]}]).encode())
-        return {"image": name}
-    with tarfile.open(out, mode="w") as t:
-        def add(path, data):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            t.addfile(info, io.BytesIO(data))
-        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        add("index.json", index)
-        for blob in (layer, config, manifest):
-            add("blobs/sha256/" + sha(blob), blob)
+    layer = oci_archive.Layer()
+    for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"]:
+        layer.dir(d, 0o1777 if d == "tmp" else 0o755)
+    layer.copy("bin/busybox", "/bin/busybox", 0o755)
+    for a in APPLETS:
+        layer.symlink("bin/" + a, "busybox")
+    # A file and a variable only this image has (VM pods must run the image itself).
+    layer.file("etc/image-marker", (marker + "\n").encode())
+    config = {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin", "IMAGE_VAR=from-the-image"]}
+    oci_archive.write(out, name, [layer], config, arch=arch, fmt=fmt, compress=False)
     return {"image": name}
 
 

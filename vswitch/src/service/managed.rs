@@ -95,18 +95,42 @@ fn open_port(
 }
 
 /// Opens the uplink of `spec`.
-fn open_uplink(spec: &UplinkSpec) -> Result<Arc<Uplink>, String> {
+fn open_uplink(spec: &UplinkSpec, hugepages: bool) -> Result<Arc<Uplink>, String> {
+    if let Some(v) = &spec.vhost_user {
+        let port = VhostUserPort::new(VhostUserConfig {
+            name: spec.interface.clone(),
+            path: v.path.clone(),
+            mode: Mode::Server,
+            queue_pairs: 1,
+            mac: v.mac.0,
+            hugepages,
+            max_memory: pmd::vhost_user::DEFAULT_MAX_MEMORY,
+        })
+        .map_err(|e| format!("uplink: {e}"))?;
+        return Ok(Arc::new(Uplink {
+            port: Arc::new(port),
+            mac: v.mac.0,
+            mtu: v.mtu,
+            local: spec.address,
+            udp_port: spec.udp_port,
+            next_hop: Some(v.next_hop_mac.0),
+        }));
+    }
     let port = AfPacketPort::open(&UplinkConfig {
-        name: "uplink".into(),
+        name: spec.interface.clone(),
         ifname: spec.interface.clone(),
         local: spec.address,
         udp_port: spec.udp_port,
     })
     .map_err(|e| format!("uplink: {e}"))?;
+    let (mac, mtu) = (port.info().mac, port.info().mtu);
     Ok(Arc::new(Uplink {
-        port,
+        port: Arc::new(port),
+        mac,
+        mtu,
         local: spec.address,
         udp_port: spec.udp_port,
+        next_hop: None,
     }))
 }
 
@@ -263,7 +287,7 @@ impl Managed {
                 self.decap = None;
             }
             self.uplink = spec.uplink.as_ref().map(|u| {
-                let (open, error) = match open_uplink(u) {
+                let (open, error) = match open_uplink(u, self.hugepages) {
                     Ok(o) => (Some(o), None),
                     Err(e) => (None, Some(e)),
                 };
@@ -407,7 +431,7 @@ impl Managed {
         if u.open.is_some() || u.next > now {
             return;
         }
-        match open_uplink(&u.spec) {
+        match open_uplink(&u.spec, self.hugepages) {
             Ok(o) => {
                 tracing::info!("uplink {}: opened on retry", u.spec.interface);
                 u.open = Some(o);
@@ -434,17 +458,22 @@ impl Managed {
     /// Resolves each tunnel's next hop from the kernel's tables and hands changes to
     /// the tunnel ports.
     fn refresh_next_hops(&mut self) {
-        let Some(ifname) = self
+        let Some((ifname, given)) = self
             .uplink
             .as_ref()
-            .filter(|u| u.open.is_some())
-            .map(|u| u.spec.interface.clone())
+            .and_then(|u| Some((u.spec.interface.clone(), u.open.as_ref()?.next_hop)))
         else {
             return;
         };
         for o in self.open.values() {
             let Some(t) = &o.tunnel else { continue };
-            let hop = crate::overlay::resolve(t.remote(), &ifname);
+            let hop = match given {
+                Some(mac) => NextHop::Resolved {
+                    via: t.remote(),
+                    mac,
+                },
+                None => crate::overlay::resolve(t.remote(), &ifname),
+            };
             let mac = match &hop {
                 NextHop::Resolved { mac, .. } => Some(*mac),
                 _ => None,
@@ -644,7 +673,7 @@ impl Managed {
         };
         if let Some(o) = &u.open {
             let s = o.port.stats();
-            c.mtu = o.port.info().mtu;
+            c.mtu = o.mtu;
             c.pod_mtu = o.pod_mtu();
             c.rx_packets = s.rx_packets;
             c.rx_bytes = s.rx_bytes;

@@ -305,6 +305,20 @@ pub fn check(spec: &SwitchSpec) -> Result<Checked, String> {
         if u.udp_port == 0 {
             return Err("uplink.udp_port: 0 is not a port".into());
         }
+        if let Some(v) = &u.vhost_user {
+            if v.path.as_os_str().is_empty() {
+                return Err("uplink.vhost_user.path: empty".into());
+            }
+            if !v.next_hop_mac.is_unicast() || !v.mac.is_unicast() {
+                return Err("uplink.vhost_user: mac and next_hop_mac must be unicast".into());
+            }
+            if !(68 + 50..=9216).contains(&v.mtu) {
+                return Err(format!(
+                    "uplink.vhost_user.mtu: {} is outside 118..=9216",
+                    v.mtu
+                ));
+            }
+        }
         if u.address.is_unspecified() || u.address.is_multicast() || u.address.is_broadcast() {
             return Err(format!(
                 "uplink.address: {} is not a unicast address",
