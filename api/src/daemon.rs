@@ -96,6 +96,50 @@ pub struct PodNetwork {
     pub interface: Option<String>,
 }
 
+/// `PUT /v1/overlay` (and what `GET /v1/overlay` answers): the facts of the cluster a
+/// node agent (the Kubernetes controller) learnt and tells its daemon, which merges them
+/// into the topology it plans.
+///
+/// - `uplink`: this node's uplink, used when the topology has no `switch.uplink` of its
+///   own (the topology's wins);
+/// - `vteps`: the other nodes' tunnel endpoints, added to the topology's static `vteps`
+///   (an entry whose address or name a static one has is left out: the static one wins).
+///
+/// The merge is checked as a whole topology: a refused overlay changes nothing, and its
+/// problems are named `overlay.uplink.…` and `overlay.vteps[i].…`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// This node's uplink.
+    #[serde(default)]
+    pub uplink: Option<OverlayUplink>,
+    /// The other nodes' tunnel endpoints.
+    #[serde(default)]
+    pub vteps: Vec<OverlayVtep>,
+}
+
+/// This node's uplink in an [`Overlay`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayUplink {
+    /// The host interface the tunnels leave through.
+    pub interface: String,
+    /// This node's tunnel address (an IPv4 address of `interface`); default the
+    /// interface's first IPv4 address.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// Another node's tunnel endpoint in an [`Overlay`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayVtep {
+    /// The node's name.
+    pub name: String,
+    /// Its tunnel address (IPv4).
+    pub address: String,
+}
+
 /// The body of an `up` refused before anything changed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Refusal {
@@ -273,5 +317,20 @@ mod tests {
         let p: Vec<PodNetwork> = serde_json::from_str(r#"[{"network":"n"}]"#).unwrap();
         assert_eq!(p[0].interface, None);
         assert!(serde_json::from_str::<PodNetwork>(r#"{"network":"n","ifname":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn an_overlay_reads_with_defaults_and_refuses_unknown_fields() {
+        let o: Overlay =
+            serde_json::from_str(r#"{"vteps":[{"name":"b","address":"10.0.0.2"}]}"#).unwrap();
+        assert_eq!(o.uplink, None);
+        assert_eq!(o.vteps[0].name, "b");
+        let o: Overlay = serde_json::from_str(r#"{"uplink":{"interface":"eth0"}}"#).unwrap();
+        assert_eq!(o.uplink.unwrap().address, None);
+        assert!(serde_json::from_str::<Overlay>(r#"{"vtep":[]}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Overlay>("{}").unwrap(),
+            Overlay::default()
+        );
     }
 }

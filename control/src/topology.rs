@@ -21,6 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use api::daemon::Overlay;
 use api::values::parse_mac;
 
 /// The whole deployment.
@@ -499,6 +500,102 @@ impl Host {
     }
 }
 
+/// The problems of a list of other nodes' tunnel endpoints, named `AT[i].…`: names
+/// empty or used twice, addresses not unicast IPv4, listed twice, or `local` (this
+/// node's own tunnel address).
+fn vtep_problems(vteps: &[Vtep], local: Option<std::net::Ipv4Addr>, at: &str) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let mut bad = |path: String, what: String| p.push(Problem { path, what });
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, v) in vteps.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if v.name.is_empty() || !names.insert(v.name.as_str()) {
+            bad(
+                format!("{at}.name"),
+                format!("{:?} is empty or used twice", v.name),
+            );
+        }
+        match v.address.parse::<std::net::Ipv4Addr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => bad(
+                format!("{at}.address"),
+                format!("{a} is not a unicast address"),
+            ),
+            Ok(a) if Some(a) == local => bad(
+                format!("{at}.address"),
+                format!("{a} is this node's own tunnel address"),
+            ),
+            Ok(a) => {
+                if !addrs.insert(a) {
+                    bad(format!("{at}.address"), format!("{a} is listed twice"));
+                }
+            }
+            Err(_) => bad(
+                format!("{at}.address"),
+                format!("{:?} is not an IPv4 address", v.address),
+            ),
+        }
+    }
+    p
+}
+
+/// A topology with a node agent's [`Overlay`] merged in ([`Topology::with_overlay`]),
+/// and where each merged field came from, so that a problem names the field its author
+/// wrote.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// The topology to check and plan.
+    pub topology: Topology,
+    /// The overlay's VTEPs, checked apart when there is no uplink to carry them.
+    overlay_vteps: Vec<Vtep>,
+    /// `topology.vteps[i]` for `i >= statics` is `overlay.vteps[from_overlay[i - statics]]`.
+    statics: usize,
+    from_overlay: Vec<usize>,
+    /// `topology.switch.uplink` is the overlay's.
+    uplink_from_overlay: bool,
+}
+
+impl Merged {
+    /// [`Topology::check`] of the merged topology, with the overlay's fields named
+    /// `overlay.uplink.…` and `overlay.vteps[i].…`. Without an uplink the overlay's
+    /// VTEPs are not merged (nothing could reach them) but still checked.
+    pub fn check(&self, host: Host) -> Vec<Problem> {
+        let mut problems = self.topology.check(host);
+        for p in &mut problems {
+            p.path = self.rename(&p.path);
+        }
+        if self.topology.switch.uplink.is_none() {
+            problems.extend(vtep_problems(&self.overlay_vteps, None, "overlay.vteps"));
+        }
+        problems
+    }
+
+    fn rename(&self, path: &str) -> String {
+        if self.uplink_from_overlay {
+            if let Some(rest) = path.strip_prefix("switch.uplink") {
+                return format!("overlay.uplink{rest}");
+            }
+        }
+        let Some(rest) = path.strip_prefix("vteps[") else {
+            return path.to_string();
+        };
+        let Some((i, rest)) = rest.split_once(']') else {
+            return path.to_string();
+        };
+        match i
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| i.checked_sub(self.statics))
+        {
+            Some(k) => match self.from_overlay.get(k) {
+                Some(j) => format!("overlay.vteps[{j}]{rest}"),
+                None => path.to_string(),
+            },
+            None => path.to_string(),
+        }
+    }
+}
+
 impl Topology {
     /// The VLAN that carries network `name` in the switch: its `vlan`, VLAN 1 when it
     /// has neither `vlan` nor `vni`, and for a VXLAN network an internal VLAN, the
@@ -515,6 +612,56 @@ impl Topology {
                 let rank = vnis.iter().position(|&v| v == vni)?;
                 (2..=4094u16).filter(|v| !taken.contains(v)).nth(rank)
             }
+        }
+    }
+
+    /// This topology with what a node agent learnt of the cluster: its uplink when the
+    /// topology has none, and the other nodes' VTEPs after the static `vteps` (one
+    /// whose address or name a static entry has is left out: the static one wins). The
+    /// daemon plans nothing else; see [`api::daemon::Overlay`].
+    pub fn with_overlay(&self, o: &Overlay) -> Merged {
+        let mut t = self.clone();
+        let mut uplink_from_overlay = false;
+        if t.switch.uplink.is_none() {
+            if let Some(u) = &o.uplink {
+                t.switch.uplink = Some(UplinkTopo {
+                    interface: u.interface.clone(),
+                    address: u.address.clone(),
+                    udp_port: vxlan_port(),
+                });
+                uplink_from_overlay = true;
+            }
+        }
+        let statics = t.vteps.len();
+        let mut from_overlay = Vec::new();
+        if t.switch.uplink.is_some() {
+            for (j, v) in o.vteps.iter().enumerate() {
+                let taken = self
+                    .vteps
+                    .iter()
+                    .any(|s| s.address == v.address || s.name == v.name);
+                if !taken {
+                    t.vteps.push(Vtep {
+                        name: v.name.clone(),
+                        address: v.address.clone(),
+                    });
+                    from_overlay.push(j);
+                }
+            }
+        }
+        Merged {
+            topology: t,
+            overlay_vteps: o
+                .vteps
+                .iter()
+                .map(|v| Vtep {
+                    name: v.name.clone(),
+                    address: v.address.clone(),
+                })
+                .collect(),
+            statics,
+            from_overlay,
+            uplink_from_overlay,
         }
     }
 
@@ -868,39 +1015,16 @@ impl Topology {
                 bad("switch.uplink.udp_port".into(), "0 is not a port".into());
             }
         }
-        let local = self.vtep_address(&host);
-        let mut vtep_names = HashSet::new();
-        let mut vtep_addrs = HashSet::new();
-        for (i, v) in self.vteps.iter().enumerate() {
-            let at = format!("vteps[{i}]");
-            if self.switch.uplink.is_none() {
-                bad(at.clone(), "VTEPs need switch.uplink to be reached".into());
-            }
-            if v.name.is_empty() || !vtep_names.insert(v.name.as_str()) {
+        if self.switch.uplink.is_none() {
+            for i in 0..self.vteps.len() {
                 bad(
-                    format!("{at}.name"),
-                    format!("{:?} is empty or used twice", v.name),
+                    format!("vteps[{i}]"),
+                    "VTEPs need switch.uplink to be reached".into(),
                 );
             }
-            match v.address.parse::<std::net::Ipv4Addr>() {
-                Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => bad(
-                    format!("{at}.address"),
-                    format!("{a} is not a unicast address"),
-                ),
-                Ok(a) if Some(a) == local => bad(
-                    format!("{at}.address"),
-                    format!("{a} is this node's own tunnel address"),
-                ),
-                Ok(a) => {
-                    if !vtep_addrs.insert(a) {
-                        bad(format!("{at}.address"), format!("{a} is listed twice"));
-                    }
-                }
-                Err(_) => bad(
-                    format!("{at}.address"),
-                    format!("{:?} is not an IPv4 address", v.address),
-                ),
-            }
+        }
+        for q in vtep_problems(&self.vteps, self.vtep_address(&host), "vteps") {
+            bad(q.path, q.what);
         }
         // Prefixes of one tenant must not overlap (tenants are separate address spaces).
         let list: Vec<(usize, &Network, &Vec<Cidr>)> = self
@@ -1588,6 +1712,129 @@ pods:
                 "missing {want:?} in {p:#?}"
             );
         }
+    }
+
+    fn overlay(uplink: Option<(&str, Option<&str>)>, vteps: &[(&str, &str)]) -> Overlay {
+        Overlay {
+            uplink: uplink.map(|(i, a)| api::daemon::OverlayUplink {
+                interface: i.into(),
+                address: a.map(str::to_string),
+            }),
+            vteps: vteps
+                .iter()
+                .map(|(n, a)| api::daemon::OverlayVtep {
+                    name: n.to_string(),
+                    address: a.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn merged_problems(yaml: &str, o: &Overlay) -> Vec<String> {
+        parse(yaml)
+            .unwrap()
+            .with_overlay(o)
+            .check(HOST)
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_overlay_merges_under_the_topology() {
+        let vxlan = "networks:\n  - { name: n, tenant: t, cidrs: [10.0.0.0/24], vni: 7 }\n";
+        let with_static = format!(
+            "{vxlan}vteps:\n  - {{ name: b, address: 192.168.1.11 }}\n\
+             switch: {{ uplink: {{ interface: eth0 }} }}\n"
+        );
+        let t = parse(&with_static).unwrap();
+        // The topology's uplink wins; learnt VTEPs follow the static ones, less those
+        // whose address or name a static one has.
+        let m = t.with_overlay(&overlay(
+            Some(("other0", None)),
+            &[
+                ("b2", "192.168.1.11"),
+                ("b", "192.168.1.99"),
+                ("c", "192.168.1.12"),
+            ],
+        ));
+        assert_eq!(m.topology.switch.uplink.as_ref().unwrap().interface, "eth0");
+        let vteps: Vec<(&str, &str)> = m
+            .topology
+            .vteps
+            .iter()
+            .map(|v| (v.name.as_str(), v.address.as_str()))
+            .collect();
+        assert_eq!(vteps, [("b", "192.168.1.11"), ("c", "192.168.1.12")]);
+        assert!(m.check(HOST).is_empty(), "{:?}", m.check(HOST));
+        // The overlay's uplink where the topology has none, with VXLAN's port; the
+        // empty overlay changes nothing.
+        let t = parse(vxlan).unwrap();
+        let m = t.with_overlay(&overlay(Some(("eth0", Some("192.168.1.10"))), &[]));
+        let u = m.topology.switch.uplink.as_ref().unwrap();
+        assert_eq!((u.interface.as_str(), u.udp_port), ("eth0", 4789));
+        assert!(m.check(HOST).is_empty(), "{:?}", m.check(HOST));
+        assert_eq!(t.with_overlay(&Overlay::default()).topology, t);
+    }
+
+    #[test]
+    fn a_bad_overlay_is_refused_with_its_own_field_named() {
+        let vxlan = "networks:\n  - { name: n, tenant: t, cidrs: [10.0.0.0/24], vni: 7 }\n";
+        let with_static = format!(
+            "{vxlan}vteps:\n  - {{ name: b, address: 192.168.1.11 }}\n\
+             switch: {{ uplink: {{ interface: eth0 }} }}\n"
+        );
+        let cases: [(&str, Overlay, &str); 6] = [
+            (
+                vxlan,
+                overlay(Some(("eth9", None)), &[]),
+                "overlay.uplink.interface: no interface \"eth9\" on this node",
+            ),
+            (
+                vxlan,
+                overlay(Some(("eth0", Some("192.168.1.77"))), &[]),
+                "overlay.uplink.address: 192.168.1.77 is not an address of eth0",
+            ),
+            (
+                &with_static,
+                overlay(None, &[("c", "192.168.1.12"), ("self", "192.168.1.10")]),
+                "overlay.vteps[1].address: 192.168.1.10 is this node's own tunnel address",
+            ),
+            (
+                &with_static,
+                overlay(None, &[("b", "192.168.1.11"), ("d", "224.0.0.1")]),
+                "overlay.vteps[1].address: 224.0.0.1 is not a unicast address",
+            ),
+            (
+                vxlan,
+                overlay(None, &[]),
+                "networks[0].vni: a VXLAN network needs switch.uplink",
+            ),
+            // Without an uplink the learnt VTEPs are not carried, but still checked.
+            (
+                "networks: []\n",
+                overlay(None, &[("x", "10.1.1.1"), ("x", "10.1.1.300")]),
+                "overlay.vteps[1].name: \"x\" is empty or used twice",
+            ),
+        ];
+        for (yaml, o, want) in cases {
+            let p = merged_problems(yaml, &o);
+            assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:#?}");
+        }
+        let p = merged_problems("networks: []\n", &overlay(None, &[("x", "10.1.1.300")]));
+        assert_eq!(
+            p,
+            ["overlay.vteps[0].address: \"10.1.1.300\" is not an IPv4 address"]
+        );
+        // Static VTEPs keep their own names.
+        let p = merged_problems(
+            "vteps:\n  - { name: b, address: 192.168.1.10 }\nswitch: { uplink: { interface: eth0 } }\n",
+            &overlay(None, &[("c", "192.168.1.12")]),
+        );
+        assert_eq!(
+            p,
+            ["vteps[0].address: 192.168.1.10 is this node's own tunnel address"]
+        );
     }
 
     #[test]

@@ -12,18 +12,42 @@
 //! 4. on deletion, removes the network from the daemon (refused while pods use it:
 //!    condition `InUse`, retried) and then the finalizer.
 //!
-//! The CRD's OpenAPI schema (`deploy/crd-network.yaml`) rejects malformed objects at the
-//! API server; the daemon's checks catch what a schema cannot say (overlaps, references).
-//! A watch that loses the API server is retried with back-off by kube-runtime, and each
-//! failure is logged.
+//! With a node name (`--node`, `NODE_NAME`) the controller also knows the cluster's
+//! nodes ([`nodes`]) and gives this node its share of a network's addresses ([`ipam`]),
+//! sent to the daemon as the network's `pool`:
+//!
+//! - the default network (`--default-network`, `default`): the node's `spec.podCIDR`;
+//!   one outside the network's prefix or overlapping another network of the tenant is
+//!   refused (`Ready=False`, reason `BadPodCIDR`) and the network is not applied;
+//! - a network with a `vni`: a block of its first IPv4 prefix (`spec.blockSize`, default
+//!   [`ipam::default_block_len`]), the lowest free one, recorded in `status.blocks`
+//!   (`{node: cidr}`) with the read `resourceVersion`, so two nodes never take the same
+//!   one (a conflict is re-read and retried);
+//! - any other network: its whole prefix, as on a single node.
+//!
+//! Every status write is such an update ([`update_status`]). Nodes share the one `Ready`
+//! condition: a node's failure says `node NAME: …` and stands, for that generation,
+//! until that node clears it or leaves; no other node overwrites it. A node whose Node
+//! object is gone leaves the Networks alone.
+//!
+//! The CRD's OpenAPI schema (`deploy/00-crd-network.yaml`) rejects malformed objects at
+//! the API server; the daemon's checks catch what a schema cannot say (overlaps,
+//! references). A watch that loses the API server is retried with back-off by
+//! kube-runtime, and each failure is logged.
 
+pub mod ipam;
+pub mod nodes;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use api::values::Prefix;
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -58,9 +82,14 @@ pub struct NetworkSpec {
     /// VLAN id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
-    /// VXLAN network identifier (refused by the node until VXLAN exists).
+    /// VXLAN network identifier: the network spans the nodes, each handing out
+    /// addresses from a block of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
+    /// The prefix length of each node's block of a network with a `vni` (default
+    /// [`ipam::default_block_len`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
     /// Gateway addresses (at most one per family).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateway: Vec<String>,
@@ -81,6 +110,9 @@ pub struct NetworkStatus {
     /// `Ready`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Each node's block of a network with a `vni`, `{node: cidr}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<String, String>,
 }
 
 /// A status condition (the `metav1.Condition` shape).
@@ -111,6 +143,27 @@ pub struct Ctx {
     pub api: PathBuf,
     /// This node's finalizer ([`finalizer_of`]).
     pub finalizer: String,
+    /// This node, when known.
+    pub node: Option<String>,
+    /// The network whose pool is the node's `spec.podCIDR`.
+    pub default_network: String,
+    /// The nodes, as the node watch sees them.
+    pub nodes: nodes::SharedView,
+    /// The Networks, as the controller sees them.
+    pub networks: Store<Network>,
+}
+
+impl Ctx {
+    /// This node has a name but no Node object (its Node was deleted: it left the
+    /// cluster, or `--node` is wrong). Such a node leaves the Networks alone: it writes
+    /// no status and no finalizer, so it does not fight the nodes that are members.
+    pub fn absent(&self) -> bool {
+        let Some(me) = &self.node else {
+            return false;
+        };
+        let v = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        v.synced && !v.nodes.contains_key(me)
+    }
 }
 
 /// Reconcile failures (they are retried with back-off).
@@ -128,6 +181,9 @@ pub enum Error {
     /// The finalizer machinery.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// An update kept meeting newer versions of the object.
+    #[error("network {0}: still conflicting after {CONFLICT_RETRIES} attempts")]
+    Conflict(String),
 }
 
 /// The daemon's network for `n`, or why `n` cannot be one.
@@ -163,7 +219,7 @@ pub fn to_daemon(n: &Network) -> Result<serde_json::Value, String> {
 }
 
 /// One call to the daemon, off the async runtime's threads.
-async fn daemon(
+pub(crate) async fn daemon(
     api: PathBuf,
     method: &'static str,
     path: String,
@@ -185,7 +241,7 @@ async fn daemon(
 }
 
 /// The `error` (and problems) of a daemon reply.
-fn reason_of(body: &str) -> String {
+pub(crate) fn reason_of(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(v) => {
             let mut s = v["error"].as_str().unwrap_or(body).to_string();
@@ -227,62 +283,235 @@ fn now() -> String {
     )
 }
 
-/// Sets the `Ready` condition (keeping its transition time when the status is the same).
+/// Attempts of an update that meets a newer version of the object.
+pub const CONFLICT_RETRIES: usize = 20;
+
+/// Updates `n`'s status with `f`, which says whether it changed anything: a replace of
+/// the status carrying the `resourceVersion` read, so that nothing another node wrote
+/// in between is lost; on a conflict the object is read again and `f` applied to that.
+/// Returns the object as last written or read, `None` when it is gone.
+pub async fn update_status(
+    api: &Api<Network>,
+    n: &Network,
+    mut f: impl FnMut(&mut NetworkStatus) -> bool,
+) -> Result<Option<Network>, Error> {
+    let name = n.name_any();
+    let mut cur = n.clone();
+    for _ in 0..CONFLICT_RETRIES {
+        let mut st = cur.status.clone().unwrap_or_default();
+        if !f(&mut st) {
+            return Ok(Some(cur));
+        }
+        let mut obj = cur.clone();
+        obj.status = Some(st);
+        match api
+            .replace_status(&name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(new) => return Ok(Some(new)),
+            Err(kube::Error::Api(s)) if s.is_conflict() => match api.get_opt(&name).await? {
+                Some(x) => cur = x,
+                None => return Ok(None),
+            },
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict(name))
+}
+
+/// The node that reported a condition: its message starts `node NAME: `.
+pub fn reporter(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("node ")?
+        .split_once(": ")
+        .map(|(n, _)| n)
+}
+
+/// Sets the `Ready` condition as node `me` sees it (keeping its transition time when
+/// the status is the same). A failure is prefixed `node ME: `. Another known node's
+/// failure of the same generation stands until that node clears it (or leaves, or the
+/// spec changes): nodes that disagree take turns on no write.
 async fn set_ready(
     api: &Api<Network>,
     n: &Network,
+    ctx: &Ctx,
     ready: bool,
     reason: &str,
     message: &str,
 ) -> Result<(), Error> {
+    let me = ctx.node.as_deref();
+    let message = match me {
+        Some(me) if !ready => format!("node {me}: {message}"),
+        _ => message.to_string(),
+    };
     let status = if ready { "True" } else { "False" };
-    let old = n
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let unchanged = old.is_some_and(|c| {
-        c.status == status
-            && c.reason == reason
-            && c.message == message
-            && c.observed_generation == n.metadata.generation
-    });
-    if unchanged {
-        return Ok(());
-    }
-    let since = match old {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now(),
+    let generation = n.metadata.generation;
+    let known = |node: &str| {
+        let v = ctx.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        !v.synced || v.nodes.contains_key(node)
     };
-    let st = NetworkStatus {
-        observed_generation: n.metadata.generation,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: since,
-            observed_generation: n.metadata.generation,
-        }],
-    };
-    api.patch_status(
-        &n.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": st })),
-    )
+    update_status(api, n, |st| {
+        let old = st.conditions.iter().find(|c| c.type_ == "Ready");
+        if let Some(c) = old {
+            if c.status == status
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == generation
+            {
+                return false;
+            }
+            let others_failure = c.status == "False"
+                && c.observed_generation == generation
+                && reporter(&c.message).is_some_and(|r| Some(r) != me && known(r));
+            if others_failure {
+                return false;
+            }
+        }
+        let since = match old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now(),
+        };
+        st.observed_generation = generation;
+        st.conditions.retain(|c| c.type_ != "Ready");
+        st.conditions.insert(
+            0,
+            Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            },
+        );
+        true
+    })
     .await?;
     Ok(())
+}
+
+/// Where this node takes the addresses of a network from.
+#[derive(Debug, PartialEq)]
+enum Pool {
+    /// The whole (first IPv4) prefix: a network of this node alone.
+    Whole,
+    /// This block of it.
+    Block(Prefix),
+    /// Not yet known (the nodes are not listed yet, or this node's is not there).
+    Wait,
+    /// Refused: reason and message for the `Ready` condition.
+    Refused(&'static str, String),
+}
+
+/// This node's pool of network `n` (see the module's documentation); allocates its
+/// block in `status.blocks` when it has none.
+async fn pool(api: &Api<Network>, n: &Network, ctx: &Ctx) -> Result<Pool, Error> {
+    let Some(me) = ctx.node.as_deref() else {
+        return Ok(Pool::Whole);
+    };
+    let name = n.name_any();
+    let is_default = name == ctx.default_network;
+    let spans = n.spec.vni.is_some();
+    let mine = n.status.as_ref().and_then(|s| s.blocks.get(me)).is_some();
+    if !spans && mine {
+        // No longer spanning nodes (its vni went): the block is given back.
+        update_status(api, n, |st| st.blocks.remove(me).is_some()).await?;
+    }
+    if !is_default && !spans {
+        return Ok(Pool::Whole);
+    }
+    let (synced, own) = {
+        let v = ctx.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        (v.synced, v.nodes.get(me).cloned())
+    };
+    let Some(own) = own.filter(|_| synced) else {
+        return Ok(Pool::Wait);
+    };
+    if is_default {
+        if let Some(pc) = &own.pod_cidr {
+            let others: Vec<(String, Vec<String>)> = ctx
+                .networks
+                .state()
+                .iter()
+                .filter(|x| x.spec.tenant == n.spec.tenant && x.name_any() != name)
+                .map(|x| (x.name_any(), x.spec.cidrs.clone()))
+                .collect();
+            return Ok(
+                match ipam::check_pod_cidr(pc, &name, &n.spec.cidrs, &others) {
+                    Ok(p) => Pool::Block(p),
+                    Err(e) => Pool::Refused("BadPodCIDR", format!("{e}; not applied")),
+                },
+            );
+        }
+        if !spans {
+            return Ok(Pool::Whole);
+        }
+    }
+    let Some(prefix) = ipam::first_ipv4(&n.spec.cidrs) else {
+        return Ok(Pool::Whole);
+    };
+    let len = match ipam::block_len(prefix.len, n.spec.block_size) {
+        Ok(l) => l,
+        Err(e) => return Ok(Pool::Refused("Invalid", e)),
+    };
+    let latest = update_status(api, n, |st| {
+        match ipam::block_for(&st.blocks, me, prefix, len) {
+            Some(b) if st.blocks.get(me) != Some(&b.to_string()) => {
+                st.blocks.insert(me.to_string(), b.to_string());
+                true
+            }
+            _ => false,
+        }
+    })
+    .await?;
+    let blocks = latest
+        .and_then(|x| x.status)
+        .map(|s| s.blocks)
+        .unwrap_or_default();
+    Ok(
+        match blocks.get(me).filter(|b| ipam::block_fits(b, prefix, len)) {
+            Some(b) => match b.parse() {
+                Ok(p) => Pool::Block(p),
+                Err(e) => Pool::Refused("NoFreeBlock", e),
+            },
+            None => Pool::Refused(
+                "NoFreeBlock",
+                format!(
+                    "no free /{len} block left in {prefix} ({} node(s) hold one); \
+                 a longer spec.blockSize or a larger prefix makes room",
+                    blocks.len()
+                ),
+            ),
+        },
+    )
 }
 
 async fn apply(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
     let api: Api<Network> = Api::all(ctx.client.clone());
     let name = n.name_any();
-    let body = match to_daemon(&n) {
-        Ok(v) => v.to_string().into_bytes(),
+    if ctx.absent() {
+        return Ok(absent(ctx, &name));
+    }
+    let mut body = match to_daemon(&n) {
+        Ok(v) => v,
         Err(e) => {
-            set_ready(&api, &n, false, "Invalid", &e).await?;
+            set_ready(&api, &n, ctx, false, "Invalid", &e).await?;
             return Ok(Action::await_change());
         }
     };
+    match pool(&api, &n, ctx).await? {
+        Pool::Whole => {}
+        Pool::Block(p) => body["pool"] = json!(p.to_string()),
+        // The node watch reconciles again once it has listed the nodes.
+        Pool::Wait => return Ok(Action::requeue(Duration::from_secs(2))),
+        Pool::Refused(reason, why) => {
+            tracing::warn!("network {name}: {why}");
+            set_ready(&api, &n, ctx, false, reason, &why).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    }
+    let body = body.to_string().into_bytes();
     match daemon(
         ctx.api.clone(),
         "PUT",
@@ -295,6 +524,7 @@ async fn apply(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
             set_ready(
                 &api,
                 &n,
+                ctx,
                 true,
                 "Applied",
                 "the node's switch carries this network",
@@ -305,12 +535,12 @@ async fn apply(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
         Ok((_, body)) => {
             let why = reason_of(&body);
             tracing::warn!("network {name}: the node refused it: {why}");
-            set_ready(&api, &n, false, "Rejected", &why).await?;
+            set_ready(&api, &n, ctx, false, "Rejected", &why).await?;
             // Nothing changes until the object (or the node's topology) does.
             Ok(Action::requeue(Duration::from_secs(300)))
         }
         Err(e) => {
-            set_ready(&api, &n, false, "DaemonUnavailable", &e.to_string()).await?;
+            set_ready(&api, &n, ctx, false, "DaemonUnavailable", &e.to_string()).await?;
             Err(e)
         }
     }
@@ -333,14 +563,29 @@ async fn cleanup(n: Arc<Network>, ctx: &Ctx) -> Result<Action, Error> {
         (_, body) => {
             let why = reason_of(&body);
             let api: Api<Network> = Api::all(ctx.client.clone());
-            set_ready(&api, &n, false, "InUse", &why).await?;
+            set_ready(&api, &n, ctx, false, "InUse", &why).await?;
             Err(Error::InUse(why))
         }
     }
 }
 
+/// What a node without a Node object does with a Network: nothing (the node watch
+/// warns when this node's Node goes).
+fn absent(ctx: &Ctx, name: &str) -> Action {
+    tracing::debug!(
+        "network {name}: no Node object named {} (it left the cluster, or --node is \
+         wrong); leaving the network alone",
+        ctx.node.as_deref().unwrap_or_default()
+    );
+    Action::requeue(Duration::from_secs(30))
+}
+
 /// Reconciles one `Network`.
 pub async fn reconcile(n: Arc<Network>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // A node that left does not put its finalizer back on; one it still has is honoured.
+    if ctx.absent() && !n.finalizers().contains(&ctx.finalizer) {
+        return Ok(absent(&ctx, &n.name_any()));
+    }
     let api: Api<Network> = Api::all(ctx.client.clone());
     finalizer(&api, &ctx.finalizer, n, |event| async {
         match event {
@@ -483,6 +728,7 @@ mod tests {
                 cidrs: vec!["10.0.0.0/24".into()],
                 vlan: Some(10),
                 vni: None,
+                block_size: None,
                 gateway: vec!["10.0.0.254".into()],
                 allowed_namespaces: vec![],
             },
@@ -503,6 +749,15 @@ mod tests {
         n.metadata.name = Some("net.a".into());
         assert!(to_daemon(&n).is_err());
         assert_eq!(now().len(), 20);
+        assert_eq!(reporter("node a-1: spec.podCIDR x"), Some("a-1"));
+        assert_eq!(reporter("VLAN 100 is taken"), None);
+        let st: NetworkStatus =
+            serde_json::from_value(json!({"blocks": {"a": "10.0.0.0/26"}})).unwrap();
+        assert_eq!(st.blocks["a"], "10.0.0.0/26");
+        assert!(serde_json::to_value(NetworkStatus::default())
+            .unwrap()
+            .get("blocks")
+            .is_none());
         assert!(now().starts_with("20"));
     }
 }

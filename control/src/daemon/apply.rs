@@ -10,7 +10,7 @@ use api::switch::{PortFailure, SwitchSpec};
 
 use super::procs::ProcRec;
 use super::state::{Persisted, PodRec};
-use super::{ApplyReply, Daemon, Phase, Refusal};
+use super::{ApplyReply, Daemon, Overlay, Phase, Refusal};
 use crate::attach;
 use crate::plan::{self, Plan, PodPlan};
 
@@ -220,20 +220,43 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(Path::new(crate::plan::VM_STATE_DIR).join(name));
     }
 
-    /// Applies `t`; on failure the previous state is restored and the error says what
-    /// failed.
+    /// The topology the daemon plans and runs: the desired one with the node agent's
+    /// overlay merged in. This and [`Daemon::apply_with`] are where the two meet, both
+    /// through [`Topology::with_overlay`].
+    pub(super) fn effective(&self) -> Option<Topology> {
+        let t = self.st.desired.as_ref()?;
+        Some(t.with_overlay(&self.st.overlay).topology)
+    }
+
+    /// Applies `t` with the overlay as it is; on failure the previous state is restored
+    /// and the error says what failed.
     pub(super) fn apply(
         &mut self,
         t: Topology,
         source: Option<String>,
     ) -> Result<ApplyReply, Refusal> {
-        let problems = t.check(self.host());
+        let overlay = self.st.overlay.clone();
+        self.apply_with(t, overlay, source)
+    }
+
+    /// Applies `desired` with `overlay` merged in (checked and planned as one topology);
+    /// both are kept only when it succeeds, and on failure the previous state is
+    /// restored and the error says what failed.
+    pub(super) fn apply_with(
+        &mut self,
+        desired: Topology,
+        overlay: Overlay,
+        source: Option<String>,
+    ) -> Result<ApplyReply, Refusal> {
+        let merged = desired.with_overlay(&overlay);
+        let problems = merged.check(self.host());
         if !problems.is_empty() {
             return Err(Refusal {
                 error: format!("{} problem(s); nothing was changed", problems.len()),
                 problems: problems.iter().map(|p| p.to_string()).collect(),
             });
         }
+        let t = merged.topology;
         let new = plan::plan(&t, &self.run, &self.image, &self.host()).map_err(|e| Refusal {
             error: e,
             problems: vec![],
@@ -262,10 +285,14 @@ impl Daemon {
         let full = self.full_switch(&t, &new);
         match self.apply_steps(&new, &full, &mut undo, &mut changes) {
             Ok(()) => {
-                if !changes.is_empty() || self.st.desired.as_ref() != Some(&t) {
+                if !changes.is_empty()
+                    || self.st.desired.as_ref() != Some(&desired)
+                    || self.st.overlay != overlay
+                {
                     self.st.generation += 1;
                 }
-                self.st.desired = Some(t);
+                self.st.desired = Some(desired);
+                self.st.overlay = overlay;
                 self.st.source = source;
                 self.plan = Some(new);
                 for name in std::mem::take(&mut self.removed_pods) {
@@ -521,6 +548,46 @@ impl Daemon {
         self.apply(t, source)
     }
 
+    /// `PUT /v1/overlay`: replaces what the node agent learnt of the cluster and applies
+    /// the desired topology with it. A refused overlay changes nothing; without a
+    /// topology it is checked against an empty one and kept for the next.
+    pub(super) fn put_overlay(&mut self, o: Overlay) -> Result<ApplyReply, Refusal> {
+        if o == self.st.overlay {
+            return Ok(ApplyReply {
+                generation: self.st.generation,
+                changes: vec![],
+            });
+        }
+        let Some(t) = self.st.desired.clone() else {
+            let problems = Topology::default().with_overlay(&o).check(self.host());
+            if !problems.is_empty() {
+                return Err(Refusal {
+                    error: format!("{} problem(s); nothing was changed", problems.len()),
+                    problems: problems.iter().map(|p| p.to_string()).collect(),
+                });
+            }
+            self.st.overlay = o;
+            self.persist();
+            return Ok(ApplyReply {
+                generation: self.st.generation,
+                changes: vec!["overlay recorded (no topology is applied)".into()],
+            });
+        };
+        let source = self.st.source.clone();
+        let r = self.apply_with(t, o, source)?;
+        self.event(format!(
+            "overlay: uplink {}, {} VTEP(s) from the node agent",
+            self.st
+                .overlay
+                .uplink
+                .as_ref()
+                .map(|u| u.interface.as_str())
+                .unwrap_or("none"),
+            self.st.overlay.vteps.len()
+        ));
+        Ok(r)
+    }
+
     /// `vnfhost down`: stops every pod and the switch and removes what they left.
     pub(super) fn down(&mut self) -> ApplyReply {
         let mut changes = Vec::new();
@@ -585,4 +652,238 @@ fn tail(p: &Path, n: usize) -> String {
         .filter(|l| !l.trim().is_empty() && !l.contains(" INFO "))
         .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+
+    use api::daemon::{OverlayUplink, OverlayVtep};
+    use api::switch::{Driver, SwitchSpec};
+
+    use super::*;
+    use crate::daemon::procs::{start_time, ProcRec, Procs};
+    use crate::daemon::state::Persisted;
+    use crate::plan::GuestImage;
+
+    /// A switch control socket that keeps the last configuration it was given.
+    fn fake_switch(sock: PathBuf) -> Arc<Mutex<SwitchSpec>> {
+        let cfg = Arc::new(Mutex::new(SwitchSpec::default()));
+        let l = std::os::unix::net::UnixListener::bind(sock).expect("fake switch socket");
+        let c = cfg.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                api::http::serve_one(s, Duration::from_secs(5), |r| {
+                    let mut cfg = c.lock().unwrap_or_else(|p| p.into_inner());
+                    match (r.method.as_str(), r.path.as_str()) {
+                        ("GET", "/v1/config") => api::http::json(&*cfg),
+                        ("PUT", "/v1/config") => match serde_json::from_slice(&r.body) {
+                            Ok(spec) => {
+                                *cfg = spec;
+                                api::http::json(&api::switch::ApplyReply {
+                                    generation: 1,
+                                    failed: vec![],
+                                })
+                            }
+                            Err(e) => api::http::Response::json(
+                                400,
+                                api::http::error_body(&e.to_string()),
+                            ),
+                        },
+                        _ => api::http::Response::json(404, api::http::error_body("fake")),
+                    }
+                });
+            }
+        });
+        cfg
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A daemon on a fresh run directory whose switch is the fake (this test process
+    /// stands in as its process, with the arguments `t` plans), nothing applied yet.
+    fn daemon(tag: &str, t: &Topology) -> (Daemon, Arc<Mutex<SwitchSpec>>, Dir) {
+        let dir = std::env::temp_dir().join(format!("vnfh-ov-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sw = fake_switch(plan::switch_socket(&dir));
+        let image = GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        };
+        let args = plan::plan(t, &dir, &image, &crate::topology::Host::current())
+            .unwrap()
+            .switch_args;
+        let me = std::process::id() as i32;
+        let d = Daemon {
+            run: dir.clone(),
+            exe: "/bin/false".into(),
+            image,
+            st: Persisted {
+                switch: Some(ProcRec {
+                    pid: me,
+                    start_time: start_time(me).unwrap(),
+                    args,
+                }),
+                ..Persisted::default()
+            },
+            plan: None,
+            procs: Procs::default(),
+            not_before: HashMap::new(),
+            samples: VecDeque::new(),
+            unanswered_since: None,
+            events: VecDeque::new(),
+            removed_pods: Vec::new(),
+        };
+        (d, sw, Dir(dir))
+    }
+
+    fn vtep(name: &str, address: &str) -> OverlayVtep {
+        OverlayVtep {
+            name: name.into(),
+            address: address.into(),
+        }
+    }
+
+    fn tunnels(sw: &Mutex<SwitchSpec>) -> Vec<String> {
+        let cfg = sw.lock().unwrap();
+        cfg.ports
+            .iter()
+            .filter(|p| matches!(p.driver, Driver::Vxlan { .. }))
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// The loopback interface is the uplink here: every host has it, with 127.0.0.1.
+    fn lo(address: Option<&str>) -> Option<OverlayUplink> {
+        Some(OverlayUplink {
+            interface: "lo".into(),
+            address: address.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn an_overlay_is_merged_into_what_runs_and_a_bad_one_changes_nothing() {
+        let t = crate::topology::parse(
+            "networks:\n  - {name: n, tenant: t, cidrs: [10.1.0.0/24], vni: 100}\n\
+             vteps:\n  - {name: static-b, address: 10.9.0.2}\n",
+        )
+        .unwrap();
+        let (mut d, sw, _dir) = daemon("merge", &t);
+        if crate::topology::interface_facts("lo").is_none_or(|(_, a)| a.is_empty()) {
+            println!("SKIPPED: lo has no IPv4 address here");
+            return;
+        }
+
+        // No topology yet: the overlay is checked against an empty one and kept.
+        let bad = Overlay {
+            uplink: Some(OverlayUplink {
+                interface: "nope0".into(),
+                address: None,
+            }),
+            vteps: vec![],
+        };
+        let r = d.put_overlay(bad).unwrap_err();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.starts_with("overlay.uplink.interface: no interface \"nope0\"")),
+            "{r:?}"
+        );
+        assert_eq!(d.st.overlay, Overlay::default());
+        let o = Overlay {
+            uplink: lo(None),
+            vteps: vec![vtep("node-c", "10.9.0.3")],
+        };
+        d.put_overlay(o.clone()).unwrap();
+        assert_eq!(d.st.overlay, o);
+
+        // A VXLAN network without an uplink of its own applies with the overlay's, with a
+        // tunnel to the static VTEP and to the learnt one.
+        d.apply(t.clone(), None).unwrap();
+        assert_eq!(
+            d.st.desired.as_ref(),
+            Some(&t),
+            "the desired topology is kept apart"
+        );
+        assert_eq!(
+            tunnels(&sw),
+            ["vx.100.10.9.0.2", "vx.100.10.9.0.3"],
+            "{:?}",
+            sw.lock().unwrap()
+        );
+        let uplink = sw.lock().unwrap().uplink.clone().unwrap();
+        assert_eq!(uplink.interface, "lo");
+        let generation = d.st.generation;
+
+        // Refused, with the overlay's fields named; nothing changes.
+        for (o, field) in [
+            (
+                Overlay {
+                    uplink: lo(None),
+                    vteps: vec![vtep("node-c", "10.9.0.3"), vtep("self", "127.0.0.1")],
+                },
+                "overlay.vteps[1].address: 127.0.0.1 is this node's own tunnel address",
+            ),
+            (
+                Overlay {
+                    uplink: lo(Some("10.200.0.1")),
+                    vteps: vec![],
+                },
+                "overlay.uplink.address: 10.200.0.1 is not an address of lo",
+            ),
+            (
+                Overlay {
+                    uplink: lo(None),
+                    vteps: vec![vtep("x", "10.9.0.7"), vtep("x", "10.9.0.8")],
+                },
+                "overlay.vteps[1].name",
+            ),
+            (
+                Overlay {
+                    uplink: None,
+                    vteps: vec![vtep("y", "banana")],
+                },
+                "overlay.vteps[0].address: \"banana\" is not an IPv4 address",
+            ),
+        ] {
+            let r = d.put_overlay(o).unwrap_err();
+            assert!(
+                r.problems.iter().any(|p| p.starts_with(field)),
+                "{field}: {r:?}"
+            );
+            assert!(r.error.contains("nothing was changed"), "{r:?}");
+            assert_eq!(d.st.generation, generation);
+            assert_eq!(tunnels(&sw), ["vx.100.10.9.0.2", "vx.100.10.9.0.3"]);
+        }
+
+        // A learnt VTEP that a static one already names is left out (the static one
+        // wins); one that leaves takes its tunnel with it.
+        d.put_overlay(Overlay {
+            uplink: lo(None),
+            vteps: vec![vtep("static-b", "10.9.0.99"), vtep("node-d", "10.9.0.2")],
+        })
+        .unwrap();
+        assert_eq!(tunnels(&sw), ["vx.100.10.9.0.2"]);
+        assert!(d.st.generation > generation);
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.state_file()).unwrap()).unwrap();
+        assert_eq!(on_disk["overlay"]["vteps"][1]["name"], "node-d");
+
+        // Without the overlay's uplink the VXLAN network has none: refused, kept running.
+        let r = d.put_overlay(Overlay::default()).unwrap_err();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("networks[0].vni") && p.contains("switch.uplink")),
+            "{r:?}"
+        );
+        assert_eq!(tunnels(&sw), ["vx.100.10.9.0.2"]);
+    }
 }

@@ -108,7 +108,7 @@ impl Daemon {
     /// Pushes the configuration with the current attachments to the switch; returns the
     /// ports that failed to open (the switch retries them).
     pub(super) fn push_attachments(&mut self) -> Result<Vec<PortFailure>, AttachError> {
-        let (Some(t), Some(plan)) = (self.st.desired.clone(), self.plan.clone()) else {
+        let (Some(t), Some(plan)) = (self.effective(), self.plan.clone()) else {
             return Err(AttachError::new(11, "no topology is applied"));
         };
         if !self.switch_alive() {
@@ -157,9 +157,7 @@ impl Daemon {
             ));
         }
         let t = self
-            .st
-            .desired
-            .clone()
+            .effective()
             .ok_or_else(|| AttachError::new(11, "no topology is applied"))?;
         let existing: Vec<&Attachment> = self.st.attachments.values().collect();
         // Tenancy and limits before anything is made: a refusal leaves no trace.

@@ -56,8 +56,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use api::daemon::{
-    default_api_socket, ApplyReply, AttachmentKey, CoreStatus, Exit, GcRequest, Phase, PodNetwork,
-    PodStatus, PortStatus, Refusal, Status, SwitchStatus, API_VERSION, RUN_DIR,
+    default_api_socket, ApplyReply, AttachmentKey, CoreStatus, Exit, GcRequest, Overlay, Phase,
+    PodNetwork, PodStatus, PortStatus, Refusal, Status, SwitchStatus, API_VERSION, RUN_DIR,
 };
 use api::http::{self, Response};
 use api::switch::SwitchCounters;

@@ -44,7 +44,7 @@ impl Daemon {
     /// One pass of the reconcile loop.
     pub(super) fn reconcile(&mut self) {
         self.procs.reap();
-        let (Some(plan), Some(t)) = (self.plan.clone(), self.st.desired.clone()) else {
+        let (Some(plan), Some(t)) = (self.plan.clone(), self.effective()) else {
             return;
         };
         let mut dirty = self.prune_attachments();

@@ -7,7 +7,7 @@ use api::http::{self, json, Request, Response};
 
 use super::attachments::pod_network_names;
 use super::status::metrics;
-use super::{ApplyRequest, Daemon, GcRequest, PodNetwork, Refusal, API_VERSION};
+use super::{ApplyRequest, Daemon, GcRequest, Overlay, PodNetwork, Refusal, API_VERSION};
 use crate::attach::{
     AttachError, AttachRequest, HandOverRequest, CODE_NOT_A_TAP, CODE_UNKNOWN_CONTAINER,
 };
@@ -46,6 +46,9 @@ pub enum Route<'a> {
     Metrics,
     /// `/v1/topology`: the desired topology (`PUT` applies, `DELETE` is `vnfhost down`).
     Topology(Verb),
+    /// `/v1/overlay`: what the node agent learnt of the cluster (`PUT` replaces and
+    /// applies it, `DELETE` empties it).
+    Overlay(Verb),
     /// `GET /v1/networks`.
     Networks,
     /// `/v1/networks/NAME`: one network of the desired topology.
@@ -120,6 +123,7 @@ impl<'a> Route<'a> {
             "/v1/status" => only("GET", Route::Status),
             "/metrics" => only("GET", Route::Metrics),
             "/v1/topology" => Ok(Route::Topology(Verb::parse(method)?)),
+            "/v1/overlay" => Ok(Route::Overlay(Verb::parse(method)?)),
             "/v1/networks" => only("GET", Route::Networks),
             "/v1/attachments" => only("GET", Route::Attachments),
             "/v1/attachments/gc" if method == "POST" => Ok(Route::AttachmentsGc),
@@ -207,6 +211,24 @@ pub(super) fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             },
         },
         Route::Topology(Verb::Delete) => json(&d.down()),
+        Route::Overlay(Verb::Get) => json(&d.st.overlay),
+        Route::Overlay(Verb::Put) => match serde_json::from_slice::<Overlay>(&req.body) {
+            Err(e) => refusal(
+                400,
+                &Refusal {
+                    error: format!("overlay: {e}"),
+                    problems: vec![],
+                },
+            ),
+            Ok(o) => match d.put_overlay(o) {
+                Ok(r) => json(&r),
+                Err(r) => refusal(422, &r),
+            },
+        },
+        Route::Overlay(Verb::Delete) => match d.put_overlay(Overlay::default()) {
+            Ok(r) => json(&r),
+            Err(r) => refusal(422, &r),
+        },
         Route::Networks => json(
             &d.st
                 .desired
@@ -358,6 +380,7 @@ mod tests {
         assert_eq!(ok("GET", "/v1/status"), Route::Status);
         assert_eq!(ok("POST", "/v1/version"), Route::Version);
         assert_eq!(ok("DELETE", "/v1/topology"), Route::Topology(Verb::Delete));
+        assert_eq!(ok("PUT", "/v1/overlay"), Route::Overlay(Verb::Put));
         assert_eq!(
             ok("PUT", "/v1/networks/net-a"),
             Route::Network {
@@ -406,6 +429,7 @@ mod tests {
             ("PUT", "/v1/status"),
             ("POST", "/metrics"),
             ("POST", "/v1/topology"),
+            ("POST", "/v1/overlay"),
             ("POST", "/v1/networks"),
             ("PATCH", "/v1/networks/a"),
             ("DELETE", "/v1/attachments"),

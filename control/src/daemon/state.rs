@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::procs::{start_time, ProcRec};
-use super::{Daemon, Exit, Phase, PodNetwork};
+use super::{Daemon, Exit, Overlay, Phase, PodNetwork};
 use crate::attach::Attachment;
 use crate::plan;
 use crate::topology::Topology;
@@ -44,6 +44,10 @@ pub(super) struct Persisted {
     /// `k8s.v1.cni.cncf.io/networks` annotation, recorded by the controller).
     #[serde(default)]
     pub(super) pod_networks: BTreeMap<String, Vec<PodNetwork>>,
+    /// What the node agent learnt of the cluster (`PUT /v1/overlay`), merged into
+    /// `desired` whenever it is checked or planned ([`Daemon::effective`]).
+    #[serde(default)]
+    pub(super) overlay: Overlay,
 }
 
 /// Mode of `state.json`.
@@ -123,7 +127,7 @@ impl Daemon {
                 }
             }
         }
-        if let Some(t) = self.st.desired.clone() {
+        if let Some(t) = self.effective() {
             match plan::plan(&t, &self.run, &self.image, &self.host()) {
                 Ok(p) => self.plan = Some(p),
                 Err(e) => self.event(format!("the recorded topology does not plan: {e}")),
