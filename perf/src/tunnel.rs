@@ -93,7 +93,9 @@ impl Report {
         let mut o = String::new();
         o.push_str(&format!(
             "VXLAN tunnel p2p: DUT on CPU {}, generator on CPU {}, {} counted rounds after {} \
-             warm-up, {:.1} s trials; Mpps as min / median / max\n\n",
+             warm-up, {:.1} s trials; Mpps as min / median / max. The generator offers \
+             frames as fast as each DUT takes them, from one core: where it is the slower \
+             of the two, the rate is a lower bound of the DUT's.\n\n",
             cfg.dut_core,
             cfg.gen_core,
             cfg.rounds,

@@ -181,11 +181,11 @@ impl RxBatch {
         (head, tail)
     }
 
-    /// Drops the first `n` bytes of frame `i` (an outer tunnel header) and copies the
-    /// head of what is left aside again, so the frame is decided and sent as the inner
-    /// frame. False, and nothing changed, when the frame is not longer than `n`. The
-    /// head is read anew from where the frame was received: meant for frames in the
-    /// switch's own memory (the uplink's ring), not in a guest's.
+    /// Drops the first `n` bytes of frame `i` (an outer tunnel header), so the frame is
+    /// decided and sent as the inner frame: the head copy moves up by `n` and the bytes
+    /// that now follow it are copied in from where the frame was received (none for a
+    /// frame that was whole in the head). False, and nothing changed, when the frame is
+    /// not longer than `n`.
     ///
     /// # Panics
     /// When `i >= len()`.
@@ -195,14 +195,19 @@ impl RxBatch {
         if (l as usize) <= n {
             return false;
         }
+        let old = (l as usize).min(HEAD_SNAPSHOT);
         let l = l - n as u32;
         // `push`'s contract keeps the original l + n bytes at `p` readable until `clear`;
         // the new range is a suffix of them.
         let p = p.wrapping_add(n);
         let h = (l as usize).min(HEAD_SNAPSHOT);
-        // SAFETY: as above, h <= l readable bytes at p; h <= HEAD_SNAPSHOT, the size of
-        // the destination.
-        unsafe { copy_small(p, self.heads[i].as_mut_ptr(), h) };
+        let kept = old.saturating_sub(n);
+        self.heads[i].copy_within(n.min(old)..old, 0);
+        if h > kept {
+            // SAFETY: as above, h <= l readable bytes at p, of which bytes kept..h are
+            // copied to heads[i][kept..h], inside the HEAD_SNAPSHOT-byte destination.
+            unsafe { copy_small(p.add(kept), self.heads[i].as_mut_ptr().add(kept), h - kept) };
+        }
         self.frames[i] = (p, l);
         true
     }
@@ -637,6 +642,34 @@ mod tests {
             let (eh, et) = eager.parts(i);
             assert_eq!((lh, lt.to_vec()), (eh, et.to_vec()));
         }
+    }
+
+    #[test]
+    fn stripping_an_outer_header_leaves_the_inner_frame_and_its_head() {
+        for (len, n) in [
+            (60 + 50, 50),
+            (1514 + 50, 50),
+            (200, 70),
+            (129, 1),
+            (178, 50),
+        ] {
+            let f: Vec<u8> = (0..len).map(|x| (x * 13 + 1) as u8).collect();
+            let mut b = RxBatch::default();
+            // SAFETY: `f` outlives the batch's use below.
+            unsafe { b.push(f.as_ptr(), len as u32) };
+            assert!(b.strip_front(0, n));
+            let inner = &f[n..];
+            assert_eq!(b.frame_len(0), inner.len());
+            assert_eq!(b.head(0), &inner[..inner.len().min(HEAD_SNAPSHOT)]);
+            let (h, t) = b.parts(0);
+            assert_eq!([h, &t.to_vec()[..]].concat(), inner);
+        }
+        let f = [0u8; 50];
+        let mut b = RxBatch::default();
+        // SAFETY: as above.
+        unsafe { b.push(f.as_ptr(), 50) };
+        assert!(!b.strip_front(0, 50), "nothing would be left");
+        assert_eq!(b.frame_len(0), 50);
     }
 
     #[test]
