@@ -81,23 +81,8 @@ impl Underlay {
     }
 }
 
-/// `vnfhost daemon` inside namespace `ns` (`ip netns exec` execs it: the child is the
-/// daemon).
 fn daemon_in(ns: &str, run: &Path) -> Daemon {
-    let log = std::fs::File::create(run.join("daemon.log")).unwrap();
-    let child = in_ns(ns, &[VNFHOST, "daemon", "--run-dir", run.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let api = run.join("api.sock").display().to_string();
-    let d = Daemon(child, api.clone());
-    let t = Instant::now();
-    while !Path::new(&api).exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    common::cni::daemon_in(Some(ns), run)
 }
 
 /// `vnfhost up` of `topology`; Ok(stdout) or Err(stderr).

@@ -20,4 +20,5 @@ mod ovs;
 pub mod p2p;
 pub mod plot;
 pub mod tunnel;
+pub mod uplink;
 pub mod vmstart;

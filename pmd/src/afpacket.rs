@@ -742,19 +742,7 @@ impl Port for AfPacketPort {
     }
 
     fn stats(&self) -> PortStats {
-        let (rp, rb, rd) = self.rx_ctr.read();
-        let (tp, tb, td) = self.tx_ctr.read();
-        let mut s = PortStats {
-            rx_packets: rp,
-            rx_bytes: rb,
-            tx_packets: tp,
-            tx_bytes: tb,
-            ..Default::default()
-        };
-        for i in 0..PortDrop::COUNT {
-            s.drops[i] = rd[i] + td[i];
-        }
-        s
+        crate::port::stats_of(&self.rx_ctr, &self.tx_ctr)
     }
 }
 

@@ -409,6 +409,23 @@ impl PortStats {
     }
 }
 
+/// The snapshot of a port with one receive and one transmit counter set (tap, uplink).
+pub fn stats_of(rx: &QueueCounters, tx: &QueueCounters) -> PortStats {
+    let (rp, rb, rd) = rx.read();
+    let (tp, tb, td) = tx.read();
+    let mut s = PortStats {
+        rx_packets: rp,
+        rx_bytes: rb,
+        tx_packets: tp,
+        tx_bytes: tb,
+        ..Default::default()
+    };
+    for i in 0..PortDrop::COUNT {
+        s.drops[i] = rd[i] + td[i];
+    }
+    s
+}
+
 /// Counters of one queue, written by the one thread that owns the queue at the time
 /// (plain load + store, no locked instruction) and read by anyone.
 #[repr(align(64))]

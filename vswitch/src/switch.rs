@@ -753,6 +753,11 @@ impl PollTask for CoreTask {
                     bridge.forward_range(p, b, i..j, now, l3.staging, l3.to_router);
                     i = j;
                 }
+                // Another node's pods ask their own node's router for the gateway (every
+                // node has one, with the same address and MAC): a broadcast ARP or a
+                // neighbour solicitation that came through a tunnel is delivered to
+                // the pods here but not answered.
+                l3.to_router.retain(|t| !t.flooded);
                 l3.run(bridge, b, now);
             });
         }

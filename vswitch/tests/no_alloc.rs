@@ -173,6 +173,10 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
     let mut ask = arp(mac(30), [10, 0, 0, 30]);
     ask[38..42].copy_from_slice(&[10, 0, 0, 254]);
     w.push((PortId(0), ask));
+    // Two tunnels (ports 11 and 12, split horizon, VLAN 50): a MAC learnt behind one is
+    // not reached from the other.
+    w.push((PortId(12), frame(bcast, mac(150), &[])));
+    w.push((PortId(11), frame(mac(150), mac(151), &[])));
     for ttl in [64, 1] {
         let mut p = frame(RMAC, mac(30), &[]);
         p[14] = 0x45;
@@ -243,6 +247,12 @@ fn forward_does_not_allocate() {
         )
         .expect("filter");
     bridge.set_link(PortId(6), false).expect("link down");
+    for p in [11, 12] {
+        bridge
+            .add_port(PortId(p), VlanMode::Access { vid: vid(50) })
+            .expect("add port");
+        bridge.set_horizon(PortId(p), true).expect("horizon");
+    }
     let work = workload();
 
     // A router between VLANs 10 and 20 (ports 0, 1 and 2).

@@ -155,8 +155,22 @@ pub fn addr(v: &Value) -> String {
 
 /// Starts `vnfhost daemon` on `run` and waits for its API socket.
 pub fn daemon(run: &std::path::Path) -> Daemon {
+    daemon_in(None, run)
+}
+
+/// [`daemon`] inside network namespace `netns` when given (`ip netns exec` execs it:
+/// the child is the daemon).
+pub fn daemon_in(netns: Option<&str>, run: &std::path::Path) -> Daemon {
     let log = std::fs::File::create(run.join("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vnfhost"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_vnfhost")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_vnfhost")),
+    };
+    let child = cmd
         .args(["daemon", "--run-dir", run.to_str().unwrap()])
         .stdout(log.try_clone().unwrap())
         .stderr(log)

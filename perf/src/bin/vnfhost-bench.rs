@@ -18,6 +18,7 @@ usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
        vnfhost bench vm [options]
        vnfhost bench churn [options]
        vnfhost bench tunnel [options]
+       vnfhost bench uplink [--rounds N] [--seconds S] [--out DIR]
        vnfhost bench pod [--rounds N] [--warmup N] [--out DIR]
 
   p2p    forwarding benchmark: vnfhost against DPDK testpmd and OVS-DPDK, interleaved
@@ -25,6 +26,8 @@ usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
   churn  the largest gap in a flow while the switch's spec changes
   tunnel VXLAN encapsulation and decapsulation on one core: vnfhost against OVS-DPDK's
          userspace tunnelling
+  uplink VXLAN frames onto a veth from one core: vnfhost's AF_PACKET uplink against the
+         kernel's vxlan device
   pod    pod start and memory per pod: VM pods (CRI and `vnfhost run`) against runc
          pods in one containerd (perf/pod_bench.py, with the CRI client's venv)
 
@@ -133,6 +136,8 @@ fn main() {
         vm(args.split_off(1))
     } else if first == "churn" {
         churn(args.split_off(1))
+    } else if first == "uplink" {
+        uplink(args.split_off(1))
     } else if first == "tunnel" {
         tunnel(args.split_off(1))
     } else if first == "pod" {
@@ -461,8 +466,83 @@ pub fn vm(args: Vec<OsString>) -> Result<(), String> {
 
 /// `vnfhost bench churn [--rate MPPS] [--changes N] [--duration S] [--trials N]
 /// [--dut-core N] [--gen-core N]`: the largest gap in a flow while other ports change.
-fn tunnel(args: Vec<OsString>) -> Result<(), String> {
+/// The `--key [value]` options of a benchmark, each handed to `f` (flags, the keys in
+/// `flags`, with an empty value). `Ok(false)` after printing `usage` for `--help`.
+fn each_option(
+    args: Vec<OsString>,
+    bench: &str,
+    usage: &str,
+    flags: &[&str],
+    mut f: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<bool, String> {
     use lexopt::Arg::*;
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        let key = match arg {
+            Long(k) => k.to_string(),
+            Short('h') => "help".into(),
+            other => {
+                return Err(format!(
+                    "bench {bench}: {} (see --help)",
+                    other.unexpected()
+                ))
+            }
+        };
+        if key == "help" {
+            print!("{usage}");
+            return Ok(false);
+        }
+        if flags.contains(&key.as_str()) {
+            f(&key, "")?;
+            continue;
+        }
+        let v = p
+            .value()
+            .map_err(|e| format!("--{key}: {e}"))?
+            .into_string()
+            .map_err(|_| format!("--{key}: not UTF-8"))?;
+        f(&key, &v)?;
+    }
+    Ok(true)
+}
+
+/// `v`, the value of `--key`, as a number in `0..=max`.
+fn number_in(key: &str, v: &str, max: f64) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0 && *x <= max)
+        .ok_or(format!("--{key}: {v:?} is not a number in 0..={max}"))
+}
+
+fn uplink(args: Vec<OsString>) -> Result<(), String> {
+    let mut cfg = perf::uplink::UplinkConfig {
+        vnfhost: vnfhost()?,
+        rounds: 5,
+        trial: Duration::from_secs(2),
+    };
+    let mut out = PathBuf::from("bench-results");
+    let usage = "usage: vnfhost bench uplink [--rounds N] [--seconds S] [--out DIR]\n";
+    let go = each_option(args, "uplink", usage, &[], |key, v| {
+        match key {
+            "rounds" => cfg.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
+            "seconds" => cfg.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
+            "out" => out = PathBuf::from(v),
+            _ => return Err(format!("bench uplink: unknown option --{key} (see --help)")),
+        }
+        Ok(())
+    })?;
+    if !go {
+        return Ok(());
+    }
+    let md = perf::uplink::run(&cfg, &mut |l| eprintln!("{l}"))?;
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let f = out.join("uplink.md");
+    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
+    print!("{md}");
+    Ok(())
+}
+
+fn tunnel(args: Vec<OsString>) -> Result<(), String> {
     let mut cfg = perf::tunnel::TunnelConfig {
         vnfhost: vnfhost()?,
         dut_core: 0,
@@ -476,33 +556,9 @@ fn tunnel(args: Vec<OsString>) -> Result<(), String> {
         hugepages: true,
     };
     let mut out = PathBuf::from("bench-results");
-    let mut p = lexopt::Parser::from_args(args);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-        let key = match arg {
-            Long(k) => k.to_string(),
-            Short('h') => "help".into(),
-            other => return Err(format!("bench tunnel: {} (see --help)", other.unexpected())),
-        };
-        if key == "help" {
-            print!("{TUNNEL_USAGE}");
-            return Ok(());
-        }
-        if key == "no-hugepages" {
-            cfg.hugepages = false;
-            continue;
-        }
-        let v = p
-            .value()
-            .map_err(|e| format!("--{key}: {e}"))?
-            .into_string()
-            .map_err(|_| format!("--{key}: not UTF-8"))?;
-        let num = |max: f64| -> Result<f64, String> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0 && *x <= max)
-                .ok_or(format!("--{key}: {v:?} is not a number in 0..={max}"))
-        };
-        match key.as_str() {
+    let go = each_option(args, "tunnel", TUNNEL_USAGE, &["no-hugepages"], |key, v| {
+        match key {
+            "no-hugepages" => cfg.hugepages = false,
             "frames" => {
                 cfg.frame_sizes = v
                     .split(',')
@@ -512,14 +568,18 @@ fn tunnel(args: Vec<OsString>) -> Result<(), String> {
                     })
                     .collect::<Result<_, _>>()?
             }
-            "rounds" => cfg.rounds = num(100.0)?.max(1.0) as u32,
-            "warmup" => cfg.warmup = num(100.0)? as u32,
-            "seconds" => cfg.trial = Duration::from_secs_f64(num(600.0)?.max(0.5)),
-            "dut-core" => cfg.dut_core = num(1023.0)? as usize,
-            "gen-core" => cfg.gen_core = num(1023.0)? as usize,
-            "out" => out = PathBuf::from(&v),
+            "rounds" => cfg.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
+            "warmup" => cfg.warmup = number_in(key, v, 100.0)? as u32,
+            "seconds" => cfg.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
+            "dut-core" => cfg.dut_core = number_in(key, v, 1023.0)? as usize,
+            "gen-core" => cfg.gen_core = number_in(key, v, 1023.0)? as usize,
+            "out" => out = PathBuf::from(v),
             _ => return Err(format!("bench tunnel: unknown option --{key} (see --help)")),
         }
+        Ok(())
+    })?;
+    if !go {
+        return Ok(());
     }
     let r = perf::tunnel::run(&cfg, &mut |l| eprintln!("{l}"))?;
     let md = r.markdown(&cfg);

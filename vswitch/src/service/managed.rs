@@ -465,6 +465,8 @@ impl Managed {
         else {
             return;
         };
+        // One lookup per remote VTEP, however many VNIs it carries.
+        let mut known: HashMap<Ipv4Addr, NextHop> = HashMap::new();
         for o in self.open.values() {
             let Some(t) = &o.tunnel else { continue };
             let hop = match given {
@@ -472,7 +474,10 @@ impl Managed {
                     via: t.remote(),
                     mac,
                 },
-                None => crate::overlay::resolve(t.remote(), &ifname),
+                None => known
+                    .entry(t.remote())
+                    .or_insert_with(|| crate::overlay::resolve(t.remote(), &ifname))
+                    .clone(),
             };
             let mac = match &hop {
                 NextHop::Resolved { mac, .. } => Some(*mac),
