@@ -141,12 +141,17 @@ pub fn run(a: &SwitchArgs) -> Result<(), String> {
     );
     let mut prev = Vec::new();
     let mut last = Instant::now();
+    let mut ticks = 0u32;
     loop {
-        if let Some(sig) = wait_signal(&sigs, Duration::from_secs(1)) {
+        if let Some(sig) = wait_signal(&sigs, Duration::from_millis(500)) {
             tracing::info!("signal {sig}: stopping");
             break;
         }
-        if a.stats {
+        // As the daemon's switch does: the uplink and ports that fail are opened again,
+        // tunnels' next hops follow the kernel's tables.
+        m.retry();
+        ticks += 1;
+        if a.stats && ticks.is_multiple_of(2) {
             let now = Instant::now();
             print_rates(
                 m.switch(),
