@@ -5,10 +5,11 @@
 //! with [`mem::GuestSlice`], [`fault`],
 //! [`pool`], the frame batch in [`port`]), rings ([`vring`], and the driver side in
 //! [`virtio_user`]), [`sync`], and the system ([`sys`], [`hint`], the `SCM_RIGHTS`
-//! messaging of [`vhost_proto`]). The two port drivers deny it too, except for a few
-//! statements each, allowed one by one, where a ring's or pool's buffer becomes a batch
-//! entry ([`vhost_user`]: 5, [`tap`]: 1), listed with their reason at the top of their
-//! module.
+//! messaging of [`vhost_proto`]). The vhost-user and tap drivers deny it too, except
+//! for a few statements each, allowed one by one, where a ring's or pool's buffer
+//! becomes a batch entry ([`vhost_user`]: 5, [`tap`]: 1), listed with their reason at
+//! the top of their module; the uplink driver, whose receive ring is memory the kernel
+//! shares, allows it as a whole, each block with its reason.
 //!
 //! This crate moves frames and knows nothing of MAC tables, tenants or VMs:
 //! - [`mem`]: hugepage-backed shared regions and guest memory tables;

@@ -228,13 +228,13 @@ impl Port for VxlanPort {
             .port
             .tx_burst_prefixed(q, src, &sel[..n], &pre[..n], OVERHEAD);
         if sent < n {
+            // The uplink counted each refused frame by its reason; here they are this
+            // tunnel's drops, and its bytes those of the frames that went (in
+            // proportion: which ones is the uplink's to know).
             self.ctr.drop_n(PortDrop::NoRxBuffer, (n - sent) as u64);
+            bytes = bytes * sent as u64 / n as u64;
         }
-        if sent == n {
-            self.ctr.add(sent as u64, bytes);
-        } else {
-            self.ctr.add(sent as u64, 0);
-        }
+        self.ctr.add(sent as u64, bytes);
         sent
     }
 
