@@ -379,6 +379,12 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage, host: &Host) -> Result
                         .join(",")
                 }),
                 net,
+                // A VXLAN network's MTU, as for the other pods.
+                net_mtu: pod
+                    .interfaces
+                    .first()
+                    .and_then(|ifc| nets.get(ifc.network.as_str()))
+                    .and_then(|(n, _, _)| n.vni.and(overlay_mtu)),
                 api: None,
                 volumes: pod
                     .volumes

@@ -119,6 +119,9 @@ pub struct RunSpec {
     pub cpus: Option<String>,
     /// The network port: socket, mac, address, gateway.
     pub net: Option<(String, String, String, Option<String>)>,
+    /// The port's network's MTU when it is not 1500 (a VXLAN network's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_mtu: Option<u32>,
     /// The daemon's API socket the port came from (to give it back).
     pub api: Option<PathBuf>,
     /// Volumes: host path, mount path, read-only.
@@ -371,9 +374,12 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
         .clone()
         .unwrap_or_else(api::daemon::default_api_socket);
     let made = (|| -> Result<RunSpec, String> {
-        let net = match &o.net {
-            None => None,
-            Some(network) => Some(attach(&api, &name, network)?),
+        let (net, net_mtu) = match &o.net {
+            None => (None, None),
+            Some(network) => {
+                let (port, mtu) = attach(&api, &name, network)?;
+                (Some(port), mtu)
+            }
         };
         Ok(RunSpec {
             name: name.clone(),
@@ -385,6 +391,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
             mem_mib: o.mem_mib,
             cpus: o.cpus.clone(),
             net,
+            net_mtu,
             api: o.net.as_ref().map(|_| api.clone()),
             volumes: o.volumes.clone(),
             vm_dir: None,
@@ -444,11 +451,11 @@ pub fn run(args: Vec<OsString>) -> Result<i32, String> {
 }
 
 /// A port for pod `name` on `network` from the daemon.
-fn attach(
-    api: &Path,
-    name: &str,
-    network: &str,
-) -> Result<(String, String, String, Option<String>), String> {
+/// A vhost-user port on `network` from the daemon: (socket, mac, address, gateway), and
+/// the network's MTU when it is not 1500.
+type Attached = ((String, String, String, Option<String>), Option<u32>);
+
+fn attach(api: &Path, name: &str, network: &str) -> Result<Attached, String> {
     let body = serde_json::json!({
         "network": network, "kind": "vhost-user", "pod": format!("vnfhost-run/{name}")
     })
@@ -474,10 +481,13 @@ fn attach(
             .ok_or(format!("the daemon's reply has no {k}"))
     };
     Ok((
-        f("socket")?,
-        f("mac")?,
-        f("address")?,
-        v["gateway"].as_str().map(String::from),
+        (
+            f("socket")?,
+            f("mac")?,
+            f("address")?,
+            v["gateway"].as_str().map(String::from),
+        ),
+        v["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()),
     ))
 }
 
@@ -597,6 +607,7 @@ pub fn keep(args: Vec<OsString>) -> Result<i32, String> {
             mac,
             address,
             gateway,
+            mtu: spec.net_mtu,
         });
     // A topology pod's image is resolved (imported, built) here, at its start.
     let (image_file, process) = match (&spec.image_file, &spec.process) {

@@ -575,5 +575,49 @@ fn pod_vms_on_two_nodes_reach_each_other_and_are_told_the_mtu() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // A container image in a pod VM (`vnfhost run --net red` on node 0) is told the MTU
+    // too, and reaches the VM on node 1.
+    if common::find_in_path("mkfs.ext4").is_some() {
+        let oci = dir.join("bb.tar");
+        let o = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/cri/cri_tool.py"
+            ))
+            .args(["image", oci.to_str().unwrap(), "test/busybox:1"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let o = Command::new(VNFHOST)
+            .args([
+                "run",
+                "--name",
+                "img0",
+                "--api",
+                &daemons[0].1,
+                "--net",
+                "red",
+            ])
+            .arg("--image")
+            .arg(format!("oci-archive:{}", oci.display()))
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "cat /sys/class/net/eth0/mtu && ping -c 2 -W 5 10.1.0.74",
+            ])
+            .env("VNFHOST_PODS", dir.join("pods"))
+            .env("VNFHOST_IMAGES", dir.join("images"))
+            .env("VNFHOST_CACHE", dir.join("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(out.lines().next(), Some("1450"), "{out}");
+        assert!(out.contains("bytes from 10.1.0.74"), "{out}");
+    } else {
+        println!("(the image pod part needs mkfs.ext4)");
+    }
     drop(daemons);
 }

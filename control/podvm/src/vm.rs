@@ -90,6 +90,9 @@ pub struct NetPort {
     pub address: String,
     /// The default gateway.
     pub gateway: Option<String>,
+    /// The network's MTU when it is not 1500 (a VXLAN network's: the uplink's less 50),
+    /// told to the guest's NIC (`VIRTIO_NET_F_MTU`).
+    pub mtu: Option<u32>,
 }
 
 /// What a pod VM is made of.
@@ -283,8 +286,12 @@ impl PodVm {
         }
         let mut append = vec!["vnf.agent=1".to_string()];
         if let Some(n) = &cfg.net {
-            cmd.arg("--net")
-                .arg(format!("vhost-user={},client,mac={}", n.socket, n.mac));
+            cmd.arg("--net").arg(format!(
+                "vhost-user={},client,mac={}{}",
+                n.socket,
+                n.mac,
+                n.mtu.map(|m| format!(",mtu={m}")).unwrap_or_default()
+            ));
             append.push(format!("vnf.ip={}", n.address));
             if let Some(gw) = &n.gateway {
                 append.push(format!("vnf.gw={gw}"));

@@ -152,6 +152,7 @@ fn vm_port(sandbox: &str) -> Result<Option<NetPort>, String> {
         mac: a.mac,
         address: a.address,
         gateway: a.gateway,
+        mtu: a.mtu,
     }))
 }
 
