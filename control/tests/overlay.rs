@@ -104,6 +104,24 @@ fn status(api: &str) -> Value {
     common::cni::status(api)
 }
 
+/// The status once `ok` holds for it: the daemon samples the switch's counters every
+/// second, so what just happened shows within a couple of seconds.
+fn status_until(api: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let s = status(api);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what}: not in the status within 10 s: {}",
+            s["overlay"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Node `i`'s topology: tenants a (red) and b (blue), both 10.1.0.0/24, on VNIs 100
 /// and 200, the node's block of each the `i`th /26, the other nodes' VTEPs, and `extra`.
 fn node_topology(i: usize, vteps: &[(&str, &str)], extra: &str) -> String {
@@ -316,13 +334,10 @@ fn two_nodes_carry_two_tenants_with_one_prefix_over_vxlan_and_never_mix_them() {
     ok(&red0.0, &["ip", "link", "set", "eth0", "mtu", "1500"]);
     let o = ping(&red0, "10.1.0.64", 1472);
     assert!(!o.status.success(), "{o:?}");
-    let s = status(&d0.1);
+    let s = status_until(&d0.1, "frame_too_big >= 2", |s| {
+        s["overlay"]["drops"]["frame_too_big"].as_u64().unwrap_or(0) >= 2
+    });
     let ov = &s["overlay"];
-    assert!(
-        ov["drops"]["frame_too_big"].as_u64().unwrap_or(0) >= 2,
-        "{}",
-        serde_json::to_string_pretty(ov).unwrap()
-    );
     assert_eq!(ov["mtu"], 1500);
     assert_eq!(ov["pod_mtu"], 1450);
     assert!(ov["decapsulated"].as_u64().unwrap() > 1000, "{ov}");
@@ -431,7 +446,9 @@ fn the_linux_kernels_vxlan_is_a_vtep_of_the_same_network() {
     // vnfhost's VNI 200 got nothing of VNI 100, and the node's kernel, which sees the
     // same datagrams, answered none of them with ICMP port unreachable (the guard
     // socket): its count of unreachables sent did not move during the traffic.
-    let s = status(&d.1);
+    let s = status_until(&d.1, "the transfers' frames", |s| {
+        s["overlay"]["decapsulated"].as_u64().unwrap_or(0) > 10_000
+    });
     assert_eq!(
         s["overlay"]["decap_drops"],
         serde_json::json!({}),

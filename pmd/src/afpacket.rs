@@ -588,6 +588,72 @@ impl AfPacketPort {
     }
 }
 
+/// A netlink socket subscribed to the kernel's IPv4 route and neighbour changes, so that
+/// the tunnels' next hops are looked up again when they change rather than on a timer
+/// alone. What changed is not parsed: any message means "look again".
+pub struct RouteWatch {
+    sock: OwnedFd,
+}
+
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+
+impl RouteWatch {
+    /// Subscribes in the calling thread's network namespace.
+    pub fn open() -> std::io::Result<RouteWatch> {
+        let sock = socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )?;
+        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value to fill in.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups = RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE;
+        // SAFETY: binds our socket to a sockaddr_nl on the stack, its size given.
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RouteWatch { sock })
+    }
+
+    /// Waits up to `ms` for a change; true when one (or more) came, all of them read.
+    pub fn wait(&self, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, its count given.
+        if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+            return false;
+        }
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: reads at most buf.len() bytes into our buffer; non-blocking.
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                // EAGAIN: drained. ENOBUFS (messages lost): a change all the same.
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                    any = true;
+                    continue;
+                }
+                return any;
+            }
+            any = true;
+        }
+    }
+}
+
 /// Completes a partial checksum: the field at `at` holds the pseudo-header's sum, and
 /// the one's-complement sum of `frame[start..]` (that field included) is written there.
 fn finish_checksum(frame: &mut [u8], start: usize, at: usize) {
@@ -767,6 +833,38 @@ mod tests {
         let mut o = [1u8, 2, 3, 0, 0];
         finish_checksum(&mut o, 0, 3);
         assert_eq!(u16::from_be_bytes([o[3], o[4]]), !(0x0102u16 + 0x0300));
+    }
+
+    #[test]
+    fn a_route_change_wakes_the_watch() {
+        let ns = format!("vnfh-rw{}", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !ip(&["netns", "add", &ns]) {
+            println!("SKIPPED: cannot make a network namespace (ip netns add)");
+            return;
+        }
+        let path = format!("/var/run/netns/{ns}");
+        let watch = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("netns");
+            crate::sys::setns_net(std::os::fd::AsFd::as_fd(&f)).expect("setns");
+            let w = RouteWatch::open().expect("netlink");
+            let quiet = w.wait(200);
+            (quiet, w)
+        })
+        .join()
+        .expect("thread");
+        assert!(!watch.0, "no change yet");
+        assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
+        assert!(ip(&["-n", &ns, "route", "add", "10.9.9.0/24", "dev", "lo"]));
+        let woke = watch.1.wait(2000);
+        let _ = ip(&["netns", "del", &ns]);
+        assert!(woke, "a route added in the namespace woke the watch");
     }
 
     #[test]

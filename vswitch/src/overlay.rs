@@ -22,7 +22,8 @@
 //! - **Remote MACs** are learnt by the bridge from decapsulated frames, each on the port
 //!   of the VTEP it came from.
 //! - **Next hop**: the underlay route to each VTEP and its neighbour's MAC come from the
-//!   kernel's tables ([`resolve`]); the switch service refreshes them every second and
+//!   kernel's tables ([`resolve`]); the switch service refreshes them when netlink
+//!   announces a change and every 500 ms, and
 //!   swaps the MAC in atomically. A tunnel whose next hop is not resolved yet drops
 //!   (counted `not_ready`) and asks the kernel to resolve it.
 

@@ -6,7 +6,9 @@
 //! | `PUT /v1/config` with a [`SwitchSpec`] | 200 [`ApplyReply`](api::switch::ApplyReply) (ports that failed to open are listed, and retried); 400 when the body is not a spec (the field named); 422 when the spec fails a check |
 //! | `GET /v1/stats` | [`SwitchCounters`](api::switch::SwitchCounters) |
 //!
-//! A thread beside the server opens failed ports again when their back-off has passed.
+//! A thread beside the server opens failed ports again when their back-off has passed,
+//! and looks the tunnels' next hops up again: every half second, and at once when the
+//! kernel announces a route or neighbour change (netlink).
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -71,8 +73,18 @@ pub fn serve(path: &Path, m: Arc<Mutex<Managed>>, stop: Arc<AtomicBool>) -> Resu
     std::thread::Builder::new()
         .name("switch-retry".into())
         .spawn(move || {
+            // Route and neighbour changes wake it at once (a tunnel's next hop resolved
+            // or moved); without the subscription, every half second.
+            let watch = pmd::afpacket::RouteWatch::open()
+                .map_err(|e| tracing::warn!("no netlink route watch ({e}); polling only"))
+                .ok();
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(500));
+                match &watch {
+                    Some(w) => {
+                        w.wait(500);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(500)),
+                }
                 lock(&m).retry();
             }
         })
