@@ -140,6 +140,58 @@ pub struct OverlayVtep {
     pub address: String,
 }
 
+/// A service: topology `services:` entries, and `PUT /v1/services/NAME` (the
+/// Kubernetes controller's Services). A virtual IP of one network's tenant, balanced
+/// per connection over backends by the switch; only that tenant's pods reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique name: 1-63 of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// The network whose tenant owns the VIP; that tenant needs a router (clients send
+    /// to the VIP through their gateway).
+    pub network: String,
+    /// The virtual IP, IPv4. Not inside any of the tenant's networks.
+    pub vip: std::net::Ipv4Addr,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+    /// Backends: topology pod names (the pod's address on a network of the tenant) or
+    /// IPv4 addresses on the tenant's networks. Only ready ones belong here.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Session affinity.
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// How long a client's affinity lasts after its last packet, in seconds (with
+    /// `client_ip`). Default 10800, as Kubernetes'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
+}
+
+/// One port of a [`Service`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    /// Protocol.
+    pub protocol: crate::switch::L4Protocol,
+    /// The port clients connect to on the VIP, 1..=65535.
+    pub port: u16,
+    /// The backends' port. Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+/// Session affinity of a [`Service`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Every connection picks its backend.
+    #[default]
+    None,
+    /// A client's connections go to one backend while it keeps talking.
+    ClientIp,
+}
+
 /// The body of an `up` refused before anything changed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Refusal {
@@ -227,6 +279,12 @@ pub struct Status {
     /// The uplink and its tunnels to other nodes, when the topology has an uplink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<crate::switch::OverlayCounters>,
+    /// The switch's session tables.
+    #[serde(default)]
+    pub sessions: crate::switch::SessionCounters,
+    /// Services, with their backends and the connections each was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<crate::switch::ServiceCounters>,
     /// Recent events, oldest first, each `UNIXTIME message`.
     pub events: Vec<String>,
 }

@@ -30,6 +30,130 @@ pub struct SwitchSpec {
     /// The uplink to the underlay, which `vxlan` ports tunnel through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkSpec>,
+    /// Load-balanced services: a virtual IP and port of one router's tenant, spread over
+    /// backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
+    /// The session table (connection tracking) that stateful groups and services share.
+    #[serde(default)]
+    pub sessions: SessionSpec,
+}
+
+/// The session table: one per polling core, of `capacity` sessions each, and how long
+/// a session lives without a packet, by state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// Sessions per polling core, 16..=4194304. A new session that finds the table full
+    /// (after reclaiming expired ones) is refused and counted; no live session is ever
+    /// evicted for it. Default 131072.
+    #[serde(default = "session_capacity")]
+    pub capacity: u32,
+    /// A TCP session that has seen both directions and no FIN or RST, in seconds.
+    /// Default 3600.
+    #[serde(default = "s3600")]
+    pub tcp_established_s: u32,
+    /// A TCP session that has seen one direction only (opening). Default 30.
+    #[serde(default = "s30")]
+    pub tcp_opening_s: u32,
+    /// A TCP session after a FIN from both sides, or a RST. Default 10.
+    #[serde(default = "s10")]
+    pub tcp_closing_s: u32,
+    /// UDP. Default 30.
+    #[serde(default = "s30")]
+    pub udp_s: u32,
+    /// ICMP and every other protocol. Default 30.
+    #[serde(default = "s30")]
+    pub other_s: u32,
+}
+
+impl Default for SessionSpec {
+    fn default() -> Self {
+        SessionSpec {
+            capacity: session_capacity(),
+            tcp_established_s: s3600(),
+            tcp_opening_s: s30(),
+            tcp_closing_s: s10(),
+            udp_s: s30(),
+            other_s: s30(),
+        }
+    }
+}
+
+fn session_capacity() -> u32 {
+    131_072
+}
+fn s3600() -> u32 {
+    3600
+}
+fn s30() -> u32 {
+    30
+}
+fn s10() -> u32 {
+    10
+}
+
+/// A service: (router, protocol, virtual IP, port) balanced over backends. The VIP is
+/// reachable only through that router, so only from its tenant's networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Its name (for status), unique in the spec.
+    pub name: String,
+    /// The router (tenant) whose networks reach it.
+    pub router: String,
+    /// The virtual IP: off the router's networks (clients send it to their gateway).
+    pub vip: std::net::Ipv4Addr,
+    /// TCP or UDP.
+    pub protocol: L4Protocol,
+    /// The port clients connect to, 1..=65535.
+    pub port: u16,
+    /// The ready backends (at most 1024). Empty: the VIP answers with a TCP reset or an
+    /// ICMP port unreachable.
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+    /// ClientIP affinity: a client's new connections go to the backend its last one
+    /// went to, for this many seconds after its last packet. `None`: per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
+}
+
+/// One backend of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// Its address, on one of the router's networks.
+    pub address: std::net::Ipv4Addr,
+    /// The port it listens on, 1..=65535.
+    pub port: u16,
+}
+
+/// A service's transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl L4Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            L4Protocol::Tcp => 6,
+            L4Protocol::Udp => 17,
+        }
+    }
+
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// The switch's uplink: a host interface it shares with the kernel (`AF_PACKET`), and
@@ -104,8 +228,9 @@ pub struct PortSpec {
     /// default. (Without `anti_spoofing` a port may send anything anyway.)
     #[serde(default)]
     pub router: bool,
-    /// Security groups applied to what the port is sent; a packet passes when any group
-    /// allows it (their union, as in Neutron).
+    /// Security groups: what the port may be sent (ingress) and may send (egress). A
+    /// packet passes when any group allows it (their union, as in Neutron). A port's
+    /// groups are all stateful or all stateless.
     #[serde(default)]
     pub security_groups: Vec<String>,
 }
@@ -209,18 +334,31 @@ pub struct RouteSpec {
     pub via: IpAddr,
 }
 
-/// A security group: what a port may be sent.
+/// A security group: what a port may be sent (ingress) and may send (egress).
+///
+/// Stateful (the default, as Neutron's): a packet a rule allows creates a session, and
+/// the packets of that session, both ways, pass the port's checks without a rule scan;
+/// so replies need no rules of their own. Stateless: every packet is held to the rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupSpec {
     /// Its name.
     pub name: String,
-    /// Drop what no rule allows. Without it the group allows everything.
+    /// Drop ingress that no rule allows. Without it the group allows all ingress.
     #[serde(default)]
     pub default_deny: bool,
-    /// Allow rules.
+    /// Ingress allow rules (`source` prefixes).
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Drop egress that no egress rule allows. Without it the group allows all egress.
+    #[serde(default)]
+    pub default_deny_egress: bool,
+    /// Egress allow rules (`destination` prefixes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<RuleSpec>,
+    /// Replies to what a rule allowed pass without rules. Default true.
+    #[serde(default = "yes")]
+    pub stateful: bool,
 }
 
 /// One allow rule.
@@ -232,9 +370,12 @@ pub struct RuleSpec {
     /// Destination ports `[first, last]` (TCP and UDP only).
     #[serde(default)]
     pub ports: Option<(u16, u16)>,
-    /// Source prefix. Default: anywhere.
+    /// Source prefix (ingress rules). Default: anywhere.
     #[serde(default)]
     pub source: Option<Prefix>,
+    /// Destination prefix (egress rules). Default: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Prefix>,
 }
 
 /// A rule's protocol.
@@ -349,6 +490,51 @@ pub struct SwitchCounters {
     /// The uplink and its tunnels, when the spec has an uplink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayCounters>,
+    /// The session tables, summed over cores.
+    #[serde(default)]
+    pub sessions: SessionCounters,
+    /// Per service in the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceCounters>,
+}
+
+/// The session tables of all polling cores.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionCounters {
+    /// Live sessions (each core's table counts the sessions it holds).
+    pub live: u64,
+    /// Capacity, all cores together.
+    pub capacity: u64,
+    /// Sessions created.
+    pub created: u64,
+    /// Sessions that timed out.
+    pub expired: u64,
+    /// Sessions removed because their backend left its service.
+    pub removed: u64,
+    /// New sessions refused because the table was full (their packet dropped).
+    pub table_full: u64,
+}
+
+/// One service's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCounters {
+    /// Its name.
+    pub name: String,
+    /// `VIP:PORT/PROTOCOL`.
+    pub vip: String,
+    /// Its backends, with the connections each was given.
+    pub backends: Vec<BackendCounters>,
+    /// New connections refused (reset or ICMP) for want of a backend.
+    pub no_backend: u64,
+}
+
+/// One backend's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    /// `ADDRESS:PORT`.
+    pub backend: String,
+    /// New sessions it was chosen for.
+    pub hits: u64,
 }
 
 /// The uplink and the tunnels through it.
