@@ -422,6 +422,31 @@ pub fn render(s: &Status) -> String {
         s.floods,
         join_counts(&s.bridge_drops)
     );
+    let ss = &s.sessions;
+    if ss.capacity > 0 || !s.services.is_empty() {
+        let _ = writeln!(
+            o,
+            "sessions: {} live of {}, created {}, expired {}, removed {}, table full {}",
+            ss.live, ss.capacity, ss.created, ss.expired, ss.removed, ss.table_full
+        );
+    }
+    for v in &s.services {
+        let _ = writeln!(
+            o,
+            "service {} {}: {} backend(s){}",
+            v.name,
+            v.vip,
+            v.backends.len(),
+            if v.no_backend > 0 {
+                format!(", {} refused for want of one", v.no_backend)
+            } else {
+                String::new()
+            }
+        );
+        for b in &v.backends {
+            let _ = writeln!(o, "  backend {:<21} hits {}", b.backend, b.hits);
+        }
+    }
     if let Some(v) = &s.overlay {
         let _ = writeln!(
             o,

@@ -79,9 +79,25 @@ fn cidr_of(nets: &[Cidr], a: IpAddr) -> Option<Cidr> {
 
 /// The switch's form of a topology security group.
 fn group_spec(g: &crate::topology::SecurityGroup) -> Result<SecurityGroupSpec, String> {
+    Ok(SecurityGroupSpec {
+        name: g.name.clone(),
+        default_deny: g.default_deny_ingress,
+        rules: rule_specs(g, &g.ingress, false)?,
+        default_deny_egress: g.default_deny_egress,
+        egress: rule_specs(g, &g.egress, true)?,
+        stateful: g.stateful,
+    })
+}
+
+fn rule_specs(
+    g: &crate::topology::SecurityGroup,
+    list: &[crate::topology::Rule],
+    egress: bool,
+) -> Result<Vec<RuleSpec>, String> {
     let mut rules = Vec::new();
-    for (k, r) in g.ingress.iter().enumerate() {
-        let at = format!("security group {} ingress[{k}]", g.name);
+    let dir = if egress { "egress" } else { "ingress" };
+    for (k, r) in list.iter().enumerate() {
+        let at = format!("security group {} {dir}[{k}]", g.name);
         let ports = match &r.ports {
             None => None,
             Some(p) => {
@@ -100,18 +116,23 @@ fn group_spec(g: &crate::topology::SecurityGroup) -> Result<SecurityGroupSpec, S
                 Protocol::Icmp => ApiProtocol::Icmp,
             },
             ports,
-            source: r
-                .cidr
-                .as_deref()
-                .map(|c| c.parse().map_err(|e| format!("{at}.cidr: {e}")))
-                .transpose()?,
+            source: None,
+            destination: None,
         });
+        let remote = r
+            .cidr
+            .as_deref()
+            .map(|c| c.parse().map_err(|e| format!("{at}.cidr: {e}")))
+            .transpose()?;
+        if let Some(last) = rules.last_mut() {
+            if egress {
+                last.destination = remote;
+            } else {
+                last.source = remote;
+            }
+        }
     }
-    Ok(SecurityGroupSpec {
-        name: g.name.clone(),
-        default_deny: g.default_deny_ingress,
-        rules,
-    })
+    Ok(rules)
 }
 
 /// The switch port of the tunnel to `remote` on `vni`.
@@ -243,6 +264,29 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage, host: &Host) -> Result
     }
     for g in &t.security_groups {
         sw.security_groups.push(group_spec(g)?);
+    }
+    for s in &t.services {
+        let r = t
+            .resolve_service(s)
+            .map_err(|e| format!("service {}: {}", s.name, e[0].1))?;
+        for p in &s.ports {
+            sw.services.push(api::switch::ServiceSpec {
+                name: format!("{}:{}/{}", s.name, p.port, p.protocol.as_str()),
+                router: r.router.clone(),
+                vip: s.vip,
+                protocol: p.protocol,
+                port: p.port,
+                backends: r
+                    .backends
+                    .iter()
+                    .map(|a| api::switch::BackendSpec {
+                        address: *a,
+                        port: p.target_port.unwrap_or(p.port),
+                    })
+                    .collect(),
+                affinity_timeout_s: r.affinity_s,
+            });
+        }
     }
 
     let mut pods = Vec::new();

@@ -14,7 +14,7 @@ use vswitch::switch::{Switch, SwitchConfig};
 use std::ffi::OsString;
 
 use vswitch::service::args::{
-    parse_port, parse_route, parse_router_if, parse_security_group, parse_uplink,
+    parse_port, parse_route, parse_router_if, parse_security_group, parse_service, parse_uplink,
 };
 
 use crate::args::{number, unexpected, value, Parsed};
@@ -222,6 +222,8 @@ fn config(a: &SwitchArgs) -> SwitchConfig {
         fdb_capacity: a.fdb_size,
         fdb_max_age: a.fdb_age,
         routers: Vec::new(),
+        sessions: a.spec.sessions.capacity as usize,
+        timeouts: Default::default(),
     }
 }
 
@@ -265,10 +267,18 @@ options:
                          its addresses and routes IPv4 and IPv6 between VLANs
   --route SPEC           repeatable; a static route: PREFIX/LEN,via=ADDR
   --routes FILE          static routes, one `PREFIX/LEN via ADDR` per line
-  --security-group SPEC  repeatable; NAME[,deny],RULE... with RULE any, icmp,
-                         tcp[:PORTS] or udp[:PORTS], each [@PREFIX/LEN]; a port
-                         with sg=NAME is sent only what a rule allows (with
-                         deny; ARP and ND always pass). Stateless.
+  --security-group SPEC  repeatable; NAME[,deny][,deny-egress][,stateless],RULE...
+                         with RULE any, icmp, tcp[:PORTS] or udp[:PORTS], each
+                         [@PREFIX/LEN] (the source); out:RULE is an egress rule
+                         (its prefix the destination). A port with sg=NAME is
+                         sent (deny) and sends (deny-egress) only what a rule
+                         allows; ARP and ND always pass. Stateful unless
+                         stateless: replies to what a rule allowed pass.
+  --service SPEC         repeatable; a load-balanced VIP of the router:
+                         NAME,vip=ADDR,port=P[,udp],backend=ADDR:PORT...
+                         [,affinity=SECONDS]
+  --sessions N           session-table capacity per polling core (default
+                         131072)
   -h, --help             this text
 ";
 
@@ -344,6 +354,13 @@ pub fn parse_switch(args: Vec<OsString>) -> Result<Parsed<SwitchArgs>, String> {
                 a.spec.security_groups.push(g);
             }
             Long("router-if") => router_ifs.push(parse_router_if(&value(&mut p, "--router-if")?)?),
+            Long("service") => a
+                .spec
+                .services
+                .push(parse_service(&value(&mut p, "--service")?, "router")?),
+            Long("sessions") => {
+                a.spec.sessions.capacity = number(&value(&mut p, "--sessions")?, "--sessions")?
+            }
             Long("route") => routes.push(parse_route(&value(&mut p, "--route")?)?),
             Long("routes") => {
                 let f = value(&mut p, "--routes")?;

@@ -40,6 +40,9 @@ pub struct Topology {
     /// Security groups, referenced by interfaces.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroup>,
+    /// Services: a tenant's virtual IP and ports, balanced over backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<api::daemon::Service>,
     /// Pod VMs.
     #[serde(default)]
     pub pods: Vec<Pod>,
@@ -241,7 +244,8 @@ pub struct Route {
     pub via: String,
 }
 
-/// A security group: allow rules for traffic into the ports that use it.
+/// A security group: allow rules for traffic into (`ingress`) and out of (`egress`)
+/// the interfaces that use it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroup {
@@ -251,9 +255,20 @@ pub struct SecurityGroup {
     /// of what is expected and nothing is dropped).
     #[serde(default)]
     pub default_deny_ingress: bool,
-    /// Allow rules.
+    /// Ingress allow rules (`cidr`: the source).
     #[serde(default)]
     pub ingress: Vec<Rule>,
+    /// Drop egress traffic that no egress rule allows.
+    #[serde(default)]
+    pub default_deny_egress: bool,
+    /// Egress allow rules (`cidr`: the destination).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Rule>,
+    /// Replies to what a rule allowed pass without rules of their own (connection
+    /// tracking), as Neutron's groups. Default true; `false` holds every packet to the
+    /// rules. An interface's groups are all stateful or all stateless.
+    #[serde(default = "yes")]
+    pub stateful: bool,
 }
 
 /// One allow rule.
@@ -498,6 +513,25 @@ impl Host {
             interface: interface_facts,
         }
     }
+}
+
+/// Whether `name` can name a service: 1-63 of `[A-Za-z0-9._-]`.
+pub fn valid_service_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A service as the switch runs it: its tenant's router, and its backends' addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedService {
+    /// The router whose tenant owns it.
+    pub router: String,
+    /// The backends' addresses.
+    pub backends: Vec<std::net::Ipv4Addr>,
+    /// Affinity timeout (s), if ClientIP.
+    pub affinity_s: Option<u32>,
 }
 
 /// The problems of a list of other nodes' tunnel endpoints, named `AT[i].…`: names
@@ -747,6 +781,185 @@ fn bad_name(name: &str) -> Option<String> {
 }
 
 impl Topology {
+    /// The router and backend addresses of `svc`, or its problems as (field, message).
+    pub fn resolve_service(
+        &self,
+        svc: &api::daemon::Service,
+    ) -> Result<ResolvedService, Vec<(String, String)>> {
+        let mut bad = Vec::new();
+        let Some(net) = self.networks.iter().find(|n| n.name == svc.network) else {
+            return Err(vec![(
+                "network".into(),
+                format!("no network {:?}", svc.network),
+            )]);
+        };
+        let tenant = &net.tenant;
+        let Some(router) = self
+            .routers
+            .iter()
+            .find(|r| r.tenant == *tenant && r.networks.contains(&svc.network))
+        else {
+            return Err(vec![(
+                "network".into(),
+                format!(
+                    "network {:?} has no router: clients reach a VIP through their gateway",
+                    svc.network
+                ),
+            )]);
+        };
+        // The tenant's prefixes that the router joins (the VIP's reach).
+        let prefixes: Vec<(String, Cidr)> = self
+            .networks
+            .iter()
+            .filter(|n| n.tenant == *tenant && router.networks.contains(&n.name))
+            .flat_map(|n| {
+                n.cidrs
+                    .iter()
+                    .filter_map(|c| Cidr::parse(c).ok())
+                    .map(move |c| (n.name.clone(), c))
+            })
+            .collect();
+        let vip = std::net::IpAddr::V4(svc.vip);
+        if svc.vip.is_unspecified()
+            || svc.vip.is_loopback()
+            || svc.vip.is_multicast()
+            || svc.vip.is_broadcast()
+            || svc.vip.is_link_local()
+        {
+            bad.push((
+                "vip".into(),
+                format!("{} is not a unicast address", svc.vip),
+            ));
+        }
+        for n in self.networks.iter().filter(|n| n.tenant == *tenant) {
+            let pool = n.pool.as_deref().and_then(|p| Cidr::parse(p).ok());
+            for c in n.cidrs.iter().filter_map(|c| Cidr::parse(c).ok()) {
+                if c.contains(vip) {
+                    let what = match pool {
+                        Some(p) if p.contains(vip) => format!("its pool {p}"),
+                        _ => format!("its prefix {c}"),
+                    };
+                    bad.push((
+                        "vip".into(),
+                        format!(
+                            "{} is inside network {}'s addresses ({what}): pods would ask \
+                             for it by ARP instead of sending it to their gateway; take a \
+                             VIP off the tenant's networks (a service range)",
+                            svc.vip, n.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if svc.ports.is_empty() {
+            bad.push(("ports".into(), "a service needs a port".into()));
+        }
+        for (j, p) in svc.ports.iter().enumerate() {
+            if p.port == 0 {
+                bad.push((
+                    format!("ports[{j}].port"),
+                    "0 is not a port (1..=65535)".into(),
+                ));
+            }
+            if p.target_port == Some(0) {
+                bad.push((
+                    format!("ports[{j}].target_port"),
+                    "0 is not a port (1..=65535)".into(),
+                ));
+            }
+        }
+        if let Some(t) = svc.affinity_timeout_s {
+            if !(1..=86_400).contains(&t) {
+                bad.push((
+                    "affinity_timeout_s".into(),
+                    format!("{t} is outside 1..=86400"),
+                ));
+            }
+        }
+        if svc.backends.len() > vswitch::lb::MAX_BACKENDS {
+            bad.push((
+                "backends".into(),
+                format!(
+                    "{} of them; a service takes at most {}",
+                    svc.backends.len(),
+                    vswitch::lb::MAX_BACKENDS
+                ),
+            ));
+        }
+        let mut backends = Vec::new();
+        for (j, b) in svc.backends.iter().enumerate() {
+            let addr = match b.parse::<std::net::Ipv4Addr>() {
+                Ok(a) => Some(a),
+                Err(_) => match self.pods.iter().find(|p| p.name == *b) {
+                    None => {
+                        bad.push((
+                            format!("backends[{j}]"),
+                            format!("{b:?} is neither an IPv4 address nor a pod"),
+                        ));
+                        continue;
+                    }
+                    Some(pod) => {
+                        let a = pod
+                            .interfaces
+                            .iter()
+                            .filter(|i| prefixes.iter().any(|(n, _)| *n == i.network))
+                            .flat_map(|i| i.ips.iter())
+                            .filter_map(|a| a.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+                            .next();
+                        if a.is_none() {
+                            bad.push((
+                                format!("backends[{j}]"),
+                                format!(
+                                    "pod {b:?} has no IPv4 address on a network of router {}",
+                                    router.name
+                                ),
+                            ));
+                        }
+                        a
+                    }
+                },
+            };
+            let Some(a) = addr else { continue };
+            if !prefixes
+                .iter()
+                .any(|(_, c)| c.contains(std::net::IpAddr::V4(a)))
+            {
+                let other = self
+                    .networks
+                    .iter()
+                    .find(|n| {
+                        n.tenant != *tenant
+                            && n.cidrs
+                                .iter()
+                                .filter_map(|c| Cidr::parse(c).ok())
+                                .any(|c| c.contains(std::net::IpAddr::V4(a)))
+                    })
+                    .map(|n| format!(" (it is on tenant {:?}'s network {})", n.tenant, n.name))
+                    .unwrap_or_default();
+                bad.push((
+                    format!("backends[{j}]"),
+                    format!(
+                        "{a} is on none of tenant {tenant:?}'s networks that router {} joins{other}",
+                        router.name
+                    ),
+                ));
+                continue;
+            }
+            backends.push(a);
+        }
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        Ok(ResolvedService {
+            router: router.name.clone(),
+            backends,
+            affinity_s: match svc.affinity {
+                api::daemon::Affinity::None => None,
+                api::daemon::Affinity::ClientIp => Some(svc.affinity_timeout_s.unwrap_or(10_800)),
+            },
+        })
+    }
+
     /// Huge pages (2 MiB) the topology takes: pods' RAM where they ask for huge pages,
     /// and the switch's per-queue pools where it does.
     pub fn hugepages_needed(&self) -> u64 {
@@ -1130,16 +1343,27 @@ impl Topology {
                     format!("{:?} is empty or used twice", g.name),
                 );
             }
-            for (j, r) in g.ingress.iter().enumerate() {
+            let rules = g
+                .ingress
+                .iter()
+                .enumerate()
+                .map(|(j, r)| (format!("{at}.ingress[{j}]"), r))
+                .chain(
+                    g.egress
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| (format!("{at}.egress[{j}]"), r)),
+                );
+            for (rat, r) in rules {
                 if let Some(c) = &r.cidr {
                     if let Err(e) = Cidr::parse(c) {
-                        bad(format!("{at}.ingress[{j}].cidr"), e);
+                        bad(format!("{rat}.cidr"), e);
                     }
                 }
                 if let Some(ports) = &r.ports {
                     if !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
                         bad(
-                            format!("{at}.ingress[{j}].ports"),
+                            format!("{rat}.ports"),
                             "ports need protocol tcp or udp".into(),
                         );
                     }
@@ -1150,7 +1374,7 @@ impl Topology {
                     match range {
                         (Ok(a), Ok(b)) if a >= 1 && a <= b => {}
                         _ => bad(
-                            format!("{at}.ingress[{j}].ports"),
+                            format!("{rat}.ports"),
                             format!("{ports:?} is not a port or a range like 1000-2000"),
                         ),
                     }
@@ -1409,6 +1633,56 @@ impl Topology {
                             format!("{at}.security_groups[{k}]"),
                             format!("unknown security group {g:?}"),
                         );
+                    }
+                }
+                let kinds: HashSet<bool> = ifc
+                    .security_groups
+                    .iter()
+                    .filter_map(|g| self.security_groups.iter().find(|x| &x.name == g))
+                    .map(|g| g.stateful)
+                    .collect();
+                if kinds.len() > 1 {
+                    bad(
+                        format!("{at}.security_groups"),
+                        "mixes stateful and stateless groups; an interface's groups must all \
+                         be one or the other (as Neutron's)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        let mut keys = HashSet::new();
+        let mut svc_names = HashSet::new();
+        for (k, svc) in self.services.iter().enumerate() {
+            let at = format!("services[{k}]");
+            if !valid_service_name(&svc.name) || !svc_names.insert(svc.name.as_str()) {
+                bad(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is not 1-63 of [A-Za-z0-9._-], or is used twice",
+                        svc.name
+                    ),
+                );
+            }
+            match self.resolve_service(svc) {
+                Err(list) => {
+                    for (f, m) in list {
+                        bad(format!("{at}.{f}"), m);
+                    }
+                }
+                Ok(r) => {
+                    for (j, p) in svc.ports.iter().enumerate() {
+                        if !keys.insert((r.router.clone(), svc.vip, p.port, p.protocol)) {
+                            bad(
+                                format!("{at}.ports[{j}]"),
+                                format!(
+                                    "{}:{}/{} is another service's already",
+                                    svc.vip,
+                                    p.port,
+                                    p.protocol.as_str()
+                                ),
+                            );
+                        }
                     }
                 }
             }

@@ -350,11 +350,13 @@ pub enum DropReason {
     /// node delivers to its own ports, so a frame from one tunnel never leaves by
     /// another.
     SplitHorizon,
+    /// A security group of the ingress port allows none of what it sends (egress rules).
+    SecurityGroupEgress,
 }
 
 impl DropReason {
     /// Every reason, in the stable order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::UnknownPort,
         DropReason::PortDown,
         DropReason::TooShort,
@@ -373,6 +375,7 @@ impl DropReason {
         DropReason::SecurityGroup,
         DropReason::SpoofedNd,
         DropReason::SplitHorizon,
+        DropReason::SecurityGroupEgress,
     ];
 
     /// Number of reasons.
@@ -399,6 +402,7 @@ impl DropReason {
             DropReason::SecurityGroup => "security_group",
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::SplitHorizon => "split_horizon",
+            DropReason::SecurityGroupEgress => "security_group_egress",
         }
     }
 
@@ -663,25 +667,24 @@ pub enum RuleProto {
     Icmp,
 }
 
-/// One allow rule: protocol (and ports), and a source prefix.
+/// One allow rule: protocol (and destination ports), and the remote prefix: the source
+/// of an ingress rule, the destination of an egress rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FilterRule {
     /// Protocol and ports.
     pub proto: RuleProto,
-    /// Source prefix; `None` is anywhere.
+    /// Remote prefix; `None` is anywhere.
     pub src: Option<(IpAddr, u8)>,
 }
 
-/// A port's security group, applied to the traffic the switch delivers *to* the port
-/// (ingress, seen from the guest): with `default_deny`, an IP packet must match one of
-/// `rules`; ARP and IPv6 neighbour discovery (ICMPv6 133–137 with hop limit 255) always
-/// pass; other EtherTypes are dropped. The exemption trusts what port security let in:
-/// the sender's port checked its ARP and neighbour discovery before any group is asked,
-/// so from a port with port security only its own addresses get through; a port without
-/// it is trusted with any.
-/// Without `default_deny` everything passes. The filter is **stateless**: replies to
-/// traffic the guest started need rules of their own (Neutron's groups are stateful).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One security group's rules in one direction, stateless (the rules alone decide):
+/// with `default_deny`, an IP packet must match one of `rules`; ARP and IPv6 neighbour
+/// discovery (ICMPv6 133–137 with hop limit 255) always pass; other EtherTypes are
+/// dropped. The exemption trusts what port security let in: the sender's port checked
+/// its ARP and neighbour discovery before any group is asked, so from a port with port
+/// security only its own addresses get through; a port without it is trusted with any.
+/// Without `default_deny` everything passes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngressFilter {
     /// Drop what no rule allows.
     pub default_deny: bool,
@@ -689,13 +692,65 @@ pub struct IngressFilter {
     pub rules: Vec<FilterRule>,
 }
 
+/// A port's security groups: each group's ingress (what the port is sent) and egress
+/// (what it sends) rules, kept per group: a packet passes a direction when any group
+/// lets it pass there (their union, as in Neutron).
+///
+/// **Stateful** (all of the port's groups are, or none): a packet that a rule lets
+/// through where every group denies by default asks the switch to create a session
+/// ([`Track::commit`]); the packets of a live session, both ways, pass the port's checks
+/// without a rule scan ([`Track::est`]), so replies need no rules. **Stateless**: every
+/// packet is held to the rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortFilter {
+    /// Sessions let replies through.
+    pub stateful: bool,
+    /// The groups.
+    pub groups: Vec<GroupFilter>,
+}
+
+/// One security group of a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupFilter {
+    /// What the port is sent.
+    pub ingress: IngressFilter,
+    /// What the port sends (rules match the destination).
+    pub egress: IngressFilter,
+}
+
+impl From<IngressFilter> for PortFilter {
+    /// One stateless group with these ingress rules, allowing all egress.
+    fn from(f: IngressFilter) -> PortFilter {
+        PortFilter {
+            stateful: false,
+            groups: vec![GroupFilter {
+                ingress: f,
+                egress: IngressFilter::default(),
+            }],
+        }
+    }
+}
+
+/// A frame's session, as the switch's session stage found it, and what the bridge's
+/// checks ask of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Track {
+    /// The frame belongs to a live session: stateful ports let it pass unchecked.
+    pub est: bool,
+    /// A stateful port's rule let it through: the switch creates its session.
+    pub commit: bool,
+    /// It was sent to at least one port.
+    pub sent: bool,
+}
+
 /// What the filter looks at, parsed once per frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum L4 {
     /// ARP or neighbour discovery: always allowed.
     Control,
-    /// An IP packet: protocol, source, destination port (TCP/UDP, when in the head).
-    Ip(u8, IpAddr, Option<u16>),
+    /// An IP packet: protocol, source, destination, destination port (TCP/UDP, when in
+    /// the head).
+    Ip(u8, IpAddr, IpAddr, Option<u16>),
     /// Anything else.
     Other,
 }
@@ -712,8 +767,9 @@ fn l4_of(frame: &[u8], l3: usize) -> L4 {
             let ihl = usize::from(p[0] & 0xf) * 4;
             let proto = p[9];
             let src = IpAddr::from([p[12], p[13], p[14], p[15]]);
+            let dst = IpAddr::from([p[16], p[17], p[18], p[19]]);
             let dport = matches!(proto, 6 | 17).then(|| port_at(ihl + 2)).flatten();
-            L4::Ip(proto, src, dport)
+            L4::Ip(proto, src, dst, dport)
         }
         [0x86, 0xdd] if p.len() >= 40 && p[0] >> 4 == 6 => {
             let next = p[6];
@@ -725,8 +781,10 @@ fn l4_of(frame: &[u8], l3: usize) -> L4 {
             }
             let mut a = [0u8; 16];
             a.copy_from_slice(&p[8..24]);
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&p[24..40]);
             let dport = matches!(next, 6 | 17).then(|| port_at(42)).flatten();
-            L4::Ip(next, IpAddr::from(a), dport)
+            L4::Ip(next, IpAddr::from(a), IpAddr::from(d), dport)
         }
         _ => L4::Other,
     }
@@ -742,13 +800,12 @@ fn prefix_contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
 }
 
 impl IngressFilter {
-    fn allows(&self, l4: L4) -> bool {
-        if !self.default_deny {
-            return true;
-        }
-        let L4::Ip(proto, src, dport) = l4 else {
+    /// Whether a rule matches `l4` (`egress`: rules name the destination).
+    fn matches(&self, l4: L4, egress: bool) -> bool {
+        let L4::Ip(proto, src, dst, dport) = l4 else {
             return l4 == L4::Control;
         };
+        let remote = if egress { dst } else { src };
         let in_range = |r: Option<(u16, u16)>| match r {
             None => true,
             Some((a, b)) => dport.is_some_and(|p| (a..=b).contains(&p)),
@@ -760,8 +817,56 @@ impl IngressFilter {
                 RuleProto::Udp(ports) => proto == 17 && in_range(ports),
                 RuleProto::Icmp => proto == 1 || proto == 58,
             };
-            proto_ok && r.src.is_none_or(|(n, l)| prefix_contains(n, l, src))
+            proto_ok && r.src.is_none_or(|(n, l)| prefix_contains(n, l, remote))
         })
+    }
+}
+
+/// A check's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// Dropped.
+    Deny,
+    /// Passed; `true`: by a stateful rule, so the conversation needs a session.
+    Pass(bool),
+}
+
+impl PortFilter {
+    /// Whether it can drop anything (a direction where every group denies by default).
+    pub fn filters(&self) -> bool {
+        self.guards(false) || self.guards(true)
+    }
+
+    /// Whether some group denies by default in that direction (else all passes).
+    fn guards(&self, egress: bool) -> bool {
+        !self.groups.is_empty()
+            && self.groups.iter().all(|g| {
+                if egress {
+                    g.egress.default_deny
+                } else {
+                    g.ingress.default_deny
+                }
+            })
+    }
+
+    /// The check of one direction for a frame `l4` whose session is `est`.
+    #[inline]
+    fn check(&self, l4: L4, egress: bool, est: bool) -> Check {
+        if !self.guards(egress) || l4 == L4::Control {
+            return Check::Pass(false);
+        }
+        if est && self.stateful {
+            return Check::Pass(false);
+        }
+        let hit = self.groups.iter().any(|g| {
+            let f = if egress { &g.egress } else { &g.ingress };
+            f.matches(l4, egress)
+        });
+        if hit {
+            Check::Pass(self.stateful)
+        } else {
+            Check::Deny
+        }
     }
 }
 
@@ -770,7 +875,7 @@ impl IngressFilter {
 pub struct PortState {
     mode: VlanMode,
     security: Option<PortSecurity>,
-    filter: Option<IngressFilter>,
+    filter: Option<PortFilter>,
     up: bool,
     counters: PortCounters,
 }
@@ -786,8 +891,8 @@ impl PortState {
         self.security.as_ref()
     }
 
-    /// Its security group, if any.
-    pub fn filter(&self) -> Option<&IngressFilter> {
+    /// Its security groups, if any.
+    pub fn filter(&self) -> Option<&PortFilter> {
         self.filter.as_ref()
     }
 
@@ -898,6 +1003,8 @@ pub struct Bridge {
     filtered_ports: u16,
     /// The frame being forwarded, as filters see it (only when some port filters).
     cur: L4,
+    /// The frame's session and what the checks ask of it (see [`Track`]).
+    track: Track,
     /// What this replica learnt that changed its table (new or moved keys), for the
     /// switch to tell the other cores' replicas; `None` when nobody listens. Bounded:
     /// once full, further keys are not logged (the other cores then learn them from
@@ -1040,6 +1147,7 @@ impl Bridge {
             router_groups: Vec::new(),
             filtered_ports: 0,
             cur: L4::Other,
+            track: Track::default(),
             learnt: None,
         })
     }
@@ -1126,14 +1234,14 @@ impl Bridge {
         port: PortId,
         mode: VlanMode,
         security: Option<PortSecurity>,
-        filter: Option<IngressFilter>,
+        filter: Option<PortFilter>,
         up: bool,
     ) -> Result<(), BridgeError> {
         let i = self.slot(port)?;
         if self.ports[i].is_some() {
             return Err(BridgeError::PortExists(port));
         }
-        let deny = filter.as_ref().is_some_and(|f| f.default_deny);
+        let deny = filter.as_ref().is_some_and(PortFilter::filters);
         // Entries a removed port with this id left are not this port's (no walk of the
         // table when there are none, the usual case).
         self.fdb.flush_port(port.0);
@@ -1158,7 +1266,7 @@ impl Bridge {
         let i = self.slot(port)?;
         let removed = self.ports[i].take().ok_or(BridgeError::NoSuchPort(port))?;
         set_bit(&mut self.horizon[i / 64], 1u64 << (i % 64), false);
-        if removed.filter.as_ref().is_some_and(|f| f.default_deny) {
+        if removed.filter.as_ref().is_some_and(PortFilter::filters) {
             self.filtered_ports = self.filtered_ports.saturating_sub(1);
         }
         self.refresh_membership(port);
@@ -1217,6 +1325,36 @@ impl Bridge {
         now: u64,
         out: &mut impl FnMut(PortId, VlanEdit),
     ) -> Result<Forwarded, DropReason> {
+        self.forward_routed_tracked(vid, frame, len, now, &mut Track::default(), out)
+    }
+
+    /// [`forward_routed`](Self::forward_routed) of a frame whose session state is
+    /// `track` (its `commit` and `sent` are updated).
+    pub fn forward_routed_tracked(
+        &mut self,
+        vid: Vid,
+        frame: &[u8],
+        len: usize,
+        now: u64,
+        track: &mut Track,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
+        self.track = *track;
+        let r = self.routed_inner(vid, frame, len, now, out);
+        track.commit = self.track.commit;
+        track.sent |= r.is_ok();
+        self.track = Track::default();
+        r
+    }
+
+    fn routed_inner(
+        &mut self,
+        vid: Vid,
+        frame: &[u8],
+        len: usize,
+        now: u64,
+        out: &mut impl FnMut(PortId, VlanEdit),
+    ) -> Result<Forwarded, DropReason> {
         let ingress = parse(frame)?;
         let tagged = ingress.tag.is_some();
         let row = self.row(vid);
@@ -1263,11 +1401,11 @@ impl Bridge {
         Ok(Forwarded::Flooded { copies })
     }
 
-    /// Sets or clears the security group of a port (applied to what it is sent).
+    /// Sets or clears the security groups of a port.
     pub fn set_ingress_filter(
         &mut self,
         port: PortId,
-        filter: Option<IngressFilter>,
+        filter: Option<PortFilter>,
     ) -> Result<(), BridgeError> {
         self.port_mut(port)?.filter = filter;
         self.memo = Memo::default();
@@ -1275,7 +1413,7 @@ impl Bridge {
             .ports
             .iter()
             .flatten()
-            .filter(|p| p.filter.as_ref().is_some_and(|f| f.default_deny))
+            .filter(|p| p.filter.as_ref().is_some_and(PortFilter::filters))
             .count() as u16;
         Ok(())
     }
@@ -1450,6 +1588,23 @@ impl Bridge {
         staging: &mut [Vec<TxSel>],
         to_router: &mut Vec<ToRouter>,
     ) {
+        self.forward_range_tracked(in_port, batch, range, now, staging, to_router, &mut [])
+    }
+
+    /// [`forward_range`](Self::forward_range) with each frame's session state
+    /// `tracks[i]` (read for `est`; `commit` and `sent` written). Frames beyond
+    /// `tracks` have no session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_range_tracked(
+        &mut self,
+        in_port: PortId,
+        batch: &RxBatch,
+        range: std::ops::Range<usize>,
+        now: u64,
+        staging: &mut [Vec<TxSel>],
+        to_router: &mut Vec<ToRouter>,
+        tracks: &mut [Track],
+    ) {
         let n = range.end.min(batch.len());
         let mut keys = [None; BURST];
         for (i, k) in keys.iter_mut().enumerate().take(n).skip(range.start) {
@@ -1457,6 +1612,7 @@ impl Bridge {
         }
         let mut i = range.start;
         while i < n {
+            self.track = tracks.get(i).copied().unwrap_or_default();
             let verdict = self.forward_head(
                 in_port,
                 batch.head(i),
@@ -1464,6 +1620,14 @@ impl Bridge {
                 now,
                 &mut stage_into(staging, i),
             );
+            if let Some(t) = tracks.get_mut(i) {
+                t.commit = self.track.commit;
+                t.sent = matches!(
+                    verdict,
+                    Ok(Forwarded::Unicast(_) | Forwarded::Flooded { .. })
+                );
+            }
+            self.track = Track::default();
             match verdict {
                 Ok(Forwarded::Unicast(out)) => {
                     // The memo holds this decision only when every later frame with
@@ -1593,6 +1757,17 @@ impl Bridge {
         let l3: u8 = if tagged { 18 } else { 14 };
         if self.filtered_ports > 0 {
             self.cur = l4_of(frame, usize::from(l3));
+            if let Some(Some(p)) = self.ports.get(usize::from(in_port.0)) {
+                match p
+                    .filter
+                    .as_ref()
+                    .map(|f| f.check(self.cur, true, self.track.est))
+                {
+                    Some(Check::Deny) => return Err(DropReason::SecurityGroupEgress),
+                    Some(Check::Pass(c)) => self.track.commit |= c,
+                    None => {}
+                }
+            }
         }
         let routed_vlan =
             !self.router_macs.is_empty() && self.router_macs.iter().any(|(v, _)| *v == vid.get());
@@ -1699,6 +1874,14 @@ impl Bridge {
         }
     }
 
+    /// The VLAN a frame from `port` is classified into, without forwarding or counting
+    /// anything (`None` where the bridge would drop it for its tagging).
+    pub fn vid_of(&self, port: PortId, frame: &[u8]) -> Option<Vid> {
+        let p = self.ports.get(usize::from(port.0))?.as_ref()?;
+        let ingress = parse(frame).ok()?;
+        classify(&p.mode, ingress.tag).ok()
+    }
+
     /// Whether `port` is in the split-horizon group.
     #[inline(always)]
     fn in_horizon(&self, port: PortId) -> bool {
@@ -1728,9 +1911,19 @@ impl Bridge {
         out: &mut impl FnMut(PortId, VlanEdit),
     ) -> bool {
         if let Some(Some(p)) = self.ports.get_mut(usize::from(port.0)) {
-            if self.filtered_ports > 0 && p.filter.as_ref().is_some_and(|f| !f.allows(self.cur)) {
-                self.counters.drops.bump(DropReason::SecurityGroup);
-                return false;
+            if self.filtered_ports > 0 {
+                match p
+                    .filter
+                    .as_ref()
+                    .map(|f| f.check(self.cur, false, self.track.est))
+                {
+                    Some(Check::Deny) => {
+                        self.counters.drops.bump(DropReason::SecurityGroup);
+                        return false;
+                    }
+                    Some(Check::Pass(c)) => self.track.commit |= c,
+                    None => {}
+                }
             }
             p.counters.tx_frames += 1;
             p.counters.tx_bytes += edit.edited_len(len) as u64;

@@ -30,17 +30,20 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod conntrack;
 pub mod fdb;
+pub mod lb;
 pub mod overlay;
 pub mod router;
 pub mod service;
+pub mod stage;
 pub mod switch;
 pub mod wire;
 
 pub use bridge::{
     Bridge, BridgeConfig, BridgeCounters, BridgeError, DropCounters, DropReason, FilterRule,
-    Forwarded, IngressFilter, PortCounters, PortId, PortSecurity, PortState, RuleProto, Vid,
-    VlanMode, VlanSet,
+    Forwarded, GroupFilter, IngressFilter, PortCounters, PortFilter, PortId, PortSecurity,
+    PortState, RuleProto, Track, Vid, VlanMode, VlanSet,
 };
 pub use fdb::{Fdb, FdbEntry, FdbError, FdbStats, Learn};
 pub use pmd::VlanEdit;

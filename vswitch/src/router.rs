@@ -1167,7 +1167,7 @@ fn write_arp(
 }
 
 /// Writes an IPv4 header + ICMP message `kind/code` whose body is `body`.
-fn write_icmp(
+pub(crate) fn write_icmp(
     out: &mut [u8],
     smac: EthernetAddress,
     dmac: EthernetAddress,

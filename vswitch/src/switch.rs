@@ -50,11 +50,14 @@ use pmd::port::{Port, PortStats, RxBatch, TxSel};
 use pmd::sched::{spawn_poll_thread, Backoff, CoreLoad, PollTask};
 
 use crate::bridge::{
-    stage_into, Bridge, BridgeConfig, DropReason, IngressFilter, Learnt, PortId, PortSecurity,
+    stage_into, Bridge, BridgeConfig, DropReason, Learnt, PortFilter, PortId, PortSecurity,
     ToRouter, Vid, VlanMode,
 };
+use crate::conntrack::{Session, SessionStats, Sessions, Timeouts};
+use crate::lb::Services;
 use crate::overlay::{Decap, DecapDrop};
 use crate::router::{NeighbourNote, RouteDrop, Router, Verdict, GEN_MAX};
+use crate::stage::{Routing, Stage, StageConf};
 use crate::wire::EthernetAddress;
 use pmd::port::LocalFrames;
 
@@ -85,8 +88,8 @@ pub struct SwitchPort {
     pub vlan: VlanMode,
     /// Port security: the only source MAC and addresses it may send from.
     pub security: Option<PortSecurity>,
-    /// Security group: what it may be sent.
-    pub filter: Option<IngressFilter>,
+    /// Security groups: what it may be sent and send.
+    pub filter: Option<PortFilter>,
     /// In the split-horizon group: a tunnel to another node (see [`crate::overlay`]).
     pub horizon: bool,
 }
@@ -96,7 +99,7 @@ pub struct SwitchPort {
 struct PortConf {
     vlan: VlanMode,
     security: Option<PortSecurity>,
-    filter: Option<IngressFilter>,
+    filter: Option<PortFilter>,
     horizon: bool,
 }
 
@@ -116,6 +119,10 @@ pub struct SwitchConfig {
     /// frame's VLAN, and that router forwards only between its own interfaces: routers
     /// are separate routing domains, as VRFs are. No VLAN may be in two routers.
     pub routers: Vec<Router>,
+    /// Session-table capacity per core.
+    pub sessions: usize,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
 }
 
 impl Default for SwitchConfig {
@@ -127,6 +134,8 @@ impl Default for SwitchConfig {
             fdb_capacity: 8192,
             fdb_max_age: Duration::from_secs(300),
             routers: Vec::new(),
+            sessions: 131_072,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -177,6 +186,12 @@ pub struct SwitchStats {
     pub decapsulated: u64,
     /// Uplink frames not decapsulated: (reason name, count).
     pub decap_drops: Vec<(&'static str, u64)>,
+    /// The session tables, summed.
+    pub sessions: SessionStats,
+    /// Session capacity, all cores.
+    pub session_capacity: u64,
+    /// The services (their hit counters are live).
+    pub services: Services,
 }
 
 /// Load of one polling core.
@@ -219,6 +234,8 @@ struct CoreCounters {
     /// Frames from the uplink decapsulated, and dropped by [`DecapDrop`] reason.
     decapsulated: AtomicU64,
     decap_drops: [AtomicU64; DecapDrop::COUNT],
+    /// Session table: live, created, expired, removed, table_full.
+    sessions: [AtomicU64; 5],
 }
 
 /// Frames the router generates during one burst (ARP, ICMP), with their VLANs.
@@ -243,6 +260,7 @@ impl Generated {
 enum Shared {
     Mac(Learnt),
     Neighbour(NeighbourNote),
+    Session(Session),
 }
 
 /// One port change, in the order a core applies them.
@@ -280,6 +298,8 @@ struct CoreChange {
     rxqs: Vec<(usize, u16)>,
     routers: Option<RouterSet>,
     decap: Option<Option<Arc<Decap>>>,
+    /// The session stage's configuration, and a new table when its capacity changed.
+    stage: Option<(StageConf, Option<Sessions>)>,
 }
 
 struct CoreTask {
@@ -315,6 +335,8 @@ struct CoreTask {
     decap: Option<Arc<Decap>>,
     decapsulated: u64,
     decap_drops: [u64; DecapDrop::COUNT],
+    /// Sessions: connection tracking for stateful groups and services.
+    stage: Stage,
 }
 
 impl CoreTask {
@@ -334,6 +356,7 @@ impl CoreTask {
     fn housekeeping(&mut self) {
         let now = self.start.elapsed().as_nanos() as u64;
         self.bridge.expire(now, 256);
+        self.stage.sessions.expire(now, 4096);
         self.publish();
     }
 
@@ -348,6 +371,16 @@ impl CoreTask {
             .decapsulated
             .store(self.decapsulated, Ordering::Relaxed);
         for (a, v) in self.counters.decap_drops.iter().zip(self.decap_drops) {
+            a.store(v, Ordering::Relaxed);
+        }
+        let st = self.stage.stats();
+        for (a, v) in self.counters.sessions.iter().zip([
+            st.live,
+            st.created,
+            st.expired,
+            st.removed,
+            st.table_full,
+        ]) {
             a.store(v, Ordering::Relaxed);
         }
         let (mut fwd, mut gen, mut drops) = self.retired;
@@ -409,6 +442,10 @@ impl CoreTask {
         self.rxqs = c.rxqs;
         if let Some(d) = c.decap {
             self.decap = d;
+        }
+        if let Some((conf, table)) = c.stage {
+            self.stage.set_conf(conf, table);
+            self.publish();
         }
         if let Some(set) = c.routers {
             let mut old: Vec<Option<Router>> = std::mem::take(&mut self.routers)
@@ -485,6 +522,11 @@ impl CoreTask {
                         self.shared += 1;
                     }
                 }
+                Shared::Session(sn) => {
+                    if self.stage.active() && self.stage.adopt(sn, now) {
+                        self.shared += 1;
+                    }
+                }
                 Shared::Neighbour(nn) => {
                     let k = self.router_of.get(usize::from(nn.vid.get())).copied();
                     if let Some(r) = k.and_then(|k| self.routers.get_mut(usize::from(k))) {
@@ -507,6 +549,9 @@ impl CoreTask {
             }
         };
         self.bridge.take_learnt(|l| tell(Shared::Mac(l)));
+        for s in self.stage.notes.drain(..) {
+            tell(Shared::Session(s));
+        }
         for r in &mut self.routers {
             r.take_learnt(|n| tell(Shared::Neighbour(n)));
         }
@@ -530,6 +575,7 @@ struct L3Stage<'a> {
     router_of: &'a [u8; 4096],
     generated: &'a mut Generated,
     to_router: &'a mut Vec<ToRouter>,
+    stage: &'a mut Stage,
 }
 
 impl L3Stage<'_> {
@@ -543,8 +589,10 @@ impl L3Stage<'_> {
             router_of,
             generated,
             to_router,
+            stage,
         } = self;
         let txq = *txq;
+        let tracked = stage.active();
         for &ToRouter {
             idx,
             vid,
@@ -562,6 +610,18 @@ impl L3Stage<'_> {
             };
             let g = generated.frames.batch().len();
             let buf = &mut generated.scratch;
+            if tracked && !flooded {
+                match stage.to_router(i, vid, b, r, now, buf) {
+                    Routing::Route => {}
+                    Routing::Reply(n) => {
+                        if generated.frames.push(&buf[..n.min(GEN_MAX)]) {
+                            generated.vids[g] = Some(vid);
+                        }
+                        continue;
+                    }
+                    Routing::Drop => continue,
+                }
+            }
             let l3 = usize::from(l3);
             let head = b.head(i);
             // The router reads a working copy (up to GEN_MAX bytes: head first, so
@@ -596,6 +656,16 @@ impl L3Stage<'_> {
                 r.input(vid, b.head_mut(i), l3, now, buf)
             };
             match verdict {
+                Verdict::Forward { vid } if tracked => {
+                    let _ = bridge.forward_routed_tracked(
+                        vid,
+                        b.head(i),
+                        len,
+                        now,
+                        &mut stage.tracks[i],
+                        &mut stage_into(staging, i),
+                    );
+                }
                 Verdict::Forward { vid } => {
                     let _ = bridge.forward_routed(
                         vid,
@@ -694,6 +764,7 @@ impl PollTask for CoreTask {
             decap,
             decapsulated,
             decap_drops,
+            stage,
             ..
         } = self;
         let ports: &Vec<Option<Arc<dyn Port>>> = ports;
@@ -705,6 +776,7 @@ impl PollTask for CoreTask {
             router_of,
             generated,
             to_router,
+            stage,
         };
         let mut total = 0;
         for &(pi, q) in rxqs.iter() {
@@ -716,6 +788,23 @@ impl PollTask for CoreTask {
                 let now = start.elapsed().as_nanos() as u64;
                 // Stage L2 over the whole burst; then L3 over the frames it handed on.
                 l3.to_router.clear();
+                if l3.stage.active() {
+                    let n = b.len();
+                    l3.stage.lookup(bridge, inp, b, 0..n, now);
+                    bridge.forward_range_tracked(
+                        inp,
+                        b,
+                        0..n,
+                        now,
+                        l3.staging,
+                        l3.to_router,
+                        &mut l3.stage.tracks,
+                    );
+                    l3.stage.translate(b, 0..n);
+                    l3.run(bridge, b, now);
+                    l3.stage.commit(0..n, now);
+                    return;
+                }
                 bridge.forward_burst(inp, b, now, l3.staging, l3.to_router);
                 l3.run(bridge, b, now);
             });
@@ -750,7 +839,21 @@ impl PollTask for CoreTask {
                         j += 1;
                     }
                     *decapsulated += (j - i) as u64;
-                    bridge.forward_range(p, b, i..j, now, l3.staging, l3.to_router);
+                    if l3.stage.active() {
+                        l3.stage.lookup(bridge, p, b, i..j, now);
+                        bridge.forward_range_tracked(
+                            p,
+                            b,
+                            i..j,
+                            now,
+                            l3.staging,
+                            l3.to_router,
+                            &mut l3.stage.tracks,
+                        );
+                        l3.stage.translate(b, i..j);
+                    } else {
+                        bridge.forward_range(p, b, i..j, now, l3.staging, l3.to_router);
+                    }
                     i = j;
                 }
                 // Another node's pods ask their own node's router for the gateway (every
@@ -759,6 +862,9 @@ impl PollTask for CoreTask {
                 // the pods here but not answered.
                 l3.to_router.retain(|t| !t.flooded);
                 l3.run(bridge, b, now);
+                if l3.stage.active() {
+                    l3.stage.commit(0..n, now);
+                }
             });
         }
         if !self.peers.is_empty() {
@@ -781,6 +887,19 @@ pub struct Change {
     /// The uplink's decapsulation, if it changes (`Some(None)` removes it). The first
     /// polling core reads the uplink.
     pub decap: Option<Option<Arc<Decap>>>,
+    /// The services and the session table's size and timeouts, if they change.
+    pub sessions: Option<SessionChange>,
+}
+
+/// The services and session table of a change.
+#[derive(Clone)]
+pub struct SessionChange {
+    /// The services.
+    pub services: Services,
+    /// Sessions per core (a change replaces every core's table, and loses its sessions).
+    pub capacity: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
 }
 
 /// One router of a new router set.
@@ -851,6 +970,11 @@ pub struct Switch {
     retired: Vec<(u64, Arc<dyn Port>)>,
     /// The uplink's decapsulation the first core runs.
     decap: Option<Arc<Decap>>,
+    /// The services and session table every core runs.
+    sessions: SessionChange,
+    /// Whether the cores have tables of `sessions.capacity` (they start with small
+    /// ones, and get full-sized ones when something first needs sessions).
+    tables: bool,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -938,9 +1062,18 @@ impl Switch {
             generation: 0,
             retired: Vec::new(),
             decap: None,
+            sessions: SessionChange {
+                services: Services::default(),
+                capacity: cfg.sessions,
+                timeouts: cfg.timeouts,
+            },
+            tables: false,
             stop: stop.clone(),
             threads: Vec::new(),
         };
+        // One clock for every core: sessions move between their tables.
+        let epoch = Instant::now();
+        let conf = sw.stage_conf(&cfg.routers);
         for (ci, core) in cfg.cores.iter().enumerate() {
             let mut bridge = Bridge::new(bcfg).map_err(|e| SwitchError::Bridge(e.to_string()))?;
             bridge.set_router_macs(macs.clone());
@@ -965,7 +1098,7 @@ impl Switch {
                 generated: Generated::new(),
                 to_router: Vec::with_capacity(pmd::port::BURST),
                 staging: Vec::new(),
-                start: Instant::now(),
+                start: epoch,
                 polls: 4095,
                 link: Vec::new(),
                 counters: counters.clone(),
@@ -985,6 +1118,11 @@ impl Switch {
                 decap: None,
                 decapsulated: 0,
                 decap_drops: [0; DecapDrop::COUNT],
+                stage: {
+                    let mut st = Stage::new(16, conf.clone());
+                    st.share = ncores > 1;
+                    st
+                },
             };
             let h = spawn_poll_thread(
                 format!("pmd{ci}"),
@@ -1127,9 +1265,27 @@ impl Switch {
         }
         // Ids were checked to be below MAX_SWITCH_PORTS, so the table holds no more.
         self.slots = slots;
-        if ops.is_empty() && tables.is_none() && change.decap.is_none() {
+        if ops.is_empty() && tables.is_none() && change.decap.is_none() && change.sessions.is_none()
+        {
             return Ok(t0.elapsed());
         }
+        let new_capacity = change
+            .sessions
+            .as_ref()
+            .is_some_and(|c| c.capacity != self.sessions.capacity);
+        if let Some(c) = change.sessions {
+            self.sessions = c;
+        }
+        let stage_routers: Vec<Router> = match &tables {
+            Some((_, routers)) => routers.clone(),
+            None => self.routers.clone(),
+        };
+        let conf = self.stage_conf(&stage_routers);
+        if new_capacity {
+            self.tables = false;
+        }
+        let new_tables = conf.active && !self.tables;
+        self.tables |= new_tables;
         if let Some(d) = &change.decap {
             self.decap = d.clone();
         }
@@ -1188,6 +1344,10 @@ impl Switch {
                     Some(d) if k == 0 => Some(d.clone()),
                     _ => None,
                 },
+                stage: Some((
+                    conf.clone(),
+                    new_tables.then(|| Sessions::new(self.sessions.capacity, conf.timeouts)),
+                )),
             };
             match core.changes.try_send(c) {
                 Ok(()) => {}
@@ -1242,6 +1402,32 @@ impl Switch {
         self.retired.retain(|(g, _)| *g > done);
     }
 
+    /// The session stage's configuration for `routers` and the ports and services now.
+    fn stage_conf(&self, routers: &[Router]) -> StageConf {
+        let mut zone_of = [0u16; 4096];
+        for (v, z) in zone_of.iter_mut().enumerate() {
+            *z = v as u16;
+        }
+        for r in routers {
+            let z = crate::service::spec::zone_of_router(r);
+            for i in r.interfaces() {
+                zone_of[usize::from(i.vid.get())] = z;
+            }
+        }
+        let stateful = self.slots.iter().flatten().any(|s| {
+            s.conf
+                .filter
+                .as_ref()
+                .is_some_and(|f| f.stateful && f.filters())
+        });
+        StageConf {
+            services: self.sessions.services.clone(),
+            zone_of: Arc::new(zone_of),
+            active: stateful || !self.sessions.services.is_empty(),
+            timeouts: self.sessions.timeouts,
+        }
+    }
+
     /// The routers' configurations, in order.
     pub fn routers(&self) -> &[Router] {
         &self.routers
@@ -1253,7 +1439,14 @@ impl Switch {
         let (mut floods, mut shared, mut routed, mut generated) = (0, 0, 0, 0);
         let mut rdrops = [0u64; 5];
         let (mut decapsulated, mut ddrops) = (0u64, [0u64; DecapDrop::COUNT]);
+        let mut sessions = SessionStats::default();
         for c in self.cores.iter().map(|c| &c.counters) {
+            let v = |k: usize| c.sessions[k].load(Ordering::Relaxed);
+            sessions.live += v(0);
+            sessions.created += v(1);
+            sessions.expired += v(2);
+            sessions.removed += v(3);
+            sessions.table_full += v(4);
             decapsulated += c.decapsulated.load(Ordering::Relaxed);
             for (d, a) in ddrops.iter_mut().zip(c.decap_drops.iter()) {
                 *d += a.load(Ordering::Relaxed);
@@ -1310,6 +1503,13 @@ impl Switch {
                 .iter()
                 .map(|r| (r.as_str(), ddrops[*r as usize]))
                 .collect(),
+            sessions,
+            session_capacity: if self.tables {
+                (self.sessions.capacity * self.cores.len()) as u64
+            } else {
+                0
+            },
+            services: self.sessions.services.clone(),
         }
     }
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pmd::VlanEdit;
 use vswitch::bridge::{
-    eui64_link_local, Bridge, BridgeConfig, DropReason, FilterRule, Forwarded, IngressFilter,
-    PortId, PortSecurity, RuleProto, Vid, VlanMode, VlanSet,
+    eui64_link_local, Bridge, BridgeConfig, DropReason, FilterRule, Forwarded, GroupFilter,
+    IngressFilter, PortFilter, PortId, PortSecurity, RuleProto, Vid, VlanMode, VlanSet,
 };
 use vswitch::router::{Router, RouterIf, Verdict};
 use vswitch::wire::{EtherType, EthernetAddress, EthernetFrame, Tci, VlanTag};
@@ -154,6 +154,7 @@ fn workload() -> Vec<(PortId, Vec<u8>)> {
         (PortId(7), frame(bcast, mac(77), &[])), // not a valid IPv4 header: spoofed IP
         (PortId(7), arp(mac(77), [10, 0, 0, 9])), // spoofed ARP sender
         (PortId(7), icmp6(mac(77), 134, &[0; 8])), // a router advertisement from a pod
+        (PortId(8), frame(bcast, mac(88), &[])), // egress denied by its group
     ];
     w.extend(drops);
     // What the secured port may send.
@@ -230,18 +231,28 @@ fn forward_does_not_allocate() {
             }),
         )
         .expect("port security");
-    // Port 8 (VLAN 10) takes TCP 80 only.
+    // Port 8 (VLAN 10) takes TCP 80 only, and may send nothing.
     bridge
         .add_port(PortId(8), VlanMode::Access { vid: vid(10) })
         .expect("add port");
     bridge
         .set_ingress_filter(
             PortId(8),
-            Some(IngressFilter {
-                default_deny: true,
-                rules: vec![FilterRule {
-                    proto: RuleProto::Tcp(Some((80, 80))),
-                    src: None,
+            Some(PortFilter {
+                stateful: false,
+                groups: vec![GroupFilter {
+                    ingress: IngressFilter {
+                        default_deny: true,
+                        rules: vec![FilterRule {
+                            proto: RuleProto::Tcp(Some((80, 80))),
+                            src: None,
+                        }],
+                    },
+                    // And sends nothing.
+                    egress: IngressFilter {
+                        default_deny: true,
+                        rules: vec![],
+                    },
                 }],
             }),
         )

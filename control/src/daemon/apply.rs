@@ -548,6 +548,53 @@ impl Daemon {
         self.apply(t, source)
     }
 
+    /// `PUT /v1/services/NAME`: adds or replaces one service of the desired topology
+    /// (checked with the rest of it; a refusal changes nothing).
+    pub(super) fn put_service(
+        &mut self,
+        name: &str,
+        n: api::daemon::Service,
+    ) -> Result<ApplyReply, Refusal> {
+        if n.name != name {
+            return Err(Refusal {
+                error: format!("the body names service {:?}, the path {name:?}", n.name),
+                problems: vec![],
+            });
+        }
+        let mut t = self.st.desired.clone().unwrap_or_default();
+        match t.services.iter_mut().find(|x| x.name == name) {
+            Some(x) if *x == n => {
+                return Ok(ApplyReply {
+                    generation: self.st.generation,
+                    changes: vec![],
+                })
+            }
+            Some(x) => *x = n,
+            None => t.services.push(n),
+        }
+        let source = self.st.source.clone().or_else(|| Some("API".into()));
+        self.apply(t, source)
+    }
+
+    /// `DELETE /v1/services/NAME`: removes it (its sessions go at once); removing one
+    /// that does not exist changes nothing.
+    pub(super) fn delete_service(&mut self, name: &str) -> Result<ApplyReply, Refusal> {
+        let unchanged = ApplyReply {
+            generation: self.st.generation,
+            changes: vec![],
+        };
+        let Some(mut t) = self.st.desired.clone() else {
+            return Ok(unchanged);
+        };
+        let before = t.services.len();
+        t.services.retain(|x| x.name != name);
+        if t.services.len() == before {
+            return Ok(unchanged);
+        }
+        let source = self.st.source.clone();
+        self.apply(t, source)
+    }
+
     /// `PUT /v1/overlay`: replaces what the node agent learnt of the cluster and applies
     /// the desired topology with it. A refused overlay changes nothing; without a
     /// topology it is checked against an empty one and kept for the next.

@@ -58,6 +58,15 @@ pub enum Route<'a> {
         /// What to do with it.
         verb: Verb,
     },
+    /// `GET /v1/services`.
+    Services,
+    /// `/v1/services/NAME`: one service of the desired topology.
+    Service {
+        /// Its name (the rest of the path).
+        name: &'a str,
+        /// What to do with it.
+        verb: Verb,
+    },
     /// `/v1/pod-networks/NAMESPACE/NAME`: a Kubernetes pod's extra networks.
     PodNetworks {
         /// `NAMESPACE/NAME`.
@@ -125,11 +134,18 @@ impl<'a> Route<'a> {
             "/v1/topology" => Ok(Route::Topology(Verb::parse(method)?)),
             "/v1/overlay" => Ok(Route::Overlay(Verb::parse(method)?)),
             "/v1/networks" => only("GET", Route::Networks),
+            "/v1/services" => only("GET", Route::Services),
             "/v1/attachments" => only("GET", Route::Attachments),
             "/v1/attachments/gc" if method == "POST" => Ok(Route::AttachmentsGc),
             _ => {
                 if let Some(name) = path.strip_prefix("/v1/networks/") {
                     return Ok(Route::Network {
+                        name,
+                        verb: Verb::parse(method)?,
+                    });
+                }
+                if let Some(name) = path.strip_prefix("/v1/services/") {
+                    return Ok(Route::Service {
                         name,
                         verb: Verb::parse(method)?,
                     });
@@ -268,6 +284,48 @@ pub(super) fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
             name,
             verb: Verb::Delete,
         } => match d.delete_network(name) {
+            Ok(r) => json(&r),
+            Err(r) => refusal(422, &r),
+        },
+        Route::Services => json(
+            &d.st
+                .desired
+                .as_ref()
+                .map(|t| t.services.clone())
+                .unwrap_or_default(),
+        ),
+        Route::Service {
+            name,
+            verb: Verb::Get,
+        } => match d
+            .st
+            .desired
+            .as_ref()
+            .and_then(|t| t.services.iter().find(|n| n.name == name))
+        {
+            Some(n) => json(n),
+            None => Response::json(404, http::error_body(&format!("no service {name:?}"))),
+        },
+        Route::Service {
+            name,
+            verb: Verb::Put,
+        } => match serde_json::from_slice::<api::daemon::Service>(&req.body) {
+            Err(e) => refusal(
+                400,
+                &Refusal {
+                    error: format!("service: {e}"),
+                    problems: vec![],
+                },
+            ),
+            Ok(n) => match d.put_service(name, n) {
+                Ok(r) => json(&r),
+                Err(r) => refusal(422, &r),
+            },
+        },
+        Route::Service {
+            name,
+            verb: Verb::Delete,
+        } => match d.delete_service(name) {
             Ok(r) => json(&r),
             Err(r) => refusal(422, &r),
         },

@@ -89,6 +89,8 @@ impl Daemon {
             router_generated: counters.router_generated,
             router_drops: counters.router_drops,
             overlay: counters.overlay,
+            sessions: counters.sessions,
+            services: counters.services,
             events: self.events.iter().cloned().collect(),
         }
     }
@@ -283,6 +285,69 @@ pub fn metrics(s: &Status) -> String {
             .map(|p| (format!("pod=\"{}\"", esc(&p.name)), p.restarts.to_string()))
             .collect(),
     );
+    let ss = &s.sessions;
+    family(
+        "vnfhost_sessions",
+        "gauge",
+        "Live sessions (connection tracking for stateful groups and services), all cores.",
+        vec![(String::new(), ss.live.to_string())],
+    );
+    family(
+        "vnfhost_sessions_capacity",
+        "gauge",
+        "Session-table capacity, all cores (0 until something needs sessions).",
+        vec![(String::new(), ss.capacity.to_string())],
+    );
+    family(
+        "vnfhost_session_events_total",
+        "counter",
+        "Sessions created, expired, removed (their backend left) and refused (table full).",
+        [
+            ("created", ss.created),
+            ("expired", ss.expired),
+            ("removed", ss.removed),
+            ("table_full", ss.table_full),
+        ]
+        .iter()
+        .map(|(e, n)| (format!("event=\"{e}\""), n.to_string()))
+        .collect(),
+    );
+    family(
+        "vnfhost_service_backend_hits_total",
+        "counter",
+        "New connections each service backend was given.",
+        s.services
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().map(move |b| {
+                    (
+                        format!(
+                            "service=\"{}\",vip=\"{}\",backend=\"{}\"",
+                            esc(&v.name),
+                            esc(&v.vip),
+                            esc(&b.backend)
+                        ),
+                        b.hits.to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "vnfhost_service_no_backend_total",
+        "counter",
+        "New connections to a service refused (TCP reset, ICMP unreachable) for want of a \
+         ready backend.",
+        s.services
+            .iter()
+            .map(|v| {
+                (
+                    format!("service=\"{}\"", esc(&v.name)),
+                    v.no_backend.to_string(),
+                )
+            })
+            .collect(),
+    );
     if let Some(v) = &s.overlay {
         let up = format!("interface=\"{}\"", esc(&v.interface));
         family(
@@ -373,6 +438,8 @@ mod tests {
             router_generated: 0,
             router_drops: BTreeMap::new(),
             overlay: None,
+            sessions: Default::default(),
+            services: Vec::new(),
             events: vec![],
         };
         let m = metrics(&s);

@@ -606,7 +606,8 @@ fn drop_reasons_have_stable_unique_names() {
             "spoofed_arp",
             "security_group",
             "spoofed_nd",
-            "split_horizon"
+            "split_horizon",
+            "security_group_egress"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {
@@ -1013,19 +1014,22 @@ fn security_groups_filter_what_a_port_is_sent() {
     let mut b = bridge_with(&[(0, access(10)), (1, access(10)), (2, access(10))]);
     b.set_ingress_filter(
         PortId(1),
-        Some(IngressFilter {
-            default_deny: true,
-            rules: vec![
-                FilterRule {
-                    proto: RuleProto::Tcp(Some((80, 80))),
-                    src: Some(("10.0.0.0".parse().unwrap(), 24)),
-                },
-                FilterRule {
-                    proto: RuleProto::Icmp,
-                    src: None,
-                },
-            ],
-        }),
+        Some(
+            IngressFilter {
+                default_deny: true,
+                rules: vec![
+                    FilterRule {
+                        proto: RuleProto::Tcp(Some((80, 80))),
+                        src: Some(("10.0.0.0".parse().unwrap(), 24)),
+                    },
+                    FilterRule {
+                        proto: RuleProto::Icmp,
+                        src: None,
+                    },
+                ],
+            }
+            .into(),
+        ),
     )
     .unwrap();
     // Learn where mac(1) lives (port 1) from a frame it sends.
@@ -1055,10 +1059,13 @@ fn security_groups_filter_what_a_port_is_sent() {
     // Without default-deny the rules change nothing.
     b.set_ingress_filter(
         PortId(1),
-        Some(IngressFilter {
-            default_deny: false,
-            rules: vec![],
-        }),
+        Some(
+            IngressFilter {
+                default_deny: false,
+                rules: vec![],
+            }
+            .into(),
+        ),
     )
     .unwrap();
     assert!(

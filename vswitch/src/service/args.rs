@@ -18,8 +18,11 @@
 //!   `--uplink NAME,vhost-user=PATH,address=ADDR,mac=MAC,next-hop-mac=MAC[,mtu=N]`.
 //! - `--router-if vlan=VID,ip=ADDR/LEN[,ip6=ADDR/LEN][,mac=MAC]` and
 //!   `--route PREFIX/LEN,via=ADDR`: one router.
-//! - `--security-group NAME[,deny],RULE…` with RULE `any`, `icmp`, `tcp[:PORTS]` or
-//!   `udp[:PORTS]`, each optionally `@PREFIX/LEN` (the source).
+//! - `--security-group NAME[,deny][,deny-egress][,stateless],RULE…` with RULE `any`,
+//!   `icmp`, `tcp[:PORTS]` or `udp[:PORTS]`, each optionally `@PREFIX/LEN` (the
+//!   source); an egress rule is `out:RULE` (its prefix the destination).
+//! - `--service NAME,vip=ADDR,port=P[,udp],backend=ADDR:PORT…[,affinity=SECONDS]`: a
+//!   service of the router the `--router-if` options make.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -289,6 +292,54 @@ pub fn parse_route(s: &str) -> Result<RouteSpec, String> {
     })
 }
 
+/// Parses one `--service` value; `router` is the router it belongs to.
+pub fn parse_service(s: &str, router: &str) -> Result<api::switch::ServiceSpec, String> {
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or("").to_string();
+    if name.is_empty() || name.contains('=') {
+        return Err(format!("--service {s:?}: must start with its name"));
+    }
+    let what = |k: &str, v: &str| format!("--service {name}: {k}={v:?}");
+    let (mut vip, mut port, mut udp) = (None, None, false);
+    let (mut backends, mut affinity) = (Vec::new(), None);
+    for part in parts {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k {
+            "vip" => {
+                vip = Some(
+                    v.parse()
+                        .map_err(|_| what(k, v) + " is not an IPv4 address")?,
+                )
+            }
+            "port" => port = Some(v.parse().map_err(|_| what(k, v) + " is not a port")?),
+            "udp" if v.is_empty() => udp = true,
+            "tcp" if v.is_empty() => udp = false,
+            "backend" => {
+                let (a, p) = v.rsplit_once(':').unwrap_or((v, ""));
+                backends.push(api::switch::BackendSpec {
+                    address: a.parse().map_err(|_| what(k, v) + " is not ADDR:PORT")?,
+                    port: p.parse().map_err(|_| what(k, v) + " is not ADDR:PORT")?,
+                });
+            }
+            "affinity" => affinity = Some(v.parse().map_err(|_| what(k, v) + " is not seconds")?),
+            _ => return Err(format!("--service {name}: unknown option {part:?}")),
+        }
+    }
+    Ok(api::switch::ServiceSpec {
+        name: name.clone(),
+        router: router.to_string(),
+        vip: vip.ok_or(format!("--service {name}: needs vip="))?,
+        protocol: if udp {
+            api::switch::L4Protocol::Udp
+        } else {
+            api::switch::L4Protocol::Tcp
+        },
+        port: port.ok_or(format!("--service {name}: needs port="))?,
+        backends,
+        affinity_timeout_s: affinity,
+    })
+}
+
 /// Parses one `--security-group` value.
 pub fn parse_security_group(s: &str) -> Result<SecurityGroupSpec, String> {
     let mut parts = s.split(',');
@@ -300,12 +351,24 @@ pub fn parse_security_group(s: &str) -> Result<SecurityGroupSpec, String> {
         name: name.clone(),
         default_deny: false,
         rules: Vec::new(),
+        default_deny_egress: false,
+        egress: Vec::new(),
+        stateful: true,
     };
     for part in parts {
-        if part == "deny" {
-            g.default_deny = true;
+        match part {
+            "deny" => g.default_deny = true,
+            "deny-egress" => g.default_deny_egress = true,
+            "stateless" => g.stateful = false,
+            _ => {}
+        }
+        if matches!(part, "deny" | "deny-egress" | "stateless") {
             continue;
         }
+        let (egress, part) = match part.strip_prefix("out:") {
+            Some(rest) => (true, rest),
+            None => (false, part),
+        };
         let (rule, source) = match part.split_once('@') {
             Some((r, c)) => (r, Some(prefix(c, &format!("--security-group {name}"))?)),
             None => (part, None),
@@ -331,11 +394,21 @@ pub fn parse_security_group(s: &str) -> Result<SecurityGroupSpec, String> {
             "udp" => Protocol::Udp,
             _ => return Err(format!("--security-group {name}: unknown rule {part:?}")),
         };
-        g.rules.push(RuleSpec {
-            protocol,
-            ports,
-            source,
-        });
+        if egress {
+            g.egress.push(RuleSpec {
+                protocol,
+                ports,
+                source: None,
+                destination: source,
+            });
+        } else {
+            g.rules.push(RuleSpec {
+                protocol,
+                ports,
+                source,
+                destination: None,
+            });
+        }
     }
     Ok(g)
 }

@@ -333,7 +333,7 @@ impl Managed {
                 }
             }
         }
-        let routers = continuity(self.switch.routers(), checked.routers);
+        let routers = continuity(self.switch.routers(), checked.routers.clone());
         let unchanged = routers.len() == self.switch.routers().len()
             && routers
                 .iter()
@@ -345,6 +345,9 @@ impl Managed {
             .chain(opened.iter())
             .filter_map(|o| o.tunnel.as_ref().map(|t| (t.vni(), t.remote(), o.id)));
         change.decap = self.decap_change(uplink.as_ref(), tunnels);
+        if spec.services != self.spec.services || spec.sessions != self.spec.sessions {
+            change.sessions = Some(self.session_change(&checked));
+        }
         match self.switch.apply(change) {
             Ok(took) => self.last_change = took,
             Err(e) => {
@@ -377,6 +380,38 @@ impl Managed {
             error: format!("ports.{}: {error}", p.name),
             next: Instant::now() + wait,
             wait,
+        }
+    }
+
+    /// The services of `checked` (each keeps its counters from the version running)
+    /// and its session table.
+    fn session_change(&self, checked: &spec::Checked) -> crate::switch::SessionChange {
+        let running = self.switch.stats().services;
+        let services = checked
+            .services
+            .iter()
+            .map(|c| {
+                let prev = running
+                    .list()
+                    .iter()
+                    .find(|s| s.name == c.name)
+                    .map(|s| s.as_ref());
+                std::sync::Arc::new(crate::lb::Service::new(
+                    c.name.clone(),
+                    c.zone,
+                    c.vip,
+                    c.proto,
+                    c.port,
+                    c.backends.clone(),
+                    c.affinity_s,
+                    prev,
+                ))
+            })
+            .collect();
+        crate::switch::SessionChange {
+            services: crate::lb::Services::new(services),
+            capacity: checked.session_capacity,
+            timeouts: checked.timeouts,
         }
     }
 
@@ -657,6 +692,42 @@ impl Managed {
                 })
                 .collect(),
             overlay: self.overlay_counters(&st),
+            sessions: api::switch::SessionCounters {
+                live: st.sessions.live,
+                capacity: st.session_capacity,
+                created: st.sessions.created,
+                expired: st.sessions.expired,
+                removed: st.sessions.removed,
+                table_full: st.sessions.table_full,
+            },
+            services: st
+                .services
+                .list()
+                .iter()
+                .map(|s| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let ip = |a: u32| std::net::Ipv4Addr::from(a);
+                    api::switch::ServiceCounters {
+                        name: s.name.clone(),
+                        vip: format!(
+                            "{}:{}/{}",
+                            ip(s.vip),
+                            s.port,
+                            if s.proto == 6 { "tcp" } else { "udp" }
+                        ),
+                        backends: s
+                            .backends
+                            .iter()
+                            .zip(&s.hits)
+                            .map(|(b, h)| api::switch::BackendCounters {
+                                backend: format!("{}:{}", ip(b.0), b.1),
+                                hits: h.load(Relaxed),
+                            })
+                            .collect(),
+                        no_backend: s.no_backend.load(Relaxed),
+                    }
+                })
+                .collect(),
         }
     }
 

@@ -4,10 +4,16 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use api::switch::{Driver, PortSpec, Protocol, RouterSpec, SecurityGroupSpec, SwitchSpec};
+use api::switch::{
+    Driver, PortSpec, Protocol, RouterSpec, RuleSpec, SecurityGroupSpec, SessionSpec, SwitchSpec,
+};
 use api::values::{Mac, VlanMode as ApiVlanMode};
 
-use crate::bridge::{FilterRule, IngressFilter, PortSecurity, RuleProto, Vid, VlanMode, VlanSet};
+use crate::bridge::{
+    FilterRule, GroupFilter, IngressFilter, PortFilter, PortSecurity, RuleProto, Vid, VlanMode,
+    VlanSet,
+};
+use crate::conntrack::Timeouts;
 use crate::router::{Router, RouterIf, StaticRoute, StaticRoute6};
 use crate::wire::EthernetAddress;
 
@@ -27,8 +33,8 @@ pub struct CheckedPort {
     pub vlan: VlanMode,
     /// Port security, when on.
     pub security: Option<PortSecurity>,
-    /// The union of its security groups, if it has any.
-    pub filter: Option<IngressFilter>,
+    /// Its security groups, if it has any.
+    pub filter: Option<PortFilter>,
     /// A tunnel to another node: in the split-horizon group.
     pub horizon: bool,
 }
@@ -40,6 +46,41 @@ pub struct Checked {
     pub ports: Vec<CheckedPort>,
     /// Routers, in spec order.
     pub routers: Vec<Router>,
+    /// Services, in spec order.
+    pub services: Vec<CheckedService>,
+    /// Session table capacity per core.
+    pub session_capacity: usize,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// A service of a checked spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedService {
+    /// Its name.
+    pub name: String,
+    /// Its router's zone (see [`zone_of_router`]).
+    pub zone: u16,
+    /// VIP.
+    pub vip: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Port.
+    pub port: u16,
+    /// Backends (address, port).
+    pub backends: Vec<(u32, u16)>,
+    /// Affinity timeout, s (0: none).
+    pub affinity_s: u32,
+}
+
+/// The session zone of a router: its lowest VLAN (stable while that VLAN stays; no VLAN
+/// is in two routers). A VLAN without a router is its own zone.
+pub fn zone_of_router(r: &Router) -> u16 {
+    r.interfaces()
+        .iter()
+        .map(|i| i.vid.get())
+        .min()
+        .unwrap_or(0)
 }
 
 fn vid(v: api::VlanId) -> Vid {
@@ -78,10 +119,42 @@ fn vlan_mode(m: &ApiVlanMode, at: &str) -> Result<VlanMode, String> {
     })
 }
 
-fn group_filter(g: &SecurityGroupSpec, at: &str) -> Result<IngressFilter, String> {
+fn group_filter(g: &SecurityGroupSpec, at: &str) -> Result<(GroupFilter, bool), String> {
+    Ok((
+        GroupFilter {
+            ingress: rules_filter(&g.rules, g.default_deny, &format!("{at}.rules"), false)?,
+            egress: rules_filter(
+                &g.egress,
+                g.default_deny_egress,
+                &format!("{at}.egress"),
+                true,
+            )?,
+        },
+        g.stateful,
+    ))
+}
+
+fn rules_filter(
+    list: &[RuleSpec],
+    default_deny: bool,
+    at: &str,
+    egress: bool,
+) -> Result<IngressFilter, String> {
     let mut rules = Vec::new();
-    for (k, r) in g.rules.iter().enumerate() {
-        let at = format!("{at}.rules[{k}]");
+    for (k, r) in list.iter().enumerate() {
+        let at = format!("{at}[{k}]");
+        let (remote, wrong) = if egress {
+            (r.destination, r.source.map(|_| "source"))
+        } else {
+            (r.source, r.destination.map(|_| "destination"))
+        };
+        if let Some(w) = wrong {
+            return Err(format!(
+                "{at}.{w}: an {} rule names its {}",
+                if egress { "egress" } else { "ingress" },
+                if egress { "destination" } else { "source" }
+            ));
+        }
         if let Some((a, b)) = r.ports {
             if a == 0 || a > b {
                 return Err(format!(
@@ -100,35 +173,19 @@ fn group_filter(g: &SecurityGroupSpec, at: &str) -> Result<IngressFilter, String
         };
         rules.push(FilterRule {
             proto,
-            src: r.source.map(|p| (p.addr, p.len)),
+            src: remote.map(|p| (p.addr, p.len)),
         });
     }
     Ok(IngressFilter {
-        default_deny: g.default_deny,
+        default_deny,
         rules,
-    })
-}
-
-/// The union of groups: a packet passes when any group lets it pass. A group without
-/// `default_deny` lets everything pass, so the union denies by default only when all
-/// of them do; the rules are those of all groups.
-fn union(groups: &[&IngressFilter]) -> Option<IngressFilter> {
-    if groups.is_empty() {
-        return None;
-    }
-    Some(IngressFilter {
-        default_deny: groups.iter().all(|g| g.default_deny),
-        rules: groups
-            .iter()
-            .flat_map(|g| g.rules.iter().copied())
-            .collect(),
     })
 }
 
 fn check_port(
     p: &PortSpec,
     at: &str,
-    groups: &HashMap<&str, IngressFilter>,
+    groups: &HashMap<&str, (GroupFilter, bool)>,
 ) -> Result<CheckedPort, String> {
     match &p.driver {
         Driver::VhostUser {
@@ -196,6 +253,22 @@ fn check_port(
             found.push(f);
         }
     }
+    // As Neutron: a port's groups are all stateful or all stateless, so that a session
+    // means the same to every check of the port.
+    if let (Some(a), Some(b)) = (
+        found.iter().position(|g| g.1),
+        found.iter().position(|g| !g.1),
+    ) {
+        return Err(format!(
+            "{at}.security_groups: {:?} is stateful and {:?} stateless; a port's groups \
+             must all be one or the other",
+            p.security_groups[a], p.security_groups[b]
+        ));
+    }
+    let filter = (!found.is_empty()).then(|| PortFilter {
+        stateful: found.iter().all(|g| g.1),
+        groups: found.iter().map(|g| g.0.clone()).collect(),
+    });
     if !p.anti_spoofing && !p.allowed_addresses.is_empty() {
         return Err(format!(
             "{at}.allowed_addresses: anti_spoofing is off, so they would not be enforced"
@@ -214,7 +287,7 @@ fn check_port(
         mac,
         vlan,
         security,
-        filter: union(&found),
+        filter,
         horizon: tunnel,
     })
 }
@@ -380,7 +453,126 @@ pub fn check(spec: &SwitchSpec) -> Result<Checked, String> {
             crate::switch::MAX_SWITCH_PORTS
         ));
     }
-    Ok(Checked { ports, routers })
+    let services = check_services(spec, &routers)?;
+    let timeouts = check_sessions(&spec.sessions)?;
+    Ok(Checked {
+        ports,
+        routers,
+        services,
+        session_capacity: spec.sessions.capacity as usize,
+        timeouts,
+    })
+}
+
+fn check_sessions(s: &SessionSpec) -> Result<Timeouts, String> {
+    if !(16..=crate::conntrack::MAX_CAPACITY as u32).contains(&s.capacity) {
+        return Err(format!(
+            "sessions.capacity: {} is outside 16..={}",
+            s.capacity,
+            crate::conntrack::MAX_CAPACITY
+        ));
+    }
+    let ns = |v: u32, f: &str| -> Result<u64, String> {
+        if v == 0 || v > 7 * 24 * 3600 {
+            return Err(format!(
+                "sessions.{f}: {v} s is outside 1..=604800 (one week)"
+            ));
+        }
+        Ok(u64::from(v) * 1_000_000_000)
+    };
+    Ok(Timeouts {
+        tcp_established: ns(s.tcp_established_s, "tcp_established_s")?,
+        tcp_opening: ns(s.tcp_opening_s, "tcp_opening_s")?,
+        tcp_closing: ns(s.tcp_closing_s, "tcp_closing_s")?,
+        udp: ns(s.udp_s, "udp_s")?,
+        other: ns(s.other_s, "other_s")?,
+    })
+}
+
+fn check_services(spec: &SwitchSpec, routers: &[Router]) -> Result<Vec<CheckedService>, String> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut keys = HashMap::new();
+    for (k, s) in spec.services.iter().enumerate() {
+        let at = format!("services[{k}] ({})", s.name);
+        if s.name.is_empty() || !names.insert(s.name.as_str()) {
+            return Err(format!("{at}.name: empty or used twice"));
+        }
+        let Some(ri) = spec.routers.iter().position(|r| r.name == s.router) else {
+            return Err(format!("{at}.router: no router {:?}", s.router));
+        };
+        let r = &routers[ri];
+        let vip = u32::from(s.vip);
+        if s.vip.is_unspecified()
+            || s.vip.is_multicast()
+            || s.vip.is_broadcast()
+            || s.vip.is_loopback()
+            || s.vip.is_link_local()
+        {
+            return Err(format!("{at}.vip: {} is not a unicast address", s.vip));
+        }
+        let on_link = |a: u32| {
+            r.interfaces().iter().find(|i| {
+                let m = u32::MAX.checked_shl(32 - u32::from(i.prefix)).unwrap_or(0);
+                a & m == u32::from(i.ip) & m
+            })
+        };
+        if let Some(i) = on_link(vip) {
+            return Err(format!(
+                "{at}.vip: {} is inside the router's network {}/{} (VLAN {}): its pods would \
+                 ask for it by ARP instead of sending it to their gateway; take an address \
+                 off the tenant's networks",
+                s.vip,
+                i.ip,
+                i.prefix,
+                i.vid.get()
+            ));
+        }
+        if s.port == 0 {
+            return Err(format!("{at}.port: 0 is not a port"));
+        }
+        if s.backends.len() > crate::lb::MAX_BACKENDS {
+            return Err(format!(
+                "{at}.backends: {} of them; a service takes at most {}",
+                s.backends.len(),
+                crate::lb::MAX_BACKENDS
+            ));
+        }
+        let mut backends = Vec::new();
+        for (j, b) in s.backends.iter().enumerate() {
+            if b.port == 0 {
+                return Err(format!("{at}.backends[{j}].port: 0 is not a port"));
+            }
+            if on_link(u32::from(b.address)).is_none() {
+                return Err(format!(
+                    "{at}.backends[{j}].address: {} is on none of router {}'s networks \
+                     (a backend of another tenant, or nowhere)",
+                    b.address, s.router
+                ));
+            }
+            backends.push((u32::from(b.address), b.port));
+        }
+        let zone = zone_of_router(r);
+        let proto = s.protocol.number();
+        if let Some(other) = keys.insert((zone, vip, s.port, proto), s.name.as_str()) {
+            return Err(format!(
+                "{at}: {}:{}/{} is service {other}'s already",
+                s.vip,
+                s.port,
+                s.protocol.as_str()
+            ));
+        }
+        out.push(CheckedService {
+            name: s.name.clone(),
+            zone,
+            vip,
+            proto,
+            port: s.port,
+            backends,
+            affinity_s: s.affinity_timeout_s.unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -442,8 +634,9 @@ mod tests {
             .expect("MAC anti-spoofing is on by default");
         assert_eq!(sec.mac.0, Mac::derived("p").0);
         let f = p.filter.as_ref().expect("filter");
-        assert!(f.default_deny);
-        assert_eq!(f.rules.len(), 2, "both groups' rules apply");
+        assert!(f.filters() && f.stateful, "stateful by default");
+        assert_eq!(f.groups.len(), 2, "both groups apply, each its own");
+        assert_eq!(f.groups[1].ingress.rules.len(), 1);
         assert!(c.ports[1].security.is_none(), "turned off explicitly");
         assert!(!sec.router, "not a router unless marked");
     }

@@ -484,10 +484,13 @@ fn security_groups_exempt_only_the_neighbour_discovery_port_security_let_in() {
     let mut b = bridge(false);
     b.set_ingress_filter(
         PortId(1),
-        Some(IngressFilter {
-            default_deny: true,
-            rules: vec![],
-        }),
+        Some(
+            IngressFilter {
+                default_deny: true,
+                rules: vec![],
+            }
+            .into(),
+        ),
     )
     .expect("filter");
     // The other pod takes nothing but ARP and neighbour discovery: the pod's own
