@@ -37,10 +37,11 @@
 //! open-addressing table of four entries per session (load at most one half), probed
 //! linearly and deleted by backward shift, so lookups never walk tombstones. Nothing is
 //! allocated per packet. A new session that finds the table full first reclaims expired
-//! sessions (a bounded scan); if none is free it is **refused**, counted in
-//! [`SessionStats::table_full`], and its packet is dropped by the caller: a live session
-//! is never evicted for a new one, so a flood of new connections cannot break
-//! established ones.
+//! sessions (a bounded scan); if none is free it is **refused** and counted in
+//! [`SessionStats::table_full`]: a service's new connection is dropped (it cannot be
+//! translated without a session); a packet a stateful rule allowed still goes, but its
+//! replies find no session and are dropped. A live session is never evicted for a new
+//! one, so a flood of new connections cannot break established ones.
 //!
 //! # Cores
 //!

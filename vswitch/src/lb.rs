@@ -59,6 +59,7 @@ pub struct Service {
 }
 
 /// `n` is prime.
+#[cfg(test)]
 fn is_prime(n: usize) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }

@@ -337,10 +337,11 @@ impl Stage {
                         continue;
                     }
                     let s = Session::new(f.zone, flow.tuple, flow.tuple.reversed(), now);
-                    if self.sessions.insert(s, now).is_some() && self.share {
-                        if self.notes.len() < NOTES {
-                            self.notes.push(s);
-                        }
+                    if self.sessions.insert(s, now).is_some()
+                        && self.share
+                        && self.notes.len() < NOTES
+                    {
+                        self.notes.push(s);
                     }
                 }
                 _ => {}

@@ -309,11 +309,13 @@ pub(super) fn handle(d: &Mutex<Daemon>, req: Request) -> Response {
         Route::Service {
             name,
             verb: Verb::Put,
-        } => match serde_json::from_slice::<api::daemon::Service>(&req.body) {
+        } => match serde_path_to_error::deserialize::<_, api::daemon::Service>(
+            &mut serde_json::Deserializer::from_slice(&req.body),
+        ) {
             Err(e) => refusal(
                 400,
                 &Refusal {
-                    error: format!("service: {e}"),
+                    error: format!("service.{}: {}", e.path(), e.inner()),
                     problems: vec![],
                 },
             ),
