@@ -96,6 +96,7 @@ fn trial(cfg: &ChurnConfig, changes: u32, k: u32) -> Result<ChurnTrial, String> 
         vnfhost: cfg.vnfhost.clone(),
         hugepages: false,
         control: Some(ctl.clone()),
+        sessions: None,
     })?;
     let t = Instant::now();
     while !ctl.exists() {
@@ -133,6 +134,7 @@ fn trial(cfg: &ChurnConfig, changes: u32, k: u32) -> Result<ChurnTrial, String> 
         l3: false,
         packed: false,
         tunnel: None,
+        l4: None,
     })
     .map_err(|e| format!("generator: {e}"))?;
     gen.teach();

@@ -33,6 +33,20 @@ pub enum DutKind {
     /// Open vSwitch with DPDK's userspace tunnelling doing the same: `br-int` with the
     /// pod port and a `vxlan` port (`tnl_push`/`tnl_pop`), `br-phy` with the uplink.
     OvsVxlan,
+    /// `vnfhost switch`, L2, both ports in stateful security groups: `p0` may send only
+    /// UDP (default-deny egress), `p1` be sent only UDP to port 5201 (default-deny
+    /// ingress). Established packets skip both rule scans.
+    VnfhostSg,
+    /// Open vSwitch with DPDK doing the same with conntrack: IP goes through `ct()`,
+    /// a new UDP conversation to 5201 from `p0` is committed, established ones pass
+    /// both ways, the rest is dropped.
+    OvsCt,
+    /// `vnfhost switch` routing between two VLANs with a service: UDP to
+    /// 10.96.0.1:80 balanced (one backend, 10.0.1.1:5201), DNAT and its reverse.
+    VnfhostVip,
+    /// Open vSwitch with DPDK doing the same: `ct(nat)`, a new conversation committed
+    /// with `nat(dst=10.0.1.1:5201)`, then the L3 rewrite of `ovs-l3`.
+    OvsNat,
 }
 
 impl DutKind {
@@ -49,6 +63,10 @@ impl DutKind {
             DutKind::OvsL3 => "ovs-l3",
             DutKind::VnfhostVxlan => "vnfhost-vxlan",
             DutKind::OvsVxlan => "ovs-vxlan",
+            DutKind::VnfhostSg => "vnfhost-sg",
+            DutKind::OvsCt => "ovs-ct",
+            DutKind::VnfhostVip => "vnfhost-vip",
+            DutKind::OvsNat => "ovs-nat",
         }
     }
 
@@ -58,7 +76,7 @@ impl DutKind {
     }
 
     /// Every DUT.
-    pub const ALL: [DutKind; 10] = [
+    pub const ALL: [DutKind; 14] = [
         DutKind::Vnfhost,
         DutKind::TestpmdIo,
         DutKind::TestpmdMac,
@@ -69,6 +87,10 @@ impl DutKind {
         DutKind::OvsL3,
         DutKind::VnfhostVxlan,
         DutKind::OvsVxlan,
+        DutKind::VnfhostSg,
+        DutKind::OvsCt,
+        DutKind::VnfhostVip,
+        DutKind::OvsNat,
     ];
 
     /// The L2 DUTs (what `bench p2p` runs by default).
@@ -102,10 +124,20 @@ impl DutKind {
     pub fn generator_listens(self) -> bool {
         matches!(
             self,
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan
+            DutKind::OvsNormal
+                | DutKind::OvsFlows
+                | DutKind::OvsL3
+                | DutKind::OvsVxlan
+                | DutKind::OvsCt
+                | DutKind::OvsNat
         )
     }
 }
+
+/// The service benchmark's VIP and port.
+pub const VIP: ([u8; 4], u16) = ([10, 96, 0, 1], 80);
+/// Its backend (the generator's receiving side, [`crate::gen::L3_DST_IP`]).
+pub const VIP_BACKEND: ([u8; 4], u16) = ([10, 0, 1, 1], 5201);
 
 /// How to start a DUT.
 #[derive(Clone, Debug)]
@@ -125,6 +157,8 @@ pub struct DutConfig {
     /// vnfhost only: its control socket (`--control`), for benchmarks that change the
     /// switch's configuration while it forwards.
     pub control: Option<PathBuf>,
+    /// vnfhost only: its session-table capacity per core (`--sessions`).
+    pub sessions: Option<u32>,
 }
 
 /// A running DUT; stopped (and its files removed) on drop.
@@ -152,7 +186,12 @@ pub fn in_path(name: &str) -> bool {
 /// Why `kind` cannot run here, if it cannot.
 pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
     match kind {
-        DutKind::Vnfhost | DutKind::VnfhostL3 | DutKind::VnfhostL3Big | DutKind::VnfhostVxlan
+        DutKind::Vnfhost
+        | DutKind::VnfhostL3
+        | DutKind::VnfhostL3Big
+        | DutKind::VnfhostVxlan
+        | DutKind::VnfhostSg
+        | DutKind::VnfhostVip
             if !vnfhost.is_file() =>
         {
             Some(format!("{} not found", vnfhost.display()))
@@ -160,7 +199,12 @@ pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
         DutKind::TestpmdIo | DutKind::TestpmdMac if !in_path("dpdk-testpmd") => {
             Some("dpdk-testpmd not installed (apt-get install dpdk-dev librte-net-vhost23)".into())
         }
-        DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan
+        DutKind::OvsNormal
+        | DutKind::OvsFlows
+        | DutKind::OvsL3
+        | DutKind::OvsVxlan
+        | DutKind::OvsCt
+        | DutKind::OvsNat
             if !Path::new(OVS_VSWITCHD).is_file() =>
         {
             Some(
@@ -237,7 +281,9 @@ impl RunningDut {
             DutKind::Vnfhost
             | DutKind::VnfhostL3
             | DutKind::VnfhostL3Big
-            | DutKind::VnfhostVxlan => {
+            | DutKind::VnfhostVxlan
+            | DutKind::VnfhostSg
+            | DutKind::VnfhostVip => {
                 let mut c = Command::new(&cfg.vnfhost);
                 c.args([
                     "switch",
@@ -252,7 +298,32 @@ impl RunningDut {
                 if let Some(sock) = &cfg.control {
                     c.arg("--control").arg(sock);
                 }
-                if cfg.kind == DutKind::VnfhostVxlan {
+                if let Some(n) = cfg.sessions {
+                    c.arg("--sessions").arg(n.to_string());
+                }
+                let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+                if cfg.kind == DutKind::VnfhostSg {
+                    c.arg("--port")
+                        .arg(format!("p0,vhost-user={},sg=client", p0.display()));
+                    c.arg("--port")
+                        .arg(format!("p1,vhost-user={},sg=server", p1.display()));
+                    c.args(["--security-group", "client,deny-egress,out:udp"]);
+                    c.args(["--security-group", "server,deny,udp:5201"]);
+                } else if cfg.kind == DutKind::VnfhostVip {
+                    c.arg("--port")
+                        .arg(format!("p0,vhost-user={},vlan=10", p0.display()));
+                    c.arg("--port")
+                        .arg(format!("p1,vhost-user={},vlan=20", p1.display()));
+                    c.args(["--router-if", "vlan=10,ip=10.0.0.254/24"]);
+                    c.args(["--router-if", "vlan=20,ip=10.0.1.254/24"]);
+                    c.arg("--service").arg(format!(
+                        "web,vip={},port={},udp,backend={}:{}",
+                        ip(VIP.0),
+                        VIP.1,
+                        ip(VIP_BACKEND.0),
+                        VIP_BACKEND.1
+                    ));
+                } else if cfg.kind == DutKind::VnfhostVxlan {
                     let m = |b: [u8; 6]| {
                         b.iter()
                             .map(|x| format!("{x:02x}"))
@@ -260,7 +331,6 @@ impl RunningDut {
                             .join(":")
                     };
                     use crate::gen::{TUN_DUT_IP, TUN_DUT_MAC, TUN_GEN_IP, TUN_GEN_MAC, TUN_VNI};
-                    let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
                     c.arg("--port")
                         .arg(format!("p0,vhost-user={}", p0.display()));
                     c.arg("--uplink").arg(format!(
@@ -297,7 +367,12 @@ impl RunningDut {
                 }
                 c
             }
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan => {
+            DutKind::OvsNormal
+            | DutKind::OvsFlows
+            | DutKind::OvsL3
+            | DutKind::OvsVxlan
+            | DutKind::OvsCt
+            | DutKind::OvsNat => {
                 huge_mount = if cfg.hugepages {
                     mount_hugetlbfs(&cfg.dir)
                 } else {
@@ -402,6 +477,16 @@ impl RunningDut {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(d)
+    }
+
+    /// The resident memory of the DUT's forwarding process (vnfhost, or
+    /// `ovs-vswitchd`), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.children.last()?.id();
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
     /// The last lines of the DUT's log.

@@ -45,6 +45,53 @@ pub struct GenConfig {
     /// The tunnel benchmark: which side of the DUT's VXLAN tunnel the generator
     /// transmits on (`None`: plain frames both ways).
     pub tunnel: Option<Tunnel>,
+    /// The sessions benchmark: IPv4/UDP conversations instead of `flows` source MACs
+    /// (`None`: the frames above).
+    pub l4: Option<L4Flows>,
+}
+
+/// IPv4/UDP frames, one conversation per flow: flow `k` comes from address
+/// `10.0.0.(1 + k / 50000 % 250)` and port `1024 + k % 50000`, to `dst`. The sequence
+/// number and stamp follow the UDP header. To a router ([`ROUTER_MAC`]) when the
+/// generator is in L3 mode, else to [`DST`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Flows {
+    /// Destination address and UDP port (a service's VIP, or the receiver).
+    pub dst: ([u8; 4], u16),
+    /// Where replies come from (the backend behind a VIP; else `dst`).
+    pub reply_from: ([u8; 4], u16),
+    /// Every frame opens a conversation of its own (cycling through 12.5 million)
+    /// instead of cycling through `flows`.
+    pub new_each: bool,
+}
+
+/// Source address and port of conversation `k` (see [`L4Flows`]).
+pub fn l4_source(k: u32) -> ([u8; 4], u16) {
+    (
+        [10, 0, 0, 1 + (k / 50_000 % 250) as u8],
+        1024 + (k % 50_000) as u16,
+    )
+}
+
+/// Writes the Ethernet, IPv4 and UDP headers of an L4-mode frame of `len` bytes.
+fn write_l4(b: &mut [u8], len: usize, macs: ([u8; 6], [u8; 6]), ip: &[u8; 20], ports: (u16, u16)) {
+    b[..6].copy_from_slice(&macs.0);
+    b[6..12].copy_from_slice(&macs.1);
+    b[12..14].copy_from_slice(&[0x08, 0x00]);
+    b[14..34].copy_from_slice(ip);
+    b[34..36].copy_from_slice(&ports.0.to_be_bytes());
+    b[36..38].copy_from_slice(&ports.1.to_be_bytes());
+    b[38..40].copy_from_slice(&((len - 34) as u16).to_be_bytes());
+    b[40..42].copy_from_slice(&[0, 0]);
+}
+
+/// The IPv4 header of an L4-mode frame.
+fn l4_ip(len: usize, src: [u8; 4], dst: [u8; 4]) -> [u8; 20] {
+    let mut f = [0u8; 34];
+    write_ipv4(&mut f, len, src, dst);
+    let mut h = [0u8; 20];
+    h.copy_from_slice(&f[14..34]);
+    h
 }
 
 /// The generator's side of a VXLAN tunnel benchmark: the receiving port (`rx`) or the
@@ -181,6 +228,7 @@ pub struct Generator {
     tsc_hz: f64,
     l3: bool,
     tunnel: Option<Tunnel>,
+    l4: Option<L4Flows>,
 }
 
 /// Measures the time-stamp counter's rate against the monotonic clock (50 ms).
@@ -218,6 +266,7 @@ impl Generator {
             tsc_hz: tsc_hz(),
             l3: cfg.l3,
             tunnel: cfg.tunnel,
+            l4: cfg.l4,
         })
     }
 
@@ -265,6 +314,41 @@ impl Generator {
         self.rx.recv(0, 4096, |_| {});
     }
 
+    /// L4 mode: sends one reply per conversation (`flows` of them) from the receiving
+    /// side, as the other end of each would, so that a connection tracker sees every
+    /// conversation established both ways. Run after the conversations were opened (a
+    /// warm-up trial); what comes back on the transmitting side is drained.
+    pub fn prime(&mut self) {
+        let Some(l4) = self.l4 else { return };
+        let dst_mac = if self.l3 { ROUTER_MAC } else { SRC };
+        let flows = self.flows;
+        let mut k = 0u32;
+        let mut cached: Option<([u8; 4], [u8; 20])> = None;
+        while k < flows {
+            let n = self.rx.send_fill(0, 32.min((flows - k) as usize), |i, b| {
+                let (ip, port) = l4_source(k + i as u32);
+                let h = match cached {
+                    Some((a, h)) if a == ip => h,
+                    _ => {
+                        let h = l4_ip(60, l4.reply_from.0, ip);
+                        cached = Some((ip, h));
+                        h
+                    }
+                };
+                write_l4(b, 60, (dst_mac, DST), &h, (l4.reply_from.1, port));
+                60
+            });
+            k += n as u32;
+            self.tx.recv(0, 4096, |_| {});
+            if n == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        self.tx.recv(0, 4096, |_| {});
+        self.rx.recv(0, 4096, |_| {});
+    }
+
     /// Offers frames as fast as the DUT accepts them for `d`, counting what returns.
     pub fn run(&mut self, d: Duration) -> Trial {
         self.run_at(d, None, None)
@@ -283,9 +367,21 @@ impl Generator {
         let flows = self.flows;
         let hz = self.tsc_hz;
         let l3 = self.l3;
-        // Where the sequence number and stamp sit: after the Ethernet or IPv4 header,
-        // of the inner frame when it comes back encapsulated.
-        let at = if l3 { 34 } else { 14 };
+        // Where the sequence number and stamp sit: after the Ethernet or IPv4 header
+        // (the UDP header in L4 mode), of the inner frame when it comes back
+        // encapsulated.
+        let l4 = self.l4;
+        let at = if l4.is_some() {
+            42
+        } else if l3 {
+            34
+        } else {
+            14
+        };
+        let l4_macs = (if l3 { ROUTER_MAC } else { DST }, SRC);
+        // The IPv4 header of the last source address (it changes every 50 000
+        // conversations): summed once, not per frame.
+        let mut l4_cached: Option<([u8; 4], usize, [u8; 20])> = None;
         // Outer headers on what is sent, and on what comes back.
         let tx_o = if self.tunnel == Some(Tunnel::Decap) {
             TUN_OVERHEAD
@@ -367,6 +463,22 @@ impl Generator {
                         }
                     }
                     let b = &mut b[tx_o..];
+                    if let Some(m) = l4 {
+                        let k = if m.new_each { seq } else { seq % flows };
+                        let (ip, port) = l4_source(k);
+                        let h = match l4_cached {
+                            Some((a, l, h)) if a == ip && l == len => h,
+                            _ => {
+                                let h = l4_ip(len, ip, m.dst.0);
+                                l4_cached = Some((ip, len, h));
+                                h
+                            }
+                        };
+                        write_l4(b, len, l4_macs, &h, (port, m.dst.1));
+                        b[at..at + 4].copy_from_slice(&seq.to_be_bytes());
+                        b[at + 4..at + 12].copy_from_slice(&tsc().to_le_bytes());
+                        return len;
+                    }
                     b[..6].copy_from_slice(&DST);
                     // Flows differ in the low 3 bytes of the source MAC, in a locally
                     // administered range (02:01:...) that never meets DST.

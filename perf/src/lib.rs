@@ -10,7 +10,8 @@
 //! (used by the `latency-tests` crate).
 //!
 //! And the pod VM monitor's start-up, memory and creation rate against QEMU
-//! ([`vmstart`]).
+//! ([`vmstart`]); connection tracking (stateful groups, service VIPs) against OVS-DPDK's
+//! conntrack ([`sessions`]).
 pub mod churn;
 pub mod dpdkgen;
 pub mod dut;
@@ -19,6 +20,7 @@ pub mod ndr;
 mod ovs;
 pub mod p2p;
 pub mod plot;
+pub mod sessions;
 pub mod tunnel;
 pub mod uplink;
 pub mod vmstart;

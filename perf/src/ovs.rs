@@ -329,6 +329,59 @@ pub fn start(
         );
         tool(d, "ovs-ofctl", &["add-flow", &br, &flow])?;
     }
+    if matches!(cfg.kind, DutKind::OvsCt | DutKind::OvsNat) {
+        let br = format!("unix:{}", d.join("br0.mgmt").display());
+        tool(d, "ovs-ofctl", &["del-flows", &br])?;
+        let m = |b: [u8; 6]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+        let (r, dst, src) = (
+            m(crate::gen::ROUTER_MAC),
+            m(crate::gen::DST),
+            m(crate::gen::SRC),
+        );
+        let (vip, be) = (crate::dut::VIP, crate::dut::VIP_BACKEND);
+        let flows: Vec<String> = if cfg.kind == DutKind::OvsCt {
+            // vnfhost-sg's groups as conntrack: p0 may open UDP conversations, p1 be
+            // sent UDP to 5201; established ones pass both ways.
+            vec![
+                "table=0,priority=10,ip,actions=ct(table=1,zone=1)".into(),
+                "table=0,priority=0,actions=NORMAL".into(),
+                "table=1,priority=20,ct_state=+trk+est,ip,in_port=p0,actions=output:p1".into(),
+                "table=1,priority=20,ct_state=+trk+est,ip,in_port=p1,actions=output:p0".into(),
+                "table=1,priority=10,ct_state=+trk+new,udp,in_port=p0,tp_dst=5201,actions=ct(commit,zone=1),output:p1".into(),
+                "table=1,priority=0,actions=drop".into(),
+            ]
+        } else {
+            // vnfhost-vip as conntrack NAT and the router's rewrite.
+            let fwd = format!("mod_dl_src:{r},mod_dl_dst:{dst},dec_ttl,output:p1");
+            let back = format!("mod_dl_src:{r},mod_dl_dst:{src},dec_ttl,output:p0");
+            vec![
+                format!(
+                    "table=0,priority=10,udp,in_port=p0,nw_dst={},tp_dst={},actions=ct(table=1,zone=1,nat)",
+                    ip(vip.0),
+                    vip.1
+                ),
+                "table=0,priority=10,ip,in_port=p1,actions=ct(table=1,zone=1,nat)".into(),
+                "table=0,priority=0,actions=drop".into(),
+                format!(
+                    "table=1,priority=10,ct_state=+trk+new,udp,in_port=p0,actions=ct(commit,zone=1,nat(dst={}:{})),{fwd}",
+                    ip(be.0),
+                    be.1
+                ),
+                format!("table=1,priority=20,ct_state=+trk+est,in_port=p0,actions={fwd}"),
+                format!("table=1,priority=20,ct_state=+trk+est,in_port=p1,actions={back}"),
+                "table=1,priority=0,actions=drop".into(),
+            ]
+        };
+        for f in flows {
+            tool(d, "ovs-ofctl", &["add-flow", &br, &f])?;
+        }
+    }
     if cfg.kind == DutKind::OvsFlows {
         let br = format!("unix:{}", d.join("br0.mgmt").display());
         tool(d, "ovs-ofctl", &["del-flows", &br])?;

@@ -471,6 +471,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                     vnfhost: cfg.vnfhost.clone(),
                     hugepages: cfg.hugepages,
                     control: None,
+                    sessions: None,
                 };
                 let d = RunningDut::start(&dcfg)?;
                 let (trial, throughput) = match gen {
@@ -490,6 +491,7 @@ pub fn run(cfg: &P2pConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, St
                             l3: dut.is_l3(),
                             packed: cfg.packed,
                             tunnel: None,
+                            l4: None,
                         };
                         let mut g = Generator::connect(&gcfg)
                             .map_err(|e| format!("{}: {e}\n{}", dut.name(), d.log_tail()))?;

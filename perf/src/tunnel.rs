@@ -165,6 +165,7 @@ pub fn run(cfg: &TunnelConfig, progress: &mut dyn FnMut(&str)) -> Result<Report,
                 vnfhost: cfg.vnfhost.clone(),
                 hugepages: cfg.hugepages,
                 control: None,
+                sessions: None,
             };
             let d = RunningDut::start(&dcfg)?;
             let mut g = Generator::connect(&GenConfig {
@@ -178,6 +179,7 @@ pub fn run(cfg: &TunnelConfig, progress: &mut dyn FnMut(&str)) -> Result<Report,
                 l3: false,
                 packed: false,
                 tunnel: Some(Tunnel::Encap),
+                l4: None,
             })
             .map_err(|e| format!("{}: generator: {e}\n{}", dut.name(), d.log_tail()))?;
             for &frame in &cfg.frame_sizes {

@@ -1042,7 +1042,13 @@ struct Memo {
     looked_up: Option<(u16, EthernetAddress, u64, Option<u16>)>,
     /// The last unicast decision, for the frames of the burst that repeat it.
     flow: Option<Flow>,
+    /// The last decision to hand a frame to the router, on the same terms as `flow`:
+    /// (in port, now, key, VLAN, L3 offset).
+    routed: Option<(u16, u64, FlowKey, Vid, u8)>,
 }
+
+/// The bytes a forwarding decision reads (see [`Flow::key`]).
+type FlowKey = (u64, u64, Option<u32>);
 
 /// One remembered unicast decision: a frame from `in_port` at `now` whose first 14
 /// bytes (18 when it carries a tag) equal `key` is forwarded exactly like the frame
@@ -1612,6 +1618,31 @@ impl Bridge {
         }
         let mut i = range.start;
         while i < n {
+            // A frame for the router like the one before it: what the decision would
+            // do, without deciding again (see `Memo::routed`).
+            if let (Some((p, t, k, vid, l3)), Some(key)) = (self.memo.routed, keys[i]) {
+                if p == in_port.0 && t == now && k == key {
+                    if let Some(Some(port)) = self.ports.get_mut(usize::from(p)) {
+                        if port.up {
+                            port.counters.rx_frames += 1;
+                            port.counters.rx_bytes += batch.frame_len(i) as u64;
+                            self.counters.routed += 1;
+                            if let Some(t) = tracks.get_mut(i) {
+                                t.commit = false;
+                                t.sent = false;
+                            }
+                            to_router.push(ToRouter {
+                                idx: i as u16,
+                                vid,
+                                l3,
+                                flooded: false,
+                            });
+                            i += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
             self.track = tracks.get(i).copied().unwrap_or_default();
             let verdict = self.forward_head(
                 in_port,
@@ -1778,6 +1809,9 @@ impl Bridge {
                     .iter()
                     .any(|&(v, m)| v == vid.get() && m == ingress.dst)
             {
+                if let Some(key) = key.filter(|_| !secured && self.filtered_ports == 0) {
+                    self.memo.routed = Some((in_port.0, now, key, vid, l3));
+                }
                 return Ok(Forwarded::Routed {
                     vid,
                     l3,
@@ -1871,6 +1905,15 @@ impl Bridge {
             Err(DropReason::NoEgress)
         } else {
             Ok(Forwarded::Flooded { copies })
+        }
+    }
+
+    /// The VLAN of `port`'s untagged frames when it is an access port.
+    #[inline]
+    pub fn access_vid(&self, port: PortId) -> Option<Vid> {
+        match self.ports.get(usize::from(port.0))?.as_ref()?.mode {
+            VlanMode::Access { vid } => Some(vid),
+            VlanMode::Trunk { .. } => None,
         }
     }
 

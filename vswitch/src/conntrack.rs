@@ -51,8 +51,6 @@
 //! their ports are polled by.
 #![forbid(unsafe_code)]
 
-use crate::wire::incremental_update;
-
 /// ICMP echo request and reply (IPv4), ICMPv6 echo request and reply.
 const ECHO: [(u8, u8); 4] = [(1, 8), (1, 0), (58, 128), (58, 129)];
 
@@ -123,19 +121,28 @@ impl Key {
         }
     }
 
-    /// A hash of the key (the same on every run and node).
+    /// A hash of the key (the same on every run and node): the words folded with a
+    /// multiply each, then one finaliser.
+    #[inline(always)]
     fn hash(&self) -> u64 {
-        let mut h = mix(u64::from(self.zone) << 8 | u64::from(self.proto));
-        for w in [
-            self.a.0 as u64,
-            (self.a.0 >> 64) as u64,
-            self.b.0 as u64,
-            (self.b.0 >> 64) as u64,
+        const K: [u64; 5] = [
+            0x9e37_79b9_7f4a_7c15,
+            0xc2b2_ae3d_27d4_eb4f,
+            0x1656_67b1_9e37_79f9,
+            0x85eb_ca77_c2b2_ae63,
+            0x27d4_eb2f_1656_67c5,
+        ];
+        let w = [
+            self.a.0 as u64 ^ (self.a.0 >> 64) as u64,
+            self.b.0 as u64 ^ (self.b.0 >> 64) as u64,
             u64::from(self.a.1) << 16 | u64::from(self.b.1),
-        ] {
-            h = mix(h ^ w);
-        }
-        h
+            u64::from(self.zone) << 8 | u64::from(self.proto),
+        ];
+        let h = w[0].wrapping_mul(K[0])
+            ^ w[1].wrapping_mul(K[1]).rotate_left(23)
+            ^ w[2].wrapping_mul(K[2]).rotate_left(41)
+            ^ w[3].wrapping_mul(K[3]);
+        mix(h ^ K[4])
     }
 }
 
@@ -354,6 +361,18 @@ impl Sessions {
         self.slots.len()
     }
 
+    /// Live sessions.
+    #[inline]
+    pub fn live(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The hash [`lookup_hashed`](Self::lookup_hashed) takes.
+    #[inline]
+    pub fn hash(&self, zone: u16, t: &Tuple) -> u32 {
+        Key::of(zone, t).hash() as u32
+    }
+
     /// Its counters.
     pub fn stats(&self) -> SessionStats {
         SessionStats {
@@ -382,12 +401,31 @@ impl Sessions {
         now.saturating_sub(s.last) > self.timeouts.of(s)
     }
 
+    /// Reads the memory a [`lookup`](Self::lookup) of `t` will read first (its home
+    /// index entry and the session it names), without deciding anything: done for a
+    /// whole burst before the lookups, the cache misses of many frames overlap instead
+    /// of following one another.
+    /// Returns the hash to give [`lookup_hashed`](Self::lookup_hashed), and a value
+    /// read from the table (to be kept from being optimised away).
+    #[inline]
+    pub fn warm(&self, zone: u16, t: &Tuple) -> (u32, u64) {
+        let h = Key::of(zone, t).hash() as u32;
+        let e = self.index[h as usize & self.mask];
+        let slot = (e as u32).wrapping_sub(1) as usize;
+        (h, self.slots.get(slot).map_or(0, |s| s.last) ^ e)
+    }
+
     /// The live session `t` belongs to in `zone`, and the packet's direction in it. An
     /// expired session found on the way is removed.
     #[inline]
     pub fn lookup(&mut self, zone: u16, t: &Tuple, now: u64) -> Option<(u32, Dir)> {
-        let key = Key::of(zone, t);
-        let h = key.hash() as u32;
+        let h = Key::of(zone, t).hash() as u32;
+        self.lookup_hashed(zone, t, h, now)
+    }
+
+    /// [`lookup`](Self::lookup) with the hash [`warm`](Self::warm) gave.
+    #[inline]
+    pub fn lookup_hashed(&mut self, zone: u16, t: &Tuple, h: u32, now: u64) -> Option<(u32, Dir)> {
         let mut i = h as usize & self.mask;
         loop {
             let e = self.index[i];
@@ -669,8 +707,10 @@ pub fn flow_of(head: &[u8], l3: usize) -> Option<Flow> {
 }
 
 /// Rewrites the IPv4 packet of `f` in `head` to carry `to`'s addresses and ports,
-/// updating the IPv4 and TCP/UDP checksums incrementally. False when it cannot: not
-/// IPv4, or the L4 header (with its checksum) is not in `head`.
+/// updating the IPv4 and TCP/UDP checksums incrementally (RFC 1624: the one's-complement
+/// difference of the changed words is summed once and added to each checksum). False
+/// when it cannot: not IPv4, or the L4 header (with its checksum) is not in `head`.
+#[inline]
 pub fn rewrite4(head: &mut [u8], f: &Flow, to: &Tuple) -> bool {
     let (Some(s0), Some(d0), Some(s1), Some(d1)) = (
         as_v4(f.tuple.src),
@@ -692,37 +732,34 @@ pub fn rewrite4(head: &mut [u8], f: &Flow, to: &Tuple) -> bool {
     if l4 == 0 || head.len() < l3 + 20 || csum_at.is_some_and(|c| head.len() < c + 2) {
         return false;
     }
+    // Σ (~old + new) over the changed 16-bit words, in 64 bits (folded once below).
+    let words = |a: u32| u64::from(a >> 16) + u64::from(a & 0xffff);
+    let not_words = |a: u32| words(!a);
+    let addr_delta = not_words(s0) + not_words(d0) + words(s1) + words(d1);
+    let port_delta = if ports {
+        u64::from(!f.tuple.sport)
+            + u64::from(!f.tuple.dport)
+            + u64::from(to.sport)
+            + u64::from(to.dport)
+    } else {
+        0
+    };
+    let apply = |sum: u16, delta: u64| -> u16 { !fold64(u64::from(!sum) + delta) };
     let be = |h: &[u8], at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
-    let words = |a: u32| [(a >> 16) as u16, a as u16];
-    let mut changes: [(u16, u16); 6] = [(0, 0); 6];
-    let (os, od, ns, nd) = (words(s0), words(d0), words(s1), words(d1));
-    changes[0] = (os[0], ns[0]);
-    changes[1] = (os[1], ns[1]);
-    changes[2] = (od[0], nd[0]);
-    changes[3] = (od[1], nd[1]);
-    // The IPv4 header checksum covers the addresses.
-    let mut hc = be(head, l3 + 10);
-    for &(o, n) in &changes[..4] {
-        hc = incremental_update(hc, o, n);
-    }
+    let hc = apply(be(head, l3 + 10), addr_delta);
     head[l3 + 10..l3 + 12].copy_from_slice(&hc.to_be_bytes());
     head[l3 + 12..l3 + 16].copy_from_slice(&s1.to_be_bytes());
     head[l3 + 16..l3 + 20].copy_from_slice(&d1.to_be_bytes());
     if ports {
-        changes[4] = (f.tuple.sport, to.sport);
-        changes[5] = (f.tuple.dport, to.dport);
         head[l4..l4 + 2].copy_from_slice(&to.sport.to_be_bytes());
         head[l4 + 2..l4 + 4].copy_from_slice(&to.dport.to_be_bytes());
     }
     // TCP and UDP checksums cover the pseudo-header's addresses and the ports. A UDP
     // checksum of 0 means none, and stays so; a computed 0 is sent as 0xffff.
     if let Some(c) = csum_at {
-        let mut sum = be(head, c);
+        let sum = be(head, c);
         if !(proto == 17 && sum == 0) {
-            let n = if ports { 6 } else { 4 };
-            for &(o, nw) in &changes[..n] {
-                sum = incremental_update(sum, o, nw);
-            }
+            let mut sum = apply(sum, addr_delta + port_delta);
             if proto == 17 && sum == 0 {
                 sum = 0xffff;
             }
@@ -730,6 +767,16 @@ pub fn rewrite4(head: &mut [u8], f: &Flow, to: &Tuple) -> bool {
         }
     }
     true
+}
+
+/// Folds a 64-bit one's-complement sum to 16 bits.
+#[inline(always)]
+fn fold64(mut s: u64) -> u16 {
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
 }
 
 #[cfg(test)]

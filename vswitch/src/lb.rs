@@ -61,7 +61,10 @@ pub struct Service {
 /// `n` is prime.
 #[cfg(test)]
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The Maglev table size for `n` backends: 65537 up to 512 backends, 131071 up to

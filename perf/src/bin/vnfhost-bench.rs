@@ -18,6 +18,7 @@ usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
        vnfhost bench vm [options]
        vnfhost bench churn [options]
        vnfhost bench tunnel [options]
+       vnfhost bench sessions [options]
        vnfhost bench uplink [--rounds N] [--seconds S] [--out DIR]
        vnfhost bench pod [--rounds N] [--warmup N] [--out DIR]
 
@@ -26,6 +27,8 @@ usage: vnfhost bench p2p [options]     (or vnfhost-bench p2p [options])
   churn  the largest gap in a flow while the switch's spec changes
   tunnel VXLAN encapsulation and decapsulation on one core: vnfhost against OVS-DPDK's
          userspace tunnelling
+  sessions  connection tracking on one core: a stateful group and a service VIP,
+         established and new sessions, vnfhost against OVS-DPDK's ct() flows
   uplink VXLAN frames onto a veth from one core: vnfhost's AF_PACKET uplink against the
          kernel's vxlan device
   pod    pod start and memory per pod: VM pods (CRI and `vnfhost run`) against runc
@@ -53,6 +56,28 @@ options:
   --no-hugepages   no hugepages for the DUTs and the generator (OVS-DPDK then
                    cannot start)
   --out DIR        where tunnel.md goes (default bench-results)
+  -h, --help       this text
+";
+
+/// `vnfhost-bench sessions --help`.
+const SESSIONS_USAGE: &str = "\
+usage: vnfhost bench sessions [options]
+
+Connection tracking on one DUT core, 64-byte IPv4/UDP: a stateful security group
+(vnfhost-sg against OVS-DPDK with ct(commit) flows) and a service VIP (vnfhost-vip, DNAT
+to one backend, against OVS-DPDK with ct(nat)); each with established conversations
+(every one opened and answered once first) and with a new conversation per frame.
+DUTs take turns round by round; our generator plays both ends.
+
+options:
+  --flows LIST     established conversations per load (default 10,100000)
+  --no-new         leave out the new-sessions load
+  --rounds N       counted rounds (default 5)
+  --warmup N       rounds run first and not counted (default 1)
+  --seconds S      seconds per trial (default 1)
+  --dut-core N     the DUT's core (default 0)
+  --gen-core N     the generator's core (default 1)
+  --out DIR        where sessions.md goes (default bench-results)
   -h, --help       this text
 ";
 
@@ -140,6 +165,8 @@ fn main() {
         uplink(args.split_off(1))
     } else if first == "tunnel" {
         tunnel(args.split_off(1))
+    } else if first == "sessions" {
+        sessions(args.split_off(1))
     } else if first == "pod" {
         pod(args.split_off(1))
     } else {
@@ -324,13 +351,18 @@ fn install_peers(cfg: &P2pConfig) -> Result<(), String> {
             DutKind::TestpmdIo | DutKind::TestpmdMac => {
                 pkgs.extend(["dpdk-dev", "librte-net-vhost23", "librte-mempool-ring23"])
             }
-            DutKind::OvsNormal | DutKind::OvsFlows | DutKind::OvsL3 | DutKind::OvsVxlan => {
-                pkgs.push("openvswitch-switch-dpdk")
-            }
+            DutKind::OvsNormal
+            | DutKind::OvsFlows
+            | DutKind::OvsL3
+            | DutKind::OvsVxlan
+            | DutKind::OvsCt
+            | DutKind::OvsNat => pkgs.push("openvswitch-switch-dpdk"),
             DutKind::Vnfhost
             | DutKind::VnfhostL3
             | DutKind::VnfhostL3Big
-            | DutKind::VnfhostVxlan => {}
+            | DutKind::VnfhostVxlan
+            | DutKind::VnfhostSg
+            | DutKind::VnfhostVip => {}
         }
     }
     pkgs.sort_unstable();
@@ -585,6 +617,60 @@ fn tunnel(args: Vec<OsString>) -> Result<(), String> {
     let md = r.markdown(&cfg);
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let f = out.join("tunnel.md");
+    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
+    print!("{md}");
+    eprintln!("bench: wrote {}", f.display());
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    Ok(())
+}
+
+fn sessions(args: Vec<OsString>) -> Result<(), String> {
+    let mut cfg = perf::sessions::SessionsConfig {
+        vnfhost: vnfhost()?,
+        dut_core: 0,
+        gen_core: 1,
+        flows: vec![10, 100_000],
+        new: true,
+        rounds: 5,
+        warmup: 1,
+        trial: Duration::from_secs(1),
+        dir: std::env::temp_dir().join(format!("vnfhost-sessions-{}", std::process::id())),
+        hugepages: true,
+    };
+    let mut out = PathBuf::from("bench-results");
+    let go = each_option(args, "sessions", SESSIONS_USAGE, &["no-new"], |key, v| {
+        match key {
+            "no-new" => cfg.new = false,
+            "flows" => {
+                cfg.flows = v
+                    .split(',')
+                    .map(|f| match f.trim().parse::<u32>() {
+                        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                        _ => Err(format!("--flows: {f:?} is not a count in 1..=1000000")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "rounds" => cfg.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
+            "warmup" => cfg.warmup = number_in(key, v, 100.0)? as u32,
+            "seconds" => cfg.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
+            "dut-core" => cfg.dut_core = number_in(key, v, 1023.0)? as usize,
+            "gen-core" => cfg.gen_core = number_in(key, v, 1023.0)? as usize,
+            "out" => out = PathBuf::from(v),
+            _ => {
+                return Err(format!(
+                    "bench sessions: unknown option --{key} (see --help)"
+                ))
+            }
+        }
+        Ok(())
+    })?;
+    if !go {
+        return Ok(());
+    }
+    let r = perf::sessions::run(&cfg, &mut |l| eprintln!("{l}"))?;
+    let md = r.markdown(&cfg);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let f = out.join("sessions.md");
     std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
     print!("{md}");
     eprintln!("bench: wrote {}", f.display());
