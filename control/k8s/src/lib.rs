@@ -30,6 +30,16 @@
 //! until that node clears it or leaves; no other node overwrites it. A node whose Node
 //! object is gone leaves the Networks alone.
 //!
+//! Beside the Networks, the controller watches:
+//!
+//! - `Node`s (with a node name): the other nodes' VTEPs, told to the daemon as its
+//!   overlay ([`nodes`]);
+//! - `Pod`s (of this node, with a node name): their extra networks
+//!   ([`NETWORKS_ANNOTATION`]), recorded in the daemon ([`watch_pods`]);
+//! - `Service`s and `discovery.k8s.io/v1` `EndpointSlice`s: each Service's cluster IP
+//!   with its ready endpoints as backends, sent to the daemon as a service
+//!   (`/v1/services/NAMESPACE.NAME`) on its tenant's network ([`services`]).
+//!
 //! The CRD's OpenAPI schema (`deploy/00-crd-network.yaml`) rejects malformed objects at
 //! the API server; the daemon's checks catch what a schema cannot say (overlaps,
 //! references). A watch that loses the API server is retried with back-off by
@@ -37,6 +47,7 @@
 
 pub mod ipam;
 pub mod nodes;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `vnfhost-k8s controller [--api SOCK] [--node NAME] [--uplink IFNAME] [--vtep ADDR]
-//! [--default-network NAME]`: the `Network` controller of one node, and its node watch.
+//! [--default-network NAME]`: the `Network` controller of one node, its node watch, and
+//! its Service watch.
 //! It talks to the API server from `KUBECONFIG` (or the in-cluster service account) and
 //! to the node's daemon on its socket (default `/run/vnfhost/api.sock`).
 
@@ -9,14 +10,16 @@ use futures::StreamExt;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use vnfhost_k8s::nodes::{watch_nodes, NodeView, NodeWatch};
+use vnfhost_k8s::services::{watch_services, ServiceWatch};
 use vnfhost_k8s::{error_policy, reconcile, Ctx, Network};
 
 const USAGE: &str = "\
 usage: vnfhost-k8s controller [options]
 
 Runs the Network controller of one node: Network custom resources into the node's
-daemon, and the extra networks of its pods. It talks to the API server from KUBECONFIG
-(or the in-cluster service account).
+daemon, the extra networks of its pods, and Services (their cluster IPs, with their
+ready endpoints as backends) into the daemon's services. It talks to the API server
+from KUBECONFIG (or the in-cluster service account).
 
 options:
   --api SOCK               the daemon's socket (default /run/vnfhost/api.sock, or
@@ -31,7 +34,8 @@ options:
                            vnfhost.io/vtep on its Node; default: others use its first
                            InternalIP)
   --default-network NAME   the network whose addresses on this node are its Node's
-                           spec.podCIDR (default \"default\")
+                           spec.podCIDR, and the network of Services without a
+                           vnfhost.io/network annotation (default \"default\")
   -h, --help               this text
 ";
 
@@ -123,7 +127,7 @@ fn main() {
             api: api.clone(),
             finalizer: vnfhost_k8s::finalizer_of(node.as_deref()),
             node: node.clone(),
-            default_network,
+            default_network: default_network.clone(),
             nodes: view.clone(),
             networks: controller.store(),
         });
@@ -149,6 +153,11 @@ fn main() {
             }
             None => futures::future::Either::Right(futures::future::pending::<()>()),
         };
+        let services = watch_services(ServiceWatch {
+            client: client.clone(),
+            api: api.clone(),
+            default_network,
+        });
         let pods = vnfhost_k8s::watch_pods(client.clone(), api, node);
         let networks = controller
             .reconcile_all_on(again_rx)
@@ -160,11 +169,12 @@ fn main() {
                     Err(e) => tracing::warn!("controller: {e}"),
                 }
             });
-        // The Network controller ends on SIGTERM; the pod watch with it.
+        // The Network controller ends on SIGTERM; the other watches with it.
         tokio::select! {
             _ = networks => {}
             _ = pods => {}
             _ = node_watch => {}
+            _ = services => {}
         }
     });
 }
