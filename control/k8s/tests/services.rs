@@ -12,11 +12,10 @@
 //!   exist is removed from the daemon, and the topology's (no dot) are left alone;
 //! - a daemon that answers 503 for a while gets the latest state once it is back.
 //!
-//! Two daemons, each with its own controller: the real one (`vnfhost daemon` with a
-//! topology whose network `default`, 10.1.0.0/24, has a router) when it serves
-//! `/v1/services`, and always a stand-in that follows the routes' documented contract
-//! (and can be made to fail), so that the controller's side is tested whatever daemon
-//! the tree has.
+//! Two daemons, each with its own controller, and every assertion made of both: the
+//! real one (`vnfhost daemon` with a topology whose network `default`, 10.1.0.0/24, has
+//! a router), and a stand-in that follows the routes' documented contract and can be
+//! made to fail, for the outage case, which the real daemon cannot be asked to stage.
 
 mod common;
 
@@ -332,8 +331,13 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
         Duration::from_secs(10),
     )
     .unwrap();
-    let real = st == 200;
-    if real {
+    assert_eq!(
+        st,
+        200,
+        "the daemon serves /v1/services: {}",
+        String::from_utf8_lossy(&body)
+    );
+    {
         // A service of this controller's from before, whose Service is gone.
         let old = serde_json::to_vec(&a_service("old.gone", "10.96.0.99")).unwrap();
         let (st, body) = api::http::call(
@@ -347,12 +351,6 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
         assert!(
             (200..300).contains(&st),
             "{st} {}",
-            String::from_utf8_lossy(&body)
-        );
-    } else {
-        println!(
-            "NOTE: this daemon has no /v1/services yet ({st}: {}); only the stand-in is \
-             tested",
             String::from_utf8_lossy(&body)
         );
     }
@@ -375,7 +373,7 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
         )
     };
     let mut fake_ctl = controller(&fake.api, "standin-controller.log");
-    let mut real_ctl = real.then(|| controller(&real_api, "controller.log"));
+    let mut real_ctl = Some(controller(&real_api, "controller.log"));
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     let logs = || {
         format!(
@@ -384,9 +382,9 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
             read("controller.log")
         )
     };
-    // Every daemon the test has: the stand-in's socket, and the real one's if it serves.
+    // Both daemons: the stand-in's socket and the real one's.
     let apis: Vec<&Path> = std::iter::once(fake.api.as_path())
-        .chain(real.then_some(real_api.as_path()))
+        .chain(Some(real_api.as_path()))
         .collect();
     let web_on = |api: &Path| service_on(api, "default.web");
     let backends_everywhere = |want: &[&str]| {
@@ -426,6 +424,26 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
         assert_eq!(s["affinity"], "client_ip", "{s}");
         assert_eq!(s["affinity_timeout_s"], 600, "{s}");
     }
+    // On the node: the switch balances the VIP over the 2 backends (its status).
+    let switch_backends = |want: usize| {
+        let want_text = format!("service default.web:80/tcp 10.96.0.10:80/tcp: {want} backend(s)");
+        let last = std::cell::RefCell::new(String::new());
+        wait(
+            &format!("the switch's VIP with {want} backends"),
+            Duration::from_secs(30),
+            || {
+                let o = run(Command::new(&vnfhost).args([
+                    "status",
+                    "--api",
+                    real_api.to_str().unwrap(),
+                ]));
+                *last.borrow_mut() = String::from_utf8_lossy(&o.stdout).into_owned();
+                last.borrow().contains(&want_text)
+            },
+            || last.borrow().clone(),
+        );
+    };
+    switch_backends(2);
     // The Service on a network the node lacks is refused with the daemon's reason and
     // retried; the headless one is never sent.
     wait(
@@ -435,9 +453,8 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
             read("standin-controller.log").contains(
                 "service default/elsewhere: the node refused sending it: 1 problem(s); \
                  nothing was changed; network: no network \"nowhere\" on this node",
-            ) && (!real
-                || read("controller.log")
-                    .contains("service default/elsewhere: the node refused sending it"))
+            ) && read("controller.log")
+                .contains("service default/elsewhere: the node refused sending it")
         },
         logs,
     );
@@ -469,6 +486,7 @@ fn services_and_their_ready_endpoints_reach_the_daemon() {
         || backends_everywhere(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]),
         logs,
     );
+    switch_backends(3);
     let puts = fake.puts("default.web");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
