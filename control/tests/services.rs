@@ -5,10 +5,11 @@
 //!   pods: connections spread over every backend and stay on theirs; a backend removed
 //!   under traffic loses its connections at once, new ones never reach it, a UDP flow
 //!   moves with its next datagram, and the other backends' connections carry on;
+//!   ClientIP affinity keeps a client on one backend;
 //!   another tenant with the same VIP and prefixes reaches only its own backends; a
 //!   backend reaching its own VIP (hairpin) is answered; a service without backends
 //!   refuses with a reset.
-//! - Through `vnfhost switch` with tap ports: a stateful group with default-deny
+//! - Through `vnfhost switch` on two polling cores with tap ports: a stateful group with default-deny
 //!   ingress and an egress rule lets the pod's own connections work and drops (and
 //!   counts) unsolicited ones; once a session times out its replies are dropped; a
 //!   full table refuses new sessions, counted.
@@ -223,7 +224,18 @@ fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value)
 }
 
 fn put_service(api: &str, name: &str, network: &str, backends: &[&str]) -> (u16, Value) {
-    let body = serde_json::json!({
+    put_service_with(api, name, network, backends, serde_json::json!({}))
+}
+
+/// [`put_service`] with `extra` fields (affinity).
+fn put_service_with(
+    api: &str,
+    name: &str,
+    network: &str,
+    backends: &[&str],
+    extra: Value,
+) -> (u16, Value) {
+    let mut body = serde_json::json!({
         "name": name,
         "network": network,
         "vip": "10.96.0.10",
@@ -233,6 +245,9 @@ fn put_service(api: &str, name: &str, network: &str, backends: &[&str]) -> (u16,
         ],
         "backends": backends,
     });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
     call(
         api,
         "PUT",
@@ -312,6 +327,31 @@ fn services_spread_stick_follow_backend_removal_and_stay_in_their_tenant() {
         count.values().all(|n| *n >= 8),
         "spread over all backends: {count:?}"
     );
+
+    // ClientIP affinity: every connection of the client goes to one backend; without
+    // it they spread again.
+    let all = [ip("s1"), ip("s2"), ip("s3")];
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (st, v) = put_service_with(
+        &api,
+        "web",
+        "a1",
+        &all,
+        serde_json::json!({"affinity": "client_ip", "affinity_timeout_s": 60}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let got = Py::spawn(run, ns("ca"), &["conns", "10.96.0.10", "80", "20"]).lines();
+    let one: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(
+        one.len(),
+        1,
+        "affinity keeps the client on one backend: {got:?}"
+    );
+    let (st, v) = put_service(&api, "web", "a1", &all);
+    assert_eq!(st, 200, "{v}");
+    let got = Py::spawn(run, ns("ca"), &["conns", "10.96.0.10", "80", "30"]).lines();
+    let spread: BTreeSet<&String> = got.iter().collect();
+    assert!(spread.len() > 1, "without affinity they spread: {got:?}");
 
     // Tenancy: tenant b's client, same VIP and prefix, reaches only tenant b's backend
     // (on its own network: the reply is un-translated on the way back at L2).
@@ -524,7 +564,11 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
         format!("vsb{}", pid % 100_000),
     );
     let sock = dir.join("switch.sock");
+    // Two polling cores: a's port is polled by one and b's by the other, so each
+    // conversation's directions meet through the copies the cores send each other.
     let args: Vec<String> = [
+        "--core",
+        "0,1",
         "--control",
         sock.to_str().unwrap(),
         "--port",
@@ -624,12 +668,14 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
         "{ok} connected; {}",
         st["sessions"]
     );
+    // Both cores' tables are full: a's own sessions, and their copies on b's core.
     assert_eq!(
         st["sessions"]["live"].as_u64(),
-        Some(16),
+        st["sessions"]["capacity"].as_u64(),
         "{}",
         st["sessions"]
     );
+    assert_eq!(st["sessions"]["capacity"].as_u64(), Some(32));
     assert!(sw.stop(libc::SIGTERM).expect("stop").success());
     drop((la, lb, lb2));
 }

@@ -45,10 +45,16 @@
 //!
 //! # Cores
 //!
-//! A table belongs to one polling core and has no synchronisation. The switch gives every
-//! core its own and copies each new session to the others' tables through their inboxes
-//! (see [`crate::switch`]), so the two directions of a conversation meet whichever cores
-//! their ports are polled by.
+//! A table belongs to one polling core and has no synchronisation, no lock and no shared
+//! cache line: OVS's global conntrack lock is what this avoids. The switch gives every
+//! core its own table and copies each new session to the others' tables through their
+//! inboxes (bounded lock-free queues, see [`crate::switch`]), so the two directions of a
+//! conversation meet whichever cores their ports are polled by; a copy whose state
+//! changes (its first reply, a FIN, a RST) is sent again, and the others merge what it
+//! has seen ([`Sessions::adopt`]). Each copy ages on its own core's traffic. The copy
+//! travels as fast as a poll (microseconds); a reply that beats it (or a copy lost to a
+//! full inbox) finds no session on its core and is held to the rules, as a new
+//! conversation would be.
 #![forbid(unsafe_code)]
 
 /// ICMP echo request and reply (IPv4), ICMPv6 echo request and reply.
@@ -487,6 +493,30 @@ impl Sessions {
         }
         s.last = now;
         true
+    }
+
+    /// The state bits of session `slot` (0 for a free slot): they change when a packet
+    /// shows the session something new (its reply direction, a FIN, a RST).
+    #[inline]
+    pub fn state(&self, slot: u32) -> u8 {
+        self.slots.get(slot as usize).map_or(0, |s| s.state)
+    }
+
+    /// Takes in another core's copy of a session: a session with its tuples here learns
+    /// what the copy has seen (its state bits) and counts as used now; otherwise the copy
+    /// is added. False when it could not be (the table full, or a tuple another
+    /// session's).
+    pub fn adopt(&mut self, s: Session, now: u64) -> bool {
+        if let Some((slot, _)) = self.lookup(s.zone, &s.orig, now) {
+            if let Some(mine) = self.slots.get_mut(slot as usize) {
+                mine.state |= s.state;
+                mine.last = mine.last.max(now);
+            }
+            return true;
+        }
+        let mut s = s;
+        s.last = now;
+        self.insert(s, now).is_some()
     }
 
     /// Adds `s`: its `orig` tuple, and its `reply` tuple when that is another key. Returns

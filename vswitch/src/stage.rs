@@ -173,8 +173,18 @@ impl Stage {
                     .sessions
                     .lookup_hashed(f.zone, &flow.tuple, f.hash, now);
                 if let Some((slot, dir)) = hit {
+                    let before = self.sessions.state(slot);
                     if self.sessions.touch(slot, dir, flow.flags, now) {
                         f.hit = Some((slot, dir));
+                        // The other cores' copies learn what this one has seen (a
+                        // reply, a FIN): each sees only the directions its ports send.
+                        if self.share && self.sessions.state(slot) != before {
+                            if let Some(s) = self.sessions.get(slot) {
+                                if self.notes.len() < NOTES {
+                                    self.notes.push(*s);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -374,11 +384,9 @@ impl Stage {
         }
     }
 
-    /// A session another core made: into this core's table.
+    /// A session another core made or saw change: into this core's table.
     pub fn adopt(&mut self, s: Session, now: u64) -> bool {
-        let mut s = s;
-        s.last = now;
-        self.sessions.insert(s, now).is_some()
+        self.sessions.adopt(s, now)
     }
 }
 
