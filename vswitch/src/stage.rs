@@ -113,6 +113,18 @@ impl Stage {
         }
         self.sessions.set_timeouts(conf.timeouts);
         let services = &conf.services;
+        // Another change (ports, routers) posts the same services: the table is not
+        // scanned for them.
+        let same = services.list().len() == self.conf.services.list().len()
+            && services
+                .list()
+                .iter()
+                .zip(self.conf.services.list())
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            self.conf = conf;
+            return;
+        }
         self.sessions.remove_where(|s| {
             if !s.service {
                 return false;
@@ -193,6 +205,15 @@ impl Stage {
                 commit: false,
                 sent: false,
             };
+        }
+    }
+
+    /// Forgets frames `range` (before a burst whose frames are not all looked up: the
+    /// uplink's, where only decapsulated runs are).
+    pub fn clear(&mut self, range: std::ops::Range<usize>) {
+        for i in range {
+            self.frames[i] = Frame::default();
+            self.tracks[i] = Track::default();
         }
     }
 

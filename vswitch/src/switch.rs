@@ -828,6 +828,9 @@ impl PollTask for CoreTask {
                     }
                 }
                 l3.to_router.clear();
+                if l3.stage.active() {
+                    l3.stage.clear(0..n);
+                }
                 let mut i = 0;
                 while i < n {
                     let Some(p) = from[i] else {
