@@ -523,9 +523,10 @@ impl Sessions {
     /// its slot, or `None` when the table is full (counted) or a live session already
     /// holds one of its tuples.
     pub fn insert(&mut self, s: Session, now: u64) -> Option<u32> {
+        // Untranslated, both tuples are one key; translated, a live session whose
+        // tuple is the reply's would answer for it.
         if self.lookup(s.zone, &s.orig, now).is_some()
-            || self.lookup(s.zone, &s.reply.reversed(), now).is_some()
-            || self.lookup(s.zone, &s.reply, now).is_some()
+            || (s.translates() && self.lookup(s.zone, &s.reply, now).is_some())
         {
             return None;
         }
