@@ -265,6 +265,7 @@ pub fn plan(t: &Topology, run: &Path, image: &GuestImage, host: &Host) -> Result
     for g in &t.security_groups {
         sw.security_groups.push(group_spec(g)?);
     }
+    sw.sessions = t.switch.sessions;
     for s in &t.services {
         let r = t
             .resolve_service(s)

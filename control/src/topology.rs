@@ -167,6 +167,14 @@ pub struct SwitchSpec {
     /// The uplink to other nodes (VXLAN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkTopo>,
+    /// The session table (stateful groups, services): capacity per polling core and
+    /// timeouts; the switch spec's, with its defaults.
+    #[serde(default, skip_serializing_if = "is_default_sessions")]
+    pub sessions: api::switch::SessionSpec,
+}
+
+fn is_default_sessions(s: &api::switch::SessionSpec) -> bool {
+    *s == api::switch::SessionSpec::default()
 }
 
 fn default_cores() -> Vec<usize> {
@@ -184,6 +192,7 @@ impl Default for SwitchSpec {
             hugepages: false,
             idle_max_us: default_idle(),
             uplink: None,
+            sessions: Default::default(),
         }
     }
 }
@@ -1411,6 +1420,31 @@ impl Topology {
                 "routers run on one polling core so far; give one core or no routers".into(),
             );
         }
+        let ss = &sw.sessions;
+        if !(16..=vswitch::conntrack::MAX_CAPACITY as u32).contains(&ss.capacity) {
+            bad(
+                "switch.sessions.capacity".into(),
+                format!(
+                    "{} is outside 16..={}",
+                    ss.capacity,
+                    vswitch::conntrack::MAX_CAPACITY
+                ),
+            );
+        }
+        for (f, v) in [
+            ("tcp_established_s", ss.tcp_established_s),
+            ("tcp_opening_s", ss.tcp_opening_s),
+            ("tcp_closing_s", ss.tcp_closing_s),
+            ("udp_s", ss.udp_s),
+            ("other_s", ss.other_s),
+        ] {
+            if !(1..=604_800).contains(&v) {
+                bad(
+                    format!("switch.sessions.{f}"),
+                    format!("{v} s is outside 1..=604800 (one week)"),
+                );
+            }
+        }
         if sw.cores.is_empty() {
             bad(
                 "switch.cores".into(),
@@ -2127,5 +2161,102 @@ pods:
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert_eq!(parse_memory("256Mi"), Ok(256 << 20));
         assert!(parse_memory("256MB").is_err());
+    }
+
+    #[test]
+    fn services_and_sessions_are_checked_with_their_fields_named() {
+        let base = "switch: { cores: [1] }
+networks:
+  - { name: a1, tenant: ta, cidrs: [10.1.0.0/24], vlan: 10, gateway: [10.1.0.254], pool: 10.1.0.0/26 }
+  - { name: b1, tenant: tb, cidrs: [10.2.0.0/24], vlan: 20, gateway: [10.2.0.254] }
+  - { name: lone, tenant: tc, cidrs: [10.3.0.0/24], vlan: 30 }
+routers:
+  - { name: ra, tenant: ta, networks: [a1] }
+  - { name: rb, tenant: tb, networks: [b1] }
+pods:
+  - name: web
+    memory: 64M
+    interfaces: [{ network: a1, mac: \"52:54:00:00:00:01\", ips: [10.1.0.5/24] }]
+";
+        let with = |svc: &str| format!("{base}services:\n{svc}");
+        let ok = with(
+            "  - { name: s, network: a1, vip: 10.96.0.1, backends: [web, 10.1.0.6],
+      ports: [{ protocol: tcp, port: 80, target_port: 8080 }], affinity: client_ip }\n",
+        );
+        assert!(problems(&ok, HOST).is_empty(), "{:?}", problems(&ok, HOST));
+        let t = parse(&ok).unwrap();
+        let r = t.resolve_service(&t.services[0]).unwrap();
+        assert_eq!(r.router, "ra");
+        assert_eq!(
+            r.backends,
+            [
+                "10.1.0.5".parse::<std::net::Ipv4Addr>().unwrap(),
+                "10.1.0.6".parse().unwrap()
+            ]
+        );
+        assert_eq!(r.affinity_s, Some(10_800));
+        for (svc, want) in [
+            (
+                "  - { name: s, network: a1, vip: 10.1.0.9, ports: [{ protocol: tcp, port: 80 }] }",
+                "services[0].vip: 10.1.0.9 is inside network a1's addresses (its pool 10.1.0.0/26)",
+            ),
+            (
+                "  - { name: s, network: a1, vip: 10.96.0.1, backends: [10.2.0.5], ports: [{ protocol: tcp, port: 80 }] }",
+                "services[0].backends[0]: 10.2.0.5 is on none of tenant \"ta\"'s networks that router ra joins (it is on tenant \"tb\"'s network b1)",
+            ),
+            (
+                "  - { name: s, network: a1, vip: 10.96.0.1, backends: [nobody], ports: [{ protocol: tcp, port: 80 }] }",
+                "services[0].backends[0]: \"nobody\" is neither an IPv4 address nor a pod",
+            ),
+            (
+                "  - { name: s, network: a1, vip: 10.96.0.1, ports: [{ protocol: udp, port: 0 }] }",
+                "services[0].ports[0].port: 0 is not a port",
+            ),
+            (
+                "  - { name: s, network: lone, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 80 }] }",
+                "services[0].network: network \"lone\" has no router",
+            ),
+            (
+                "  - { name: s, network: a1, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 80 }] }
+  - { name: t, network: a1, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 80 }] }",
+                "services[1].ports[0]: 10.96.0.1:80/tcp is another service's already",
+            ),
+        ] {
+            let p = problems(&with(&format!("{svc}\n")), HOST);
+            assert!(p.iter().any(|x| x.starts_with(want)), "{svc}: {p:?}");
+        }
+        // The same VIP in another tenant is that tenant's own.
+        let two = with(
+            "  - { name: s, network: a1, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 80 }] }
+  - { name: t, network: b1, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 80 }] }\n",
+        );
+        assert!(
+            problems(&two, HOST).is_empty(),
+            "{:?}",
+            problems(&two, HOST)
+        );
+        // A port out of range is the parser's, with its path.
+        let e = parse(&with(
+            "  - { name: s, network: a1, vip: 10.96.0.1, ports: [{ protocol: tcp, port: 70000 }] }\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("services[0].ports[0].port"), "{e}");
+        let p = problems(
+            &base.replace(
+                "cores: [1] }",
+                "cores: [1], sessions: { capacity: 8, udp_s: 0 } }",
+            ),
+            HOST,
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("switch.sessions.capacity: 8 is outside")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("switch.sessions.udp_s: 0 s is outside")),
+            "{p:?}"
+        );
     }
 }

@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
 
-use common::cni::{cni_in, conf, Netns};
+use common::cni::{call, cni_in, conf, Netns};
 use serde_json::Value;
 
 const TOPOLOGY: &str = r#"
@@ -29,18 +27,6 @@ fn cni(cmd: &str, container: &str, namespace: &str, netns: &str, conf: &str) -> 
     let api = api["api"].as_str().expect("conf names the API");
     let (ok, v, _) = cni_in(cmd, container, namespace, netns, conf, api);
     (ok, v)
-}
-
-fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (st, b) = api::http::call(
-        Path::new(api),
-        method,
-        path,
-        body.map(str::as_bytes),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
 /// What the pod's annotation asks for, recorded as the controller does.

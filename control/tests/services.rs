@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cni::{addr, cni_in, conf, Netns};
+use common::cni::{addr, call, cni_in, conf, Netns};
 use serde_json::Value;
 
 /// Servers and clients, with the standard library's sockets.
@@ -209,18 +209,6 @@ fn unavailable() -> Option<String> {
         return Some("services test: /dev/net/tun missing".into());
     }
     None
-}
-
-fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (st, b) = api::http::call(
-        Path::new(api),
-        method,
-        path,
-        body.map(str::as_bytes),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
 fn put_service(api: &str, name: &str, network: &str, backends: &[&str]) -> (u16, Value) {

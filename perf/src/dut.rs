@@ -216,6 +216,35 @@ pub fn missing(kind: DutKind, vnfhost: &Path) -> Option<String> {
     }
 }
 
+/// Pins the calling thread (the generator) to `gen_core` (warning through `progress`
+/// when it cannot), and splits `duts` into those that can run here and those that
+/// cannot, with the reason.
+pub fn pin_and_select(
+    gen_core: usize,
+    duts: &[DutKind],
+    vnfhost: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> (Vec<DutKind>, Vec<(DutKind, String)>) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: gen_core }) {
+        progress(&format!(
+            "warning: could not pin the generator to core {gen_core}"
+        ));
+    }
+    let mut gone = Vec::new();
+    let ok = duts
+        .iter()
+        .copied()
+        .filter(|d| match missing(*d, vnfhost) {
+            Some(why) => {
+                gone.push((*d, why));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (ok, gone)
+}
+
 /// `n` static routes (`PREFIX/LEN via ADDR` lines) of lengths 24, 23, 22 and 16 from
 /// 20.0.0.0 up, none covering the generator's destination. That destination is on a
 /// connected /24, the longest length present, so a lookup probes one hash table: what

@@ -189,6 +189,15 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[0], med, s[n - 1])
 }
 
+/// `v` (frames per second) as `min / **median** / max` in Mpps, or "not run".
+pub fn mpps_cell(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "not run".to_string();
+    }
+    let (a, m, b) = stats(v);
+    format!("{:.3} / **{:.3}** / {:.3}", a / 1e6, m / 1e6, b / 1e6)
+}
+
 /// A trial counts as DUT-bound when the DUT's forwarding core was busy at least this
 /// share of the time: then the DUT, not the generator or the machine, set the rate.
 pub const DUT_BOUND_BUSY: f64 = 0.9;

@@ -25,9 +25,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::dut::{missing, DutConfig, DutKind, RunningDut, VIP, VIP_BACKEND};
+use crate::dut::{pin_and_select, DutConfig, DutKind, RunningDut, VIP, VIP_BACKEND};
 use crate::gen::{GenConfig, Generator, L4Flows};
-use crate::p2p::stats;
+use crate::p2p::{mpps_cell, stats};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -131,13 +131,7 @@ impl Report {
         ));
         o.push_str("| what | load | vnfhost | OVS-DPDK | vnfhost / OVS (medians) | vnfhost RSS MiB | OVS RSS MiB |\n");
         o.push_str("|---|---|---|---|---|---:|---:|\n");
-        let cell = |v: &[f64]| {
-            if v.is_empty() {
-                return "not run".to_string();
-            }
-            let (a, m, b) = stats(v);
-            format!("{:.3} / **{:.3}** / {:.3}", a / 1e6, m / 1e6, b / 1e6)
-        };
+        let cell = |v: &[f64]| mpps_cell(v);
         let mut loads: Vec<Load> = cfg.flows.iter().map(|&n| Load::Established(n)).collect();
         if cfg.new {
             loads.push(Load::New);
@@ -182,24 +176,16 @@ impl Report {
 
 /// Runs the benchmark; `progress` gets a line per trial.
 pub fn run(cfg: &SessionsConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, String> {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: cfg.gen_core }) {
-        progress(&format!(
-            "warning: could not pin the generator to core {}",
-            cfg.gen_core
-        ));
-    }
-    let mut report = Report::default();
-    let duts: Vec<DutKind> = PAIRS
-        .iter()
-        .flat_map(|p| [p.1, p.2])
-        .filter(|d| match missing(*d, &cfg.vnfhost) {
-            Some(why) => {
-                report.missing.push((*d, why));
-                false
-            }
-            None => true,
-        })
-        .collect();
+    let (duts, missing) = pin_and_select(
+        cfg.gen_core,
+        &PAIRS.iter().flat_map(|p| [p.1, p.2]).collect::<Vec<_>>(),
+        &cfg.vnfhost,
+        progress,
+    );
+    let mut report = Report {
+        missing,
+        ..Report::default()
+    };
     let mut loads: Vec<Load> = cfg.flows.iter().map(|&n| Load::Established(n)).collect();
     if cfg.new {
         loads.push(Load::New);

@@ -17,9 +17,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::dut::{missing, DutConfig, DutKind, RunningDut};
+use crate::dut::{pin_and_select, DutConfig, DutKind, RunningDut};
 use crate::gen::{GenConfig, Generator, Tunnel};
-use crate::p2p::stats;
+use crate::p2p::{mpps_cell, stats};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -104,13 +104,7 @@ impl Report {
         ));
         o.push_str("| inner frame | direction | vnfhost | OVS-DPDK | vnfhost / OVS (medians) |\n");
         o.push_str("|---|---|---|---|---|\n");
-        let cell = |v: &[f64]| {
-            if v.is_empty() {
-                return "not run".to_string();
-            }
-            let (a, m, b) = stats(v);
-            format!("{:.3} / **{:.3}** / {:.3}", a / 1e6, m / 1e6, b / 1e6)
-        };
+        let cell = |v: &[f64]| mpps_cell(v);
         for &f in &cfg.frame_sizes {
             for d in [Tunnel::Encap, Tunnel::Decap] {
                 let v = self.rates(DutKind::VnfhostVxlan, d, f);
@@ -137,23 +131,11 @@ impl Report {
 
 /// Runs the benchmark; `progress` gets a line per trial.
 pub fn run(cfg: &TunnelConfig, progress: &mut dyn FnMut(&str)) -> Result<Report, String> {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: cfg.gen_core }) {
-        progress(&format!(
-            "warning: could not pin the generator to core {}",
-            cfg.gen_core
-        ));
-    }
-    let mut report = Report::default();
-    let duts: Vec<DutKind> = DUTS
-        .into_iter()
-        .filter(|d| match missing(*d, &cfg.vnfhost) {
-            Some(why) => {
-                report.missing.push((*d, why));
-                false
-            }
-            None => true,
-        })
-        .collect();
+    let (duts, missing) = pin_and_select(cfg.gen_core, &DUTS, &cfg.vnfhost, progress);
+    let mut report = Report {
+        missing,
+        ..Report::default()
+    };
     for round in 0..cfg.warmup + cfg.rounds {
         let counted = round >= cfg.warmup;
         for &dut in &duts {

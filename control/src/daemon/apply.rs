@@ -506,46 +506,14 @@ impl Daemon {
     /// `PUT /v1/networks/NAME`: adds or replaces one network of the desired topology
     /// (creating a topology with the default switch when none is applied) and applies.
     pub(super) fn put_network(&mut self, name: &str, n: Network) -> Result<ApplyReply, Refusal> {
-        if n.name != name {
-            return Err(Refusal {
-                error: format!("the body names network {:?}, the path {name:?}", n.name),
-                problems: vec![],
-            });
-        }
-        let mut t = self.st.desired.clone().unwrap_or_default();
-        match t.networks.iter_mut().find(|x| x.name == name) {
-            Some(x) if *x == n => {
-                return Ok(ApplyReply {
-                    generation: self.st.generation,
-                    changes: vec![],
-                })
-            }
-            Some(x) => *x = n,
-            None => t.networks.push(n),
-        }
-        let source = self.st.source.clone().or_else(|| Some("API".into()));
-        self.apply(t, source)
+        let given = n.name.clone();
+        self.put_named("network", name, &given, n, |t| &mut t.networks, |x| &x.name)
     }
 
     /// `DELETE /v1/networks/NAME`: removes it (refused while routers, pods or CNI
     /// attachments use it); removing one that does not exist changes nothing.
     pub(super) fn delete_network(&mut self, name: &str) -> Result<ApplyReply, Refusal> {
-        let Some(mut t) = self.st.desired.clone() else {
-            return Ok(ApplyReply {
-                generation: self.st.generation,
-                changes: vec![],
-            });
-        };
-        let before = t.networks.len();
-        t.networks.retain(|x| x.name != name);
-        if t.networks.len() == before {
-            return Ok(ApplyReply {
-                generation: self.st.generation,
-                changes: vec![],
-            });
-        }
-        let source = self.st.source.clone();
-        self.apply(t, source)
+        self.delete_named(name, |t| &mut t.networks, |x| &x.name)
     }
 
     /// `PUT /v1/services/NAME`: adds or replaces one service of the desired topology
@@ -555,30 +523,57 @@ impl Daemon {
         name: &str,
         n: api::daemon::Service,
     ) -> Result<ApplyReply, Refusal> {
-        if n.name != name {
-            return Err(Refusal {
-                error: format!("the body names service {:?}, the path {name:?}", n.name),
-                problems: vec![],
-            });
-        }
-        let mut t = self.st.desired.clone().unwrap_or_default();
-        match t.services.iter_mut().find(|x| x.name == name) {
-            Some(x) if *x == n => {
-                return Ok(ApplyReply {
-                    generation: self.st.generation,
-                    changes: vec![],
-                })
-            }
-            Some(x) => *x = n,
-            None => t.services.push(n),
-        }
-        let source = self.st.source.clone().or_else(|| Some("API".into()));
-        self.apply(t, source)
+        let given = n.name.clone();
+        self.put_named("service", name, &given, n, |t| &mut t.services, |x| &x.name)
     }
 
     /// `DELETE /v1/services/NAME`: removes it (its sessions go at once); removing one
     /// that does not exist changes nothing.
     pub(super) fn delete_service(&mut self, name: &str) -> Result<ApplyReply, Refusal> {
+        self.delete_named(name, |t| &mut t.services, |x| &x.name)
+    }
+
+    /// Adds or replaces the item `name` of one list of the desired topology (`what`:
+    /// its kind, for messages; `given`: the name the body carries) and applies.
+    fn put_named<T: PartialEq>(
+        &mut self,
+        what: &str,
+        name: &str,
+        given: &str,
+        item: T,
+        list: fn(&mut Topology) -> &mut Vec<T>,
+        name_of: fn(&T) -> &str,
+    ) -> Result<ApplyReply, Refusal> {
+        if given != name {
+            return Err(Refusal {
+                error: format!("the body names {what} {given:?}, the path {name:?}"),
+                problems: vec![],
+            });
+        }
+        let mut t = self.st.desired.clone().unwrap_or_default();
+        let items = list(&mut t);
+        match items.iter_mut().find(|x| name_of(x) == name) {
+            Some(x) if *x == item => {
+                return Ok(ApplyReply {
+                    generation: self.st.generation,
+                    changes: vec![],
+                })
+            }
+            Some(x) => *x = item,
+            None => items.push(item),
+        }
+        let source = self.st.source.clone().or_else(|| Some("API".into()));
+        self.apply(t, source)
+    }
+
+    /// Removes the item `name` of one list of the desired topology and applies;
+    /// removing one that does not exist changes nothing.
+    fn delete_named<T>(
+        &mut self,
+        name: &str,
+        list: fn(&mut Topology) -> &mut Vec<T>,
+        name_of: fn(&T) -> &str,
+    ) -> Result<ApplyReply, Refusal> {
         let unchanged = ApplyReply {
             generation: self.st.generation,
             changes: vec![],
@@ -586,9 +581,10 @@ impl Daemon {
         let Some(mut t) = self.st.desired.clone() else {
             return Ok(unchanged);
         };
-        let before = t.services.len();
-        t.services.retain(|x| x.name != name);
-        if t.services.len() == before {
+        let items = list(&mut t);
+        let before = items.len();
+        items.retain(|x| name_of(x) != name);
+        if items.len() == before {
             return Ok(unchanged);
         }
         let source = self.st.source.clone();

@@ -98,6 +98,19 @@ pub fn cni_in(
     (o.status.success(), v, took)
 }
 
+/// One call to the daemon's API: status and JSON body (`null` when it is not JSON).
+pub fn call(api: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let (st, b) = api::http::call(
+        std::path::Path::new(api),
+        method,
+        path,
+        body.map(str::as_bytes),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
 /// The daemon's CNI attachments (`GET /v1/attachments`).
 pub fn attachments(api: impl AsRef<std::path::Path>) -> Vec<Value> {
     let (st, body) = api::http::call(

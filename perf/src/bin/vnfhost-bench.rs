@@ -574,38 +574,85 @@ fn uplink(args: Vec<OsString>) -> Result<(), String> {
     Ok(())
 }
 
-fn tunnel(args: Vec<OsString>) -> Result<(), String> {
-    let mut cfg = perf::tunnel::TunnelConfig {
-        vnfhost: vnfhost()?,
-        dut_core: 0,
-        gen_core: 1,
-        frame_sizes: vec![64, 1518],
-        rounds: 5,
-        warmup: 1,
-        trial: Duration::from_secs(2),
-        dir: std::env::temp_dir().join(format!("vnfhost-tunnel-{}", std::process::id())),
-        // OVS-DPDK's EAL refuses to start without them (--no-huge with --in-memory).
-        hugepages: true,
-    };
-    let mut out = PathBuf::from("bench-results");
-    let go = each_option(args, "tunnel", TUNNEL_USAGE, &["no-hugepages"], |key, v| {
+/// The options the tunnel and sessions benchmarks share: rounds, trial length, cores,
+/// where the report goes.
+struct Rounds {
+    rounds: u32,
+    warmup: u32,
+    trial: Duration,
+    dut_core: usize,
+    gen_core: usize,
+    out: PathBuf,
+}
+
+impl Rounds {
+    fn new(trial: Duration) -> Rounds {
+        Rounds {
+            rounds: 5,
+            warmup: 1,
+            trial,
+            dut_core: 0,
+            gen_core: 1,
+            out: PathBuf::from("bench-results"),
+        }
+    }
+
+    /// Takes `--key v` if it is one of these; false if not.
+    fn take(&mut self, key: &str, v: &str) -> Result<bool, String> {
         match key {
-            "no-hugepages" => cfg.hugepages = false,
-            "frames" => {
-                cfg.frame_sizes = v
-                    .split(',')
-                    .map(|f| match f.trim().parse::<usize>() {
-                        Ok(n) if (64..=1518).contains(&n) => Ok(n),
-                        _ => Err(format!("--frames: {f:?} is not a size in 64..=1518")),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "rounds" => cfg.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
-            "warmup" => cfg.warmup = number_in(key, v, 100.0)? as u32,
-            "seconds" => cfg.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
-            "dut-core" => cfg.dut_core = number_in(key, v, 1023.0)? as usize,
-            "gen-core" => cfg.gen_core = number_in(key, v, 1023.0)? as usize,
-            "out" => out = PathBuf::from(v),
+            "rounds" => self.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
+            "warmup" => self.warmup = number_in(key, v, 100.0)? as u32,
+            "seconds" => self.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
+            "dut-core" => self.dut_core = number_in(key, v, 1023.0)? as usize,
+            "gen-core" => self.gen_core = number_in(key, v, 1023.0)? as usize,
+            "out" => self.out = PathBuf::from(v),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Writes `md` to `OUT/name`, and prints it.
+    fn report(&self, name: &str, md: &str) -> Result<(), String> {
+        let out = &self.out;
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let f = out.join(name);
+        std::fs::write(&f, md).map_err(|e| format!("{}: {e}", f.display()))?;
+        print!("{md}");
+        eprintln!("bench: wrote {}", f.display());
+        Ok(())
+    }
+}
+
+/// A comma-separated list of numbers in `range`, for `--what`.
+fn list_in<T: std::str::FromStr + PartialOrd + std::fmt::Debug>(
+    what: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|f| match f.trim().parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "--{what}: {f:?} is not in {:?}..={:?}",
+                range.start(),
+                range.end()
+            )),
+        })
+        .collect()
+}
+
+fn tunnel(args: Vec<OsString>) -> Result<(), String> {
+    let mut r = Rounds::new(Duration::from_secs(2));
+    let mut frame_sizes = vec![64, 1518];
+    // OVS-DPDK's EAL refuses to start without them (--no-huge with --in-memory).
+    let mut hugepages = true;
+    let go = each_option(args, "tunnel", TUNNEL_USAGE, &["no-hugepages"], |key, v| {
+        if r.take(key, v)? {
+            return Ok(());
+        }
+        match key {
+            "no-hugepages" => hugepages = false,
+            "frames" => frame_sizes = list_in("frames", v, 64..=1518)?,
             _ => return Err(format!("bench tunnel: unknown option --{key} (see --help)")),
         }
         Ok(())
@@ -613,49 +660,33 @@ fn tunnel(args: Vec<OsString>) -> Result<(), String> {
     if !go {
         return Ok(());
     }
-    let r = perf::tunnel::run(&cfg, &mut |l| eprintln!("{l}"))?;
-    let md = r.markdown(&cfg);
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let f = out.join("tunnel.md");
-    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
-    print!("{md}");
-    eprintln!("bench: wrote {}", f.display());
+    let cfg = perf::tunnel::TunnelConfig {
+        vnfhost: vnfhost()?,
+        dut_core: r.dut_core,
+        gen_core: r.gen_core,
+        frame_sizes,
+        rounds: r.rounds,
+        warmup: r.warmup,
+        trial: r.trial,
+        dir: std::env::temp_dir().join(format!("vnfhost-tunnel-{}", std::process::id())),
+        hugepages,
+    };
+    let rep = perf::tunnel::run(&cfg, &mut |l| eprintln!("{l}"))?;
+    r.report("tunnel.md", &rep.markdown(&cfg))?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
     Ok(())
 }
 
 fn sessions(args: Vec<OsString>) -> Result<(), String> {
-    let mut cfg = perf::sessions::SessionsConfig {
-        vnfhost: vnfhost()?,
-        dut_core: 0,
-        gen_core: 1,
-        flows: vec![10, 100_000],
-        new: true,
-        rounds: 5,
-        warmup: 1,
-        trial: Duration::from_secs(1),
-        dir: std::env::temp_dir().join(format!("vnfhost-sessions-{}", std::process::id())),
-        hugepages: true,
-    };
-    let mut out = PathBuf::from("bench-results");
+    let mut r = Rounds::new(Duration::from_secs(1));
+    let (mut flows, mut new) = (vec![10, 100_000], true);
     let go = each_option(args, "sessions", SESSIONS_USAGE, &["no-new"], |key, v| {
+        if r.take(key, v)? {
+            return Ok(());
+        }
         match key {
-            "no-new" => cfg.new = false,
-            "flows" => {
-                cfg.flows = v
-                    .split(',')
-                    .map(|f| match f.trim().parse::<u32>() {
-                        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-                        _ => Err(format!("--flows: {f:?} is not a count in 1..=1000000")),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "rounds" => cfg.rounds = number_in(key, v, 100.0)?.max(1.0) as u32,
-            "warmup" => cfg.warmup = number_in(key, v, 100.0)? as u32,
-            "seconds" => cfg.trial = Duration::from_secs_f64(number_in(key, v, 600.0)?.max(0.5)),
-            "dut-core" => cfg.dut_core = number_in(key, v, 1023.0)? as usize,
-            "gen-core" => cfg.gen_core = number_in(key, v, 1023.0)? as usize,
-            "out" => out = PathBuf::from(v),
+            "no-new" => new = false,
+            "flows" => flows = list_in("flows", v, 1..=1_000_000)?,
             _ => {
                 return Err(format!(
                     "bench sessions: unknown option --{key} (see --help)"
@@ -667,13 +698,20 @@ fn sessions(args: Vec<OsString>) -> Result<(), String> {
     if !go {
         return Ok(());
     }
-    let r = perf::sessions::run(&cfg, &mut |l| eprintln!("{l}"))?;
-    let md = r.markdown(&cfg);
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let f = out.join("sessions.md");
-    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
-    print!("{md}");
-    eprintln!("bench: wrote {}", f.display());
+    let cfg = perf::sessions::SessionsConfig {
+        vnfhost: vnfhost()?,
+        dut_core: r.dut_core,
+        gen_core: r.gen_core,
+        flows,
+        new,
+        rounds: r.rounds,
+        warmup: r.warmup,
+        trial: r.trial,
+        dir: std::env::temp_dir().join(format!("vnfhost-sessions-{}", std::process::id())),
+        hugepages: true,
+    };
+    let rep = perf::sessions::run(&cfg, &mut |l| eprintln!("{l}"))?;
+    r.report("sessions.md", &rep.markdown(&cfg))?;
     let _ = std::fs::remove_dir_all(&cfg.dir);
     Ok(())
 }
