@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::cni::{call, cni_in, conf, Netns};
 use serde_json::Value;
 

@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{daemon_get, ok, run, unavailable, wait, Cluster, Proc};
+use common::{daemon_get, fresh_dir, ok, run, unavailable, wait, Cluster, Down, Proc};
 
 #[test]
 fn networks_are_reconciled_into_the_daemon() {
@@ -20,9 +20,7 @@ fn networks_are_reconciled_into_the_daemon() {
         println!("SKIPPED: {why}");
         return;
     }
-    let d = PathBuf::from(format!("/tmp/vnfhost-k8s-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = fresh_dir("api");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut cluster = Cluster::start(&d);
     let kubectl = |args: &[&str]| -> Output { cluster.kubectl(args) };
@@ -44,14 +42,6 @@ fn networks_are_reconciled_into_the_daemon() {
     );
     // Whatever happens below, the switch the daemon starts (a polling process of its
     // own) is brought down before the daemon goes: a failed test leaves nothing running.
-    struct Down(PathBuf, PathBuf);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(&self.0)
-                .args(["down", "--api", self.1.to_str().unwrap_or_default()])
-                .output();
-        }
-    }
     let _down = Down(vnfhost.clone(), api.clone());
     wait(
         "daemon socket",

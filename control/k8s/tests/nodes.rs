@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{daemon_get, ok, run, unavailable, wait, Cluster, Proc};
+use common::{daemon_get, fresh_dir, ok, run, unavailable, wait, Cluster, Down, Proc};
 
 /// A network namespace made for the test (removed on drop).
 struct Netns(String);
@@ -60,18 +60,6 @@ impl Drop for Netns {
 
 fn ip(args: &[&str]) {
     ok(&run(Command::new("ip").args(args)));
-}
-
-/// Brings a daemon's topology down before the daemon stops (its switch is a process of
-/// its own): a failed test leaves nothing running.
-struct Down(PathBuf, PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0)
-            .args(["down", "--api", self.1.to_str().unwrap_or_default()])
-            .output();
-    }
 }
 
 /// One node: its namespace (underlay address on `ul0`), daemon and controller.
@@ -193,9 +181,7 @@ fn nodes_give_each_daemon_its_overlay_and_its_share_of_addresses() {
     }
     let t0 = std::time::Instant::now();
     let pid = std::process::id();
-    let d = PathBuf::from(format!("/tmp/vnfhost-k8s-nodes-{pid}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = fresh_dir("nodes");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cluster = Cluster::start(&d);
     let kubectl = |args: &[&str]| cluster.kubectl_ok(args);

@@ -32,7 +32,7 @@ use api::daemon::Service;
 use api::http::{error_body, Request, Response};
 use serde_json::{json, Value};
 
-use common::{daemon_get, ok, run, unavailable, wait, Cluster, Proc};
+use common::{daemon_get, fresh_dir, ok, run, unavailable, wait, Cluster, Down, Proc};
 
 /// The stand-in's one network: `default`, whose tenant has a router.
 const NETWORK: &str = "10.1.0.0/24";
@@ -247,26 +247,13 @@ spec:
   ports: [{port: 80}]
 ";
 
-/// Brings a daemon's topology down before the daemon stops.
-struct Down(PathBuf, PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0)
-            .args(["down", "--api", self.1.to_str().unwrap_or_default()])
-            .output();
-    }
-}
-
 #[test]
 fn services_and_their_ready_endpoints_reach_the_daemon() {
     if let Some(why) = unavailable() {
         println!("SKIPPED: {why}");
         return;
     }
-    let d = PathBuf::from(format!("/tmp/vnfhost-k8s-services-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = fresh_dir("services");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cluster = Cluster::start(&d);
     let kubectl = |args: &[&str]| cluster.kubectl_ok(args);

@@ -345,7 +345,12 @@ impl Managed {
             .chain(opened.iter())
             .filter_map(|o| o.tunnel.as_ref().map(|t| (t.vni(), t.remote(), o.id)));
         change.decap = self.decap_change(uplink.as_ref(), tunnels);
-        if spec.services != self.spec.services || spec.sessions != self.spec.sessions {
+        // A router's change may move its zone (its lowest VLAN), which its services
+        // carry.
+        if spec.services != self.spec.services
+            || spec.sessions != self.spec.sessions
+            || change.routers.is_some()
+        {
             change.sessions = Some(self.session_change(&checked));
         }
         match self.switch.apply(change) {

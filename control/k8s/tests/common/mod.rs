@@ -13,6 +13,26 @@ pub fn apiserver_bin() -> PathBuf {
     Path::new(&cache).join("kube/kube-apiserver")
 }
 
+/// Brings a daemon's topology down before the daemon stops (`vnfhost down --api
+/// SOCKET`; its switch is a process of its own): a failed test leaves nothing running.
+pub struct Down(pub PathBuf, pub PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0)
+            .args(["down", "--api", self.1.to_str().unwrap_or_default()])
+            .output();
+    }
+}
+
+/// A fresh `/tmp/vnfhost-k8s-TAG-PID` directory.
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    let d = PathBuf::from(format!("/tmp/vnfhost-k8s-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub fn unavailable() -> Option<String> {
     if !apiserver_bin().exists() {
         return Some(format!(
