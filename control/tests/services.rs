@@ -9,10 +9,10 @@
 //!   another tenant with the same VIP and prefixes reaches only its own backends; a
 //!   backend reaching its own VIP (hairpin) is answered; a service without backends
 //!   refuses with a reset.
-//! - Through `vnfhost switch` on two polling cores with tap ports: a stateful group with default-deny
-//!   ingress and an egress rule lets the pod's own connections work and drops (and
-//!   counts) unsolicited ones; once a session times out its replies are dropped; a
-//!   full table refuses new sessions, counted.
+//! - Through `vnfhost switch` on two polling cores with tap ports: a stateful group
+//!   with default-deny ingress and an egress rule lets the pod's own connections work
+//!   and drops (and counts) unsolicited ones, over IPv4 and IPv6; once a session times
+//!   out its replies are dropped; a full table refuses new sessions, counted.
 
 mod common;
 
@@ -106,9 +106,16 @@ elif mode == "listen":
     print("ready", flush=True)
     while True:
         c, _ = t.accept(); print("accepted", flush=True); c.close()
+elif mode == "listen6":
+    port = int(sys.argv[2])
+    t = socket.socket(socket.AF_INET6); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("::", port)); t.listen(16)
+    print("ready", flush=True)
+    while True:
+        c, _ = t.accept(); print("accepted", flush=True); c.close()
 elif mode == "connect":
     host, port = sys.argv[2], int(sys.argv[3])
-    s = socket.socket(); s.settimeout(3)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET); s.settimeout(3)
     try:
         s.connect((host, port)); print("connected", flush=True)
     except OSError as e:
@@ -605,6 +612,26 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
     let got = Py::spawn(run, &pb, &["connect", "10.3.0.1", "7001"]).lines();
     assert!(got[0].starts_with("failed"), "b must not get in: {got:?}");
     assert!(drops(&stats(&sock)) > before, "{}", stats(&sock));
+    // The same over IPv6: a's connection out works (neighbour discovery passes the
+    // groups), b's to a does not.
+    for (n, t, a) in [(&pa, &ta, "fd00:3::1/64"), (&pb, &tb, "fd00:3::2/64")] {
+        let o = n.exec(&["ip", "-6", "addr", "add", a, "dev", t, "nodad"]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let mut lb6 = Py::spawn(run, &pb, &["listen6", "7100"]);
+    assert_eq!(lb6.line(), "ready");
+    let got = Py::spawn(run, &pa, &["connect", "fd00:3::2", "7100"]).lines();
+    assert_eq!(got, ["connected"], "a connects out over IPv6");
+    let before = drops(&stats(&sock));
+    let mut la6 = Py::spawn(run, &pa, &["listen6", "7101"]);
+    assert_eq!(la6.line(), "ready");
+    let got = Py::spawn(run, &pb, &["connect", "fd00:3::1", "7101"]).lines();
+    assert!(
+        got[0].starts_with("failed"),
+        "b must not get in over IPv6: {got:?}"
+    );
+    assert!(drops(&stats(&sock)) > before, "{}", stats(&sock));
+    drop((lb6, la6));
     // a's egress rules allow TCP and UDP only: its ping is dropped on the way out.
     let o = pa.ping("10.3.0.2");
     assert!(!o.status.success(), "ICMP out is not allowed");
