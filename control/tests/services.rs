@@ -434,6 +434,23 @@ fn services_spread_stick_follow_backend_removal_and_stay_in_their_tenant() {
         text.contains("service web:80/tcp 10.96.0.10:80/tcp: 2 backend(s)"),
         "{text}"
     );
+    let (st, m) = api::http::call(
+        Path::new(&api),
+        "GET",
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let m = String::from_utf8_lossy(&m);
+    assert_eq!(st, 200);
+    for want in [
+        "vnfhost_sessions ",
+        "vnfhost_session_events_total{event=\"removed\"}",
+        "vnfhost_service_backend_hits_total{service=\"web:80/tcp\",vip=\"10.96.0.10:80/tcp\"",
+    ] {
+        assert!(m.contains(want), "{want} not in the metrics:\n{m}");
+    }
 
     // No backend: a reset at once, not silence.
     let (st, v) = put_service(&api, "web", "a1", &[]);
