@@ -837,7 +837,8 @@ impl PortFilter {
         self.guards(false) || self.guards(true)
     }
 
-    /// Whether some group denies by default in that direction (else all passes).
+    /// Whether every group denies by default in that direction (otherwise the union of
+    /// the groups lets everything pass).
     fn guards(&self, egress: bool) -> bool {
         !self.groups.is_empty()
             && self.groups.iter().all(|g| {
