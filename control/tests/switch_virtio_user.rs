@@ -561,3 +561,134 @@ fn packed_and_split_ports_exchange_frames_unchanged_in_order() {
     let st = sw.stop(libc::SIGTERM).expect("stops on SIGTERM");
     assert!(st.success(), "exit status {st:?}");
 }
+
+/// A TCP segment from `sip:sport` to `dip:dport` with `flags`.
+fn tcp_seg(
+    (dst, src): ([u8; 6], [u8; 6]),
+    (sip, sport): ([u8; 4], u16),
+    (dip, dport): ([u8; 4], u16),
+    flags: u8,
+) -> Vec<u8> {
+    let mut f = udp(dst, src, sip, dip, 64);
+    f[14 + 9] = 6;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = flags;
+    f
+}
+
+/// A stateful group's session changes only by frames the switch took: a RST that
+/// another port sends in the peer's name (dropped by port security) leaves it
+/// established, where the peer's own RST closes it (and, with a 1 s closing timeout,
+/// its next frame is then dropped).
+#[test]
+fn a_spoofed_reset_does_not_close_another_ports_session() {
+    let d = dir("ctspoof");
+    let socks: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| d.join(format!("{n}.sock")))
+        .collect();
+    let ctl = d.join("ctl.sock");
+    let m = |b: [u8; 6]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let args = vec![
+        "--control".to_string(),
+        ctl.display().to_string(),
+        "--security-group".to_string(),
+        "g,deny,deny-egress,out:tcp".to_string(),
+        "--port".to_string(),
+        format!(
+            "a,vhost-user={},mac={},ip=10.0.0.1,sg=g",
+            socks[0].display(),
+            m(A)
+        ),
+        "--port".to_string(),
+        format!(
+            "b,vhost-user={},mac={},ip=10.0.0.2",
+            socks[1].display(),
+            m(B)
+        ),
+        "--port".to_string(),
+        format!(
+            "c,vhost-user={},mac={},ip=10.0.0.3",
+            socks[2].display(),
+            m(C)
+        ),
+    ];
+    let log = d.join("switch.log");
+    let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
+    let (st, body) =
+        api::http::call(&ctl, "GET", "/v1/config", None, Duration::from_secs(5)).unwrap();
+    assert_eq!(st, 200);
+    let mut spec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    spec["sessions"]["tcp_closing_s"] = 1.into();
+    let (st, body) = api::http::call(
+        &ctl,
+        "PUT",
+        "/v1/config",
+        Some(spec.to_string().as_bytes()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (mut a, mut b, mut c) = (vu(&socks[0]), vu(&socks[1]), vu(&socks[2]));
+    std::thread::sleep(Duration::from_millis(300));
+    let (pa, pb) = (([10, 0, 0, 1], 1000), ([10, 0, 0, 2], 80));
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const RST: u8 = 0x04;
+    let handshake = |a: &mut VirtioUser, b: &mut VirtioUser| {
+        let syn = tcp_seg((B, A), pa, pb, SYN);
+        assert_eq!(
+            pump(a, std::slice::from_ref(&syn), b, 1).len(),
+            1,
+            "a's SYN out"
+        );
+        let synack = tcp_seg((A, B), pb, pa, SYN | ACK);
+        assert_eq!(
+            pump(b, std::slice::from_ref(&synack), a, 1).len(),
+            1,
+            "the SYN-ACK in through a's session"
+        );
+    };
+    handshake(&mut a, &mut b);
+    // c speaks for b: port security drops it, and a's session is as it was.
+    let spoofed = tcp_seg((A, C), pb, pa, RST | ACK);
+    assert_eq!(c.send(0, &[spoofed]), 1);
+    assert!(a.recv_wait(0, 1, Duration::from_millis(300)).is_empty());
+    std::thread::sleep(Duration::from_millis(1600));
+    let data = tcp_seg((A, B), pb, pa, ACK);
+    assert_eq!(
+        pump(&mut b, std::slice::from_ref(&data), &mut a, 1).len(),
+        1,
+        "b's data still reaches a after a spoofed reset"
+    );
+    // b's own reset closes it: a second later b's frames find no session.
+    let rst = tcp_seg((A, B), pb, pa, RST | ACK);
+    assert_eq!(pump(&mut b, std::slice::from_ref(&rst), &mut a, 1).len(), 1);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(b.send(0, &[data]), 1);
+    assert!(
+        a.recv_wait(0, 1, Duration::from_millis(500)).is_empty(),
+        "b's frame after its reset and the closing timeout must be dropped"
+    );
+    let (_, body) =
+        api::http::call(&ctl, "GET", "/v1/stats", None, Duration::from_secs(5)).unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        stats["bridge_drops"]["spoofed_ip"].as_u64(),
+        Some(1),
+        "{}",
+        stats["bridge_drops"]
+    );
+    let st = sw.stop(libc::SIGTERM).expect("switch stops");
+    assert!(st.success());
+}

@@ -741,6 +741,9 @@ pub struct Track {
     pub commit: bool,
     /// It was sent to at least one port.
     pub sent: bool,
+    /// The bridge took it (port security and the ingress port's checks passed): sent,
+    /// or handed to the router. Only such a frame may change its session.
+    pub passed: bool,
 }
 
 /// What the filter looks at, parsed once per frame.
@@ -1631,6 +1634,7 @@ impl Bridge {
                             if let Some(t) = tracks.get_mut(i) {
                                 t.commit = false;
                                 t.sent = false;
+                                t.passed = true;
                             }
                             to_router.push(ToRouter {
                                 idx: i as u16,
@@ -1658,6 +1662,7 @@ impl Bridge {
                     verdict,
                     Ok(Forwarded::Unicast(_) | Forwarded::Flooded { .. })
                 );
+                t.passed = verdict.is_ok();
             }
             self.track = Track::default();
             match verdict {
@@ -1668,7 +1673,12 @@ impl Bridge {
                         f.in_port == in_port.0 && f.now == now && Some(f.key) == keys[i]
                     });
                     if reusable {
-                        i = self.repeat_run(in_port, out, batch, &keys[..n], i, staging);
+                        let j = self.repeat_run(in_port, out, batch, &keys[..n], i, staging);
+                        for t in tracks.iter_mut().take(j).skip(i + 1) {
+                            t.sent = true;
+                            t.passed = true;
+                        }
+                        i = j;
                         continue;
                     }
                 }

@@ -463,6 +463,19 @@ impl Sessions {
         }
     }
 
+    /// Whether a packet going `dir` with TCP `flags` opens session `slot`'s
+    /// conversation afresh: a SYN in the original direction after the session closed.
+    /// Read-only: the caller replaces the session once the packet was checked.
+    #[inline]
+    pub fn reopens(&self, slot: u32, dir: Dir, flags: u8) -> bool {
+        self.slots.get(slot as usize).is_some_and(|s| {
+            s.orig.proto == 6
+                && dir == Dir::Orig
+                && flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+                && s.closing()
+        })
+    }
+
     /// Notes a packet of session `slot` going `dir` with TCP `flags` (0 for other
     /// protocols) at `now`. Returns false when the packet ends the session instead: a
     /// SYN opening the conversation again after it closed (the caller then treats the

@@ -42,6 +42,8 @@ struct Frame {
     hit: Option<(u32, Dir)>,
     /// A service's session made for this frame during the burst.
     created: bool,
+    /// A closed session its SYN opens afresh: replaced once the frame was checked.
+    reopen: Option<u32>,
 }
 
 /// The stage's configuration, as the control thread posts it.
@@ -184,26 +186,19 @@ impl Stage {
                 let hit = self
                     .sessions
                     .lookup_hashed(f.zone, &flow.tuple, f.hash, now);
+                // Nothing changes here: the frame has not been checked yet (port
+                // security), and a spoofed one must not move anyone's session.
                 if let Some((slot, dir)) = hit {
-                    let before = self.sessions.state(slot);
-                    if self.sessions.touch(slot, dir, flow.flags, now) {
+                    if self.sessions.reopens(slot, dir, flow.flags) {
+                        f.reopen = Some(slot);
+                    } else {
                         f.hit = Some((slot, dir));
-                        // The other cores' copies learn what this one has seen (a
-                        // reply, a FIN): each sees only the directions its ports send.
-                        if self.share && self.sessions.state(slot) != before {
-                            if let Some(s) = self.sessions.get(slot) {
-                                if self.notes.len() < NOTES {
-                                    self.notes.push(*s);
-                                }
-                            }
-                        }
                     }
                 }
             }
             self.tracks[i] = Track {
                 est: f.hit.is_some(),
-                commit: false,
-                sent: false,
+                ..Track::default()
             };
         }
     }
@@ -217,13 +212,26 @@ impl Stage {
         }
     }
 
-    /// Rewrites the heads of the frames of translated sessions.
-    pub fn translate(&mut self, b: &mut RxBatch, range: std::ops::Range<usize>) {
+    /// After the bridge: the sessions of the frames it took learn of them (state,
+    /// time), and the heads of translated sessions' frames are rewritten.
+    pub fn translate(&mut self, b: &mut RxBatch, range: std::ops::Range<usize>, now: u64) {
         for i in range {
             let f = self.frames[i];
             let (Some(flow), Some((slot, dir))) = (f.flow, f.hit) else {
                 continue;
             };
+            if !self.tracks[i].passed {
+                continue;
+            }
+            let before = self.sessions.state(slot);
+            self.sessions.touch(slot, dir, flow.flags, now);
+            // The other cores' copies learn what this one has seen (a reply, a FIN):
+            // each sees only the directions its ports send.
+            if self.share && self.sessions.state(slot) != before && self.notes.len() < NOTES {
+                if let Some(s) = self.sessions.get(slot) {
+                    self.notes.push(*s);
+                }
+            }
             let Some(s) = self.sessions.get(slot) else {
                 continue;
             };
@@ -253,6 +261,11 @@ impl Stage {
         };
         if f.hit.is_some() || self.conf.services.is_empty() || flow.l4 == 0 {
             return Routing::Route;
+        }
+        // A SYN after the conversation closed: the closed session goes, a new one
+        // (and a new choice of backend) comes.
+        if let Some(old) = f.reopen {
+            self.forget(old, &flow.tuple, f.zone);
         }
         let t = flow.tuple;
         let (Some(vip), Some(client)) = (as_v4(t.dst), as_v4(t.src)) else {
@@ -392,6 +405,9 @@ impl Stage {
                     if flow.tuple.proto == 6 && flow.flags & tcp::RST != 0 {
                         continue;
                     }
+                    if let Some(old) = f.reopen {
+                        self.forget(old, &flow.tuple, f.zone);
+                    }
                     let s = Session::new(f.zone, flow.tuple, flow.tuple.reversed(), now);
                     if self.sessions.insert(s, now).is_some()
                         && self.share
@@ -402,6 +418,17 @@ impl Stage {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Removes session `slot` if it is still the one of `t` in `zone`.
+    fn forget(&mut self, slot: u32, t: &Tuple, zone: u16) {
+        let same = self
+            .sessions
+            .get(slot)
+            .is_some_and(|s| s.zone == zone && (s.orig == *t || s.reply == *t));
+        if same {
+            self.sessions.remove(slot);
         }
     }
 

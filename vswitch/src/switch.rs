@@ -800,7 +800,7 @@ impl PollTask for CoreTask {
                         l3.to_router,
                         &mut l3.stage.tracks,
                     );
-                    l3.stage.translate(b, 0..n);
+                    l3.stage.translate(b, 0..n, now);
                     l3.run(bridge, b, now);
                     l3.stage.commit(0..n, now);
                     return;
@@ -853,7 +853,7 @@ impl PollTask for CoreTask {
                             l3.to_router,
                             &mut l3.stage.tracks,
                         );
-                        l3.stage.translate(b, i..j);
+                        l3.stage.translate(b, i..j, now);
                     } else {
                         bridge.forward_range(p, b, i..j, now, l3.staging, l3.to_router);
                     }
