@@ -537,30 +537,6 @@ fn status_until(api: &str, ok: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-/// The foreground switch's control socket: GET and PUT the spec.
-fn config(sock: &Path, f: impl FnOnce(&mut Value)) {
-    let (st, body) =
-        api::http::call(sock, "GET", "/v1/config", None, Duration::from_secs(5)).unwrap();
-    assert_eq!(st, 200);
-    let mut spec: Value = serde_json::from_slice(&body).unwrap();
-    f(&mut spec);
-    let (st, body) = api::http::call(
-        sock,
-        "PUT",
-        "/v1/config",
-        Some(spec.to_string().as_bytes()),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
-}
-
-fn stats(sock: &Path) -> Value {
-    let (_, body) =
-        api::http::call(sock, "GET", "/v1/stats", None, Duration::from_secs(5)).unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[test]
 fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_times_out() {
     let _g = common::serial();
@@ -611,7 +587,7 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
         assert!(n.exec(&["ip", "link", "set", "lo", "up"]).status.success());
     }
     // Short UDP sessions, for the timeout below.
-    config(&sock, |s| s["sessions"]["udp_s"] = 2.into());
+    common::switch::edit_config(&sock, |s| s["sessions"]["udp_s"] = 2.into());
     let run = dir.path();
 
     // a's own connection to b works: the SYN-ACK comes back through a's session.
@@ -623,12 +599,16 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
 
     // b's unsolicited connection to a is dropped, and counted.
     let drops = |s: &Value| s["bridge_drops"]["security_group"].as_u64().unwrap_or(0);
-    let before = drops(&stats(&sock));
+    let before = drops(&common::switch::stats(&sock));
     let mut la = Py::spawn(run, &pa, &["listen", "7001"]);
     assert_eq!(la.line(), "ready");
     let got = Py::spawn(run, &pb, &["connect", "10.3.0.1", "7001"]).lines();
     assert!(got[0].starts_with("failed"), "b must not get in: {got:?}");
-    assert!(drops(&stats(&sock)) > before, "{}", stats(&sock));
+    assert!(
+        drops(&common::switch::stats(&sock)) > before,
+        "{}",
+        common::switch::stats(&sock)
+    );
     // The same over IPv6: a's connection out works (neighbour discovery passes the
     // groups), b's to a does not.
     for (n, t, a) in [(&pa, &ta, "fd00:3::1/64"), (&pb, &tb, "fd00:3::2/64")] {
@@ -639,7 +619,7 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
     assert_eq!(lb6.line(), "ready");
     let got = Py::spawn(run, &pa, &["connect", "fd00:3::2", "7100"]).lines();
     assert_eq!(got, ["connected"], "a connects out over IPv6");
-    let before = drops(&stats(&sock));
+    let before = drops(&common::switch::stats(&sock));
     let mut la6 = Py::spawn(run, &pa, &["listen6", "7101"]);
     assert_eq!(la6.line(), "ready");
     let got = Py::spawn(run, &pb, &["connect", "fd00:3::1", "7101"]).lines();
@@ -647,15 +627,19 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
         got[0].starts_with("failed"),
         "b must not get in over IPv6: {got:?}"
     );
-    assert!(drops(&stats(&sock)) > before, "{}", stats(&sock));
+    assert!(
+        drops(&common::switch::stats(&sock)) > before,
+        "{}",
+        common::switch::stats(&sock)
+    );
     drop((lb6, la6));
     // a's egress rules allow TCP and UDP only: its ping is dropped on the way out.
     let o = pa.ping("10.3.0.2");
     assert!(!o.status.success(), "ICMP out is not allowed");
     assert!(
-        stats(&sock)["bridge_drops"]["security_group_egress"].as_u64() > Some(0),
+        common::switch::stats(&sock)["bridge_drops"]["security_group_egress"].as_u64() > Some(0),
         "{}",
-        stats(&sock)
+        common::switch::stats(&sock)
     );
 
     // UDP: a sends to b; b's replies come in while the session lives, not after.
@@ -674,7 +658,7 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(reply(2), ["sent"]);
     assert_eq!(ua.ask("recv"), "got", "replies after the session timed out");
-    let st = stats(&sock);
+    let st = common::switch::stats(&sock);
     assert!(
         st["sessions"]["expired"].as_u64() > Some(0),
         "{}",
@@ -683,7 +667,7 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
 
     // A full table (16 sessions): a connection past it gets no session, so its reply
     // is dropped; the refusal is counted and nothing else breaks.
-    config(&sock, |s| s["sessions"]["capacity"] = 16.into());
+    common::switch::edit_config(&sock, |s| s["sessions"]["capacity"] = 16.into());
     let mut lb2 = Py::spawn(run, &pb, &["listen", "7002"]);
     assert_eq!(lb2.line(), "ready");
     let mut ok = 0;
@@ -694,7 +678,7 @@ fn a_stateful_group_lets_replies_in_and_drops_the_unsolicited_until_its_session_
         }
         ok += 1;
     }
-    let st = stats(&sock);
+    let st = common::switch::stats(&sock);
     assert!(
         (16..24).contains(&ok) && st["sessions"]["table_full"].as_u64() > Some(0),
         "{ok} connected; {}",

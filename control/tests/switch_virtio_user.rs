@@ -625,20 +625,7 @@ fn a_spoofed_reset_does_not_close_another_ports_session() {
     ];
     let log = d.join("switch.log");
     let sw = SwitchProc::spawn(&args, &log, &socks).expect("switch starts");
-    let (st, body) =
-        api::http::call(&ctl, "GET", "/v1/config", None, Duration::from_secs(5)).unwrap();
-    assert_eq!(st, 200);
-    let mut spec: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    spec["sessions"]["tcp_closing_s"] = 1.into();
-    let (st, body) = api::http::call(
-        &ctl,
-        "PUT",
-        "/v1/config",
-        Some(spec.to_string().as_bytes()),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    common::switch::edit_config(&ctl, |s| s["sessions"]["tcp_closing_s"] = 1.into());
     let (mut a, mut b, mut c) = (vu(&socks[0]), vu(&socks[1]), vu(&socks[2]));
     std::thread::sleep(Duration::from_millis(300));
     let (pa, pb) = (([10, 0, 0, 1], 1000), ([10, 0, 0, 2], 80));
@@ -680,9 +667,7 @@ fn a_spoofed_reset_does_not_close_another_ports_session() {
         a.recv_wait(0, 1, Duration::from_millis(500)).is_empty(),
         "b's frame after its reset and the closing timeout must be dropped"
     );
-    let (_, body) =
-        api::http::call(&ctl, "GET", "/v1/stats", None, Duration::from_secs(5)).unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let stats = common::switch::stats(&ctl);
     assert_eq!(
         stats["bridge_drops"]["spoofed_ip"].as_u64(),
         Some(1),

@@ -1624,29 +1624,21 @@ impl Bridge {
         while i < n {
             // A frame for the router like the one before it: what the decision would
             // do, without deciding again (see `Memo::routed`).
-            if let (Some((p, t, k, vid, l3)), Some(key)) = (self.memo.routed, keys[i]) {
-                if p == in_port.0 && t == now && k == key {
-                    if let Some(Some(port)) = self.ports.get_mut(usize::from(p)) {
-                        if port.up {
-                            port.counters.rx_frames += 1;
-                            port.counters.rx_bytes += batch.frame_len(i) as u64;
-                            self.counters.routed += 1;
-                            if let Some(t) = tracks.get_mut(i) {
-                                t.commit = false;
-                                t.sent = false;
-                                t.passed = true;
-                            }
-                            to_router.push(ToRouter {
-                                idx: i as u16,
-                                vid,
-                                l3,
-                                flooded: false,
-                            });
-                            i += 1;
-                            continue;
-                        }
-                    }
+            if let Some((vid, l3)) = self.repeat_routed(in_port, keys[i], batch.frame_len(i), now) {
+                if let Some(t) = tracks.get_mut(i) {
+                    *t = Track {
+                        passed: true,
+                        ..Track::default()
+                    };
                 }
+                to_router.push(ToRouter {
+                    idx: i as u16,
+                    vid,
+                    l3,
+                    flooded: false,
+                });
+                i += 1;
+                continue;
             }
             self.track = tracks.get(i).copied().unwrap_or_default();
             let verdict = self.forward_head(
@@ -1692,6 +1684,31 @@ impl Bridge {
             }
             i += 1;
         }
+    }
+
+    /// The router's VLAN and L3 offset for a frame of `len` bytes from `in_port` whose
+    /// key is the one [`Memo::routed`] holds, counted as the decision would count it; or
+    /// `None` when the memo does not apply.
+    #[inline(always)]
+    fn repeat_routed(
+        &mut self,
+        in_port: PortId,
+        key: Option<FlowKey>,
+        len: usize,
+        now: u64,
+    ) -> Option<(Vid, u8)> {
+        let (p, t, k, vid, l3) = self.memo.routed?;
+        if p != in_port.0 || t != now || Some(k) != key {
+            return None;
+        }
+        let port = self.ports.get_mut(usize::from(p))?.as_mut()?;
+        if !port.up {
+            return None;
+        }
+        port.counters.rx_frames += 1;
+        port.counters.rx_bytes += len as u64;
+        self.counters.routed += 1;
+        Some((vid, l3))
     }
 
     /// Sends the frames after `first` whose key equals its key where `first` went (to

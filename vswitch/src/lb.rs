@@ -21,7 +21,6 @@
 //! affinity timeout after its last new connection; the backend's removal removes it.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -208,24 +207,25 @@ impl Service {
     }
 }
 
-/// The services a switch runs, found by (zone, VIP, port, protocol).
+/// The services a switch runs, found by (zone, VIP, port, protocol): a sorted table
+/// searched by halves, so a routed frame that is no service's costs a few compares
+/// and no hashing.
 #[derive(Debug, Default, Clone)]
 pub struct Services {
     list: Vec<Arc<Service>>,
-    by_key: HashMap<(u16, u32, u16, u8), usize>,
-    vips: HashMap<(u16, u32), ()>,
+    by_key: Vec<((u16, u32, u16, u8), usize)>,
 }
 
 impl Services {
     /// The set of `list`.
     pub fn new(list: Vec<Arc<Service>>) -> Services {
-        let by_key = list
+        let mut by_key: Vec<_> = list
             .iter()
             .enumerate()
             .map(|(i, s)| ((s.zone, s.vip, s.port, s.proto), i))
             .collect();
-        let vips = list.iter().map(|s| ((s.zone, s.vip), ())).collect();
-        Services { list, by_key, vips }
+        by_key.sort_unstable();
+        Services { list, by_key }
     }
 
     /// No services.
@@ -244,14 +244,11 @@ impl Services {
         if self.list.is_empty() {
             return None;
         }
-        self.by_key
-            .get(&(zone, vip, port, proto))
-            .and_then(|&i| self.list.get(i))
-    }
-
-    /// Whether `vip` is a VIP of `zone` (on any port).
-    pub fn is_vip(&self, zone: u16, vip: u32) -> bool {
-        !self.list.is_empty() && self.vips.contains_key(&(zone, vip))
+        let k = self
+            .by_key
+            .binary_search_by(|e| e.0.cmp(&(zone, vip, port, proto)))
+            .ok()?;
+        self.list.get(self.by_key[k].1)
     }
 }
 
@@ -318,6 +315,6 @@ mod tests {
         assert_eq!(s.find(2, 7, 80, 6).unwrap().name, "b");
         assert!(s.find(3, 7, 80, 6).is_none());
         assert!(s.find(1, 7, 80, 17).is_none());
-        assert!(s.is_vip(2, 7) && !s.is_vip(3, 7));
+        assert!(s.find(2, 7, 81, 6).is_none());
     }
 }

@@ -96,3 +96,23 @@ impl Drop for SwitchProc {
         }
     }
 }
+
+/// Edits the spec a switch runs through its control socket: `GET /v1/config`, `f`, then
+/// `PUT /v1/config` (which must be taken).
+pub fn edit_config(sock: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let t = Duration::from_secs(5);
+    let (st, body) = api::http::call(sock, "GET", "/v1/config", None, t).unwrap();
+    assert_eq!(st, 200);
+    let mut spec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    f(&mut spec);
+    let body = spec.to_string();
+    let (st, r) = api::http::call(sock, "PUT", "/v1/config", Some(body.as_bytes()), t).unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&r));
+}
+
+/// `GET /v1/stats` of a switch's control socket.
+pub fn stats(sock: &Path) -> serde_json::Value {
+    let t = Duration::from_secs(5);
+    let (_, body) = api::http::call(sock, "GET", "/v1/stats", None, t).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
